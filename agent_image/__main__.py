@@ -1,0 +1,59 @@
+"""`litefleet-agent serve --bundle MODULE_OR_PATH --db FILE --port N` (also `python -m agent_image serve ...`).
+
+argparse, not Typer: this runs in every tenant container, where each imported module costs memory."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from agent_image.logs import configure_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="litefleet-agent", description="Run one litefleet tenant agent.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve a workflow bundle over HTTP")
+    serve.add_argument("--bundle", required=True, help="module name (tenants.hello) or path to a .py/package")
+    serve.add_argument("--db", required=True, help="the SQLite file holding all of this agent's state")
+    serve.add_argument("--host", default=os.environ.get("LITEFLEET_AGENT_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("LITEFLEET_AGENT_PORT", "8080")))
+    serve.add_argument(
+        "--synchronous",
+        default=os.environ.get("LITEFLEET_SYNCHRONOUS", "FULL"),
+        choices=["OFF", "NORMAL", "FULL", "EXTRA"],
+        help="SQLite synchronous mode (FULL: a committed step survives power loss)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    configure_logging()
+    import uvicorn
+
+    from agent_image.bundle import load_bundle
+    from agent_image.runtime import Runtime
+    from agent_image.server import create_app
+
+    try:
+        bundle = load_bundle(args.bundle)
+    except ImportError as exc:
+        print(f"litefleet-agent: cannot load bundle: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    app = create_app(lambda: Runtime(args.db, bundle, synchronous=args.synchronous))
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    main()

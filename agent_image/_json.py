@@ -1,0 +1,33 @@
+"""Values crossing the durable boundary are JSON: what a step returns is what its replay returns."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from agent_image.errors import NotJSONError
+
+
+def dump(value: Any, what: str) -> str:
+    """Serialise `value` or raise `NotJSONError` naming `what` (e.g. "step 'fetch' returned")."""
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise NotJSONError(
+            f"{what} a value that is not JSON ({exc}); use dict, list, str, int, float, bool or None"
+        ) from None
+
+
+_EXACT = (str, int, float, bool, type(None))  # types whose JSON round trip gives back an equal value
+
+
+def roundtrip(value: Any, what: str) -> tuple[str, Any]:
+    """The JSON text and the value as replay will see it (tuples become lists, int keys become strings)."""
+    text = dump(value, what)
+    if type(value) in _EXACT:
+        return text, value
+    return text, json.loads(text)
+
+
+def load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)

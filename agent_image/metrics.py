@@ -1,0 +1,45 @@
+"""Prometheus metrics of one agent, computed at scrape time from the runtime (and replication, if any)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from agent_image.runtime import Runtime
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class _AgentCollector:
+    def __init__(self, runtime: Runtime, replication: Any) -> None:
+        self.runtime = runtime
+        self.replication = replication
+
+    def collect(self) -> Iterator[Metric]:
+        workflows = GaugeMetricFamily("litefleet_workflows", "Workflows by status", labels=["status"])
+        for status, count in self.runtime.counts().items():
+            workflows.add_metric([status], count)
+        yield workflows
+        yield GaugeMetricFamily("litefleet_agent_ready", "1 once recovery finished", value=int(self.runtime.ready))
+        yield GaugeMetricFamily("litefleet_agent_draining", "1 while draining", value=int(self.runtime.draining))
+        if self.replication is None:
+            return
+        status = self.replication.status()
+        for key, help_text in (
+            ("local_txid", "Last transaction id in the local database"),
+            ("replica_txid", "Last transaction id in the replica"),
+            ("lag_txids", "Transactions committed locally and not yet in the replica"),
+            ("seconds_since_sync", "Seconds since the replica last caught up with the database"),
+        ):
+            if status.get(key) is not None:
+                yield GaugeMetricFamily(f"litefleet_replication_{key}", help_text, value=status[key])
+
+
+def render(runtime: Runtime, replication: Any = None) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_AgentCollector(runtime, replication))
+    return generate_latest(registry)

@@ -1,0 +1,320 @@
+"""The runtime's one SQLite file: schema, migrations, single-process lock, and group commit.
+
+Shape (Obelisk's): `execution_log` is append-only and holds every transition and every durable operation
+(`seq` numbers a workflow's operations in the order its code performs them); `workflow_state` is the
+current-state table the API reads. `messages` and `events` hold what workflows exchange.
+
+Writes go through one writer thread that folds whatever is queued into a single transaction (group commit):
+64 workflows finishing a step at once cost one fsync, not 64. Reads use a small pool of read connections; in WAL
+mode they never block the writer. The WAL belongs to Litestream: this module never truncates or deletes it and
+only lets SQLite run its default passive auto-checkpoints.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import apsw
+
+from agent_image.errors import DatabaseInUse, RuntimeStorageError
+
+MIN_SQLITE = (3, 51, 3)
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+_MAX_BATCH = 512
+_BUSY_TIMEOUT_MS = 10_000
+
+T = TypeVar("T")
+Write = Callable[[apsw.Connection], T]
+
+# One entry per schema version; never edit a shipped entry, append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE workflow_state (
+        id             TEXT PRIMARY KEY,
+        name           TEXT NOT NULL,
+        status         TEXT NOT NULL,
+        inputs         TEXT NOT NULL,
+        output         TEXT,
+        error          TEXT,
+        parent_id      TEXT,
+        queue          TEXT,
+        bundle_version TEXT NOT NULL,
+        blocked_reason TEXT,
+        forked_from    TEXT,
+        created_at     REAL NOT NULL,
+        updated_at     REAL NOT NULL
+    );
+    CREATE INDEX workflow_state_status ON workflow_state (status, created_at);
+    CREATE INDEX workflow_state_parent ON workflow_state (parent_id) WHERE parent_id IS NOT NULL;
+    CREATE INDEX workflow_state_queue ON workflow_state (queue, status, created_at) WHERE queue IS NOT NULL;
+
+    CREATE TABLE execution_log (
+        lsn         INTEGER PRIMARY KEY,
+        workflow_id TEXT NOT NULL,
+        seq         INTEGER,
+        kind        TEXT NOT NULL,
+        name        TEXT,
+        value       TEXT,
+        error       TEXT,
+        attempts    INTEGER,
+        started_at  REAL,
+        at          REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX execution_log_op ON execution_log (workflow_id, seq, kind) WHERE seq IS NOT NULL;
+    CREATE INDEX execution_log_workflow ON execution_log (workflow_id, lsn);
+
+    CREATE TABLE messages (
+        id          INTEGER PRIMARY KEY,
+        workflow_id TEXT NOT NULL,
+        topic       TEXT NOT NULL,
+        body        TEXT NOT NULL,
+        sent_at     REAL NOT NULL,
+        consumed_at REAL
+    );
+    CREATE INDEX messages_pending ON messages (workflow_id, topic, id) WHERE consumed_at IS NULL;
+
+    CREATE TABLE events (
+        workflow_id TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        value       TEXT NOT NULL,
+        at          REAL NOT NULL,
+        PRIMARY KEY (workflow_id, key)
+    );
+
+    -- A monotonic counter the durability tests (and anyone) can bump; see Store.bump_counter.
+    CREATE TABLE counters (
+        name  TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def sqlite_version() -> tuple[int, ...]:
+    return tuple(int(part) for part in apsw.sqlite_lib_version().split("."))
+
+
+class _Pending:
+    """One queued write: the caller blocks on `done` (a held lock) until the writer releases it."""
+
+    __slots__ = ("done", "error", "fn", "result")
+
+    def __init__(self, fn: Write[Any]) -> None:
+        self.fn = fn
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = threading.Lock()
+        self.done.acquire()
+
+
+_STOP = object()
+
+
+class Store:
+    """The runtime's SQLite file. Open it once per process; a second process gets `DatabaseInUse`."""
+
+    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+        synchronous = synchronous.upper()
+        if synchronous not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, not {synchronous!r}")
+        if sqlite_version() < MIN_SQLITE:
+            raise RuntimeStorageError(
+                f"SQLite {apsw.sqlite_lib_version()} is too old: the runtime needs >= 3.51.3 "
+                "(older versions can corrupt a WAL that Litestream checkpoints); install apsw >= 3.51.3"
+            )
+        self.path = os.path.abspath(path)
+        self.synchronous = synchronous
+        self._lock_file = _take_process_lock(self.path)
+        try:
+            self._write_conn = self._connect()
+            self._migrate()
+        except BaseException:
+            self._lock_file.close()
+            raise
+        self._readers: queue.SimpleQueue[apsw.Connection] = queue.SimpleQueue()
+        self._all_readers: list[apsw.Connection] = []
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closed = False
+        self._writer = threading.Thread(target=self._write_loop, name="litefleet-writer", daemon=True)
+        self._writer.start()
+
+    # -- connections --------------------------------------------------------------------------------------------
+
+    def _connect(self) -> apsw.Connection:
+        conn = apsw.Connection(self.path)
+        conn.set_busy_timeout(_BUSY_TIMEOUT_MS)
+        journal = conn.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
+        if journal != "wal":
+            raise RuntimeStorageError(f"{self.path}: could not switch to WAL mode (got {journal!r})")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def _migrate(self) -> None:
+        conn = self._write_conn
+        current = conn.execute("PRAGMA user_version").fetchall()[0][0]
+        if current > SCHEMA_VERSION:
+            raise RuntimeStorageError(
+                f"{self.path} has schema version {current}; this runtime knows up to {SCHEMA_VERSION}. "
+                "Run a newer litefleet agent image."
+            )
+        for version in range(current, SCHEMA_VERSION):
+            with conn:  # one transaction per migration: a crash leaves the previous version intact
+                conn.execute(MIGRATIONS[version])
+                conn.execute(f"PRAGMA user_version={version + 1}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.read(lambda c: c.execute("PRAGMA user_version").fetchall()[0][0]))
+
+    # -- reads --------------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def reader(self) -> Iterator[apsw.Connection]:
+        self._check_open()
+        try:
+            conn = self._readers.get_nowait()
+        except queue.Empty:
+            conn = self._connect()
+            self._all_readers.append(conn)
+        try:
+            yield conn
+        finally:
+            self._readers.put(conn)
+
+    def read(self, fn: Callable[[apsw.Connection], T]) -> T:
+        """Run `fn` in one read transaction (a consistent snapshot)."""
+        with self.reader() as conn, conn:
+            return fn(conn)
+
+    # -- writes -------------------------------------------------------------------------------------------------
+
+    def write(self, fn: Write[T]) -> T:
+        """Run `fn` inside the next group-commit transaction; return once it is durable.
+
+        `fn` runs in its own savepoint, so an exception in one caller's write undoes only that write and is
+        re-raised to that caller; the other writes in the batch still commit.
+        """
+        self._check_open()
+        pending = _Pending(fn)
+        self._queue.put(pending)
+        pending.done.acquire()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch: list[_Pending] = [first]
+            stop_after = False
+            while len(batch) < _MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop_after = True
+                    break
+                batch.append(item)
+            self._commit(batch)
+            if stop_after:
+                return
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        """Commit a batch in one transaction. Optimistic: run every write plainly; only if one raises, roll the
+        whole batch back and redo it with a savepoint per write, so a failing write cannot take others with it."""
+        conn = self._write_conn
+        try:
+            if not self._run_batch(conn, batch, isolate=False):
+                self._run_batch(conn, batch, isolate=True)
+        except apsw.Error as exc:
+            if not conn.getautocommit():
+                conn.execute("ROLLBACK")
+            for pending in batch:
+                pending.error = pending.error or RuntimeStorageError(f"commit failed: {exc}")
+        finally:
+            for pending in batch:
+                pending.done.release()
+
+    @staticmethod
+    def _run_batch(conn: apsw.Connection, batch: list[_Pending], *, isolate: bool) -> bool:
+        conn.execute("BEGIN IMMEDIATE")
+        for pending in batch:
+            if isolate:
+                conn.execute("SAVEPOINT w")
+            try:
+                pending.result = pending.fn(conn)
+                pending.error = None
+            except BaseException as exc:
+                pending.error = exc
+                if not isolate:
+                    conn.execute("ROLLBACK")
+                    return False
+                conn.execute("ROLLBACK TO w")
+            if isolate:
+                conn.execute("RELEASE w")
+        conn.execute("COMMIT")
+        return True
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+
+    def bump_counter(self, name: str) -> int:
+        """Increment and return a durable monotonic counter (one committed transaction per call)."""
+
+        def bump(conn: apsw.Connection) -> int:
+            row = conn.execute(
+                "INSERT INTO counters (name, value) VALUES (?, 1) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value",
+                (name,),
+            ).fetchall()
+            return int(row[0][0])
+
+        return self.write(bump)
+
+    def counter(self, name: str) -> int:
+        rows = self.read(lambda c: c.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchall())
+        return int(rows[0][0]) if rows else 0
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeStorageError(f"{self.path} is closed")
+
+    def close(self) -> None:
+        """Finish queued writes, close every connection, release the process lock. Safe to call twice."""
+        if self._closed:
+            return
+        self._queue.put(_STOP)
+        self._writer.join()
+        self._closed = True
+        for conn in [self._write_conn, *self._all_readers]:
+            conn.close()
+        self._lock_file.close()
+
+
+def _take_process_lock(db_path: str) -> Any:
+    """One runtime per database file: an exclusive flock on `<db>.agent-lock` (Litestream never touches it)."""
+    directory = os.path.dirname(db_path)
+    if not os.path.isdir(directory):
+        raise RuntimeStorageError(f"directory {directory} does not exist")
+    lock_file = open(db_path + ".agent-lock", "a+")  # noqa: SIM115 - held for the store's lifetime
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        holder = lock_file.read().strip() or "another process"
+        lock_file.close()
+        raise DatabaseInUse(f"{db_path} is already open by {holder}; one agent runtime per database file") from None
+    lock_file.truncate(0)
+    lock_file.write(f"pid {os.getpid()}")
+    lock_file.flush()
+    return lock_file

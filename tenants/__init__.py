@@ -1,0 +1,1 @@
+"""Tenant workflow bundles: one folder per bundle. Copy one to start your own."""
