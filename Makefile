@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 demo: setup
-	$(PY) -m control_plane.demo
+	$(PY) -m agent_image.demo
 
 test: setup
 	$(PY) -m pytest -q
@@ -26,7 +26,7 @@ test-fast: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy agent_image control_plane tenants bench
+	$(VENV)/bin/mypy agent_image tenants bench $(wildcard control_plane)
 
 bench: setup
 	$(PY) bench/runtime.py

@@ -8,6 +8,9 @@ import argparse
 import logging
 import os
 import sys
+from types import FrameType
+
+import uvicorn
 
 from agent_image.logs import configure_logging
 
@@ -32,9 +35,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     configure_logging()
-    import uvicorn
-
     from agent_image.bundle import load_bundle
+    from agent_image.errors import AgentError
     from agent_image.runtime import Runtime
     from agent_image.server import create_app
 
@@ -43,15 +45,28 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError as exc:
         print(f"litefleet-agent: cannot load bundle: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    app = create_app(lambda: Runtime(args.db, bundle, synchronous=args.synchronous))
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=30,
+    try:  # open before serving, so a second agent on the same file fails in one line, not a traceback
+        runtime = Runtime(args.db, bundle, synchronous=args.synchronous)
+    except AgentError as exc:
+        print(f"litefleet-agent: {exc.code}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    app = create_app(lambda: runtime)
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level="warning", access_log=False, timeout_graceful_shutdown=30
     )
+    server = _Server(config)
+    server.run()
+    # A SIGTERM'd agent that parked its workflows at step boundaries did its job: exit 0 (uvicorn would re-raise
+    # the signal). Litestream's `replicate -exec` then runs its final sync.
+    raise SystemExit(0 if server.started else 1)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's Server, minus re-raising the shutdown signal after a graceful exit."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
 
 
 if __name__ == "__main__":

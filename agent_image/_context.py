@@ -98,7 +98,11 @@ class Execution:
         self.runtime._check_interrupt(self)
 
     def wait_until(self, deadline: float, clock: Callable[[], float]) -> None:
-        """Block until `deadline` (wall clock) or until woken; re-checks interruptions either way."""
+        """Block until `deadline` (wall clock) or until woken; checks interruptions before and after.
+
+        Callers clear `wake` before re-checking their condition; the check before waiting catches a cancel or
+        shutdown whose wake-up that clear swallowed (they set their flag before setting `wake`)."""
+        self.checkpoint()
         remaining = deadline - clock()
         if remaining > 0:
             self.wake.wait(remaining)

@@ -415,6 +415,12 @@ class Runtime:
             raise WorkflowNotFound(f"no workflow {workflow_id!r}")
         return WorkflowStatus.from_row(rows[0])
 
+    def exists(self, workflow_id: str) -> bool:
+        rows = self.store.read(
+            lambda c: c.execute("SELECT 1 FROM workflow_state WHERE id=?", (workflow_id,)).fetchall()
+        )
+        return bool(rows)
+
     def list_workflows(
         self, *, status: str | None = None, name: str | None = None, limit: int = 100
     ) -> list[WorkflowStatus]:

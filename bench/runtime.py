@@ -1,0 +1,221 @@
+"""Throughput of the durable runtime against its baselines, measured in one run on one disk.
+
+    make bench            (or: .venv/bin/python bench/runtime.py [--repeat 3] [--seconds 3])
+
+Figures (one JSON line each, median of --repeat runs, every run in a fresh process and a fresh file):
+  sqlite_commits_per_s      raw apsw: one-row INSERT + COMMIT per transaction (the disk's commit ceiling)
+  litefleet_wf_per_s        a 3-step workflow, sequential (1 in flight) and 64 in flight
+  dbos_wf_per_s             the same workflow on DBOS 3.4 with its SQLite system database (its defaults)
+  agent_idle_rss_mib        a `litefleet-agent serve` process, ready and idle
+and the ratios the targets are stated in (litefleet / DBOS, litefleet / SQLite ceiling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+IN_FLIGHT = 64
+
+
+# -- children: each measurement runs in its own process ---------------------------------------------------------
+
+
+def _drive(run_one: Callable[[int], Any], seconds: float, in_flight: int) -> float:
+    """Workflows per second with `in_flight` clients each running workflows back to back for `seconds`."""
+    done = [0] * in_flight
+    stop = time.monotonic() + seconds
+
+    def client(slot: int) -> None:
+        i = 0
+        while time.monotonic() < stop:
+            run_one(slot * 1_000_000 + i)
+            i += 1
+        done[slot] = i
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(slot,)) for slot in range(in_flight)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(done) / (time.monotonic() - started)
+
+
+def child_sqlite(path: str, synchronous: str, seconds: float) -> float:
+    import apsw
+
+    conn = apsw.Connection(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    count, stop = 0, time.monotonic() + seconds
+    started = time.monotonic()
+    while time.monotonic() < stop:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t (v) VALUES (?)", ("x" * 64,))
+        conn.execute("COMMIT")
+        count += 1
+    return count / (time.monotonic() - started)
+
+
+def child_litefleet(path: str, synchronous: str, seconds: float, in_flight: int) -> float:
+    from agent_image import Runtime, step, workflow
+
+    @step
+    def bump(x: int) -> int:
+        return x + 1
+
+    @workflow
+    def three_steps(x: int) -> int:
+        return bump(bump(bump(x)))
+
+    module = type(sys)("bench_bundle")
+    module.three_steps = three_steps  # type: ignore[attr-defined]
+    runtime = Runtime(path, module, synchronous=synchronous)
+    runtime.recover()
+    try:
+        return _drive(lambda i: runtime.start(three_steps, (i,)).result(), seconds, in_flight)
+    finally:
+        runtime.close()
+
+
+def child_dbos(path: str, seconds: float, in_flight: int) -> float:
+    import logging
+
+    from dbos import DBOS
+
+    logging.getLogger("dbos").setLevel(logging.WARNING)
+    DBOS(config={"name": "bench", "system_database_url": f"sqlite:///{path}"})
+
+    @DBOS.step()
+    def bump(x: int) -> int:
+        return x + 1
+
+    @DBOS.workflow()
+    def three_steps(x: int) -> int:
+        return bump(bump(bump(x)))
+
+    DBOS.launch()
+    try:
+        return _drive(lambda i: DBOS.start_workflow(three_steps, i).get_result(), seconds, in_flight)
+    finally:
+        DBOS.destroy()
+
+
+def child_agent_rss(path: str) -> float:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent_image", "serve", "--bundle", "tenants.hello", "--db", path, "--port", str(port)],
+        cwd=REPO,
+        env=os.environ | {"PYTHONPATH": str(REPO), "LITEFLEET_LOG_LEVEL": "WARNING"},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        time.sleep(1.0)  # idle
+        status = Path(f"/proc/{agent.pid}/status").read_text()
+        rss_kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+        return rss_kib / 1024
+    finally:
+        agent.terminate()
+        agent.wait(30)
+
+
+# -- parent: run children, take medians, print JSON lines -------------------------------------------------------
+
+
+def _run_child(*args: str) -> float:
+    with tempfile.TemporaryDirectory(dir=os.environ.get("LITEFLEET_BENCH_DIR")) as tmp:
+        db = os.path.join(tmp, "bench.db")
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", args[0], db, *args[1:]],
+            capture_output=True,
+            text=True,
+            env=os.environ | {"PYTHONPATH": str(REPO)},
+            timeout=600,
+        )
+    if out.returncode != 0:
+        raise SystemExit(f"bench child {args} failed:\n{out.stderr[-3000:]}")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _figure(name: str, runs: list[float], unit: str, **labels: Any) -> dict[str, Any]:
+    line = {"figure": name, **labels, "median": round(statistics.median(runs), 1), "unit": unit}
+    line["runs"] = [round(r, 1) for r in runs]
+    print(json.dumps(line), flush=True)
+    return line
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--skip-dbos", action="store_true")
+    options = parser.parse_args()
+    n, secs = options.repeat, str(options.seconds)
+    median: dict[str, float] = {}
+
+    for sync in ("FULL", "NORMAL"):
+        runs = [_run_child("sqlite", sync, secs) for _ in range(n)]
+        median[f"sqlite_{sync}"] = _figure("sqlite_commits_per_s", runs, "commits/s", mode=f"WAL/{sync}")["median"]
+        for flight in (1, IN_FLIGHT):
+            runs = [_run_child("litefleet", sync, secs, str(flight)) for _ in range(n)]
+            line = _figure("litefleet_wf_per_s", runs, "workflows/s", mode=f"WAL/{sync}", in_flight=flight)
+            median[f"litefleet_{sync}_{flight}"] = line["median"]
+    if not options.skip_dbos:
+        for flight in (1, IN_FLIGHT):
+            runs = [_run_child("dbos", secs, str(flight)) for _ in range(n)]
+            line = _figure("dbos_wf_per_s", runs, "workflows/s", mode="DBOS 3.4 sqlite defaults", in_flight=flight)
+            median[f"dbos_{flight}"] = line["median"]
+            ratio = median[f"litefleet_FULL_{flight}"] / line["median"]
+            print(json.dumps({"figure": "litefleet_over_dbos", "in_flight": flight, "ratio": round(ratio, 1)}))
+    _figure("agent_idle_rss_mib", [_run_child("rss") for _ in range(n)], "MiB")
+    # Each workflow is 5 commits (start, 3 steps, finish): group commit is what lets it beat the ceiling / 5.
+    ceiling = median["litefleet_FULL_64"] * 5 / median["sqlite_FULL"]
+    print(
+        json.dumps({"figure": "litefleet_commits_over_sqlite_ceiling", "mode": "WAL/FULL", "ratio": round(ceiling, 2)})
+    )
+
+
+def child_main(argv: list[str]) -> None:
+    from agent_image.logs import configure_logging
+
+    configure_logging("WARNING")
+    kind, db, *rest = argv
+    if kind == "sqlite":
+        value = child_sqlite(db, rest[0], float(rest[1]))
+    elif kind == "litefleet":
+        value = child_litefleet(db, rest[0], float(rest[1]), int(rest[2]))
+    elif kind == "dbos":
+        value = child_dbos(db, float(rest[0]), int(rest[1]))
+    else:
+        value = child_agent_rss(db)
+    print(value)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child_main(sys.argv[2:])
+    else:
+        main()

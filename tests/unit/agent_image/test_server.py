@@ -1,0 +1,172 @@
+"""The agent HTTP API: in-process for the routes, and as a real `litefleet-agent serve` process for SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from agent_image import Runtime
+from agent_image.server import create_app
+from tests.unit.agent_image import features_bundle
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    app = create_app(lambda: Runtime(str(tmp_path / "agent.db"), features_bundle))
+    with TestClient(app) as test_client:
+        yield test_client
+    features_bundle.gate.set()
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["ready"] is True and ready.json()["bundle_version"] == "2"
+
+
+def test_start_get_steps_and_idempotent_id(client: TestClient) -> None:
+    created = client.post("/v1/workflows/pipeline", json={"id": "job-1", "args": [2]})
+    assert created.status_code == 201
+    done = client.get("/v1/workflows/job-1", params={"wait": 5}).json()
+    assert done["status"] == "SUCCESS" and done["result"] == 16
+    again = client.post("/v1/workflows/pipeline", json={"id": "job-1", "args": [2]})
+    assert again.status_code == 200 and again.json()["id"] == "job-1"
+    steps = client.get("/v1/workflows/job-1/steps").json()["steps"]
+    assert [s["output"] for s in steps] == [4, 8, 16]
+    listed = client.get("/v1/workflows", params={"status": "SUCCESS"}).json()
+    assert [w["id"] for w in listed["workflows"]] == ["job-1"] and listed["counts"]["SUCCESS"] == 1
+
+
+def test_messages_events_and_cancel(client: TestClient) -> None:
+    client.post("/v1/workflows/listener", json={"id": "l1", "args": [30]})
+    assert client.post("/v1/workflows/l1/messages/inbox", json={"hello": 1}).status_code == 202
+    assert client.get("/v1/workflows/l1", params={"wait": 5}).json()["result"] == {"hello": 1}
+    client.post("/v1/workflows/publisher", json={"id": "p1", "args": ["up"]})
+    client.get("/v1/workflows/p1", params={"wait": 5})
+    assert client.get("/v1/workflows/p1/events/status").json()["value"] == "up"
+    client.post("/v1/workflows/listener", json={"id": "l2", "args": [30]})
+    assert client.post("/v1/workflows/l2/cancel").json()["status"] == "CANCELLED"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        ("post", "/v1/workflows/nope", {}, 404, "unknown_workflow"),
+        ("get", "/v1/workflows/missing", None, 404, "workflow_not_found"),
+        ("post", "/v1/workflows/pipeline", {"args": "not-a-list"}, 422, "invalid_request"),
+        ("post", "/v1/workflows/pipeline", {"id": "bad id!"}, 422, "invalid_request"),
+        ("get", "/v1/workflows?status=WEIRD", None, 422, "invalid_request"),
+        ("post", "/v1/workflows/missing/messages/inbox", {"x": 1}, 404, "workflow_not_found"),
+        ("post", "/v1/workflows/missing/cancel", None, 404, "workflow_not_found"),
+        ("post", "/v1/workflows/pipeline", {"args": [], "extra": 1}, 422, "invalid_request"),
+        ("get", "/v1/workflows/x?wait=1000", None, 422, "invalid_request"),
+        ("get", "/nowhere", None, 404, "not_found"),
+    ],
+)
+def test_errors_are_json_with_a_stable_code(
+    client: TestClient, method: str, path: str, body: object, status: int, code: str
+) -> None:
+    response = client.request(method.upper(), path, json=body)
+    assert response.status_code == status
+    assert response.json()["code"] == code and response.json()["message"]
+
+
+def test_id_reused_for_another_workflow_is_a_conflict(client: TestClient) -> None:
+    client.post("/v1/workflows/pipeline", json={"id": "x", "args": [1]})
+    response = client.post("/v1/workflows/napper", json={"id": "x", "args": [0]})
+    assert response.status_code == 409 and response.json()["code"] == "workflow_id_conflict"
+
+
+def test_drain_reports_in_flight_and_refuses_new_work(client: TestClient) -> None:
+    client.post("/v1/workflows/listener", json={"id": "l", "args": [30]})
+    assert client.post("/admin/drain").json() == {"draining": True, "in_flight": 1}
+    refused = client.post("/v1/workflows/pipeline", json={"args": [1]})
+    assert refused.status_code == 503 and refused.json()["code"] == "draining"
+    assert client.get("/readyz").status_code == 503
+
+
+def test_metrics(client: TestClient) -> None:
+    client.post("/v1/workflows/pipeline", json={"id": "m", "args": [1]})
+    client.get("/v1/workflows/m", params={"wait": 5})
+    text = client.get("/metrics").text
+    assert 'litefleet_workflows{status="SUCCESS"} 1.0' in text
+    assert "litefleet_agent_ready 1.0" in text
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _serve(db: Path, port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent_image",
+            "serve",
+            "--bundle",
+            "tenants.hello",
+            "--db",
+            str(db),
+            "--port",
+            str(port),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+    )
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("agent never became ready")
+
+
+def test_real_server_sigterm_exits_cleanly_and_second_agent_is_refused(tmp_path: Path) -> None:
+    db, port = tmp_path / "agent.db", _free_port()
+    agent = _serve(db, port)
+    try:
+        _wait_ready(port, agent)
+        started = httpx.post(f"http://127.0.0.1:{port}/v1/workflows/count", json={"id": "c", "args": [50]})
+        assert started.status_code == 201
+        second = _serve(db, _free_port())
+        assert second.wait(20) != 0
+        assert second.stderr is not None
+        assert second.stderr.read().strip().endswith("one agent runtime per database file")
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(20) == 0
+    finally:
+        agent.kill()
+    restarted = _serve(db, port)
+    try:
+        _wait_ready(port, restarted)
+        done = httpx.get(f"http://127.0.0.1:{port}/v1/workflows/c", params={"wait": 10}).json()
+        assert done["status"] == "SUCCESS" and done["result"] == sum(range(50))
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        restarted.wait(20)
