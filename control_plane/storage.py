@@ -1,0 +1,165 @@
+"""Object storage for tenants (boto3; any S3: SeaweedFS, MinIO, R2, AWS S3).
+
+Layout under the bucket:  {root}/tenants/{tenant}/agents/{ordinal}/CURRENT            the generation allowed to run
+                          {root}/tenants/{tenant}/agents/{ordinal}/gen-{g}/...        Litestream's replica of gen g
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from control_plane.objectstore import EmbeddedStore
+
+
+class CurrentMoved(Exception):
+    """The CURRENT marker changed since it was read: someone else advanced the generation."""
+
+    code = "current_moved"
+
+
+@dataclass(frozen=True)
+class Current:
+    generation: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class TenantCredentials:
+    tenant: str
+    access_key: str
+    secret_key: str = field(repr=False)
+
+
+class ObjectStorage:
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        *,
+        root: str = "fleet",
+        region: str = "us-east-1",
+    ) -> None:
+        self.endpoint = endpoint
+        self.bucket = bucket
+        self.root = root.strip("/")
+        self.s3: Any = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            region_name=region,
+            config=Config(
+                s3={"addressing_style": "path"}, retries={"max_attempts": 3}, connect_timeout=3, read_timeout=10
+            ),
+        )
+
+    # -- names ------------------------------------------------------------------------------------------------------
+
+    def tenant_prefix(self, tenant: str) -> str:
+        return f"{self.root}/tenants/{tenant}/"
+
+    def agent_prefix(self, tenant: str, agent: int) -> str:
+        return f"{self.tenant_prefix(tenant)}agents/{agent}/"
+
+    def replica_prefix(self, tenant: str, agent: int, generation: int) -> str:
+        return f"{self.agent_prefix(tenant, agent)}gen-{generation}/"
+
+    def replica_url(self, tenant: str, agent: int, generation: int) -> str:
+        return f"s3://{self.bucket}/{self.replica_prefix(tenant, agent, generation)}"
+
+    # -- CURRENT markers ------------------------------------------------------------------------------------------
+
+    def read_current(self, tenant: str, agent: int) -> Current | None:
+        try:
+            obj = self.s3.get_object(Bucket=self.bucket, Key=self.agent_prefix(tenant, agent) + "CURRENT")
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                return None
+            raise
+        return Current(int(obj["Body"].read().decode().strip()), obj["ETag"])
+
+    def advance_current(self, tenant: str, agent: int, generation: int, expected: Current | None) -> Current:
+        """Write CURRENT=generation only if CURRENT is still `expected` (None: only if it does not exist yet).
+
+        Re-running with the same arguments after a success raises CurrentMoved: read CURRENT again and compare
+        its generation with the one you wanted."""
+        conditions = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": expected.etag}
+        try:
+            result = self.s3.put_object(
+                Bucket=self.bucket,
+                Key=self.agent_prefix(tenant, agent) + "CURRENT",
+                Body=str(generation).encode(),
+                **conditions,
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise CurrentMoved(f"CURRENT of {tenant}/{agent} moved since it was read") from None
+            raise
+        return Current(generation, result["ETag"])
+
+    # -- replicas -------------------------------------------------------------------------------------------------
+
+    def keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            keys.extend(obj["Key"] for obj in page.get("Contents", ()))
+        return keys
+
+    def generations(self, tenant: str, agent: int) -> list[int]:
+        prefix = self.agent_prefix(tenant, agent)
+        found = {key[len(prefix) :].split("/")[0] for key in self.keys(prefix)}
+        return sorted(int(name[4:]) for name in found if name.startswith("gen-"))
+
+    def purge_tenant(self, tenant: str) -> int:
+        """Delete every object of the tenant. Safe to re-run: a second run finds nothing to delete."""
+        keys = self.keys(self.tenant_prefix(tenant))
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[start : start + 1000]]
+            self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+        return len(keys)
+
+    def ensure_bucket(self) -> None:
+        try:
+            self.s3.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self.s3.create_bucket(Bucket=self.bucket)
+
+
+class SeaweedCredentials:
+    """Per-tenant S3 identities in the embedded store, each limited to its tenant's prefix."""
+
+    def __init__(self, store: EmbeddedStore, storage: ObjectStorage) -> None:
+        self.store = store
+        self.storage = storage
+
+    @staticmethod
+    def _user(tenant: str) -> str:
+        return f"litefleet-tenant-{tenant}"
+
+    def issue(self, tenant: str) -> TenantCredentials:
+        """A fresh key pair for `tenant` (replacing any previous one: re-running rotates, never widens)."""
+        creds = TenantCredentials(tenant, "LF" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30))
+        scope = f"{self.storage.bucket}/{self.storage.tenant_prefix(tenant)}*"
+        actions = ",".join(f"{verb}:{scope}" for verb in ("Read", "Write", "List", "Tagging"))
+        self.revoke(tenant)
+        self.store.shell(
+            f"s3.configure -user={self._user(tenant)} -access_key={creds.access_key} "
+            f"-secret_key={creds.secret_key} -actions={actions} -apply"
+        )
+        return creds
+
+    def revoke(self, tenant: str) -> None:
+        """Remove the tenant's identity. Safe to re-run: deleting a missing user is not an error."""
+        try:
+            self.store.shell(f"s3.configure -user={self._user(tenant)} -delete -apply")
+        except Exception:
+            if self._user(tenant) in self.store.shell("s3.configure"):
+                raise

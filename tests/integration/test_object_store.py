@@ -1,0 +1,128 @@
+"""The embedded SeaweedFS store, scoped tenant credentials and CURRENT markers, against the real store."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from control_plane.objectstore import EmbeddedStore, StoreAddress
+from control_plane.storage import CurrentMoved, ObjectStorage, SeaweedCredentials, TenantCredentials
+
+BUCKET = "litefleet"
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStore]:
+    # gRPC ports are HTTP port + 10000: pick HTTP ports whose +10000 is free too (low range).
+    s3, master, volume, filer = (p % 20000 + 20000 for p in _free_ports(4))
+    address = StoreAddress("127.0.0.1", s3_port=s3, master_port=master, volume_port=volume, filer_port=filer)
+    embedded = EmbeddedStore(tmp_path_factory.mktemp("store"), address, BUCKET, "ADMINKEY", secrets.token_hex(16))
+    embedded.up()
+    yield embedded
+    embedded.down()
+    assert embedded.running_pid() is None
+
+
+@pytest.fixture(scope="module")
+def admin(store: EmbeddedStore) -> ObjectStorage:
+    return ObjectStorage(store.address.endpoint, *store._admin, BUCKET)
+
+
+@pytest.fixture(scope="module")
+def credentials(store: EmbeddedStore, admin: ObjectStorage) -> SeaweedCredentials:
+    return SeaweedCredentials(store, admin)
+
+
+def _as(store: EmbeddedStore, creds: TenantCredentials) -> Any:
+    return ObjectStorage(store.address.endpoint, creds.access_key, creds.secret_key, BUCKET).s3
+
+
+def _denied(call: Callable[[], object]) -> bool:
+    try:
+        call()
+    except ClientError as exc:
+        return exc.response["Error"]["Code"] in ("AccessDenied", "403", "Forbidden", "InvalidAccessKeyId")
+    return False
+
+
+def test_up_is_idempotent(store: EmbeddedStore) -> None:
+    pid = store.running_pid()
+    store.up()
+    assert store.running_pid() == pid
+
+
+def test_tenant_credentials_cannot_touch_another_tenant(
+    store: EmbeddedStore, admin: ObjectStorage, credentials: SeaweedCredentials
+) -> None:
+    a, b = credentials.issue("acme"), credentials.issue("globex")
+    assert "secret_key" not in repr(a)
+    s3a = _as(store, a)
+    own = admin.tenant_prefix("acme") + "agents/0/gen-1/x"
+    other = admin.tenant_prefix("globex") + "agents/0/gen-1/x"
+    admin.s3.put_object(Bucket=BUCKET, Key=other, Body=b"globex data")
+
+    s3a.put_object(Bucket=BUCKET, Key=own, Body=b"acme data")
+    assert s3a.get_object(Bucket=BUCKET, Key=own)["Body"].read() == b"acme data"
+    assert [o["Key"] for o in s3a.list_objects_v2(Bucket=BUCKET, Prefix=admin.tenant_prefix("acme"))["Contents"]] == [
+        own
+    ]
+
+    assert _denied(lambda: s3a.get_object(Bucket=BUCKET, Key=other))
+    assert _denied(lambda: s3a.head_object(Bucket=BUCKET, Key=other))
+    assert _denied(lambda: s3a.put_object(Bucket=BUCKET, Key=other, Body=b"overwrite"))
+    assert _denied(lambda: s3a.delete_object(Bucket=BUCKET, Key=other))
+    assert _denied(lambda: s3a.list_objects_v2(Bucket=BUCKET, Prefix=admin.tenant_prefix("globex")))
+    assert _denied(
+        lambda: s3a.copy_object(Bucket=BUCKET, Key=own + "-copy", CopySource={"Bucket": BUCKET, "Key": other})
+    )
+    assert admin.s3.get_object(Bucket=BUCKET, Key=other)["Body"].read() == b"globex data"
+    assert _denied(lambda: _as(store, b).get_object(Bucket=BUCKET, Key=own))
+
+
+def test_revoked_credentials_stop_working(
+    store: EmbeddedStore, admin: ObjectStorage, credentials: SeaweedCredentials
+) -> None:
+    creds = credentials.issue("initech")
+    key = admin.tenant_prefix("initech") + "agents/0/CURRENT"
+    _as(store, creds).put_object(Bucket=BUCKET, Key=key, Body=b"1")
+    credentials.revoke("initech")
+    credentials.revoke("initech")  # twice is harmless
+    assert _denied(lambda: _as(store, creds).get_object(Bucket=BUCKET, Key=key))
+
+
+def test_current_marker_conditional_writes(admin: ObjectStorage) -> None:
+    assert admin.read_current("hooli", 0) is None
+    first = admin.advance_current("hooli", 0, 1, expected=None)
+    with pytest.raises(CurrentMoved):
+        admin.advance_current("hooli", 0, 1, expected=None)  # a racing creator loses
+    second = admin.advance_current("hooli", 0, 2, expected=first)
+    with pytest.raises(CurrentMoved):
+        admin.advance_current("hooli", 0, 3, expected=first)  # stale etag: someone moved it since
+    current = admin.read_current("hooli", 0)
+    assert current == second and current is not None and current.generation == 2
+
+
+def test_generations_and_purge(admin: ObjectStorage) -> None:
+    for g in (1, 2, 5):
+        admin.s3.put_object(Bucket=BUCKET, Key=admin.replica_prefix("umbrella", 3, g) + "0000.ltx", Body=b"x")
+    assert admin.generations("umbrella", 3) == [1, 2, 5]
+    assert admin.replica_url("umbrella", 3, 2) == f"s3://{BUCKET}/fleet/tenants/umbrella/agents/3/gen-2/"
+    assert admin.purge_tenant("umbrella") == 3
+    assert admin.purge_tenant("umbrella") == 0
+    assert admin.generations("umbrella", 3) == []
