@@ -177,47 +177,47 @@ def test_durable_sleep_survives_restart(open_runtime: OpenRuntime) -> None:
     assert time.monotonic() - started < 0.6, "woke at the original deadline, not a fresh 0.6 s later"
 
 
-def test_close_parks_at_a_step_boundary_and_recovery_finishes(open_runtime: OpenRuntime) -> None:
+def _park_a_listener(open_runtime: OpenRuntime) -> str:
+    """Start a workflow waiting in recv, then close the runtime: it must park with nothing stuck."""
     first = open_runtime()
     handle = first.start(fb.listener, (30,))
     time.sleep(0.1)
     assert first.close(timeout=5) == 0
+    return handle.id
+
+
+def test_close_parks_at_a_step_boundary_and_recovery_finishes(open_runtime: OpenRuntime) -> None:
+    handle_id = _park_a_listener(open_runtime)
     second = open_runtime()
-    assert second.get(handle.id).status == "RUNNING"
-    second.send(handle.id, "late", "inbox")
-    assert second.wait(handle.id, 5).result == "late"
+    assert second.get(handle_id).status == "RUNNING"
+    second.send(handle_id, "late", "inbox")
+    assert second.wait(handle_id, 5).result == "late"
 
 
 def test_another_version_blocks_unless_compatible(open_runtime: OpenRuntime) -> None:
-    first = open_runtime()
-    handle = first.start(fb.listener, (30,))
-    time.sleep(0.1)
-    first.close()
+    handle_id = _park_a_listener(open_runtime)
     base = Bundle.from_module(fb)
     incompatible = dataclasses.replace(base, version="3", compatible_versions=frozenset())
     blocked = open_runtime(incompatible)
-    status = blocked.get(handle.id)
+    status = blocked.get(handle_id)
     assert status.status == "BLOCKED"
     assert "started under bundle version 2; this agent runs version 3" in (status.blocked_reason or "")
     blocked.close()
     resumed = open_runtime(dataclasses.replace(base, version="3", compatible_versions=frozenset({"2"})))
-    assert resumed.get(handle.id).status == "RUNNING"
-    resumed.send(handle.id, "ok", "inbox")
-    assert resumed.wait(handle.id, 5).result == "ok"
+    assert resumed.get(handle_id).status == "RUNNING"
+    resumed.send(handle_id, "ok", "inbox")
+    assert resumed.wait(handle_id, 5).result == "ok"
 
 
 def test_non_determinism_is_detected_and_blocks(open_runtime: OpenRuntime) -> None:
-    first = open_runtime()
-    handle = first.start(fb.listener, (30,))
-    time.sleep(0.1)
-    first.close()
+    handle_id = _park_a_listener(open_runtime)
 
     def listener(timeout: float) -> object:
         return fb.double(1)  # the code now calls a step where the log holds a recv
 
     base = Bundle.from_module(fb)
     changed = dataclasses.replace(base, workflows=base.workflows | {"listener": WorkflowSpec("listener", listener)})
-    status = open_runtime(changed).wait(handle.id, 5)
+    status = open_runtime(changed).wait(handle_id, 5)
     assert status.status == "BLOCKED"
     assert "operation 1: the log holds recv.wait 'inbox', the code now calls step 'double'" in (
         status.blocked_reason or ""
