@@ -282,14 +282,17 @@ def get_event(target_workflow_id: str, key: str, timeout: float = 60.0) -> Any:
         return Runtime.default().get_event(target_workflow_id, key, timeout=timeout)
 
     def look(conn: apsw.Connection) -> tuple[bool, str | None]:
-        rows = conn.execute(
-            "SELECT value FROM events WHERE workflow_id=? AND key=?", (target_workflow_id, key)
-        ).fetchall()
-        return (True, rows[0][0]) if rows else (False, None)
+        text = read_event(conn, target_workflow_id, key)
+        return text is not None, text
 
-    runtime = execution.runtime
-    with runtime._watching_event(target_workflow_id, key, execution):
+    with execution.runtime._watching_event(target_workflow_id, key, execution.wake):
         return _wait_for(execution, "get_event", f"{target_workflow_id}:{key}", timeout, look)
+
+
+def read_event(conn: apsw.Connection, workflow_id: str, key: str) -> str | None:
+    """The JSON text of event `key` of a workflow, None if it is not set."""
+    rows = conn.execute("SELECT value FROM events WHERE workflow_id=? AND key=?", (workflow_id, key)).fetchall()
+    return rows[0][0] if rows else None
 
 
 def _wait_for(

@@ -27,7 +27,7 @@ from agent_image import _json
 from agent_image._context import Execution, Recorded, current_execution
 from agent_image._workers import Workers
 from agent_image.bundle import Bundle
-from agent_image.durable import insert_message, log_operation
+from agent_image.durable import insert_message, log_operation, read_event
 from agent_image.errors import (
     Draining,
     NonDeterminismError,
@@ -528,13 +528,9 @@ class Runtime:
         with self._watching_event(workflow_id, key, woken):
             while True:
                 woken.clear()
-                rows = self.store.read(
-                    lambda c: c.execute(
-                        "SELECT value FROM events WHERE workflow_id=? AND key=?", (workflow_id, key)
-                    ).fetchall()
-                )
-                if rows:
-                    return _json.load(rows[0][0])
+                text = self.store.read(lambda c: read_event(c, workflow_id, key))
+                if text is not None:
+                    return _json.load(text)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
@@ -717,8 +713,8 @@ class Runtime:
     def _notify_settled(self, workflow_id: str) -> None:
         self._fire(("settled", workflow_id))
 
-    def _watching_event(self, workflow_id: str, key: str, waiter: threading.Event | Execution) -> Any:
-        return self._watch(("event", workflow_id, key), waiter.wake if isinstance(waiter, Execution) else waiter)
+    def _watching_event(self, workflow_id: str, key: str, event: threading.Event) -> Any:
+        return self._watch(("event", workflow_id, key), event)
 
     def _event_set(self, workflow_id: str, key: str) -> None:
         self._fire(("event", workflow_id, key))
