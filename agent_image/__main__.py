@@ -9,10 +9,14 @@ import logging
 import os
 import sys
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from agent_image.logs import configure_logging
+
+if TYPE_CHECKING:
+    from agent_image.runtime import Runtime
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("LITEFLEET_SYNCHRONOUS", "FULL"),
         choices=["OFF", "NORMAL", "FULL", "EXTRA"],
         help="SQLite synchronous mode (FULL: a committed step survives power loss)",
+    )
+    serve.add_argument(
+        "--replicated",
+        action="store_true",
+        help="run under `litestream replicate -exec` (set up by agent_image.entrypoint): watch the CURRENT fence, "
+        "report replication, prove the final sync on exit",
     )
     return parser
 
@@ -50,15 +60,44 @@ def main(argv: list[str] | None = None) -> None:
     except AgentError as exc:
         print(f"litefleet-agent: {exc.code}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
-    app = create_app(lambda: runtime)
+    if not args.replicated:
+        server = _server(create_app(lambda: runtime), args)
+        server.run()
+        # A SIGTERM'd agent that parked its workflows at step boundaries did its job: exit 0 (uvicorn would
+        # re-raise the signal).
+        raise SystemExit(0 if server.started else 1)
+    raise SystemExit(_serve_replicated(runtime, args))
+
+
+def _serve_replicated(runtime: Runtime, args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or until superseded, then prove the final sync. 0 only when it is proven."""
+    from agent_image.identity import AgentIdentity
+    from agent_image.replication import FenceWatch, ReplicationMonitor, final_sync
+    from agent_image.server import create_app
+
+    identity = AgentIdentity.from_env()
+    monitor = ReplicationMonitor(identity)
+    server = _server(create_app(lambda: runtime, replication=monitor), args)
+
+    def superseded(_: int | None) -> None:
+        runtime.drain()
+        server.should_exit = True
+
+    fence = FenceWatch(identity, superseded)
+    monitor.start()
+    fence.start()
+    server.run()
+    monitor.stop()
+    fence.stop()
+    record = final_sync(identity, "superseded" if fence.superseded else "stopped")
+    return 0 if record.proven and server.started else 1
+
+
+def _server(app: Any, args: argparse.Namespace) -> _Server:
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level="warning", access_log=False, timeout_graceful_shutdown=30
     )
-    server = _Server(config)
-    server.run()
-    # A SIGTERM'd agent that parked its workflows at step boundaries did its job: exit 0 (uvicorn would re-raise
-    # the signal). Litestream's `replicate -exec` then runs its final sync.
-    raise SystemExit(0 if server.started else 1)
+    return _Server(config)
 
 
 class _Server(uvicorn.Server):

@@ -1,0 +1,133 @@
+"""The agent container's entrypoint: identity -> fence -> restore -> config -> `litestream replicate -exec`.
+
+`python -m agent_image.entrypoint` runs as the container's first process and replaces itself with Litestream,
+so Litestream is PID 1 and owns the agent server: if Litestream dies, the container dies with it, and the agent
+can never keep writing unreplicated.
+
+Exit codes before Litestream takes over: 2 bad identity, 3 stale generation (CURRENT names another one),
+4 object store unreachable, 5 restore or database check failed. After: the agent's (0 = stopped with a proven
+final sync, 1 = anything else)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+
+import structlog
+
+from agent_image import litestream
+from agent_image.identity import AgentIdentity, IdentityError
+from agent_image.logs import configure_logging
+from agent_image.replication import current_generation
+from agent_image.s3 import S3Error
+
+log = structlog.get_logger("agent_image.entrypoint")
+_STORE_PATIENCE = 30.0
+
+
+class StartRefused(Exception):
+    def __init__(self, code: str, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.exit_code = exit_code
+
+
+def check_fence(identity: AgentIdentity) -> None:
+    """Refuse to start unless CURRENT names this generation. Retries an unreachable store for a while."""
+    deadline = time.monotonic() + _STORE_PATIENCE
+    while True:
+        try:
+            named = current_generation(identity)
+            break
+        except (OSError, S3Error) as exc:
+            if time.monotonic() > deadline:
+                raise StartRefused("store_unreachable", 4, f"cannot read CURRENT: {exc}") from None
+            time.sleep(1)
+    if named != identity.generation:
+        raise StartRefused(
+            "stale_generation",
+            3,
+            f"CURRENT names generation {named}, this container is generation {identity.generation}: refusing to run",
+        )
+
+
+def prepare_database(identity: AgentIdentity) -> str:
+    """Make sure the database exists and holds the tenant's history. Returns where it came from.
+
+    Order: a database already on the volume (a restart of this incarnation) -> this generation's own replica (the
+    container was recreated) -> the restore-from replica, which must exist -> a new, empty database, only when no
+    restore-from was given."""
+    if identity.db_path.exists():
+        return "volume"
+    identity.data_dir.mkdir(parents=True, exist_ok=True)
+    own = litestream.write_config(identity, identity.replica_url, identity.run_dir / "restore-own.json", socket=False)
+    if litestream.restore(identity, own, if_replica_exists=True):
+        return identity.replica_url
+    if identity.restore_from_url is None:
+        return "new"
+    older = litestream.write_config(
+        identity, identity.restore_from_url, identity.run_dir / "restore-from.json", socket=False
+    )
+    litestream.restore(identity, older, if_replica_exists=False)
+    return identity.restore_from_url
+
+
+def initialise_schema(identity: AgentIdentity) -> None:
+    """Create or migrate the runtime's schema now, so Litestream starts on a WAL database that exists."""
+    from agent_image.store import Store
+
+    Store(str(identity.db_path), synchronous=identity.synchronous).close()
+
+
+def agent_command(identity: AgentIdentity) -> str:
+    return shlex.join(
+        [
+            sys.executable,
+            "-m",
+            "agent_image",
+            "serve",
+            "--replicated",
+            "--bundle",
+            identity.bundle,
+            "--db",
+            str(identity.db_path),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(identity.port),
+            "--synchronous",
+            identity.synchronous,
+        ]
+    )
+
+
+def main() -> None:
+    configure_logging()
+    try:
+        identity = AgentIdentity.from_env()
+    except (IdentityError, ValueError) as exc:
+        print(f"litefleet-agent: bad_identity: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    started = time.monotonic()
+    try:
+        check_fence(identity)
+        try:
+            source = prepare_database(identity)
+            initialise_schema(identity)
+        except Exception as exc:
+            raise StartRefused("restore_failed", 5, str(exc)) from None
+        config = litestream.write_config(identity, identity.replica_url, identity.run_dir / "litestream.json")
+    except StartRefused as exc:
+        log.error("agent.refused", code=exc.code, error=str(exc))
+        print(f"litefleet-agent: {exc.code}: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    size = identity.db_path.stat().st_size
+    log.info("agent.database_ready", source=source, bytes=size, seconds=round(time.monotonic() - started, 3))
+    argv = [litestream.binary(), "replicate", "-config", str(config), "-exec", agent_command(identity)]
+    os.execve(argv[0], argv, litestream.environment())
+
+
+if __name__ == "__main__":
+    main()
