@@ -62,16 +62,15 @@ def prepare_database(identity: AgentIdentity) -> str:
     if identity.db_path.exists():
         return "volume"
     identity.data_dir.mkdir(parents=True, exist_ok=True)
-    own = litestream.write_config(identity, identity.replica_url, identity.run_dir / "restore-own.json", socket=False)
-    if litestream.restore(identity, own, if_replica_exists=True):
-        return identity.replica_url
-    if identity.restore_from_url is None:
-        return "new"
-    older = litestream.write_config(
-        identity, identity.restore_from_url, identity.run_dir / "restore-from.json", socket=False
-    )
-    litestream.restore(identity, older, if_replica_exists=False)
-    return identity.restore_from_url
+    for url, required in ((identity.replica_url, False), (identity.restore_from_url, True)):
+        if url is None:
+            continue
+        document = litestream.agent_config(identity, url, socket=False)
+        config = litestream.write_config(document, identity.run_dir / "restore.json")
+        check = identity.integrity_check
+        if litestream.restore(config, identity.db_path, if_replica_exists=not required, integrity_check=check):
+            return url
+    return "new"
 
 
 def initialise_schema(identity: AgentIdentity) -> None:
@@ -118,7 +117,8 @@ def main() -> None:
             initialise_schema(identity)
         except Exception as exc:
             raise StartRefused("restore_failed", 5, str(exc)) from None
-        config = litestream.write_config(identity, identity.replica_url, identity.run_dir / "litestream.json")
+        document = litestream.agent_config(identity, identity.replica_url)
+        config = litestream.write_config(document, identity.run_dir / "litestream.json")
     except StartRefused as exc:
         log.error("agent.refused", code=exc.code, error=str(exc))
         print(f"litefleet-agent: {exc.code}: {exc}", file=sys.stderr)

@@ -39,71 +39,106 @@ def binary() -> str:
     return found
 
 
-def environment() -> dict[str, str]:
+def environment(credentials: tuple[str, str] | None = None) -> dict[str, str]:
     """The process environment for litestream: without AWS_CA_BUNDLE, which makes its S3 client fail
     ("unable to add custom RootCAs") when the bundle is not a PEM it can parse."""
-    return {key: value for key, value in os.environ.items() if key != "AWS_CA_BUNDLE"}
+    env = {key: value for key, value in os.environ.items() if key != "AWS_CA_BUNDLE"}
+    if credentials is not None:
+        env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = credentials
+    return env
 
 
 def _duration(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
-def config(identity: AgentIdentity, replica_url: str, *, socket: bool = True) -> dict[str, Any]:
+def config(
+    db_path: Path,
+    replica_url: str,
+    endpoint: str,
+    region: str = "us-east-1",
+    *,
+    sync_interval: float = 1.0,
+    monitor_interval: float = 1.0,
+    socket_path: Path | None = None,
+) -> dict[str, Any]:
     """The config for one database replicating to (or restoring from) `replica_url`. JSON is valid YAML."""
     document: dict[str, Any] = {
         "dbs": [
             {
-                "path": str(identity.db_path),
-                "monitor-interval": _duration(identity.monitor_interval),
+                "path": str(db_path),
+                "monitor-interval": _duration(monitor_interval),
                 "replica": {
                     "url": replica_url,
-                    "endpoint": identity.s3_endpoint,
-                    "region": identity.s3_region,
+                    "endpoint": endpoint,
+                    "region": region,
                     "force-path-style": True,
-                    "sync-interval": _duration(identity.sync_interval),
+                    "sync-interval": _duration(sync_interval),
                 },
             }
         ]
     }
-    if socket:
-        document["socket"] = {"enabled": True, "path": str(identity.socket_path)}
+    if socket_path is not None:
+        document["socket"] = {"enabled": True, "path": str(socket_path)}
     return document
 
 
-def write_config(identity: AgentIdentity, replica_url: str, path: Path, *, socket: bool = True) -> Path:
+def agent_config(identity: AgentIdentity, replica_url: str, *, socket: bool = True) -> dict[str, Any]:
+    return config(
+        identity.db_path,
+        replica_url,
+        identity.s3_endpoint,
+        identity.s3_region,
+        sync_interval=identity.sync_interval,
+        monitor_interval=identity.monitor_interval,
+        socket_path=identity.socket_path if socket else None,
+    )
+
+
+def write_config(document: dict[str, Any], path: Path) -> Path:
     """Write the config and check that Litestream reads back exactly the database and replica we meant."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config(identity, replica_url, socket=socket), indent=2))
+    path.write_text(json.dumps(document, indent=2))
     path.chmod(0o600)
     seen = json.loads(_run([binary(), "databases", "-json", "-config", str(path)]).stdout or "[]")
     found = [(entry.get("path"), entry.get("replica")) for entry in seen] if isinstance(seen, list) else []
-    if found != [(str(identity.db_path), "s3")]:
-        raise LitestreamError(f"litestream read {path} as {found}, expected [({str(identity.db_path)!r}, 's3')]")
+    expected = [(db["path"], "s3") for db in document["dbs"]]
+    if found != expected:
+        raise LitestreamError(f"litestream read {path} as {found}, expected {expected}")
     return path
 
 
-def restore(identity: AgentIdentity, config_path: Path, *, if_replica_exists: bool) -> bool:
-    """Restore the configured replica into `identity.db_path` (which must not exist) and check its integrity.
+def restore(
+    config_path: Path,
+    db_path: Path,
+    *,
+    if_replica_exists: bool,
+    integrity_check: str = "quick",
+    output: Path | None = None,
+    credentials: tuple[str, str] | None = None,
+) -> bool:
+    """Restore the configured replica of `db_path` (into `output`, default `db_path`, which must not exist) and
+    check its integrity.
 
     Returns False only when `if_replica_exists` and there is no replica. Raises when the replica is missing
     (if required), unreadable, or fails the integrity check; a partial file is removed first."""
-    command = [binary(), "restore", "-config", str(config_path), "-if-db-not-exists"]
+    target = output or db_path
+    command = [binary(), "restore", "-config", str(config_path), "-if-db-not-exists", "-o", str(target)]
     if if_replica_exists:
         command.append("-if-replica-exists")
-    if identity.integrity_check != "none":
-        command += ["-integrity-check", identity.integrity_check]
-    command.append(str(identity.db_path))
+    if integrity_check != "none":
+        command += ["-integrity-check", integrity_check]
+    command.append(str(db_path))
     try:
-        _run(command, timeout=3600)
+        _run(command, timeout=3600, credentials=credentials)
     except LitestreamError:
-        for leftover in identity.db_path.parent.glob(identity.db_path.name + "*"):
+        for leftover in target.parent.glob(target.name + "*"):
             leftover.unlink(missing_ok=True)
         raise
-    return identity.db_path.exists()
+    return target.exists()
 
 
-def sync_wait(identity: AgentIdentity, timeout: float = 30.0) -> SyncResult:
+def sync_wait(socket_path: Path, db_path: Path, timeout: float = 30.0) -> SyncResult:
     """Force a sync through the running `replicate`'s control socket and wait until the replica has it."""
     answer = _run(
         [
@@ -114,8 +149,8 @@ def sync_wait(identity: AgentIdentity, timeout: float = 30.0) -> SyncResult:
             "-timeout",
             str(max(1, round(timeout))),
             "-socket",
-            str(identity.socket_path),
-            str(identity.db_path),
+            str(socket_path),
+            str(db_path),
         ],
         timeout=timeout + 5,
     )
@@ -123,9 +158,12 @@ def sync_wait(identity: AgentIdentity, timeout: float = 30.0) -> SyncResult:
     return SyncResult(int(document.get("txid", 0)), int(document.get("replica_txid", 0)))
 
 
-def _run(command: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+def _run(
+    command: list[str], timeout: float = 60.0, credentials: tuple[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = environment(credentials)
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment(), check=False)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
     except subprocess.TimeoutExpired:
         raise LitestreamError(f"litestream {command[1]} timed out after {timeout:.0f}s") from None
     if done.returncode != 0:

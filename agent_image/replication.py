@@ -92,7 +92,9 @@ class ReplicationMonitor:
 
     def probe(self) -> None:
         try:
-            result = litestream.sync_wait(self.identity, timeout=min(30.0, self.interval * 2))
+            result = litestream.sync_wait(
+                self.identity.socket_path, self.identity.db_path, timeout=min(30.0, self.interval * 2)
+            )
         except (litestream.LitestreamError, ValueError) as exc:
             self._status["last_error"] = str(exc)
             log.warning("replication.probe_failed", error=str(exc))
@@ -136,7 +138,7 @@ def final_sync(identity: AgentIdentity, reason: str, timeout: float = 60.0) -> S
     txid = replica_txid = None
     error = None
     try:
-        result = litestream.sync_wait(identity, timeout=timeout)
+        result = litestream.sync_wait(identity.socket_path, identity.db_path, timeout=timeout)
         txid, replica_txid = result.txid, result.replica_txid
         if not result.caught_up:
             error = f"replica is at txid {replica_txid}, the database at {txid}"

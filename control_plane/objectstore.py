@@ -131,9 +131,7 @@ class EmbeddedStore:
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if _exited(pid):
                 break
             time.sleep(0.1)
         else:
@@ -154,3 +152,17 @@ class EmbeddedStore:
             # The output can echo identities (secret keys included): never put it in an error or a log.
             raise ObjectStoreError(f"weed shell {command.split()[0]} failed (exit {done.returncode})")
         return done.stdout
+
+
+def _exited(pid: int) -> bool:
+    """True once `pid` is gone (reaping it when it is our own child, or it would linger as a zombie)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    except ChildProcessError:
+        pass  # started by another process (`litefleet store up`): only watch it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False

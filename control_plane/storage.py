@@ -2,18 +2,23 @@
 
 Layout under the bucket:  {root}/tenants/{tenant}/agents/{ordinal}/CURRENT            the generation allowed to run
                           {root}/tenants/{tenant}/agents/{ordinal}/gen-{g}/...        Litestream's replica of gen g
+                          {root}/tenants/{tenant}/agents/{ordinal}/gen-{g}/shutdown.json  how gen g stopped
 """
 
 from __future__ import annotations
 
+import json
 import secrets
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from agent_image import litestream
 from control_plane.objectstore import EmbeddedStore
 
 
@@ -48,7 +53,9 @@ class ObjectStorage:
         region: str = "us-east-1",
     ) -> None:
         self.endpoint = endpoint
+        self.region = region
         self.bucket = bucket
+        self._credentials = (access_key, secret_key)
         self.root = root.strip("/")
         self.s3: Any = boto3.client(
             "s3",
@@ -105,6 +112,18 @@ class ObjectStorage:
             raise
         return Current(generation, result["ETag"])
 
+    def read_shutdown(self, tenant: str, agent: int, generation: int) -> dict[str, Any] | None:
+        """The record generation `generation` wrote when it stopped (None: it has not stopped cleanly)."""
+        key = self.replica_prefix(tenant, agent, generation) + "shutdown.json"
+        try:
+            body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                return None
+            raise
+        record: dict[str, Any] = json.loads(body)
+        return record
+
     # -- replicas -------------------------------------------------------------------------------------------------
 
     def keys(self, prefix: str) -> list[str]:
@@ -125,6 +144,20 @@ class ObjectStorage:
             batch = [{"Key": key} for key in keys[start : start + 1000]]
             self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
         return len(keys)
+
+    def restore(self, replica_url: str, output: Path, *, integrity_check: str = "full") -> Path:
+        """Restore a replica into a local file for inspection or verification (never over an existing file)."""
+        if output.exists():
+            raise FileExistsError(f"{output} exists; restore never overwrites")
+        with tempfile.TemporaryDirectory() as scratch:
+            document = litestream.config(output, replica_url, self.endpoint, self.region)
+            config = litestream.write_config(document, Path(scratch) / "restore.json")
+            found = litestream.restore(
+                config, output, if_replica_exists=True, integrity_check=integrity_check, credentials=self._credentials
+            )
+        if not found:
+            raise FileNotFoundError(f"no replica at {replica_url}")
+        return output
 
     def ensure_bucket(self) -> None:
         try:

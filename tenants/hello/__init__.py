@@ -4,6 +4,8 @@ litefleet-agent serve --bundle tenants.hello --db /tmp/hello.db --port 8080
 curl -XPOST localhost:8080/v1/workflows/greet -d '{"args": ["ada"]}'
 """
 
+import time
+
 from agent_image import step, workflow
 
 __version__ = "1"
@@ -31,14 +33,16 @@ def greet(name: str, loud: bool = False) -> str:
 
 
 @step
-def record(n: int) -> int:
+def record(n: int, pause: float = 0.0) -> int:
+    time.sleep(pause)
     return n
 
 
 @workflow
-def count(n: int) -> int:
-    """Checkpoint `n` steps; the durability tests use it as a monotonic counter of committed work."""
+def count(n: int, pause: float = 0.0) -> int:
+    """Checkpoint `n` steps, each taking `pause` seconds; the durability tests use it as a monotonic counter of
+    committed work (and `pause` to be sure a kill lands mid-workflow)."""
     total = 0
     for i in range(n):
-        total += record(i)
+        total += record(i, pause)
     return total

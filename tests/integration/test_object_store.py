@@ -2,38 +2,20 @@
 
 from __future__ import annotations
 
-import secrets
-import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
-from control_plane.objectstore import EmbeddedStore, StoreAddress
+from control_plane.objectstore import EmbeddedStore
 from control_plane.storage import CurrentMoved, ObjectStorage, SeaweedCredentials, TenantCredentials
-
-BUCKET = "litefleet"
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+from tests.integration.conftest import BUCKET, start_store
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStore]:
-    # gRPC ports are HTTP port + 10000: pick HTTP ports whose +10000 is free too (low range).
-    s3, master, volume, filer = (p % 20000 + 20000 for p in _free_ports(4))
-    address = StoreAddress("127.0.0.1", s3_port=s3, master_port=master, volume_port=volume, filer_port=filer)
-    embedded = EmbeddedStore(tmp_path_factory.mktemp("store"), address, BUCKET, "ADMINKEY", secrets.token_hex(16))
-    embedded.up()
+    embedded = start_store(tmp_path_factory.mktemp("store"), "127.0.0.1")
     yield embedded
     embedded.down()
     assert embedded.running_pid() is None

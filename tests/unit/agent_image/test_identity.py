@@ -1,0 +1,83 @@
+"""The container's identity: what the entrypoint accepts, and the one-line refusals for what it does not."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent_image import litestream
+from agent_image.identity import AgentIdentity
+
+PREFIX = "s3://litefleet/fleet/tenants/acme/agents/2"
+GOOD = {
+    "LITEFLEET_TENANT": "acme",
+    "LITEFLEET_AGENT": "2",
+    "LITEFLEET_GENERATION": "5",
+    "LITEFLEET_BUNDLE": "tenants.hello",
+    "LITEFLEET_REPLICA_URL": f"{PREFIX}/gen-5",
+    "LITEFLEET_RESTORE_FROM_URL": f"{PREFIX}/gen-4",
+    "LITEFLEET_S3_ENDPOINT": "http://172.17.0.1:8333",
+    "AWS_ACCESS_KEY_ID": "LFKEY",
+    "AWS_SECRET_ACCESS_KEY": "very-secret",
+}
+
+
+def test_a_complete_environment_names_every_path() -> None:
+    identity = AgentIdentity.from_env(GOOD)
+    assert (identity.tenant, identity.agent, identity.generation) == ("acme", 2, 5)
+    assert identity.bucket == "litefleet"
+    assert identity.current_key == "fleet/tenants/acme/agents/2/CURRENT"
+    assert identity.shutdown_key == "fleet/tenants/acme/agents/2/gen-5/shutdown.json"
+    assert "very-secret" not in repr(identity)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"LITEFLEET_TENANT": ""}, "LITEFLEET_TENANT is not set"),
+        ({"LITEFLEET_TENANT": "Acme_Corp"}, "not a valid name"),
+        ({"LITEFLEET_AGENT": "-1"}, "LITEFLEET_AGENT must be a whole number"),
+        ({"LITEFLEET_GENERATION": "0"}, "LITEFLEET_GENERATION must be a whole number >= 1"),
+        ({"LITEFLEET_REPLICA_URL": f"{PREFIX}/gen-4"}, "must end with tenants/acme/agents/2/gen-5"),
+        ({"LITEFLEET_REPLICA_URL": "http://elsewhere/x"}, "not an s3:// URL"),
+        ({"LITEFLEET_RESTORE_FROM_URL": f"{PREFIX}/gen-5"}, "older generation of this same agent"),
+        ({"LITEFLEET_RESTORE_FROM_URL": "s3://litefleet/fleet/tenants/other/agents/2/gen-1"}, "same agent"),
+        ({"LITEFLEET_SYNC_INTERVAL": "soon"}, "is not a number"),
+        ({"LITEFLEET_RESTORE_INTEGRITY": "maybe"}, "LITEFLEET_RESTORE_INTEGRITY must be one of"),
+    ],
+)
+def test_bad_identities_are_refused_with_a_reason(change: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        AgentIdentity.from_env({**GOOD, **change})
+
+
+def test_entrypoint_refuses_a_bad_identity_in_one_line_without_secrets() -> None:
+    env = {**GOOD, "LITEFLEET_TENANT": "Bad Name", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-m", "agent_image.entrypoint"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "litefleet-agent: bad_identity: tenant 'Bad Name' is not a valid name (a-z, 0-9, '-', up to 63)"
+    ]
+    assert "very-secret" not in done.stderr + done.stdout
+
+
+def test_generated_litestream_config_is_read_back_by_litestream(tmp_path: Path) -> None:
+    identity = AgentIdentity.from_env({**GOOD, "LITEFLEET_DATA_DIR": str(tmp_path), "LITEFLEET_SYNC_INTERVAL": "0.1"})
+    document = litestream.agent_config(identity, identity.replica_url)
+    assert document["dbs"][0]["replica"]["sync-interval"] == "100ms"
+    assert document["socket"]["path"] == str(identity.socket_path)
+    litestream.write_config(document, tmp_path / "litestream.json")
+    assert (tmp_path / "litestream.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_config_litestream_reads_differently_is_rejected(tmp_path: Path) -> None:
+    """Litestream ignores keys it does not know: a misspelt `replica` would run with no replication at all."""
+    document = litestream.config(tmp_path / "a.db", "s3://b/x", "http://127.0.0.1:1")
+    document["dbs"][0]["replcia"] = document["dbs"][0].pop("replica")
+    with pytest.raises(litestream.LitestreamError, match="replica"):
+        litestream.write_config(document, tmp_path / "litestream.json")
