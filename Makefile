@@ -30,6 +30,7 @@ lint: setup
 
 bench: setup
 	$(PY) bench/runtime.py
+	$(PY) bench/agent_container.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -5,8 +5,11 @@ tenant, no capabilities, a read-only root, its own named volume for the database
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import httpx
 
 from control_plane.storage import TenantCredentials
 
@@ -105,3 +108,28 @@ def agent_url(container: Any) -> str:
     container.reload()
     binding = container.attrs["NetworkSettings"]["Ports"][f"{AGENT_PORT}/tcp"][0]
     return f"http://{binding['HostIp']}:{binding['HostPort']}"
+
+
+class AgentNotReady(RuntimeError):
+    code = "agent_not_ready"
+
+
+def wait_ready(container: Any, timeout: float = 30.0) -> str:
+    """Poll the agent's `/readyz` until it answers 200; fail early (with its last log lines) if it exits."""
+    url = agent_url(container)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+        container.reload()
+        if container.status == "exited":
+            raise AgentNotReady(f"{container.name} exited: {_last_lines(container)}")
+        time.sleep(0.02)
+    raise AgentNotReady(f"{container.name} not ready after {timeout:.0f}s: {_last_lines(container)}")
+
+
+def _last_lines(container: Any, n: int = 3) -> str:
+    return " | ".join(container.logs(tail=n).decode(errors="replace").strip().splitlines())

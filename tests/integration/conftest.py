@@ -17,10 +17,9 @@ from typing import Any
 
 import docker
 import docker.errors
-import httpx
 import pytest
 
-from control_plane.agent_container import AgentSpec, agent_url, run_agent
+from control_plane.agent_container import AgentSpec, run_agent
 from control_plane.images import build_agent_image
 from control_plane.objectstore import EmbeddedStore, StoreAddress
 from control_plane.storage import ObjectStorage, SeaweedCredentials, TenantCredentials
@@ -125,21 +124,6 @@ class Agents:
     def advance(self, tenant: str, generation: int) -> None:
         """Point CURRENT at `generation`, as the control plane does before starting it."""
         self.storage.advance_current(tenant, 0, generation, self.storage.read_current(tenant, 0))
-
-    def wait_ready(self, container: Any, timeout: float = 30.0) -> str:
-        url = agent_url(container)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    return url
-            except httpx.HTTPError:
-                pass
-            container.reload()
-            if container.status == "exited":
-                raise AssertionError(f"agent exited: {container.logs(tail=5).decode(errors='replace')}")
-            time.sleep(0.05)
-        raise AssertionError(f"agent not ready after {timeout}s: {container.logs(tail=5).decode(errors='replace')}")
 
     def wait_exit(self, container: Any, timeout: float = 60.0) -> int:
         return int(container.wait(timeout=timeout)["StatusCode"])

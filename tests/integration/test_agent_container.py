@@ -14,6 +14,7 @@ import apsw
 import httpx
 import pytest
 
+from control_plane.agent_container import wait_ready
 from tests.integration.conftest import Agents, eventually
 
 
@@ -55,7 +56,7 @@ def test_kill_mid_workflow_remove_volume_then_generation_2_finishes_everything(a
     tenant = agents.tenant()
     agents.advance(tenant, 1)
     first = agents.start(agents.spec(tenant, 1))
-    url = agents.wait_ready(first)
+    url = wait_ready(first)
     ids = [f"job-{i}" for i in range(6)]
     for workflow_id in ids:
         answer = httpx.post(f"{url}/v1/workflows/count", json={"id": workflow_id, "args": [10, 0.3]}, timeout=5)
@@ -72,7 +73,7 @@ def test_kill_mid_workflow_remove_volume_then_generation_2_finishes_everything(a
 
     agents.advance(tenant, 2)
     second = agents.start(agents.spec(tenant, 2, restore_from=1))
-    url = agents.wait_ready(second)
+    url = wait_ready(second)
     assert f"fleet/tenants/{tenant}/agents/0/gen-1" in logs(second)  # restored from generation 1's replica
     for workflow_id in ids:
         answer = httpx.get(f"{url}/v1/workflows/{workflow_id}?wait=30", timeout=35).json()
@@ -86,7 +87,7 @@ def test_graceful_stop_under_load_loses_nothing(agents: Agents, tmp_path: Path, 
     tenant = agents.tenant()
     agents.advance(tenant, 1)
     container = agents.start(agents.spec(tenant, 1))
-    writer = Writer(agents.wait_ready(container), f"run{run}")
+    writer = Writer(wait_ready(container), f"run{run}")
     writer.start()
     eventually(lambda: len(writer.acknowledged) >= 50, timeout=30, interval=0.02)
     container.stop(timeout=30)  # SIGTERM to litestream (PID 1) -> agent drains -> proven final sync
@@ -128,13 +129,13 @@ def test_superseded_agent_stops_and_its_last_writes_stay_out_of_the_new_generati
     tenant = agents.tenant()
     agents.advance(tenant, 1)
     old = agents.start(agents.spec(tenant, 1, fence_interval=2.0))
-    writer = Writer(agents.wait_ready(old), "old")
+    writer = Writer(wait_ready(old), "old")
     writer.start()
     eventually(lambda: len(writer.acknowledged) >= 20, timeout=30, interval=0.02)
 
     agents.advance(tenant, 2)  # a zombie overlap: generation 2 starts while generation 1 still writes
     new = agents.start(agents.spec(tenant, 2, restore_from=1))
-    agents.wait_ready(new)
+    wait_ready(new)
     assert agents.wait_exit(old, timeout=30) == 0, logs(old)  # it noticed and stopped itself
     writer.join(10)
     record = agents.storage.read_shutdown(tenant, 0, 1)
