@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from agent_image import litestream  # noqa: E402
 from agent_image.store import Store  # noqa: E402
 from control_plane.agent_container import AgentSpec, run_agent, wait_ready  # noqa: E402
 from control_plane.images import DEFAULT_BASE, build_agent_image  # noqa: E402
-from control_plane.objectstore import EmbeddedStore, StoreAddress  # noqa: E402
+from control_plane.objectstore import EmbeddedStore, free_address  # noqa: E402
 from control_plane.storage import ObjectStorage, SeaweedCredentials  # noqa: E402
 
 BUCKET = "litefleet-bench"
@@ -56,12 +55,6 @@ def summary(values: list[float]) -> dict[str, float]:
         "p90": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))], 3),
         "n": len(ordered),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1]) % 20000 + 20000
 
 
 class Bench:
@@ -228,8 +221,7 @@ def main() -> None:
     built = build_agent_image(client)
     emit("image", tag=built.tag, size_mib=round(built.size_bytes / 2**20), build_s=built.seconds, built=built.built)
     gateway = client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
-    ports = [free_port() for _ in range(4)]
-    address = StoreAddress(gateway, *ports)
+    address = free_address(gateway)
     with tempfile.TemporaryDirectory() as store_dir:
         store = EmbeddedStore(Path(store_dir), address, BUCKET, "BENCHADMIN", secrets.token_hex(16))
         store.up()

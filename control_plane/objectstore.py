@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -166,3 +168,22 @@ def _exited(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+def free_address(ip: str) -> StoreAddress:
+    """A StoreAddress on `ip` whose four HTTP ports and their gRPC twins (port + 10000) are all free now."""
+    ports: list[int] = []
+    while len(ports) < 4:
+        candidate = random.randrange(20000, 30000)
+        if candidate not in ports and _free(candidate) and _free(candidate + 10000):
+            ports.append(candidate)
+    return StoreAddress(ip, *ports)
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True

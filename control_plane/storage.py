@@ -167,32 +167,54 @@ class ObjectStorage:
 
 
 class SeaweedCredentials:
-    """Per-tenant S3 identities in the embedded store, each limited to its tenant's prefix."""
+    """S3 identities in the embedded store, each limited to one tenant's prefix or to one incarnation.
+
+    An incarnation's key (`issue_incarnation`) can read its whole agent prefix (CURRENT, older generations to
+    restore from) but write only its own `gen-g/`: a zombie cannot touch CURRENT or a newer generation's replica."""
 
     def __init__(self, store: EmbeddedStore, storage: ObjectStorage) -> None:
         self.store = store
         self.storage = storage
 
-    @staticmethod
-    def _user(tenant: str) -> str:
-        return f"litefleet-tenant-{tenant}"
-
     def issue(self, tenant: str) -> TenantCredentials:
         """A fresh key pair for `tenant` (replacing any previous one: re-running rotates, never widens)."""
-        creds = TenantCredentials(tenant, "LF" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30))
         scope = f"{self.storage.bucket}/{self.storage.tenant_prefix(tenant)}*"
-        actions = ",".join(f"{verb}:{scope}" for verb in ("Read", "Write", "List", "Tagging"))
-        self.revoke(tenant)
+        return self._configure(tenant, f"litefleet-tenant-{tenant}", {verb: scope for verb in _VERBS})
+
+    def issue_incarnation(self, tenant: str, agent: int, generation: int) -> TenantCredentials:
+        """A fresh key pair for generation `generation` of agent `agent` (rotates on re-run, never widens)."""
+        agent_scope = f"{self.storage.bucket}/{self.storage.agent_prefix(tenant, agent)}*"
+        own = f"{self.storage.bucket}/{self.storage.replica_prefix(tenant, agent, generation)}*"
+        scopes = {"Read": agent_scope, "List": agent_scope, "Write": own, "Tagging": own}
+        return self._configure(tenant, self._incarnation_user(tenant, agent, generation), scopes)
+
+    def revoke(self, tenant: str) -> None:
+        """Remove the tenant's identity. Safe to re-run: deleting a missing user is not an error."""
+        self._delete(f"litefleet-tenant-{tenant}")
+
+    def revoke_incarnation(self, tenant: str, agent: int, generation: int) -> None:
+        self._delete(self._incarnation_user(tenant, agent, generation))
+
+    @staticmethod
+    def _incarnation_user(tenant: str, agent: int, generation: int) -> str:
+        return f"litefleet-{tenant}-{agent}-g{generation}"
+
+    def _configure(self, tenant: str, user: str, scopes: dict[str, str]) -> TenantCredentials:
+        creds = TenantCredentials(tenant, "LF" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30))
+        actions = ",".join(f"{verb}:{scope}" for verb, scope in scopes.items())
+        self._delete(user)
         self.store.shell(
-            f"s3.configure -user={self._user(tenant)} -access_key={creds.access_key} "
+            f"s3.configure -user={user} -access_key={creds.access_key} "
             f"-secret_key={creds.secret_key} -actions={actions} -apply"
         )
         return creds
 
-    def revoke(self, tenant: str) -> None:
-        """Remove the tenant's identity. Safe to re-run: deleting a missing user is not an error."""
+    def _delete(self, user: str) -> None:
         try:
-            self.store.shell(f"s3.configure -user={self._user(tenant)} -delete -apply")
+            self.store.shell(f"s3.configure -user={user} -delete -apply")
         except Exception:
-            if self._user(tenant) in self.store.shell("s3.configure"):
+            if user in self.store.shell("s3.configure"):
                 raise
+
+
+_VERBS = ("Read", "Write", "List", "Tagging")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,28 +20,14 @@ import pytest
 
 from control_plane.agent_container import AgentSpec, run_agent
 from control_plane.images import build_agent_image
-from control_plane.objectstore import EmbeddedStore, StoreAddress
-from control_plane.storage import ObjectStorage, SeaweedCredentials, TenantCredentials
+from control_plane.objectstore import EmbeddedStore, free_address
+from control_plane.storage import ObjectStorage, SeaweedCredentials
 
 BUCKET = "litefleet"
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def start_store(directory: Path, ip: str) -> EmbeddedStore:
-    # gRPC ports are HTTP port + 10000: pick HTTP ports whose +10000 is free too (low range).
-    s3, master, volume, filer = (p % 20000 + 20000 for p in _free_ports(4))
-    address = StoreAddress(ip, s3_port=s3, master_port=master, volume_port=volume, filer_port=filer)
-    embedded = EmbeddedStore(directory, address, BUCKET, "ADMINKEY", secrets.token_hex(16))
+    embedded = EmbeddedStore(directory, free_address(ip), BUCKET, "ADMINKEY", secrets.token_hex(16))
     embedded.up()
     return embedded
 
@@ -90,12 +75,9 @@ class Agents:
     credentials: SeaweedCredentials
     started: list[Any] = field(default_factory=list)
     volumes: set[str] = field(default_factory=set)
-    keys: dict[str, TenantCredentials] = field(default_factory=dict)
 
     def tenant(self) -> str:
-        tenant = "t" + secrets.token_hex(4)
-        self.keys[tenant] = self.credentials.issue(tenant)
-        return tenant
+        return "t" + secrets.token_hex(4)
 
     def spec(self, tenant: str, generation: int, restore_from: int | None = None, **overrides: Any) -> AgentSpec:
         values: dict[str, Any] = {
@@ -107,7 +89,7 @@ class Agents:
             "replica_url": self.storage.replica_url(tenant, 0, generation),
             "restore_from_url": None if restore_from is None else self.storage.replica_url(tenant, 0, restore_from),
             "s3_endpoint": self.store.address.endpoint,
-            "credentials": self.keys[tenant],
+            "credentials": self.credentials.issue_incarnation(tenant, 0, generation),
             "sync_interval": 0.1,
             "monitor_interval": 0.1,
             "fence_interval": 0.5,

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.test_object_store import _free_ports
+from control_plane.objectstore import free_address
 
 
 def _litefleet(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -17,7 +17,8 @@ def _litefleet(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[s
 
 
 def test_store_up_status_down(tmp_path: Path) -> None:
-    s3, master, volume, filer = (p % 20000 + 20000 for p in _free_ports(4))
+    address = free_address("127.0.0.1")
+    s3, master, volume, filer = address.s3_port, address.master_port, address.volume_port, address.filer_port
     env = os.environ | {
         "LITEFLEET_STATE_DIR": str(tmp_path),
         "LITEFLEET_STORE_S3_PORT": str(s3),

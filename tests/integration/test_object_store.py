@@ -88,6 +88,37 @@ def test_revoked_credentials_stop_working(
     assert _denied(lambda: _as(store, creds).get_object(Bucket=BUCKET, Key=key))
 
 
+def test_incarnation_credentials_write_only_their_own_generation(
+    store: EmbeddedStore, admin: ObjectStorage, credentials: SeaweedCredentials
+) -> None:
+    admin.advance_current("cyberdyne", 0, 2, None)
+    admin.s3.put_object(Bucket=BUCKET, Key=admin.replica_prefix("cyberdyne", 0, 1) + "0000/1.ltx", Body=b"old")
+    admin.s3.put_object(Bucket=BUCKET, Key=admin.agent_prefix("cyberdyne", 1) + "CURRENT", Body=b"1")
+    s3 = _as(store, credentials.issue_incarnation("cyberdyne", 0, 2))
+    own = admin.replica_prefix("cyberdyne", 0, 2)
+    current = admin.agent_prefix("cyberdyne", 0) + "CURRENT"
+    older_key = admin.replica_prefix("cyberdyne", 0, 1) + "0000/1.ltx"
+
+    s3.put_object(Bucket=BUCKET, Key=own + "0000/1.ltx", Body=b"new")  # its own replica
+    assert s3.get_object(Bucket=BUCKET, Key=admin.agent_prefix("cyberdyne", 0) + "CURRENT")["Body"].read() == b"2"
+    assert s3.get_object(Bucket=BUCKET, Key=admin.replica_prefix("cyberdyne", 0, 1) + "0000/1.ltx")  # restore-from
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=admin.agent_prefix("cyberdyne", 0))
+    assert sorted(o["Key"] for o in listed["Contents"]) == sorted([current, older_key, own + "0000/1.ltx"])
+
+    assert _denied(lambda: s3.put_object(Bucket=BUCKET, Key=current, Body=b"3"))  # cannot move its own fence
+    assert _denied(lambda: s3.delete_object(Bucket=BUCKET, Key=current))
+    newer = admin.replica_prefix("cyberdyne", 0, 3) + "0000/1.ltx"
+    assert _denied(lambda: s3.put_object(Bucket=BUCKET, Key=newer, Body=b"zombie"))  # nor a newer generation
+    older = admin.replica_prefix("cyberdyne", 0, 1) + "0000/1.ltx"
+    assert _denied(lambda: s3.put_object(Bucket=BUCKET, Key=older, Body=b"zombie"))  # nor the one it restores
+    other_agent = admin.agent_prefix("cyberdyne", 1) + "CURRENT"
+    assert _denied(lambda: s3.get_object(Bucket=BUCKET, Key=other_agent))  # nor another agent of its tenant
+    assert _denied(lambda: s3.put_object(Bucket=BUCKET, Key=own[:-1] + "0/x", Body=b"gen-20"))  # gen-2 != gen-20
+
+    credentials.revoke_incarnation("cyberdyne", 0, 2)
+    assert _denied(lambda: s3.get_object(Bucket=BUCKET, Key=current))
+
+
 def test_current_marker_conditional_writes(admin: ObjectStorage) -> None:
     assert admin.read_current("hooli", 0) is None
     first = admin.advance_current("hooli", 0, 1, expected=None)
