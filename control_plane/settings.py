@@ -21,6 +21,32 @@ class Settings(BaseSettings):
     s3_endpoint: str | None = None  # an external S3 (AWS, R2, MinIO); None: the embedded SeaweedFS
     s3_admin_key: str = "litefleet-admin"
     s3_admin_secret: SecretStr = SecretStr("")  # generated into state_dir on first `store up` when empty
+    agent_s3_endpoint: str | None = None  # the store as containers reach it; None: http://STORE_IP:S3_PORT
+
+    database_url: str | None = None  # None: sqlite:///STATE_DIR/fleet.db; postgresql+psycopg://... for several
+    api_host: str = "127.0.0.1"
+    api_port: int = 8700
+    api_url: str = "http://127.0.0.1:8700"  # where the CLI finds the control plane
+    image: str = "litefleet/agent:latest"
+    drain_timeout: float = 60.0  # how long a scale-down waits for in-flight workflows before stopping the agent
+    stop_timeout: float = 30.0  # SIGTERM -> final sync -> exit, before SIGKILL
+    ready_timeout: float = 180.0  # container start -> /readyz and the first replica (restores of big DBs count)
+    workers: int = 4  # operations run in parallel (never two of one tenant)
+    lease_seconds: float = 6.0  # an operation's claim expires this long after its worker stops renewing it
+    heartbeat_interval: float = 5.0
+    node_grace_heartbeats: int = 3  # missed heartbeats before a node is marked down (one miss is not death)
+
+    @property
+    def fleet_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.state_dir / 'fleet.db').resolve()}"
+
+    @property
+    def store_endpoint(self) -> str:
+        return self.s3_endpoint or f"http://{self.store_ip}:{self.store_s3_port}"
+
+    @property
+    def containers_s3_endpoint(self) -> str:
+        return self.agent_s3_endpoint or self.store_endpoint
 
 
 def admin_secret(settings: Settings) -> str:

@@ -132,6 +132,16 @@ class ObjectStorage:
             keys.extend(obj["Key"] for obj in page.get("Contents", ()))
         return keys
 
+    def replica_txid(self, tenant: str, agent: int, generation: int) -> int:
+        """The newest transaction id in a generation's replica (0 when empty), from Litestream's LTX file names
+        (`<level>/<min txid>-<max txid>.ltx`, hex)."""
+        newest = 0
+        for key in self.keys(self.replica_prefix(tenant, agent, generation)):
+            name = key.rsplit("/", 1)[-1]
+            if name.endswith(".ltx") and "-" in name:
+                newest = max(newest, int(name[:-4].split("-")[1], 16))
+        return newest
+
     def generations(self, tenant: str, agent: int) -> list[int]:
         prefix = self.agent_prefix(tenant, agent)
         found = {key[len(prefix) :].split("/")[0] for key in self.keys(prefix)}

@@ -1,0 +1,72 @@
+"""Failures a user of the API can meet: one exception type each, one HTTP status, one stable code."""
+
+from __future__ import annotations
+
+
+class FleetError(Exception):
+    status = 400
+    code = "bad_request"
+
+
+class InvalidRequest(FleetError):
+    status, code = 422, "invalid_request"
+
+
+class NotFound(FleetError):
+    status, code = 404, "not_found"
+
+
+class TenantNotFound(NotFound):
+    code = "tenant_not_found"
+
+
+class NodeNotFound(NotFound):
+    code = "node_not_found"
+
+
+class OperationNotFound(NotFound):
+    code = "operation_not_found"
+
+
+class WorkflowNotFound(NotFound):
+    code = "workflow_not_found"
+
+
+class Conflict(FleetError):
+    status, code = 409, "conflict"
+
+
+class TenantExists(Conflict):
+    code = "tenant_exists"
+
+
+class NodeExists(Conflict):
+    code = "node_exists"
+
+
+class NodeNotEmpty(Conflict):
+    code = "node_not_empty"
+
+
+class NodeNotReady(Conflict):
+    code = "node_not_ready"
+
+
+class TenantBusy(Conflict):
+    code = "tenant_not_active"
+
+
+class NoCapacityError(FleetError):
+    status, code = 409, "no_capacity"
+
+
+class EngineUnreachableError(FleetError):
+    status, code = 422, "engine_unreachable"
+
+
+class NoAgentRunning(FleetError):
+    status, code = 503, "no_agent_running"
+
+
+class OperationFailed(Exception):
+    """Raised inside an operation: it ends `failed` with this message (the fleet is left as the log says)."""

@@ -1,0 +1,199 @@
+"""What each kind of operation does, written to be re-run from the top after a crash.
+
+Each runner reads desired state from the fleet DB and actual state from object storage and the engines, and
+records its plan (which generation goes to which node) in the operation before acting, so a second run follows
+the same plan: CURRENT never moves twice, no incarnation is started twice, stopped incarnations are not stopped
+again (their shutdown record is the proof)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
+
+from sqlmodel import Session, col, delete, select
+
+from control_plane.errors import OperationFailed
+from control_plane.fleet import Fleet
+from control_plane.models import Agent, AgentState, Node, NodeState, OperationKind, Tenant, TenantState
+from control_plane.placement import NoCapacity
+from control_plane.reconciler import OpContext, Runner
+
+_PLACED = (AgentState.running, AgentState.starting, AgentState.stopping)
+
+
+def _plan(ctx: OpContext, agent: Agent, make: Callable[[], dict[str, object]]) -> dict[str, object]:
+    plans = ctx.params.setdefault("plan", {})
+    if agent.id not in plans:
+        plans[agent.id] = make()
+        ctx.save()
+    return dict(plans[agent.id])
+
+
+def _place(fleet: Fleet, tenant: Tenant, exclude: AbstractSet[str] = frozenset()) -> str:
+    try:
+        return fleet.place(tenant, exclude).name
+    except NoCapacity as exc:
+        raise OperationFailed(str(exc)) from None
+
+
+def ensure_running(fleet: Fleet, ctx: OpContext, tenant: Tenant, ordinal: int) -> None:
+    """Make agent `ordinal` run. A new ordinal starts generation 1 on an empty database, unless its replicas were
+    kept (a scale-down, hibernation, or a deleted-and-recreated tenant): then it restores the newest one."""
+    agent = fleet.agent(tenant.name, ordinal)
+
+    def make() -> dict[str, object]:
+        if agent.state == AgentState.running:
+            return {"generation": agent.generation, "restore_from": None, "node": agent.node, "keep": True}
+        current = fleet.storage.read_current(tenant.name, ordinal)
+        last = max(agent.generation, current.generation if current else 0)
+        return {
+            "generation": last + 1,
+            "restore_from": last or None,
+            "node": _place(fleet, tenant),
+            "keep": False,
+        }
+
+    plan = _plan(ctx, agent, make)
+    if plan["keep"]:
+        return
+    if agent.state in _PLACED and agent.generation != plan["generation"] and agent.node is not None:
+        raise OperationFailed(f"agent {agent.id} is {agent.state.value} as gen {agent.generation}; stop it first")
+    restore_from = plan["restore_from"]
+    fleet.start(
+        ctx,
+        tenant,
+        ordinal,
+        int(str(plan["generation"])),
+        fleet.node(str(plan["node"])),
+        int(str(restore_from)) if restore_from else None,
+    )
+
+
+def retire(fleet: Fleet, ctx: OpContext, agent: Agent) -> None:
+    """Drain and stop an agent with a proven final sync, keep its replica, remove its container."""
+    if agent.state in _PLACED and agent.node is not None:
+        fleet.stop(ctx, agent, drain=True)
+        fleet.remove(ctx, agent.tenant, agent.ordinal, agent.generation, agent.node)
+    fleet.set_agent(agent.tenant, agent.ordinal, state=AgentState.retained, node=None, url=None)
+
+
+def move(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent, target: str | None, avoid: str) -> None:
+    """Stop-before-start move of one agent to a new generation on another node; records its downtime."""
+
+    def make() -> dict[str, object]:
+        return {
+            "from_generation": agent.generation,
+            "from_node": agent.node,
+            "generation": agent.generation + 1,
+            "node": target or _place(fleet, tenant, exclude={avoid}),
+        }
+
+    plan = _plan(ctx, agent, make)
+    if agent.id in ctx.params.get("done", []):
+        return
+    from_generation, from_node = int(str(plan["from_generation"])), str(plan["from_node"])
+    if agent.generation == from_generation:
+        ctx.params.setdefault("stopped_at", {}).setdefault(agent.id, time.time())
+        ctx.save()
+        fleet.stop(ctx, agent, drain=False)
+        fleet.set_agent(agent.tenant, agent.ordinal, state=AgentState.retained, url=None)
+    fleet.start(
+        ctx, tenant, agent.ordinal, int(str(plan["generation"])), fleet.node(str(plan["node"])), from_generation
+    )
+    ready_at = ctx.params.setdefault("ready_at", {}).setdefault(agent.id, time.time())
+    ctx.save()
+    fleet.remove(ctx, agent.tenant, agent.ordinal, from_generation, from_node)
+    downtime = round(ready_at - float(ctx.params["stopped_at"][agent.id]), 3)
+    ctx.result.setdefault("downtime_s", {})[agent.id] = downtime
+    ctx.params.setdefault("done", []).append(agent.id)
+    ctx.save()
+    ctx.step(
+        "agent.moved", f"{from_node} -> {plan['node']}, downtime {downtime}s", agent=agent.ordinal, downtime_s=downtime
+    )
+
+
+def scale_to(fleet: Fleet, ctx: OpContext, target: int) -> None:
+    tenant = fleet.tenant(str(ctx.tenant))
+    for agent in sorted(fleet.agents(tenant.name), key=lambda a: -a.ordinal):
+        if agent.ordinal >= target and agent.state != AgentState.retained:
+            retire(fleet, ctx, agent)
+    for ordinal in range(target):
+        ensure_running(fleet, ctx, tenant, ordinal)
+    ctx.result["agents"] = target
+    ctx.save()
+
+
+def run_evacuate(fleet: Fleet, ctx: OpContext) -> None:
+    tenant = fleet.tenant(str(ctx.tenant))
+    to_node, from_node = ctx.params.get("to_node"), ctx.params.get("from_node")
+    for agent in fleet.agents(tenant.name):
+        planned = agent.id in ctx.params.get("plan", {})
+        if not planned and (agent.state != AgentState.running or agent.node == to_node):
+            continue
+        if not planned and from_node is not None and agent.node != from_node:
+            continue
+        move(fleet, ctx, tenant, agent, to_node, avoid=str(agent.node))
+    ctx.result["moved"] = len(ctx.params.get("plan", {}))
+    ctx.save()
+
+
+def run_drain(fleet: Fleet, ctx: OpContext) -> None:
+    node = str(ctx.node)
+    with Session(fleet.engine) as session:
+        here = session.exec(select(Agent).where(Agent.node == node).where(col(Agent.state).in_(_PLACED))).all()
+    planned = {agent.id for agent in here} | set(ctx.params.get("plan", {}))
+    for agent_id in sorted(planned):
+        agent = fleet.agent(*_split(agent_id))
+        move(fleet, ctx, fleet.tenant(agent.tenant), agent, None, avoid=node)
+    with Session(fleet.engine) as session:
+        row = session.get(Node, node)
+        if row is not None:
+            row.state = NodeState.cordoned
+            session.add(row)
+            session.commit()
+    ctx.result["moved"] = len(planned)
+    ctx.save()
+
+
+def run_delete(fleet: Fleet, ctx: OpContext) -> None:
+    tenant = str(ctx.tenant)
+    for agent in fleet.agents(tenant):
+        if agent.node is not None and agent.generation:
+            try:
+                fleet.stop(ctx, agent, drain=False)
+            except OperationFailed as exc:
+                ctx.step("agent.stop_unproven", str(exc), agent=agent.ordinal)
+            fleet.remove(ctx, tenant, agent.ordinal, agent.generation, agent.node)
+            fleet.set_agent(tenant, agent.ordinal, node=None, url=None, state=AgentState.retained)
+    if ctx.params.get("purge"):
+        removed = fleet.storage.purge_tenant(tenant)
+        ctx.step("tenant.purged", f"{removed} objects deleted")
+    else:
+        ctx.step("tenant.retained", "replicas kept; re-creating the tenant restores them")
+    with Session(fleet.engine) as session:
+        session.exec(delete(Agent).where(col(Agent.tenant) == tenant))
+        row = session.get(Tenant, tenant)
+        if row is not None and row.state == TenantState.deleting:
+            session.delete(row)
+        session.commit()
+
+
+def _split(agent_id: str) -> tuple[str, int]:
+    tenant, ordinal = agent_id.rsplit("/", 1)
+    return tenant, int(ordinal)
+
+
+def runners(fleet: Fleet) -> dict[OperationKind, Runner]:
+    def target_count(ctx: OpContext) -> None:
+        scale_to(fleet, ctx, int(ctx.params["agents"]))
+
+    return {
+        OperationKind.provision: target_count,
+        OperationKind.scale: target_count,
+        OperationKind.hibernate: target_count,
+        OperationKind.wake: target_count,
+        OperationKind.evacuate: lambda ctx: run_evacuate(fleet, ctx),
+        OperationKind.drain: lambda ctx: run_drain(fleet, ctx),
+        OperationKind.delete: lambda ctx: run_delete(fleet, ctx),
+    }

@@ -1,0 +1,51 @@
+"""Where a tenant's agents go: capacity-aware, spread over nodes, never onto a node that is not ready."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+
+from control_plane.models import Node, NodeState
+
+
+class NoCapacity(Exception):
+    code = "no_capacity"
+
+
+@dataclass(frozen=True)
+class NodeLoad:
+    node: Node
+    agents: int  # agents placed on it (any tenant)
+    memory_mb: int  # memory reserved by them
+    tenant_agents: int  # of which belong to the tenant being placed
+
+
+def choose_node(
+    loads: Iterable[NodeLoad], tenant: str, memory_mb: int, exclude: AbstractSet[str] = frozenset()
+) -> Node:
+    """The ready node with room for one more agent of `tenant` that holds the fewest of its agents (spread), then
+    the most free memory. Raises NoCapacity saying why each node was passed over."""
+    reasons: list[str] = []
+    candidates: list[NodeLoad] = []
+    for load in loads:
+        node = load.node
+        if node.name in exclude:
+            reasons.append(f"{node.name}: excluded")
+        elif node.state != NodeState.ready:
+            reasons.append(f"{node.name}: {node.state.value}")
+        elif load.agents >= node.capacity_agents:
+            reasons.append(f"{node.name}: full ({load.agents}/{node.capacity_agents} agents)")
+        elif load.memory_mb + memory_mb > node.capacity_memory_mb:
+            free = node.capacity_memory_mb - load.memory_mb
+            reasons.append(f"{node.name}: {free} MiB free, needs {memory_mb}")
+        else:
+            candidates.append(load)
+    if not candidates:
+        detail = "; ".join(reasons) if reasons else "no nodes registered"
+        raise NoCapacity(f"no node can take an agent of {tenant} ({memory_mb} MiB): {detail}")
+    best = min(
+        candidates,
+        key=lambda load: (load.tenant_agents, -(load.node.capacity_memory_mb - load.memory_mb), load.node.name),
+    )
+    return best.node
