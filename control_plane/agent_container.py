@@ -77,6 +77,7 @@ class AgentSpec:
 def run_agent(client: Any, spec: AgentSpec) -> Any:
     """Create and start the incarnation's container (never pulling). Not idempotent by itself: callers look for
     an existing container by name or labels first (`find_agent`)."""
+    client.images.get(spec.image)  # raises ImageNotFound here instead of letting the SDK try a registry
     return client.containers.run(
         spec.image,
         name=spec.name,

@@ -68,7 +68,7 @@ class DockerDriver:
             pass
         started = time.monotonic()
         local = docker.from_env(timeout=600)
-        self.client.images.load(local.images.get(image).save(named=True))
+        self.client.images.load(local.images.get(image).save(named=image))
         seconds = round(time.monotonic() - started, 2)
         log.info("image.copied", image=image, engine=self.engine_url, seconds=seconds)
         return seconds

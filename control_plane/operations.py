@@ -45,6 +45,15 @@ def ensure_running(fleet: Fleet, ctx: OpContext, tenant: Tenant, ordinal: int) -
     def make() -> dict[str, object]:
         if agent.state == AgentState.running:
             return {"generation": agent.generation, "restore_from": None, "node": agent.node, "keep": True}
+        if agent.state in (AgentState.starting, AgentState.failed) and agent.generation and agent.node:
+            # an earlier operation died while starting this incarnation: finish starting it (its own replica,
+            # if it made one, wins over the older generation's in the entrypoint)
+            return {
+                "generation": agent.generation,
+                "restore_from": agent.generation - 1 or None,
+                "node": agent.node,
+                "keep": False,
+            }
         current = fleet.storage.read_current(tenant.name, ordinal)
         last = max(agent.generation, current.generation if current else 0)
         return {

@@ -1,0 +1,219 @@
+"""A local test bed of independent node engines: one network namespace and one dockerd per node, on one bridge.
+
+    python -m infra.testbed up --nodes 2     # prints the nodes' engine URLs and addresses (JSON)
+    python -m infra.testbed down             # removes everything it recorded, by its own recorded ids
+
+Needs root. Everything created is recorded in STATE_DIR/testbed.json first and removed by those ids only:
+namespaces, veths, the bridge, its iptables rule, dockerd processes, their data roots and cgroup parents.
+(Recipe and pitfalls: ../shared/ENVIRONMENT.md, "Several independent nodes on one machine".)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import docker
+
+BRIDGE = "lfbr0"
+SUBNET = "10.99.0"
+
+
+@dataclass
+class TestbedNode:
+    name: str  # also the netns name
+    ip: str
+    veth: str
+    data_root: str
+    pid: int | None = None
+
+    @property
+    def engine_url(self) -> str:
+        return f"tcp://{self.ip}:2375"
+
+
+@dataclass
+class Testbed:
+    state_dir: Path
+    gateway: str = f"{SUBNET}.1"
+    bridge: str = BRIDGE
+    nodes: list[TestbedNode] = field(default_factory=list)
+    bridge_created: bool = False
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "testbed.json"
+
+    def save(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        state = {"bridge": self.bridge, "bridge_created": self.bridge_created, "nodes": [asdict(n) for n in self.nodes]}
+        self.state_file.write_text(json.dumps(state, indent=2))
+
+    @classmethod
+    def load(cls, state_dir: Path) -> Testbed:
+        bed = cls(state_dir)
+        if bed.state_file.exists():
+            state = json.loads(bed.state_file.read_text())
+            bed.bridge, bed.bridge_created = state["bridge"], state["bridge_created"]
+            bed.nodes = [TestbedNode(**node) for node in state["nodes"]]
+        return bed
+
+    def up(self, count: int) -> list[TestbedNode]:
+        """Start `count` node engines (idempotent: nodes already up are kept)."""
+        if not _exists("ip", "link", "show", self.bridge):
+            self.bridge_created = True
+            self.save()
+            _run("ip", "link", "add", self.bridge, "type", "bridge")
+            _run("ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge)
+            _run("ip", "link", "set", self.bridge, "up")
+            _run("iptables", "-I", "FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT")
+        for index in range(len(self.nodes), count):
+            letter = "abcdefghij"[index]
+            node = TestbedNode(
+                name=f"lf-node-{letter}",
+                ip=f"{SUBNET}.{11 + index}",
+                veth=f"lfv-{letter}",
+                data_root=str(self.state_dir / f"node-{letter}"),
+            )
+            self.nodes.append(node)
+            self.save()
+            self._start_node(node, index)
+            self.save()
+        for node in self.nodes:
+            _wait_engine(node.engine_url)
+        return self.nodes
+
+    def _start_node(self, node: TestbedNode, index: int) -> None:
+        _run("ip", "netns", "add", node.name)
+        _run("ip", "link", "add", node.veth, "type", "veth", "peer", "name", "eth0", "netns", node.name)
+        _run("ip", "link", "set", node.veth, "master", self.bridge, "up")
+        _run("ip", "-n", node.name, "addr", "add", f"{node.ip}/24", "dev", "eth0")
+        _run("ip", "-n", node.name, "link", "set", "eth0", "up")
+        _run("ip", "-n", node.name, "link", "set", "lo", "up")
+        _run("ip", "-n", node.name, "route", "add", "default", "via", self.gateway)
+        root = Path(node.data_root)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "daemon.json").write_text("{}")
+        log = open(root / "dockerd.log", "ab")  # noqa: SIM115 (the daemon keeps it)
+        process = subprocess.Popen(
+            [
+                "nsenter", f"--net=/run/netns/{node.name}", "dockerd",
+                "--data-root", str(root / "data"),
+                "--exec-root", f"/run/{node.name}",
+                "--pidfile", f"/run/{node.name}.pid",
+                "-H", f"unix:///run/{node.name}.sock",
+                "-H", f"tcp://{node.ip}:2375",
+                "--tls=false",
+                "--bip", f"172.30.{11 + index}.1/24",
+                "--default-address-pool", "base=172.31.0.0/16,size=24",
+                "--cgroup-parent", f"/{node.name}",
+                "--config-file", str(root / "daemon.json"),
+            ],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )  # fmt: skip
+        node.pid = process.pid
+
+    def down(self) -> None:
+        """Remove every recorded part. Safe to re-run: what is already gone is skipped."""
+        for node in reversed(self.nodes):
+            with contextlib.suppress(Exception):
+                client = docker.DockerClient(base_url=node.engine_url, timeout=10)
+                for container in client.containers.list(all=True):
+                    container.remove(force=True, v=True)
+            if node.pid is not None:
+                _stop(node.pid)
+            _quiet("ip", "netns", "delete", node.name)
+            _quiet("ip", "link", "delete", node.veth)
+            for controller in Path("/sys/fs/cgroup").glob(f"*/{node.name}"):
+                for child in sorted(controller.rglob("*"), reverse=True):
+                    if child.is_dir():
+                        with contextlib.suppress(OSError):
+                            child.rmdir()
+                with contextlib.suppress(OSError):
+                    controller.rmdir()
+            _quiet("umount", "-R", node.data_root)
+            shutil.rmtree(node.data_root, ignore_errors=True)
+        if self.bridge_created:
+            _quiet("iptables", "-D", "FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT")
+            _quiet("ip", "link", "delete", self.bridge)
+        self.nodes, self.bridge_created = [], False
+        self.state_file.unlink(missing_ok=True)
+
+    def kill_engine(self, node: TestbedNode) -> None:
+        """SIGKILL a node's dockerd, its containerd and every container process under it: a node that dies."""
+        if node.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)
+
+
+def _run(*command: str) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)}: {done.stderr.strip()}")
+
+
+def _quiet(*command: str) -> None:
+    subprocess.run(command, capture_output=True, check=False)
+
+
+def _exists(*command: str) -> bool:
+    return subprocess.run(command, capture_output=True, check=False).returncode == 0
+
+
+def _wait_engine(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            docker.DockerClient(base_url=url, timeout=3).ping()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"engine {url} did not come up in {timeout:.0f}s") from None
+            time.sleep(0.2)
+
+
+def _stop(pid: int, timeout: float = 30.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m infra.testbed")
+    parser.add_argument("command", choices=["up", "down"])
+    parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--state-dir", type=Path, default=Path("/var/lib/litefleet-testbed"))
+    args = parser.parse_args()
+    bed = Testbed.load(args.state_dir)
+    if args.command == "up":
+        nodes = bed.up(args.nodes)
+        print(json.dumps([{"name": n.name, "engine_url": n.engine_url, "address": n.ip} for n in nodes]))
+    else:
+        bed.down()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
