@@ -133,7 +133,7 @@ class EmbeddedStore:
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if _exited(pid):
+            if exited(pid):
                 break
             time.sleep(0.1)
         else:
@@ -156,7 +156,7 @@ class EmbeddedStore:
         return done.stdout
 
 
-def _exited(pid: int) -> bool:
+def exited(pid: int) -> bool:
     """True once `pid` is gone (reaping it when it is our own child, or it would linger as a zombie)."""
     try:
         if os.waitpid(pid, os.WNOHANG)[0] == pid:

@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     database_url: str | None = None  # None: sqlite:///STATE_DIR/fleet.db; postgresql+psycopg://... for several
     api_host: str = "127.0.0.1"
     api_port: int = 8700
-    api_url: str = "http://127.0.0.1:8700"  # where the CLI finds the control plane
+    api_url: str | None = None  # where the CLI finds the control plane; None: http://API_HOST:API_PORT
     image: str = "litefleet/agent:latest"
     drain_timeout: float = 60.0  # how long a scale-down waits for in-flight workflows before stopping the agent
     stop_timeout: float = 30.0  # SIGTERM -> final sync -> exit, before SIGKILL
@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     @property
     def fleet_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.state_dir / 'fleet.db').resolve()}"
+
+    @property
+    def client_url(self) -> str:
+        return self.api_url or f"http://{self.api_host}:{self.api_port}"
 
     @property
     def store_endpoint(self) -> str:

@@ -1,0 +1,80 @@
+"""The CLI's view of the API: requests, errors as one line with a meaningful exit code, tables, op progress.
+
+Exit codes: 0 done, 1 the operation failed, 2 the request was refused (4xx), 3 the control plane does not answer,
+4 still running when --timeout ran out."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+
+EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_TIMEOUT = 1, 2, 3, 4
+
+
+class CliError(Exception):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class FleetClient:
+    def __init__(self, api_url: str, timeout: float = 30.0) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, *, json_body: Any = None, **params: Any) -> Any:
+        query = {key: value for key, value in params.items() if value is not None}
+        try:
+            answer = httpx.request(method, f"{self.api_url}{path}", json=json_body, params=query, timeout=self.timeout)
+        except httpx.HTTPError as exc:
+            raise CliError(f"control plane at {self.api_url} does not answer ({type(exc).__name__})", 3) from None
+        if answer.status_code >= 400:
+            try:
+                body = answer.json()
+                message = f"{body['code']}: {body['message']}"
+            except (ValueError, KeyError, TypeError):
+                message = f"HTTP {answer.status_code}"
+            raise CliError(message, EXIT_REFUSED if answer.status_code < 500 else EXIT_FAILED)
+        return answer.json() if answer.content else None
+
+    def follow(self, op: dict[str, Any], echo: Callable[[str], None], timeout: float) -> dict[str, Any]:
+        """Print each new step of the operation as it happens until it finishes."""
+        shown = 0
+        deadline = time.monotonic() + timeout
+        while True:
+            for step in op["steps"][shown:]:
+                agent = f" agent {step['agent']}" if step.get("agent") is not None else ""
+                echo(f"  {_clock(step['at'])} {step['step']}{agent}  {step.get('message', '')}".rstrip())
+            shown = len(op["steps"])
+            if op["state"] in ("succeeded", "failed"):
+                return op
+            if time.monotonic() > deadline:
+                raise CliError(f"operation {op['id']} still {op['state']} after {timeout:.0f}s", EXIT_TIMEOUT)
+            time.sleep(0.5)
+            op = self.request("GET", f"/v1/operations/{op['id']}")
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(at))
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    cells = [[_cell(row.get(column)) for column in columns] for row in rows]
+    widths = [max([len(column), *(len(line[i]) for line in cells)]) for i, column in enumerate(columns)]
+    lines = ["  ".join(column.upper().ljust(width) for column, width in zip(columns, widths, strict=True))]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) for line in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value > 1e9:
+        return _clock(value)
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
