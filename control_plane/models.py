@@ -7,12 +7,15 @@ from __future__ import annotations
 import time
 import uuid
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import StringConstraints
 from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
+# A DNS label of up to 40: names become container, volume and S3 path parts.
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=40)]
 
 
 def _now() -> float:
@@ -30,7 +33,7 @@ class NodeState(StrEnum):
 
 
 class NodeBase(SQLModel):
-    name: str = Field(regex=NAME_PATTERN, max_length=40)
+    name: str = Field(max_length=40)
     engine_url: str = Field(max_length=300, description="Docker engine: unix:///var/run/docker.sock, tcp://h:2375")
     address: str = Field(
         default="127.0.0.1",
@@ -43,7 +46,7 @@ class NodeBase(SQLModel):
 
 
 class NodeCreate(NodeBase):
-    pass
+    name: Name
 
 
 class NodePublic(NodeBase):
@@ -79,7 +82,7 @@ class TenantBase(SQLModel):
 
 
 class TenantCreate(TenantBase):
-    name: str = Field(regex=NAME_PATTERN, max_length=40)
+    name: Name
     agents: int = Field(default=1, ge=0, le=64)
 
 

@@ -43,6 +43,7 @@ class TestbedNode:
 
 @dataclass
 class Testbed:
+    __test__ = False  # not a pytest test class
     state_dir: Path
     gateway: str = f"{SUBNET}.1"
     bridge: str = BRIDGE

@@ -1,0 +1,237 @@
+"""The whole story on two real node engines: provision, scale with work in flight, evacuate under load, drain a
+node, kill -9 the control plane mid-evacuation, and bad input that must change nothing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import apsw
+import httpx
+import pytest
+
+from control_plane.storage import ObjectStorage
+from infra.testbed import Testbed
+from tests.e2e.conftest import ControlPlane, managed_containers, tenant_name
+
+
+class RoutedWriter(threading.Thread):
+    """Starts `count(1)` workflows `{prefix}-0, -1, ...` through the control plane's router, one after another,
+    retrying while the agent moves; remembers which ones were acknowledged (the monotonic counter)."""
+
+    def __init__(self, plane: ControlPlane, tenant: str, prefix: str) -> None:
+        super().__init__(daemon=True)
+        self.plane, self.tenant, self.prefix = plane, tenant, prefix
+        self.acknowledged: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.plane.url, timeout=10) as client:
+            while not self.stop.is_set():
+                workflow_id = f"{self.prefix}-{len(self.acknowledged)}"
+                try:
+                    answer = client.post(
+                        f"/v1/tenants/{self.tenant}/workflows/count", json={"id": workflow_id, "args": [1]}
+                    )
+                except httpx.HTTPError:
+                    answer = None
+                if answer is not None and answer.status_code in (200, 201):
+                    self.acknowledged.append(workflow_id)
+                else:
+                    time.sleep(0.05)  # the agent is moving: try the same id again
+
+
+def agents_of(plane: ControlPlane, tenant: str) -> list[dict[str, Any]]:
+    placements: list[dict[str, Any]] = plane.call("GET", f"/v1/tenants/{tenant}").json()["placements"]
+    return placements
+
+
+def running(plane: ControlPlane, tenant: str) -> list[dict[str, Any]]:
+    return [agent for agent in agents_of(plane, tenant) if agent["state"] == "running"]
+
+
+def workflow_ids_on(url: str) -> set[str]:
+    answer = httpx.get(f"{url}/v1/workflows", params={"limit": 1000}, timeout=30).json()
+    return {row["id"] for row in answer["workflows"]}
+
+
+def start(plane: ControlPlane, tenant: str, workflow_id: str, *args: Any) -> int:
+    answer = plane.call("POST", f"/v1/tenants/{tenant}/workflows/count", json={"id": workflow_id, "args": list(args)})
+    assert answer.status_code == 201, answer.text
+    agent: int = answer.json()["agent"]
+    return agent
+
+
+def result(plane: ControlPlane, tenant: str, workflow_id: str) -> tuple[str, Any]:
+    found = plane.call("GET", f"/v1/tenants/{tenant}/workflows/{workflow_id}", params={"wait": 60}).json()
+    return found["status"], found["result"]
+
+
+def test_three_tenants_spread_and_a_scale_cycle_with_work_in_flight(
+    control_plane: ControlPlane, testbed: Testbed, admin: ObjectStorage, tmp_path: Path
+) -> None:
+    plane = control_plane
+    tenants = [tenant_name() for _ in range(3)]
+    for tenant in tenants:
+        plane.done("POST", "/v1/tenants", json={"name": tenant, "agents": 1, "sync_interval": 0.2})
+    nodes_used = {running(plane, tenant)[0]["node"] for tenant in tenants}
+    assert nodes_used == {node.name for node in testbed.nodes}, "3 tenants on 2 nodes use both"
+    for tenant in tenants:
+        start(plane, tenant, "hello", 3, 0.0)
+        assert result(plane, tenant, "hello") == ("SUCCESS", 3)
+
+    tenant = tenants[0]
+    expected: dict[str, int] = {}
+    for i in range(4):
+        start(plane, tenant, f"before-{i}", 15, 0.1)
+        expected[f"before-{i}"] = sum(range(15))
+    plane.done("POST", f"/v1/tenants/{tenant}/scale", json={"agents": 3})
+    assert [a["ordinal"] for a in running(plane, tenant)] == [0, 1, 2]
+    assert len({a["node"] for a in running(plane, tenant)}) == 2, "a tenant's agents are spread over nodes"
+    on_agent: dict[str, int] = {}
+    for i in range(12):
+        on_agent[f"during-{i}"] = start(plane, tenant, f"during-{i}", 10, 0.1)
+        expected[f"during-{i}"] = sum(range(10))
+    assert set(on_agent.values()) == {0, 1, 2}
+    plane.done("POST", f"/v1/tenants/{tenant}/scale", json={"agents": 1})  # drains 2 and 1, their work finishes
+    assert [a["ordinal"] for a in running(plane, tenant)] == [0]
+
+    start(plane, tenant, "long", 40, 0.25)  # 10 s: still in flight when hibernation's drain deadline (5 s) passes
+    expected["long"] = sum(range(40))
+    plane.done("POST", f"/v1/tenants/{tenant}/hibernate")
+    assert running(plane, tenant) == []
+    assert all(agent["state"] == "retained" for agent in agents_of(plane, tenant))
+    plane.done("POST", f"/v1/tenants/{tenant}/scale", json={"agents": 1})  # wake: agent 0 restores its replica
+
+    for workflow_id, value in expected.items():
+        if on_agent.get(workflow_id, 0) == 0:
+            assert result(plane, tenant, workflow_id) == ("SUCCESS", value), workflow_id
+    for ordinal in (1, 2):  # retired agents: their replicas hold their finished work
+        generation = next(a["generation"] for a in agents_of(plane, tenant) if a["ordinal"] == ordinal)
+        db = admin.restore(admin.replica_url(tenant, ordinal, generation), tmp_path / f"agent-{ordinal}.db")
+        rows = dict(apsw.Connection(str(db)).execute("SELECT id, status || ':' || output FROM workflow_state"))
+        for workflow_id, agent in on_agent.items():
+            if agent == ordinal:
+                assert rows[workflow_id] == f"SUCCESS:{expected[workflow_id]}", workflow_id
+    for tenant in tenants[1:]:
+        plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})
+
+
+@pytest.mark.parametrize("run", range(10))
+def test_evacuate_under_write_load_loses_nothing(control_plane: ControlPlane, testbed: Testbed, run: int) -> None:
+    plane = control_plane
+    tenant = tenant_name()
+    plane.done("POST", "/v1/tenants", json={"name": tenant, "agents": 1, "sync_interval": 0.2})
+    source = running(plane, tenant)[0]["node"]
+    target = next(node.name for node in testbed.nodes if node.name != source)
+    writer = RoutedWriter(plane, tenant, f"r{run}")
+    writer.start()
+    deadline = time.monotonic() + 30
+    while len(writer.acknowledged) < 30 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    op = plane.done("POST", f"/v1/tenants/{tenant}/evacuate", json={"to_node": target})
+    time.sleep(0.3)
+    writer.stop.set()
+    writer.join(15)
+
+    moved = running(plane, tenant)
+    assert [(a["node"], a["generation"]) for a in moved] == [(target, 2)]
+    lost = set(writer.acknowledged) - workflow_ids_on(moved[0]["url"])
+    assert not lost, f"{len(lost)} of {len(writer.acknowledged)} acknowledged workflows lost"
+    downtime = op["result"]["downtime_s"][f"{tenant}/0"]
+    assert 0 < downtime < 30
+    assert managed_containers(testbed.nodes)[source] == [] or all(
+        not name.startswith(f"lf-{tenant}-") for name in managed_containers(testbed.nodes)[source]
+    )
+    plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})
+
+
+def test_kill_9_control_plane_mid_evacuation_converges(control_plane: ControlPlane, testbed: Testbed) -> None:
+    plane = control_plane
+    tenant = tenant_name()
+    plane.done("POST", "/v1/tenants", json={"name": tenant, "agents": 2, "sync_interval": 0.2})
+    writer = RoutedWriter(plane, tenant, "k")
+    writer.start()
+    while len(writer.acknowledged) < 20:
+        time.sleep(0.02)
+    writer.stop.set()
+    writer.join(10)
+    op = plane.call("POST", f"/v1/tenants/{tenant}/evacuate").json()
+    deadline = time.monotonic() + 60
+    while not any(
+        step["step"] == "agent.stopped" for step in plane.call("GET", f"/v1/operations/{op['id']}").json()["steps"]
+    ):
+        assert time.monotonic() < deadline, "evacuation never stopped the first agent"
+        time.sleep(0.05)
+    plane.kill9()  # the old incarnation is stopped, the new one not yet started
+    plane.start()
+    finished = plane.wait_op(op["id"])
+    assert finished["state"] == "succeeded", finished["error"]
+    assert finished["attempts"] >= 2
+
+    agents = running(plane, tenant)
+    assert [(a["ordinal"], a["generation"]) for a in agents] == [(0, 2), (1, 2)]
+    containers = [name for names in managed_containers(testbed.nodes).values() for name in names]
+    mine = sorted(name for name in containers if name.startswith(f"lf-{tenant}-"))
+    assert mine == [f"lf-{tenant}-0-g2", f"lf-{tenant}-1-g2"], "exactly one container per agent"
+    held = set().union(*(workflow_ids_on(agent["url"]) for agent in agents))
+    assert set(writer.acknowledged) <= held
+    plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})
+
+
+def test_drain_node_moves_everything_off(control_plane: ControlPlane, testbed: Testbed) -> None:
+    plane = control_plane
+    tenants = [tenant_name() for _ in range(2)]
+    for tenant in tenants:
+        plane.done("POST", "/v1/tenants", json={"name": tenant, "agents": 2, "sync_interval": 0.2})
+        start(plane, tenant, "kept", 3, 0.0)
+        assert result(plane, tenant, "kept") == ("SUCCESS", 3)
+    drained = testbed.nodes[0].name
+    plane.done("POST", f"/v1/nodes/{drained}/drain")
+    node = plane.call("GET", f"/v1/nodes/{drained}").json()
+    assert (node["state"], node["agents"]) == ("cordoned", 0)
+    assert managed_containers(testbed.nodes)[drained] == []
+    for tenant in tenants:
+        assert {a["node"] for a in running(plane, tenant)} == {testbed.nodes[1].name}
+        assert result(plane, tenant, "kept") == ("SUCCESS", 3)
+    plane.call("POST", f"/v1/nodes/{drained}/uncordon")
+    for tenant in tenants:
+        plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})
+
+
+def test_bad_input_is_refused_and_changes_nothing(control_plane: ControlPlane, testbed: Testbed) -> None:
+    plane = control_plane
+    tenant = tenant_name()
+    plane.done("POST", "/v1/tenants", json={"name": tenant, "agents": 1})
+    plane.call("POST", f"/v1/nodes/{testbed.nodes[1].name}/cordon")
+    before = (plane.call("GET", "/v1/tenants").json(), plane.call("GET", "/v1/nodes").json())
+    ops_before = len(plane.call("GET", "/v1/operations", params={"limit": 1000}).json())
+
+    cases = [
+        ("POST", "/v1/tenants/no-such-tenant/scale", {"agents": 1}, 404, "tenant_not_found"),
+        ("POST", "/v1/tenants", {"name": "Not_A_Name", "agents": 1}, 422, "invalid_request"),
+        ("POST", f"/v1/tenants/{tenant}/scale", {"agents": -1}, 422, "invalid_request"),
+        ("POST", f"/v1/tenants/{tenant}/evacuate", {"to_node": testbed.nodes[1].name}, 409, "node_not_ready"),
+        ("POST", f"/v1/tenants/{tenant}/evacuate", {"to_node": "no-such-node"}, 404, "node_not_found"),
+        ("POST", "/v1/nodes", {"name": "ghost", "engine_url": "tcp://127.0.0.1:9"}, 422, "engine_unreachable"),
+        ("POST", "/v1/tenants", {"name": tenant, "agents": 1}, 409, "tenant_exists"),
+        ("POST", "/v1/tenants", {"name": tenant_name(), "agents": 64, "memory_mb": 16384}, 409, "no_capacity"),
+    ]
+    for method, path, body, status, code in cases:
+        answer = plane.call(method, path, json=body)
+        assert (answer.status_code, answer.json().get("code")) == (status, code), (path, body, answer.text)
+        assert answer.json()["message"]
+
+    plane.call("POST", f"/v1/nodes/{testbed.nodes[1].name}/uncordon")
+    after_nodes = plane.call("GET", "/v1/nodes").json()
+    for node in before[1]:
+        node.pop("last_seen_at")
+        node["state"] = "ready"
+    for node in after_nodes:
+        node.pop("last_seen_at")
+    assert plane.call("GET", "/v1/tenants").json() == before[0]
+    assert after_nodes == before[1]
+    assert len(plane.call("GET", "/v1/operations", params={"limit": 1000}).json()) == ops_before
+    plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})
