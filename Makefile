@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo demo-agent test test-fast test-e2e lint bench clean
 
 setup: $(STAMP)
 
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 demo: setup
+	infra/setup-host.sh
+	$(PY) -m control_plane.demo
+
+demo-agent: setup
 	$(PY) -m agent_image.demo
 
 test: setup
@@ -23,10 +27,13 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q tests/unit
 
+test-e2e: setup
+	$(PY) -m pytest -q tests/e2e
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy agent_image tenants bench $(wildcard control_plane)
+	$(VENV)/bin/mypy agent_image control_plane tenants bench infra
 
 bench: setup
 	$(PY) bench/runtime.py

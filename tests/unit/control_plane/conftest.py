@@ -1,0 +1,32 @@
+"""The fleet DB for unit tests: SQLite in a temp dir, and PostgreSQL too when LITEFLEET_TEST_DATABASE_URL is set
+(CI sets it: the same tests run on both)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+from sqlalchemy.engine import Engine
+
+from control_plane.db import make_engine, migrate
+
+BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("LITEFLEET_TEST_DATABASE_URL") else [])
+
+
+@pytest.fixture(params=BACKENDS)
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    else:
+        url = os.environ["LITEFLEET_TEST_DATABASE_URL"]
+        reset = sqlalchemy.create_engine(url)
+        with reset.begin() as connection:
+            connection.execute(sqlalchemy.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        reset.dispose()
+    migrate(url)
+    engine = make_engine(url)
+    yield engine
+    engine.dispose()
