@@ -24,9 +24,6 @@ from pathlib import Path
 
 import docker
 
-BRIDGE = "lfbr0"
-SUBNET = "10.99.0"
-
 
 @dataclass
 class TestbedNode:
@@ -43,12 +40,23 @@ class TestbedNode:
 
 @dataclass
 class Testbed:
+    """Two test beds can live side by side given different prefixes and subnets (the demo's and the tests')."""
+
     __test__ = False  # not a pytest test class
+
     state_dir: Path
-    gateway: str = f"{SUBNET}.1"
-    bridge: str = BRIDGE
+    prefix: str = "lf"
+    subnet: str = "10.99.0"
     nodes: list[TestbedNode] = field(default_factory=list)
     bridge_created: bool = False
+
+    @property
+    def gateway(self) -> str:
+        return f"{self.subnet}.1"
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.prefix}br0"
 
     @property
     def state_file(self) -> Path:
@@ -56,15 +64,22 @@ class Testbed:
 
     def save(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        state = {"bridge": self.bridge, "bridge_created": self.bridge_created, "nodes": [asdict(n) for n in self.nodes]}
+        state = {
+            "prefix": self.prefix,
+            "subnet": self.subnet,
+            "bridge_created": self.bridge_created,
+            "nodes": [asdict(n) for n in self.nodes],
+        }
         self.state_file.write_text(json.dumps(state, indent=2))
 
     @classmethod
-    def load(cls, state_dir: Path) -> Testbed:
-        bed = cls(state_dir)
+    def load(cls, state_dir: Path, prefix: str = "lf", subnet: str = "10.99.0") -> Testbed:
+        """The test bed recorded in `state_dir`, or a new one with this prefix and subnet."""
+        bed = cls(state_dir, prefix, subnet)
         if bed.state_file.exists():
             state = json.loads(bed.state_file.read_text())
-            bed.bridge, bed.bridge_created = state["bridge"], state["bridge_created"]
+            bed.prefix, bed.subnet = state.get("prefix", prefix), state.get("subnet", subnet)
+            bed.bridge_created = state["bridge_created"]
             bed.nodes = [TestbedNode(**node) for node in state["nodes"]]
         return bed
 
@@ -80,9 +95,9 @@ class Testbed:
         for index in range(len(self.nodes), count):
             letter = "abcdefghij"[index]
             node = TestbedNode(
-                name=f"lf-node-{letter}",
-                ip=f"{SUBNET}.{11 + index}",
-                veth=f"lfv-{letter}",
+                name=f"{self.prefix}-node-{letter}",
+                ip=f"{self.subnet}.{11 + index}",
+                veth=f"{self.prefix}v-{letter}",
                 data_root=str(self.state_dir / f"node-{letter}"),
             )
             self.nodes.append(node)
@@ -206,8 +221,10 @@ def main() -> None:
     parser.add_argument("command", choices=["up", "down"])
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--state-dir", type=Path, default=Path("/var/lib/litefleet-testbed"))
+    parser.add_argument("--prefix", default="lf", help="names: <prefix>br0, <prefix>-node-a, <prefix>v-a")
+    parser.add_argument("--subnet", default="10.99.0", help="the bridge's /24 (gateway .1, nodes .11, .12, ...)")
     args = parser.parse_args()
-    bed = Testbed.load(args.state_dir)
+    bed = Testbed.load(args.state_dir, args.prefix, args.subnet)
     if args.command == "up":
         nodes = bed.up(args.nodes)
         print(json.dumps([{"name": n.name, "engine_url": n.engine_url, "address": n.ip} for n in nodes]))

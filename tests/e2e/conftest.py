@@ -44,7 +44,8 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
         docker.from_env().ping()
     except Exception as exc:
         _require(f"no local Docker engine: {exc}")
-    bed = Testbed(Path(f"/var/lib/litefleet-testbed-{secrets.token_hex(3)}"))
+    # its own names and subnet, so a demo's test bed (lf, 10.99.0) can keep running beside it
+    bed = Testbed(Path(f"/var/lib/litefleet-testbed-{secrets.token_hex(3)}"), prefix="lft", subnet="10.98.0")
     try:
         bed.up(2)
         yield bed
