@@ -158,8 +158,7 @@ def control_plane(
     }
     database = os.environ.get("LITEFLEET_TEST_DATABASE_URL")
     if database:
-        _reset_postgres(database)
-        env["LITEFLEET_DATABASE_URL"] = database
+        env["LITEFLEET_DATABASE_URL"] = _own_schema(database)
     plane = ControlPlane(env, f"http://127.0.0.1:{port}", state / "control-plane.log")
     plane.start()
     for node in testbed.nodes:
@@ -171,14 +170,15 @@ def control_plane(
     plane.stop()
 
 
-def _reset_postgres(url: str) -> None:
-    """A fresh schema for this session (the database is the test's own)."""
+def _own_schema(url: str) -> str:
+    """A fresh `e2e` schema, so the control plane under test never sees the unit tests' rows (or they its)."""
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(url)
     with engine.begin() as connection:
-        connection.execute(sqlalchemy.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        connection.execute(sqlalchemy.text("DROP SCHEMA IF EXISTS e2e CASCADE; CREATE SCHEMA e2e"))
     engine.dispose()
+    return url + ("&" if "?" in url else "?") + "options=-csearch_path%3De2e"
 
 
 @pytest.fixture(scope="session")
