@@ -36,7 +36,8 @@ def current_generation(identity: AgentIdentity) -> int | None:
 
 class FenceWatch:
     """Re-reads CURRENT every `identity.fence_interval` seconds and calls `on_superseded` once when it names
-    another generation. An unreachable store is not a verdict: the agent keeps running and logs it."""
+    another generation, is gone, or our key is refused (revoked at fail-over). An unreachable store is not a
+    verdict: the agent keeps running and logs it."""
 
     def __init__(self, identity: AgentIdentity, on_superseded: Callable[[int | None], None]) -> None:
         self.identity = identity
@@ -56,7 +57,12 @@ class FenceWatch:
         """True while this generation is still CURRENT (or the store cannot be asked)."""
         try:
             named = current_generation(self.identity)
-        except (OSError, S3Error) as exc:
+        except S3Error as exc:
+            if exc.status not in (401, 403):
+                log.warning("fence.unreachable", error=str(exc))
+                return True
+            named = None  # our key was revoked: the control plane has retired this incarnation
+        except OSError as exc:
             log.warning("fence.unreachable", error=str(exc))
             return True
         if named == self.identity.generation:

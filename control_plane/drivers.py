@@ -52,9 +52,10 @@ class DockerDriver:
         except docker.errors.DockerException as exc:
             raise EngineUnreachable(f"cannot use engine {engine_url}: {exc}") from None
 
-    def ping(self) -> None:
+    def ping(self, timeout: float = 3.0) -> None:
+        """A heartbeat: a short timeout of its own, so an unreachable node costs seconds, not the API timeout."""
         try:
-            self.client.ping()
+            docker.APIClient(base_url=self.engine_url, timeout=int(timeout), version="auto").ping()
         except Exception as exc:
             raise EngineUnreachable(f"engine {self.engine_url} does not answer: {type(exc).__name__}") from None
 

@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 
 from control_plane.drivers import EngineUnreachable
 from control_plane.fleet import Fleet
-from control_plane.models import Event, Node, NodeState
+from control_plane.models import Agent, Event, Node, NodeState, Operation, OperationKind
 from control_plane.settings import Settings
 
 log = structlog.get_logger("control_plane.health")
@@ -46,16 +46,46 @@ class HealthMonitor:
                     if node.state == NodeState.down:
                         node.state = NodeState.ready
                         session.add(Event(kind="node.up", node=node.name, message="engine answers again"))
+                    self._remove_stale(session, node)
                 else:
                     node.missed_heartbeats += 1
                     down = node.missed_heartbeats >= self.settings.node_grace_heartbeats
                     if down and node.state != NodeState.down:
                         node.state = NodeState.down
-                        message = f"no answer to {node.missed_heartbeats} heartbeats"
-                        session.add(Event(kind="node.down", node=node.name, message=message))
-                        log.warning("node.down", node=node.name, missed=node.missed_heartbeats)
+                        message = f"no answer to {node.missed_heartbeats} heartbeats: failing its agents over"
+                        op = Operation(
+                            kind=OperationKind.failover, node=node.name, params={"declared_down_at": time.time()}
+                        )
+                        session.add(op)
+                        session.add(Event(kind="node.down", node=node.name, operation=op.id, message=message))
+                        log.warning("node.down", node=node.name, missed=node.missed_heartbeats, op=op.id)
                 session.add(node)
             session.commit()
+
+    def _remove_stale(self, session: Session, node: Node) -> None:
+        """Remove containers on `node` that are not the current incarnation of an agent placed there (zombies of a
+        failed-over node, leftovers of an interrupted move). Only containers that have stopped, or whose
+        generation is older than the agent's current one, are touched: a starting incarnation is not stale."""
+        try:
+            found = self.fleet.driver(node).list_managed()
+        except EngineUnreachable:
+            return
+        for incarnation in found:
+            agent = session.get(Agent, f"{incarnation.tenant}/{incarnation.agent}")
+            current = agent is not None and agent.node == node.name and agent.generation == incarnation.generation
+            older = agent is None or incarnation.generation < agent.generation
+            if not current and (older or incarnation.status == "exited"):
+                self.fleet.driver(node).remove(incarnation.name)
+                session.add(
+                    Event(
+                        kind="agent.stale_removed",
+                        tenant=incarnation.tenant,
+                        node=node.name,
+                        agent=incarnation.agent,
+                        message=f"{incarnation.name} ({incarnation.status}) removed",
+                    )
+                )
+                log.info("agent.stale_removed", container=incarnation.name, node=node.name)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_interval):

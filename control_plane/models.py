@@ -157,6 +157,7 @@ class OperationKind(StrEnum):
     wake = "wake"
     delete = "delete"
     drain = "drain"
+    failover = "failover"  # a node went down: its agents restart elsewhere from their last replica
 
 
 class OperationState(StrEnum):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
+from functools import partial
 
 from sqlmodel import Session, col, delete, select
 
@@ -87,18 +88,19 @@ def retire(fleet: Fleet, ctx: OpContext, agent: Agent) -> None:
     fleet.set_agent(agent.tenant, agent.ordinal, state=AgentState.retained, node=None, url=None)
 
 
+def _next_generation(fleet: Fleet, tenant: Tenant, agent: Agent, target: str | None, avoid: str) -> dict[str, object]:
+    return {
+        "from_generation": agent.generation,
+        "from_node": agent.node,
+        "generation": agent.generation + 1,
+        "node": target or _place(fleet, tenant, exclude={avoid}),
+    }
+
+
 def move(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent, target: str | None, avoid: str) -> None:
     """Stop-before-start move of one agent to a new generation on another node; records its downtime."""
 
-    def make() -> dict[str, object]:
-        return {
-            "from_generation": agent.generation,
-            "from_node": agent.node,
-            "generation": agent.generation + 1,
-            "node": target or _place(fleet, tenant, exclude={avoid}),
-        }
-
-    plan = _plan(ctx, agent, make)
+    plan = _plan(ctx, agent, partial(_next_generation, fleet, tenant, agent, target, avoid))
     if agent.id in ctx.params.get("done", []):
         return
     from_generation, from_node = int(str(plan["from_generation"])), str(plan["from_node"])
@@ -165,6 +167,45 @@ def run_drain(fleet: Fleet, ctx: OpContext) -> None:
     ctx.save()
 
 
+def run_failover(fleet: Fleet, ctx: OpContext) -> None:
+    """Restart every agent of a node that went down elsewhere, from its last replica, as a new generation.
+
+    Nothing on the dead node can be stopped or proven: CURRENT moves to g+1 first and g's key is revoked, so a
+    zombie that comes back can neither keep its fence nor write; what it had not replicated is lost, and the
+    result says how much (the replica's txid and the age of its last sync when the node was declared down).
+    Re-running is safe for the same reasons as `move`: the plan is recorded, starting reuses the container."""
+    node = str(ctx.node)
+    declared_down = float(ctx.params.setdefault("declared_down_at", time.time()))
+    with Session(fleet.engine) as session:
+        here = session.exec(select(Agent).where(Agent.node == node).where(col(Agent.state).in_(_PLACED))).all()
+    for agent_id in sorted({agent.id for agent in here} | set(ctx.params.get("plan", {}))):
+        if agent_id in ctx.params.get("done", []):
+            continue
+        agent = fleet.agent(*_split(agent_id))
+        tenant = fleet.tenant(agent.tenant)
+        plan = _plan(ctx, agent, partial(_next_generation, fleet, tenant, agent, None, node))
+        old = int(str(plan["from_generation"]))
+        txid, synced_at = fleet.storage.replica_position(agent.tenant, agent.ordinal, old)
+        fleet.set_agent(agent.tenant, agent.ordinal, state=AgentState.lost)
+        fleet.credentials.revoke_incarnation(agent.tenant, agent.ordinal, old)
+        fleet.start(ctx, tenant, agent.ordinal, int(str(plan["generation"])), fleet.node(str(plan["node"])), old)
+        window = None if synced_at is None else round(max(0.0, declared_down - synced_at), 3)
+        ctx.result.setdefault("restored_txid", {})[agent_id] = txid
+        ctx.result.setdefault("loss_window_s", {})[agent_id] = window
+        ctx.params.setdefault("done", []).append(agent_id)
+        ctx.save()
+        ctx.step(
+            "agent.failed_over",
+            f"{node} is down: gen {plan['generation']} on {plan['node']} from gen {old}'s replica at txid {txid}; "
+            f"writes in the last {window}s before the node was declared down may be lost",
+            agent=agent.ordinal,
+            restored_txid=txid,
+            loss_window_s=window,
+        )
+    ctx.result["moved"] = len(ctx.params.get("done", []))
+    ctx.save()
+
+
 def run_delete(fleet: Fleet, ctx: OpContext) -> None:
     tenant = str(ctx.tenant)
     for agent in fleet.agents(tenant):
@@ -204,5 +245,6 @@ def runners(fleet: Fleet) -> dict[OperationKind, Runner]:
         OperationKind.wake: target_count,
         OperationKind.evacuate: lambda ctx: run_evacuate(fleet, ctx),
         OperationKind.drain: lambda ctx: run_drain(fleet, ctx),
+        OperationKind.failover: lambda ctx: run_failover(fleet, ctx),
         OperationKind.delete: lambda ctx: run_delete(fleet, ctx),
     }

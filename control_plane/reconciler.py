@@ -24,6 +24,7 @@ from control_plane.models import Event, Operation, OperationKind, OperationState
 log = structlog.get_logger("control_plane.reconciler")
 
 _UNFINISHED = (OperationState.pending, OperationState.running)
+_NODE_WIDE = (OperationKind.drain, OperationKind.failover)  # they touch many tenants: they run alone
 
 
 class LostLease(Exception):
@@ -98,7 +99,7 @@ def claim(engine: Engine, lease: float) -> tuple[Operation, str] | None:
         for op in unfinished:
             held = op.locked_until is not None and op.locked_until > now
             runnable = not held and not drain_ahead and op.tenant not in blocked_tenants
-            if op.kind == OperationKind.drain and blocked_tenants:
+            if op.kind in _NODE_WIDE and blocked_tenants:
                 runnable = False  # a drain waits for what was asked before it
             if runnable:
                 token = secrets.token_hex(8)
@@ -119,7 +120,7 @@ def claim(engine: Engine, lease: float) -> tuple[Operation, str] | None:
                     session.refresh(op)
                     return op, token
             blocked_tenants.add(op.tenant)
-            drain_ahead = drain_ahead or op.kind == OperationKind.drain
+            drain_ahead = drain_ahead or op.kind in _NODE_WIDE
     return None
 
 

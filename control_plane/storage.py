@@ -132,15 +132,24 @@ class ObjectStorage:
             keys.extend(obj["Key"] for obj in page.get("Contents", ()))
         return keys
 
-    def replica_txid(self, tenant: str, agent: int, generation: int) -> int:
+    def replica_position(self, tenant: str, agent: int, generation: int) -> tuple[int, float | None]:
         """The newest transaction id in a generation's replica (0 when empty), from Litestream's LTX file names
-        (`<level>/<min txid>-<max txid>.ltx`, hex)."""
-        newest = 0
-        for key in self.keys(self.replica_prefix(tenant, agent, generation)):
-            name = key.rsplit("/", 1)[-1]
-            if name.endswith(".ltx") and "-" in name:
-                newest = max(newest, int(name[:-4].split("-")[1], 16))
-        return newest
+        (`<level>/<min txid>-<max txid>.ltx`, hex), and when the lowest-level file holding it was written: the
+        time of the last sync that brought new data (compactions rewrite it later at higher levels)."""
+        best: tuple[int, int, float | None] = (0, 0, None)  # txid, -level, written
+        prefix = self.replica_prefix(tenant, agent, generation)
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for entry in page.get("Contents", ()):
+                level, _, name = entry["Key"][len(prefix) :].rpartition("/")
+                if not (name.endswith(".ltx") and "-" in name and level.isdigit()):
+                    continue
+                candidate = (int(name[:-4].split("-")[1], 16), -int(level), entry["LastModified"].timestamp())
+                if candidate[:2] > best[:2]:
+                    best = candidate
+        return best[0], best[2]
+
+    def replica_txid(self, tenant: str, agent: int, generation: int) -> int:
+        return self.replica_position(tenant, agent, generation)[0]
 
     def generations(self, tenant: str, agent: int) -> list[int]:
         prefix = self.agent_prefix(tenant, agent)

@@ -3,6 +3,7 @@ node, kill -9 the control plane mid-evacuation, and bad input that must change n
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -234,4 +235,47 @@ def test_bad_input_is_refused_and_changes_nothing(control_plane: ControlPlane, t
     assert plane.call("GET", "/v1/tenants").json() == before[0]
     assert after_nodes == before[1]
     assert len(plane.call("GET", "/v1/operations", params={"limit": 1000}).json()) == ops_before
+    plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})
+
+
+def test_a_partitioned_node_fails_over_and_its_zombie_is_removed_when_it_returns(
+    control_plane: ControlPlane, testbed: Testbed
+) -> None:
+    plane = control_plane
+    tenant = tenant_name()
+    plane.done("POST", "/v1/tenants", json={"name": tenant, "agents": 1, "sync_interval": 0.2})
+    lost = next(node for node in testbed.nodes if node.name == running(plane, tenant)[0]["node"])
+    survivor = next(node for node in testbed.nodes if node is not lost)
+    writer = RoutedWriter(plane, tenant, "f")
+    writer.start()
+    while len(writer.acknowledged) < 20:
+        time.sleep(0.02)
+    writer.stop.set()
+    writer.join(10)
+    time.sleep(1.0)  # well past the 0.2 s sync interval: everything acknowledged is replicated
+
+    subprocess.run(["ip", "link", "set", lost.veth, "down"], check=True)  # the node vanishes, its agent lives on
+    try:
+        deadline = time.monotonic() + 120
+        failover: dict[str, Any] | None = None
+        while failover is None or failover["state"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline, f"no fail-over finished: {failover}"
+            time.sleep(0.5)
+            ops = plane.call("GET", "/v1/operations", params={"limit": 50}).json()
+            failover = next((op for op in ops if op["kind"] == "failover" and op["node"] == lost.name), None)
+        assert failover["state"] == "succeeded", failover["error"]
+        assert plane.call("GET", f"/v1/nodes/{lost.name}").json()["state"] == "down"
+        moved = running(plane, tenant)
+        assert [(a["node"], a["generation"]) for a in moved] == [(survivor.name, 2)]
+        assert set(writer.acknowledged) <= workflow_ids_on(moved[0]["url"])
+        assert failover["result"]["restored_txid"][f"{tenant}/0"] >= 1
+        assert failover["result"]["loss_window_s"][f"{tenant}/0"] is not None
+    finally:
+        subprocess.run(["ip", "link", "set", lost.veth, "up"], check=True)
+
+    deadline = time.monotonic() + 60  # the node answers again: its zombie container goes away
+    while any(name.startswith(f"lf-{tenant}-") for name in managed_containers([lost])[lost.name]):
+        assert time.monotonic() < deadline, "the stale incarnation was never removed"
+        time.sleep(0.5)
+    assert plane.call("GET", f"/v1/nodes/{lost.name}").json()["state"] == "ready"
     plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})
