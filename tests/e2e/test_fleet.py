@@ -4,6 +4,7 @@ node, kill -9 the control plane mid-evacuation, and bad input that must change n
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -286,3 +287,41 @@ def test_a_partitioned_node_fails_over_and_its_zombie_is_removed_when_it_returns
         time.sleep(0.5)
     assert plane.call("GET", f"/v1/nodes/{lost.name}").json()["state"] == "ready"
     plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})
+
+
+def test_the_cli_follows_operations_and_answers_bad_input_in_one_line(control_plane: ControlPlane) -> None:
+    env = {**control_plane.env, "LITEFLEET_API_URL": control_plane.url}
+    tenant = tenant_name()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "control_plane.cli", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+    created = cli("tenants", "create", tenant, "--agents", "1", "--sync-interval", "0.2")
+    assert created.returncode == 0, created.stderr
+    assert "agent.started agent 0" in created.stdout and f"operation {created.stdout.split()[1]}" in created.stdout
+    shown = cli("tenants", "get", tenant)
+    assert shown.returncode == 0 and "running" in shown.stdout and "GENERATION" in shown.stdout
+    started = cli("wf", "start", tenant, "count", "--args", "[4]", "--id", "cli-1")
+    assert started.returncode == 0 and '"id": "cli-1"' in started.stdout
+    as_json = cli("ops", "ls", "--tenant", tenant, "--json")
+    assert as_json.returncode == 0 and '"kind": "provision"' in as_json.stdout
+
+    refused = cli("tenants", "scale", "no-such-tenant", "2")
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr.strip().splitlines() == ["error: tenant_not_found: no tenant named 'no-such-tenant'"]
+    bad_args = cli("wf", "start", tenant, "count", "--args", "not json")
+    assert bad_args.returncode == 2 and len(bad_args.stderr.strip().splitlines()) == 1
+    gone = subprocess.run(
+        [sys.executable, "-m", "control_plane.cli", "tenants", "ls"],
+        env={**env, "LITEFLEET_API_URL": "http://127.0.0.1:9"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert gone.returncode == 3 and "does not answer" in gone.stderr and "Traceback" not in gone.stderr
+
+    deleted = cli("tenants", "delete", tenant, "--purge")
+    assert deleted.returncode == 0, deleted.stderr
+    assert "tenant.purged" in deleted.stdout
