@@ -249,7 +249,7 @@ class Fleet:
                         return current.url
                 except (httpx.HTTPError, ValueError):
                     pass
-            time.sleep(0.1)
+            time.sleep(0.03)
         raise OperationFailed(f"{incarnation.name} not ready after {self.settings.ready_timeout:.0f}s")
 
     def _drain(self, ctx: OpContext, agent: Agent) -> None:

@@ -8,6 +8,7 @@ Layout under the bucket:  {root}/tenants/{tenant}/agents/{ordinal}/CURRENT      
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import tempfile
 from dataclasses import dataclass, field
@@ -205,7 +206,9 @@ class SeaweedCredentials:
         agent_scope = f"{self.storage.bucket}/{self.storage.agent_prefix(tenant, agent)}*"
         own = f"{self.storage.bucket}/{self.storage.replica_prefix(tenant, agent, generation)}*"
         scopes = {"Read": agent_scope, "List": agent_scope, "Write": own, "Tagging": own}
-        return self._configure(tenant, self._incarnation_user(tenant, agent, generation), scopes)
+        # An incarnation's identity is new, or left by an attempt that crashed before any container got its key:
+        # adding this key to it keeps the same scope, so one shell session is enough.
+        return self._configure(tenant, self._incarnation_user(tenant, agent, generation), scopes, replace=False)
 
     def revoke(self, tenant: str) -> None:
         """Remove the tenant's identity. Safe to re-run: deleting a missing user is not an error."""
@@ -218,21 +221,26 @@ class SeaweedCredentials:
     def _incarnation_user(tenant: str, agent: int, generation: int) -> str:
         return f"litefleet-{tenant}-{agent}-g{generation}"
 
-    def _configure(self, tenant: str, user: str, scopes: dict[str, str]) -> TenantCredentials:
+    def _configure(self, tenant: str, user: str, scopes: dict[str, str], *, replace: bool = True) -> TenantCredentials:
         creds = TenantCredentials(tenant, "LF" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30))
         actions = ",".join(f"{verb}:{scope}" for verb, scope in scopes.items())
-        self._delete(user)
+        # Each shell session costs ~0.25 s: look once, then replace (or create) the identity in one more.
+        delete = f"s3.configure -user={user} -delete -apply\n" if replace and self._exists(user) else ""
         self.store.shell(
-            f"s3.configure -user={user} -access_key={creds.access_key} "
+            delete + f"s3.configure -user={user} -access_key={creds.access_key} "
             f"-secret_key={creds.secret_key} -actions={actions} -apply"
         )
         return creds
+
+    def _exists(self, user: str) -> bool:
+        # The listing holds every identity's keys: it is only searched here, never logged or returned.
+        return re.search(rf'"name":\s*"{re.escape(user)}"', self.store.shell("s3.configure")) is not None
 
     def _delete(self, user: str) -> None:
         try:
             self.store.shell(f"s3.configure -user={user} -delete -apply")
         except Exception:
-            if user in self.store.shell("s3.configure"):
+            if self._exists(user):
                 raise
 
 

@@ -7,13 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +17,7 @@ import pytest
 
 from control_plane.drivers import DockerDriver
 from control_plane.images import build_agent_image
+from control_plane.local import ControlPlaneProcess
 from control_plane.objectstore import EmbeddedStore, free_address
 from control_plane.storage import ObjectStorage
 from infra.testbed import Testbed, TestbedNode
@@ -68,49 +63,8 @@ def store(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     embedded.down()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class ControlPlane:
-    """The control plane as a subprocess on its own port and state dir."""
-
-    env: dict[str, str]
-    url: str
-    log: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "control_plane.cli", "serve"], env=self.env, stdout=log, stderr=log
-            )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"control plane did not start: {self.log.read_text()[-2000:]}")
-            time.sleep(0.1)
-
-    def kill9(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill9()
+class ControlPlane(ControlPlaneProcess):
+    """The control plane as a subprocess on its own port and state dir, plus API helpers."""
 
     # -- API helpers ------------------------------------------------------------------------------------------------
 
@@ -136,36 +90,19 @@ class ControlPlane:
 def control_plane(
     testbed: Testbed, store: EmbeddedStore, image: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ControlPlane]:
-    state = tmp_path_factory.mktemp("control-plane")
-    port = _free_port()
-    address = store.address
-    env = {
-        **os.environ,
-        "LITEFLEET_STATE_DIR": str(state),
-        "LITEFLEET_STORE_IP": address.ip,
-        "LITEFLEET_STORE_S3_PORT": str(address.s3_port),
-        "LITEFLEET_STORE_MASTER_PORT": str(address.master_port),
-        "LITEFLEET_STORE_VOLUME_PORT": str(address.volume_port),
-        "LITEFLEET_STORE_FILER_PORT": str(address.filer_port),
-        "LITEFLEET_BUCKET": BUCKET,
-        "LITEFLEET_S3_ADMIN_KEY": store._admin[0],
-        "LITEFLEET_S3_ADMIN_SECRET": store._admin[1],
-        "LITEFLEET_API_PORT": str(port),
-        "LITEFLEET_IMAGE": image,
-        "LITEFLEET_DRAIN_TIMEOUT": "5",
-        "LITEFLEET_LEASE_SECONDS": "4",
-        "LITEFLEET_HEARTBEAT_INTERVAL": "2",
-    }
     database = os.environ.get("LITEFLEET_TEST_DATABASE_URL")
-    if database:
-        env["LITEFLEET_DATABASE_URL"] = _own_schema(database)
-    plane = ControlPlane(env, f"http://127.0.0.1:{port}", state / "control-plane.log")
+    plane = ControlPlane.beside(
+        store,
+        image,
+        tmp_path_factory.mktemp("control-plane"),
+        drain_timeout="5",
+        lease_seconds="4",
+        heartbeat_interval="2",
+        **({"database_url": _own_schema(database)} if database else {}),
+    )
     plane.start()
     for node in testbed.nodes:
-        answer = plane.call(
-            "POST", "/v1/nodes", json={"name": node.name, "engine_url": node.engine_url, "address": node.ip}
-        )
-        assert answer.status_code == 201, answer.text
+        plane.register(node.name, node.engine_url, node.ip)
     yield plane
     plane.stop()
 

@@ -1,0 +1,167 @@
+"""The control plane's operations against doing the same by hand, on two namespaced node engines (needs root).
+
+    make bench            (or: .venv/bin/python bench/fleet.py [--runs 5] [--drain-agents 6])
+
+Figures (one JSON line each; p50/p90 of --runs):
+  provision_s           POST /v1/tenants (1 agent) with ?wait=true: placement, key, CURRENT, container, ready,
+                        first replica, rows and events
+  baseline_start_s      the floor: `run_agent` + wait for /readyz and the first replica, by hand, same engine
+  evacuate_s            POST /v1/tenants/{t}/evacuate (1 agent, to the other node) with ?wait=true
+  evacuate_downtime_s   the operation's own record: old stopped -> new generation ready and replicating
+  baseline_move_s       the floor: `docker stop` (final sync) + `run_agent` restoring on the other node + ready
+  drain_s               POST /v1/nodes/{n}/drain with --drain-agents agents on the node
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import docker  # noqa: E402
+import httpx  # noqa: E402
+
+from control_plane.agent_container import AgentSpec, run_agent  # noqa: E402
+from control_plane.images import build_agent_image  # noqa: E402
+from control_plane.local import ControlPlaneProcess  # noqa: E402
+from control_plane.objectstore import EmbeddedStore, free_address  # noqa: E402
+from control_plane.storage import ObjectStorage, SeaweedCredentials  # noqa: E402
+from infra.testbed import Testbed, TestbedNode  # noqa: E402
+
+BUCKET = "litefleet-bench"
+
+
+def emit(name: str, values: list[float], **fields: Any) -> None:
+    ordered = sorted(values)
+    p90 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]
+    summary = {"p50": round(statistics.median(ordered), 3), "p90": round(p90, 3), "n": len(ordered)}
+    print(json.dumps({"metric": name, **summary, **fields}), flush=True)
+
+
+def timed(api: httpx.Client, method: str, path: str, **kwargs: Any) -> tuple[float, dict[str, Any]]:
+    started = time.monotonic()
+    params = {**kwargs.pop("params", {}), "wait": "true"}
+    op: dict[str, Any] = api.request(method, path, params=params, **kwargs).json()
+    if op.get("state") != "succeeded":
+        raise SystemExit(f"{method} {path} did not succeed: {op}")
+    return time.monotonic() - started, op
+
+
+def by_hand_ready(container: Any) -> None:
+    """What the control plane waits for: /readyz 200 and a replica txid."""
+    container.reload()
+    port = container.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]
+    url = f"http://{port['HostIp']}:{port['HostPort']}/readyz"
+    while True:
+        try:
+            answer = httpx.get(url, timeout=2)
+            if answer.status_code == 200 and (answer.json().get("replication") or {}).get("replica_txid"):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.02)
+
+
+def baselines(store: EmbeddedStore, image: str, nodes: list[TestbedNode], runs: int) -> None:
+    storage = ObjectStorage(store.address.endpoint, *store._admin, BUCKET)
+    credentials = SeaweedCredentials(store, storage)
+    starts, moves = [], []
+    for _ in range(runs):
+        tenant = "h" + secrets.token_hex(4)
+        clients = [docker.DockerClient(base_url=node.engine_url, timeout=120) for node in nodes]
+
+        def spec(generation: int, node: TestbedNode, restore: int | None, tenant: str = tenant) -> AgentSpec:
+            return AgentSpec(
+                tenant=tenant, agent=0, generation=generation, bundle="tenants.hello", image=image,
+                replica_url=storage.replica_url(tenant, 0, generation),
+                restore_from_url=None if restore is None else storage.replica_url(tenant, 0, restore),
+                s3_endpoint=store.address.endpoint, credentials=credentials.issue_incarnation(tenant, 0, generation),
+                publish_ip=node.ip,
+            )  # fmt: skip
+
+        storage.advance_current(tenant, 0, 1, None)
+        first_spec = spec(1, nodes[0], None)
+        started = time.monotonic()
+        first = run_agent(clients[0], first_spec)
+        by_hand_ready(first)
+        starts.append(time.monotonic() - started)
+        storage.advance_current(tenant, 0, 2, storage.read_current(tenant, 0))
+        started = time.monotonic()
+        first.stop(timeout=30)
+        second = run_agent(clients[1], spec(2, nodes[1], 1))
+        by_hand_ready(second)
+        moves.append(time.monotonic() - started)
+        for container in (first, second):
+            container.remove(force=True, v=True)
+        clients[0].volumes.get(first_spec.volume).remove(force=True)
+        clients[1].volumes.get(second.name).remove(force=True)
+    emit("baseline_start_s", starts)
+    emit("baseline_move_s", moves)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--drain-agents", type=int, default=6)
+    args = parser.parse_args()
+    image = build_agent_image(docker.from_env()).tag
+    with tempfile.TemporaryDirectory() as scratch:
+        bed = Testbed(Path(scratch) / "bed", prefix="lfb", subnet="10.97.0")
+        store = None
+        plane = None
+        try:
+            nodes = bed.up(2)
+            store = EmbeddedStore(Path(scratch) / "store", free_address(bed.gateway), BUCKET, "BENCH", "b" * 32)
+            store.up()
+            ObjectStorage(store.address.endpoint, *store._admin, BUCKET).ensure_bucket()
+            for node in nodes:  # copy the image once, outside the measurements
+                from control_plane.drivers import DockerDriver
+
+                DockerDriver(node.engine_url).ensure_image(image)
+            baselines(store, image, nodes, args.runs)
+            plane = ControlPlaneProcess.beside(store, image, Path(scratch))
+            plane.start()
+            for node in nodes:
+                plane.register(node.name, node.engine_url, node.ip)
+            api = httpx.Client(base_url=plane.url, timeout=600)
+            provisions, evacuations, downtimes = [], [], []
+            for _ in range(args.runs):
+                tenant = "b" + secrets.token_hex(4)
+                seconds, _ = timed(api, "POST", "/v1/tenants", json={"name": tenant, "agents": 1})
+                provisions.append(seconds)
+                source = api.get(f"/v1/tenants/{tenant}").json()["placements"][0]["node"]
+                target = next(node.name for node in nodes if node.name != source)
+                seconds, op = timed(api, "POST", f"/v1/tenants/{tenant}/evacuate", json={"to_node": target})
+                evacuations.append(seconds)
+                downtimes.append(op["result"]["downtime_s"][f"{tenant}/0"])
+                timed(api, "DELETE", f"/v1/tenants/{tenant}", params={"purge": True})
+            emit("provision_s", provisions)
+            emit("evacuate_s", evacuations)
+            emit("evacuate_downtime_s", downtimes)
+            api.post(f"/v1/nodes/{nodes[1].name}/cordon")
+            tenants = ["d" + secrets.token_hex(4) for _ in range(args.drain_agents)]
+            for tenant in tenants:
+                timed(api, "POST", "/v1/tenants", json={"name": tenant, "agents": 1})
+            api.post(f"/v1/nodes/{nodes[1].name}/uncordon")
+            seconds, op = timed(api, "POST", f"/v1/nodes/{nodes[0].name}/drain")
+            emit("drain_s", [seconds], agents=args.drain_agents, downtime_p50=statistics.median(
+                op["result"]["downtime_s"].values()))  # fmt: skip
+        finally:
+            if plane is not None:
+                plane.stop()
+            if store is not None:
+                store.down()
+            bed.down()
+
+
+if __name__ == "__main__":
+    main()
