@@ -38,6 +38,7 @@ lint: setup
 bench: setup
 	$(PY) bench/runtime.py
 	$(PY) bench/agent_container.py
+	$(PY) bench/fleet.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
