@@ -45,6 +45,17 @@ class RoutedWriter(threading.Thread):
                 else:
                     time.sleep(0.05)  # the agent is moving: try the same id again
 
+    @classmethod
+    def burst(cls, plane: ControlPlane, tenant: str, prefix: str, count: int) -> list[str]:
+        """Write until `count` workflows are acknowledged, then stop; returns their ids."""
+        writer = cls(plane, tenant, prefix)
+        writer.start()
+        while len(writer.acknowledged) < count:
+            time.sleep(0.02)
+        writer.stop.set()
+        writer.join(10)
+        return writer.acknowledged
+
 
 def agents_of(plane: ControlPlane, tenant: str) -> list[dict[str, Any]]:
     placements: list[dict[str, Any]] = plane.call("GET", f"/v1/tenants/{tenant}").json()["placements"]
@@ -155,12 +166,7 @@ def test_kill_9_control_plane_mid_evacuation_converges(control_plane: ControlPla
     plane = control_plane
     tenant = tenant_name()
     plane.done("POST", "/v1/tenants", json={"name": tenant, "agents": 2, "sync_interval": 0.2})
-    writer = RoutedWriter(plane, tenant, "k")
-    writer.start()
-    while len(writer.acknowledged) < 20:
-        time.sleep(0.02)
-    writer.stop.set()
-    writer.join(10)
+    acknowledged = RoutedWriter.burst(plane, tenant, "k", 20)
     op = plane.call("POST", f"/v1/tenants/{tenant}/evacuate").json()
     deadline = time.monotonic() + 60
     while not any(
@@ -180,7 +186,7 @@ def test_kill_9_control_plane_mid_evacuation_converges(control_plane: ControlPla
     mine = sorted(name for name in containers if name.startswith(f"lf-{tenant}-"))
     assert mine == [f"lf-{tenant}-0-g2", f"lf-{tenant}-1-g2"], "exactly one container per agent"
     held = set().union(*(workflow_ids_on(agent["url"]) for agent in agents))
-    assert set(writer.acknowledged) <= held
+    assert set(acknowledged) <= held
     plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})
 
 
@@ -248,12 +254,7 @@ def test_a_partitioned_node_fails_over_and_its_zombie_is_removed_when_it_returns
     plane.done("POST", "/v1/tenants", json={"name": tenant, "agents": 1, "sync_interval": 0.2})
     lost = next(node for node in testbed.nodes if node.name == running(plane, tenant)[0]["node"])
     survivor = next(node for node in testbed.nodes if node is not lost)
-    writer = RoutedWriter(plane, tenant, "f")
-    writer.start()
-    while len(writer.acknowledged) < 20:
-        time.sleep(0.02)
-    writer.stop.set()
-    writer.join(10)
+    acknowledged = RoutedWriter.burst(plane, tenant, "f", 20)
     time.sleep(1.0)  # well past the 0.2 s sync interval: everything acknowledged is replicated
 
     subprocess.run(["ip", "link", "set", lost.veth, "down"], check=True)  # the node vanishes, its agent lives on
@@ -269,7 +270,7 @@ def test_a_partitioned_node_fails_over_and_its_zombie_is_removed_when_it_returns
         assert plane.call("GET", f"/v1/nodes/{lost.name}").json()["state"] == "down"
         moved = running(plane, tenant)
         assert [(a["node"], a["generation"]) for a in moved] == [(survivor.name, 2)]
-        assert set(writer.acknowledged) <= workflow_ids_on(moved[0]["url"])
+        assert set(acknowledged) <= workflow_ids_on(moved[0]["url"])
         assert failover["result"]["restored_txid"][f"{tenant}/0"] >= 1
         assert failover["result"]["loss_window_s"][f"{tenant}/0"] is not None
     finally:
