@@ -5,6 +5,8 @@ answers `200` with the finished operation. Errors are `{"code", "message"}` with
 
 from __future__ import annotations
 
+import ipaddress
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -19,7 +21,7 @@ from sqlmodel import Session
 
 from control_plane import services
 from control_plane.db import make_engine, migrate
-from control_plane.errors import FleetError
+from control_plane.errors import FleetError, Unauthorized
 from control_plane.fleet import Fleet
 from control_plane.health import HealthMonitor
 from control_plane.models import (
@@ -46,6 +48,17 @@ def _session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def _require_admin(request: Request) -> str:
+    """The caller, when the API has a token; every /v1 route depends on it."""
+    token: str | None = request.app.state.token
+    if token is None:
+        return "anonymous"
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), token.encode()):
+        raise Unauthorized("send Authorization: Bearer <LITEFLEET_API_TOKEN>")
+    return "admin"
+
+
 SessionDep = Annotated[Session, Depends(_session)]
 WaitQuery = Annotated[bool, Query(description="wait for the operation to finish")]
 TimeoutQuery = Annotated[float, Query(ge=0, le=3600, description="seconds to wait with wait=true")]
@@ -60,7 +73,7 @@ def _accepted(session: Session, op: Operation, wait: bool, timeout: float) -> JS
     return JSONResponse(services.operation_public(op).model_dump(mode="json"), status_code=status)
 
 
-nodes = APIRouter(prefix="/v1/nodes", tags=["nodes"])
+nodes = APIRouter(prefix="/v1/nodes", tags=["nodes"], dependencies=[Depends(_require_admin)])
 
 
 @nodes.post("", status_code=201)
@@ -98,7 +111,7 @@ def remove_node(name: str, session: SessionDep) -> None:
     services.remove_node(session, name)
 
 
-tenants = APIRouter(prefix="/v1/tenants", tags=["tenants"])
+tenants = APIRouter(prefix="/v1/tenants", tags=["tenants"], dependencies=[Depends(_require_admin)])
 
 
 @tenants.post("", status_code=202, response_model=OperationPublic)
@@ -174,7 +187,7 @@ def find_workflow(
     return services.find_workflow(session, name, workflow_id, wait)
 
 
-operations = APIRouter(prefix="/v1/operations", tags=["operations"])
+operations = APIRouter(prefix="/v1/operations", tags=["operations"], dependencies=[Depends(_require_admin)])
 
 
 @operations.get("")
@@ -195,7 +208,7 @@ def get_operation(
     return services.operation_public(op)
 
 
-events = APIRouter(prefix="/v1/events", tags=["events"])
+events = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[Depends(_require_admin)])
 
 
 @events.get("")
@@ -210,9 +223,18 @@ def list_events(
     return services.list_events(session, tenant, node, kind, since, limit)
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def create_app(settings: Settings, fleet: Fleet | None = None, *, background: bool = True) -> FastAPI:
     """The API over the fleet DB at `settings.fleet_database_url`. With `background`, the reconciler and the
     node health monitor run inside the app's lifespan."""
+    if settings.api_token is None and not _loopback(settings.api_host):
+        raise ValueError(f"LITEFLEET_API_TOKEN must be set to serve on {settings.api_host} (not a loopback address)")
     url = settings.fleet_database_url
     if url.startswith("sqlite"):
         settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -235,6 +257,7 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, background: bo
 
     app = FastAPI(title="litefleet", version="0.1.0", lifespan=lifespan)
     app.state.engine = engine
+    app.state.token = settings.api_token.get_secret_value() if settings.api_token else None
     for router in (nodes, tenants, operations, events):
         app.include_router(router)
 

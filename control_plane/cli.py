@@ -42,7 +42,9 @@ def _logging() -> None:
 
 
 def _client() -> FleetClient:
-    return FleetClient(Settings().client_url)
+    settings = Settings()
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    return FleetClient(settings.client_url, token=token)
 
 
 def _call(method: str, path: str, *, json_body: Any = None, **params: Any) -> Any:

@@ -22,9 +22,10 @@ class CliError(Exception):
 
 
 class FleetClient:
-    def __init__(self, api_url: str, timeout: float = 30.0) -> None:
+    def __init__(self, api_url: str, timeout: float = 30.0, token: str | None = None) -> None:
         self.api_url = api_url.rstrip("/")
         self.timeout = timeout
+        self._headers = {"authorization": f"Bearer {token}"} if token else {}
 
     def request(self, method: str, path: str, *, json_body: Any = None, **params: Any) -> Any:
         query = {key: value for key, value in params.items() if value is not None}

@@ -12,6 +12,10 @@ class InvalidRequest(FleetError):
     status, code = 422, "invalid_request"
 
 
+class Unauthorized(FleetError):
+    status, code = 401, "unauthorized"
+
+
 class NotFound(FleetError):
     status, code = 404, "not_found"
 

@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8700
     api_url: str | None = None  # where the CLI finds the control plane; None: http://API_HOST:API_PORT
+    api_token: SecretStr | None = None  # bearer token for /v1; required when API_HOST is not a loopback address
     image: str = "litefleet/agent:latest"
     drain_timeout: float = 60.0  # how long a scale-down waits for in-flight workflows before stopping the agent
     stop_timeout: float = 30.0  # SIGTERM -> final sync -> exit, before SIGKILL
