@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,8 +76,11 @@ class Fleet:
                 session.refresh(agent)
             return agent
 
-    def place(self, tenant: Tenant, exclude: AbstractSet[str] = frozenset()) -> Node:
-        """A node for one more agent of `tenant` (placed agents count: running, starting, stopping)."""
+    def place(
+        self, tenant: Tenant, exclude: AbstractSet[str] = frozenset(), reserved: Sequence[tuple[str, Tenant]] = ()
+    ) -> Node:
+        """A node for one more agent of `tenant`. Placed agents count (running, starting, stopping), and so do
+        `reserved` (node, tenant) places already promised to agents that have not started there yet."""
         with Session(self.engine) as session:
             nodes = session.exec(select(Node)).all()
             placed = session.exec(
@@ -87,13 +91,14 @@ class Fleet:
             ).all()
         loads = []
         for node in nodes:
-            here = [(agent, owner) for agent, owner in placed if agent.node == node.name]
+            here = [(agent.tenant, owner) for agent, owner in placed if agent.node == node.name]
+            here += [(owner.name, owner) for name, owner in reserved if name == node.name]
             loads.append(
                 NodeLoad(
                     node,
                     agents=len(here),
                     memory_mb=sum(owner.memory_mb for _, owner in here),
-                    tenant_agents=sum(1 for agent, _ in here if agent.tenant == tenant.name),
+                    tenant_agents=sum(1 for owner_name, _ in here if owner_name == tenant.name),
                 )
             )
         return choose_node(loads, tenant.name, tenant.memory_mb, exclude)

@@ -8,8 +8,9 @@ again (their shutdown record is the proof)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from sqlmodel import Session, col, delete, select
@@ -24,18 +25,47 @@ _PLACED = (AgentState.running, AgentState.starting, AgentState.stopping)
 
 
 def _plan(ctx: OpContext, agent: Agent, make: Callable[[], dict[str, object]]) -> dict[str, object]:
-    plans = ctx.params.setdefault("plan", {})
-    if agent.id not in plans:
-        plans[agent.id] = make()
-        ctx.save()
-    return dict(plans[agent.id])
+    with ctx.lock:
+        plans = ctx.params.setdefault("plan", {})
+        if agent.id in plans:
+            return dict(plans[agent.id])
+    plan = make()
+    with ctx.lock:
+        plans[agent.id] = plan
+    ctx.save()
+    return dict(plan)
 
 
-def _place(fleet: Fleet, tenant: Tenant, exclude: AbstractSet[str] = frozenset()) -> str:
+def _place(
+    fleet: Fleet, tenant: Tenant, exclude: AbstractSet[str] = frozenset(), reserved: Sequence[tuple[str, Tenant]] = ()
+) -> str:
     try:
-        return fleet.place(tenant, exclude).name
+        return fleet.place(tenant, exclude, reserved).name
     except NoCapacity as exc:
         raise OperationFailed(str(exc)) from None
+
+
+def _done(ctx: OpContext, agent_id: str) -> bool:
+    with ctx.lock:
+        return agent_id in ctx.params.get("done", [])
+
+
+def _move_many(fleet: Fleet, ctx: OpContext, agent_ids: set[str], avoid: str, one: Callable[[str], None]) -> None:
+    """Plan every agent's new place one after another (placement sees the places already promised), then run
+    `one` for up to `move_parallelism` agents at a time. The first failure fails the operation after the others
+    finished: a re-run resumes from the recorded plans."""
+    reserved: list[tuple[str, Tenant]] = []
+    for agent_id in sorted(agent_ids):
+        agent = fleet.agent(*_split(agent_id))
+        tenant = fleet.tenant(agent.tenant)
+        plan = _plan(ctx, agent, partial(_next_generation, fleet, tenant, agent, None, avoid, reserved))
+        if not _done(ctx, agent_id):
+            reserved.append((str(plan["node"]), tenant))
+    with ThreadPoolExecutor(max_workers=max(1, fleet.settings.move_parallelism)) as pool:
+        failures = [f.exception() for f in [pool.submit(one, agent_id) for agent_id in sorted(agent_ids)]]
+    for failure in failures:
+        if failure is not None:
+            raise failure
 
 
 def ensure_running(fleet: Fleet, ctx: OpContext, tenant: Tenant, ordinal: int) -> None:
@@ -88,12 +118,19 @@ def retire(fleet: Fleet, ctx: OpContext, agent: Agent) -> None:
     fleet.set_agent(agent.tenant, agent.ordinal, state=AgentState.retained, node=None, url=None)
 
 
-def _next_generation(fleet: Fleet, tenant: Tenant, agent: Agent, target: str | None, avoid: str) -> dict[str, object]:
+def _next_generation(
+    fleet: Fleet,
+    tenant: Tenant,
+    agent: Agent,
+    target: str | None,
+    avoid: str,
+    reserved: Sequence[tuple[str, Tenant]] = (),
+) -> dict[str, object]:
     return {
         "from_generation": agent.generation,
         "from_node": agent.node,
         "generation": agent.generation + 1,
-        "node": target or _place(fleet, tenant, exclude={avoid}),
+        "node": target or _place(fleet, tenant, {avoid}, reserved),
     }
 
 
@@ -101,23 +138,26 @@ def move(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent, target: str
     """Stop-before-start move of one agent to a new generation on another node; records its downtime."""
 
     plan = _plan(ctx, agent, partial(_next_generation, fleet, tenant, agent, target, avoid))
-    if agent.id in ctx.params.get("done", []):
+    if _done(ctx, agent.id):
         return
     from_generation, from_node = int(str(plan["from_generation"])), str(plan["from_node"])
     if agent.generation == from_generation:
-        ctx.params.setdefault("stopped_at", {}).setdefault(agent.id, time.time())
+        with ctx.lock:
+            ctx.params.setdefault("stopped_at", {}).setdefault(agent.id, time.time())
         ctx.save()
         fleet.stop(ctx, agent, drain=False)
         fleet.set_agent(agent.tenant, agent.ordinal, state=AgentState.retained, url=None)
     fleet.start(
         ctx, tenant, agent.ordinal, int(str(plan["generation"])), fleet.node(str(plan["node"])), from_generation
     )
-    ready_at = ctx.params.setdefault("ready_at", {}).setdefault(agent.id, time.time())
+    with ctx.lock:
+        ready_at = ctx.params.setdefault("ready_at", {}).setdefault(agent.id, time.time())
     ctx.save()
     fleet.remove(ctx, agent.tenant, agent.ordinal, from_generation, from_node)
-    downtime = round(ready_at - float(ctx.params["stopped_at"][agent.id]), 3)
-    ctx.result.setdefault("downtime_s", {})[agent.id] = downtime
-    ctx.params.setdefault("done", []).append(agent.id)
+    with ctx.lock:
+        downtime = round(ready_at - float(ctx.params["stopped_at"][agent.id]), 3)
+        ctx.result.setdefault("downtime_s", {})[agent.id] = downtime
+        ctx.params.setdefault("done", []).append(agent.id)
     ctx.save()
     ctx.step(
         "agent.moved", f"{from_node} -> {plan['node']}, downtime {downtime}s", agent=agent.ordinal, downtime_s=downtime
@@ -154,9 +194,12 @@ def run_drain(fleet: Fleet, ctx: OpContext) -> None:
     with Session(fleet.engine) as session:
         here = session.exec(select(Agent).where(Agent.node == node).where(col(Agent.state).in_(_PLACED))).all()
     planned = {agent.id for agent in here} | set(ctx.params.get("plan", {}))
-    for agent_id in sorted(planned):
+
+    def one(agent_id: str) -> None:
         agent = fleet.agent(*_split(agent_id))
         move(fleet, ctx, fleet.tenant(agent.tenant), agent, None, avoid=node)
+
+    _move_many(fleet, ctx, planned, node, one)
     with Session(fleet.engine) as session:
         row = session.get(Node, node)
         if row is not None:
@@ -178,9 +221,10 @@ def run_failover(fleet: Fleet, ctx: OpContext) -> None:
     declared_down = float(ctx.params.setdefault("declared_down_at", time.time()))
     with Session(fleet.engine) as session:
         here = session.exec(select(Agent).where(Agent.node == node).where(col(Agent.state).in_(_PLACED))).all()
-    for agent_id in sorted({agent.id for agent in here} | set(ctx.params.get("plan", {}))):
-        if agent_id in ctx.params.get("done", []):
-            continue
+
+    def one(agent_id: str) -> None:
+        if _done(ctx, agent_id):
+            return
         agent = fleet.agent(*_split(agent_id))
         tenant = fleet.tenant(agent.tenant)
         plan = _plan(ctx, agent, partial(_next_generation, fleet, tenant, agent, None, node))
@@ -190,9 +234,10 @@ def run_failover(fleet: Fleet, ctx: OpContext) -> None:
         fleet.credentials.revoke_incarnation(agent.tenant, agent.ordinal, old)
         fleet.start(ctx, tenant, agent.ordinal, int(str(plan["generation"])), fleet.node(str(plan["node"])), old)
         window = None if synced_at is None else round(max(0.0, declared_down - synced_at), 3)
-        ctx.result.setdefault("restored_txid", {})[agent_id] = txid
-        ctx.result.setdefault("loss_window_s", {})[agent_id] = window
-        ctx.params.setdefault("done", []).append(agent_id)
+        with ctx.lock:
+            ctx.result.setdefault("restored_txid", {})[agent_id] = txid
+            ctx.result.setdefault("loss_window_s", {})[agent_id] = window
+            ctx.params.setdefault("done", []).append(agent_id)
         ctx.save()
         ctx.step(
             "agent.failed_over",
@@ -202,6 +247,8 @@ def run_failover(fleet: Fleet, ctx: OpContext) -> None:
             restored_txid=txid,
             loss_window_s=window,
         )
+
+    _move_many(fleet, ctx, {agent.id for agent in here} | set(ctx.params.get("plan", {})), node, one)
     ctx.result["moved"] = len(ctx.params.get("done", []))
     ctx.save()
 

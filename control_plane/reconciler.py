@@ -6,6 +6,7 @@ written so that re-running it converges (see `operations.py`)."""
 
 from __future__ import annotations
 
+import copy
 import secrets
 import threading
 import time
@@ -43,6 +44,7 @@ class OpContext:
         self.params: dict[str, Any] = dict(op.params)
         self.result: dict[str, Any] = dict(op.result)
         self.token = token
+        self.lock = threading.RLock()  # agents of one operation may move in parallel: guard params and result
         self.log = log.bind(op=op.id, kind=op.kind.value, tenant=op.tenant, node=op.node)
 
     def step(self, name: str, message: str = "", *, agent: int | None = None, **detail: Any) -> None:
@@ -70,9 +72,11 @@ class OpContext:
 
     def save(self) -> None:
         """Persist `params` (the plan) and `result` so a re-run after a crash follows the same plan."""
+        with self.lock:
+            params, result = copy.deepcopy(self.params), copy.deepcopy(self.result)
         with Session(self.engine) as session:
             op = self._owned(session)
-            op.params, op.result, op.updated_at = dict(self.params), dict(self.result), time.time()
+            op.params, op.result, op.updated_at = params, result, time.time()
             session.add(op)
             session.commit()
 
