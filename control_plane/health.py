@@ -1,18 +1,20 @@
 """Node heartbeats: ping every engine; a node is `down` only after several misses in a row (one miss is not death),
-and `ready` again when a down node answers."""
+and `ready` again when a down node answers. Each running agent's `/readyz` (replication lag, last sync) is
+recorded on its row, which is what a fail-over reports its loss against."""
 
 from __future__ import annotations
 
 import threading
 import time
 
+import httpx
 import structlog
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from control_plane.drivers import EngineUnreachable
 from control_plane.fleet import Fleet
-from control_plane.models import Agent, Event, Node, NodeState, Operation, OperationKind
+from control_plane.models import Agent, AgentState, Event, Node, NodeState, Operation, OperationKind
 from control_plane.settings import Settings
 
 log = structlog.get_logger("control_plane.health")
@@ -47,6 +49,7 @@ class HealthMonitor:
                         node.state = NodeState.ready
                         session.add(Event(kind="node.up", node=node.name, message="engine answers again"))
                     self._remove_stale(session, node)
+                    self._probe_agents(session, node)
                 else:
                     node.missed_heartbeats += 1
                     down = node.missed_heartbeats >= self.settings.node_grace_heartbeats
@@ -61,6 +64,28 @@ class HealthMonitor:
                         log.warning("node.down", node=node.name, missed=node.missed_heartbeats, op=op.id)
                 session.add(node)
             session.commit()
+
+    def _probe_agents(self, session: Session, node: Node) -> None:
+        """Record each running agent's own view of its replication (its `/readyz`) on its row."""
+        agents = session.exec(
+            select(Agent).where(Agent.node == node.name).where(Agent.state == AgentState.running)
+        ).all()
+        for agent in agents:
+            if not agent.url:
+                continue
+            agent.probed_at = time.time()
+            try:
+                answer = httpx.get(f"{agent.url}/readyz", timeout=2)
+                replication = answer.json().get("replication") or {}
+            except (httpx.HTTPError, ValueError):
+                agent.ready = False
+            else:
+                agent.ready = answer.status_code == 200
+                agent.local_txid = replication.get("local_txid")
+                agent.replica_txid = replication.get("replica_txid")
+                agent.lag_txids = replication.get("lag_txids")
+                agent.seconds_since_sync = replication.get("seconds_since_sync")
+            session.add(agent)
 
     def _remove_stale(self, session: Session, node: Node) -> None:
         """Remove containers on `node` that are not the current incarnation of an agent placed there (zombies of a

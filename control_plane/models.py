@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import StringConstraints
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
@@ -123,7 +123,18 @@ class AgentState(StrEnum):
     failed = "failed"
 
 
-class AgentPublic(SQLModel):
+class AgentHealth(SQLModel):
+    """The agent's own view of its replication, from its last `/readyz` probe by the health monitor."""
+
+    probed_at: float | None = None
+    ready: bool | None = None
+    local_txid: int | None = Field(default=None, sa_type=BigInteger)
+    replica_txid: int | None = Field(default=None, sa_type=BigInteger)
+    lag_txids: int | None = Field(default=None, sa_type=BigInteger)
+    seconds_since_sync: float | None = None
+
+
+class AgentPublic(AgentHealth):
     tenant: str
     ordinal: int
     generation: int
@@ -133,7 +144,7 @@ class AgentPublic(SQLModel):
     updated_at: float
 
 
-class Agent(SQLModel, table=True):
+class Agent(AgentHealth, table=True):
     __table_args__ = (UniqueConstraint("tenant", "ordinal"),)
     id: str = Field(primary_key=True, max_length=60)  # "{tenant}/{ordinal}"
     tenant: str = Field(index=True, max_length=40)

@@ -230,6 +230,9 @@ def run_failover(fleet: Fleet, ctx: OpContext) -> None:
         plan = _plan(ctx, agent, partial(_next_generation, fleet, tenant, agent, None, node))
         old = int(str(plan["from_generation"]))
         txid, synced_at = fleet.storage.replica_position(agent.tenant, agent.ordinal, old)
+        # the agent's last reported local txid, if it was probed as this generation: a lower bound of the loss
+        known_local = agent.local_txid if agent.generation == old and agent.local_txid is not None else None
+        lost_at_least = None if known_local is None else max(0, known_local - txid)
         fleet.set_agent(agent.tenant, agent.ordinal, state=AgentState.lost)
         fleet.credentials.revoke_incarnation(agent.tenant, agent.ordinal, old)
         fleet.start(ctx, tenant, agent.ordinal, int(str(plan["generation"])), fleet.node(str(plan["node"])), old)
@@ -237,12 +240,14 @@ def run_failover(fleet: Fleet, ctx: OpContext) -> None:
         with ctx.lock:
             ctx.result.setdefault("restored_txid", {})[agent_id] = txid
             ctx.result.setdefault("loss_window_s", {})[agent_id] = window
+            ctx.result.setdefault("lost_txids_at_least", {})[agent_id] = lost_at_least
             ctx.params.setdefault("done", []).append(agent_id)
         ctx.save()
         ctx.step(
             "agent.failed_over",
             f"{node} is down: gen {plan['generation']} on {plan['node']} from gen {old}'s replica at txid {txid}; "
-            f"writes in the last {window}s before the node was declared down may be lost",
+            f"writes in the last {window}s before the node was declared down may be lost "
+            f"(its last probe saw local txid {known_local})",
             agent=agent.ordinal,
             restored_txid=txid,
             loss_window_s=window,

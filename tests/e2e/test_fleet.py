@@ -95,6 +95,12 @@ def test_three_tenants_spread_and_a_scale_cycle_with_work_in_flight(
     for tenant in tenants:
         start(plane, tenant, "hello", 3, 0.0)
         assert result(plane, tenant, "hello") == ("SUCCESS", 3)
+    deadline = time.monotonic() + 30  # the health monitor records each agent's replication as it reports it
+    while not all((running(plane, t)[0]["replica_txid"] or 0) >= 1 for t in tenants):
+        assert time.monotonic() < deadline, agents_of(plane, tenants[0])
+        time.sleep(0.5)
+    probed = running(plane, tenants[0])[0]
+    assert probed["ready"] is True and probed["lag_txids"] is not None and probed["probed_at"] is not None
 
     tenant = tenants[0]
     expected: dict[str, int] = {}
@@ -273,6 +279,7 @@ def test_a_partitioned_node_fails_over_and_its_zombie_is_removed_when_it_returns
         assert set(acknowledged) <= workflow_ids_on(moved[0]["url"])
         assert failover["result"]["restored_txid"][f"{tenant}/0"] >= 1
         assert failover["result"]["loss_window_s"][f"{tenant}/0"] is not None
+        assert failover["result"]["lost_txids_at_least"][f"{tenant}/0"] == 0  # nothing written after the last sync
     finally:
         subprocess.run(["ip", "link", "set", lost.veth, "up"], check=True)
 
