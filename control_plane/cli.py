@@ -190,7 +190,8 @@ def tenants_get(name: str, as_json: JsonOption = False) -> None:
         return
     _show(tenant, False, TENANT_COLUMNS)
     typer.echo("")
-    typer.echo(table(tenant["placements"], ["ordinal", "generation", "node", "state", "url", "updated_at"]))
+    columns = ["ordinal", "generation", "node", "state", "ready", "lag_txids", "seconds_since_sync", "url", "probed_at"]
+    typer.echo(table(tenant["placements"], columns))
 
 
 @tenants_app.command("create")
