@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import apsw
+import docker
 import httpx
 import pytest
 
@@ -333,3 +334,26 @@ def test_the_cli_follows_operations_and_answers_bad_input_in_one_line(control_pl
     deleted = cli("tenants", "delete", tenant, "--purge")
     assert deleted.returncode == 0, deleted.stderr
     assert "tenant.purged" in deleted.stdout
+
+
+def test_secrets_stay_out_of_logs_errors_and_api_answers(control_plane: ControlPlane, testbed: Testbed) -> None:
+    plane = control_plane
+    tenant = tenant_name()
+    plane.done("POST", "/v1/tenants", json={"name": tenant, "agents": 2, "sync_interval": 0.2})
+    plane.done("POST", f"/v1/tenants/{tenant}/evacuate")
+    secrets_in_use = [plane.env["LITEFLEET_S3_ADMIN_SECRET"]]
+    for node in testbed.nodes:
+        client = docker.DockerClient(base_url=node.engine_url, timeout=30)
+        for container in client.containers.list(filters={"name": f"lf-{tenant}-"}):
+            env = dict(line.split("=", 1) for line in container.attrs["Config"]["Env"])
+            secrets_in_use.append(env["AWS_SECRET_ACCESS_KEY"])
+            assert secrets_in_use[-1] not in container.logs().decode(errors="replace")
+    assert len(secrets_in_use) == 3
+    answers = "".join(
+        plane.call("GET", path, params={"limit": 1000}).text
+        for path in ("/v1/tenants", f"/v1/tenants/{tenant}", "/v1/operations", "/v1/events", "/v1/nodes")
+    )
+    log = plane.log.read_text()
+    for secret in secrets_in_use:
+        assert secret not in answers and secret not in log
+    plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})
