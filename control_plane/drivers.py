@@ -39,6 +39,7 @@ class Driver(Protocol):
     def ensure_image(self, image: str) -> float: ...
     def run(self, spec: AgentSpec) -> Incarnation: ...
     def inspect(self, name: str) -> Incarnation | None: ...
+    def restart(self, name: str) -> Incarnation | None: ...
     def stop(self, name: str, timeout: float) -> Incarnation | None: ...
     def remove(self, name: str) -> None: ...
     def list_managed(self) -> list[Incarnation]: ...
@@ -83,6 +84,15 @@ class DockerDriver:
     def inspect(self, name: str) -> Incarnation | None:
         container = self._get(name)
         return None if container is None else _incarnation(container)
+
+    def restart(self, name: str) -> Incarnation | None:
+        """Start an existing, stopped incarnation again (same container, same volume, same generation)."""
+        container = self._get(name)
+        if container is None:
+            return None
+        if container.status != "running":
+            container.start()
+        return _incarnation(container)
 
     def stop(self, name: str, timeout: float) -> Incarnation | None:
         """SIGTERM, wait up to `timeout` for the drain and final sync, then SIGKILL (docker stop semantics)."""

@@ -123,7 +123,7 @@ class Fleet:
         seconds from container start to ready.
 
         Re-running is safe: CURRENT only ever moves forward to `generation`; an existing container of that
-        incarnation is reused, not duplicated; the agent row is written last."""
+        incarnation is reused (started again if it stopped), not duplicated; the agent row is written last."""
         self._advance_current(tenant.name, ordinal, generation)
         self.set_agent(tenant.name, ordinal, generation=generation, node=node.name, state=AgentState.starting)
         driver = self.driver(node)
@@ -138,6 +138,16 @@ class Fleet:
             spec = self._spec(tenant, ordinal, generation, node, restore_from, creds)
             incarnation = driver.run(spec)
             self.set_agent(tenant.name, ordinal, access_key=creds.access_key)
+        elif incarnation.status != "running":
+            # the incarnation stopped outside an operation (crash past its restart policy, `docker stop`): its
+            # volume holds the newest state and CURRENT still names it, so start the same container again
+            driver.restart(name)
+            ctx.step(
+                "agent.restarted",
+                f"gen {generation} was {incarnation.status} (exit {incarnation.exit_code}); started it again",
+                agent=ordinal,
+                node=node.name,
+            )
         url = self._wait_ready(driver, incarnation)
         seconds = round(time.monotonic() - started, 3)
         self.set_agent(tenant.name, ordinal, state=AgentState.running, url=url)

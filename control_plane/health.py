@@ -10,11 +10,21 @@ import time
 import httpx
 import structlog
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from control_plane.drivers import EngineUnreachable
-from control_plane.fleet import Fleet
-from control_plane.models import Agent, AgentState, Event, Node, NodeState, Operation, OperationKind
+from control_plane.fleet import Fleet, incarnation_name
+from control_plane.models import (
+    Agent,
+    AgentState,
+    Event,
+    Node,
+    NodeState,
+    Operation,
+    OperationKind,
+    OperationState,
+    Tenant,
+)
 from control_plane.settings import Settings
 
 log = structlog.get_logger("control_plane.health")
@@ -79,6 +89,7 @@ class HealthMonitor:
                 replication = answer.json().get("replication") or {}
             except (httpx.HTTPError, ValueError):
                 agent.ready = False
+                self._repair_if_stopped(session, node, agent)
             else:
                 agent.ready = answer.status_code == 200
                 agent.local_txid = replication.get("local_txid")
@@ -86,6 +97,38 @@ class HealthMonitor:
                 agent.lag_txids = replication.get("lag_txids")
                 agent.seconds_since_sync = replication.get("seconds_since_sync")
             session.add(agent)
+
+    def _repair_if_stopped(self, session: Session, node: Node, agent: Agent) -> None:
+        """An agent that should run but whose container stopped gets a `scale` to the tenant's own count, which
+        starts it again (unless an operation for the tenant is already queued or running: it will)."""
+        try:
+            container = self.fleet.driver(node).inspect(incarnation_name(agent.tenant, agent.ordinal, agent.generation))
+        except EngineUnreachable:
+            return
+        if container is not None and container.status == "running":
+            return
+        busy = session.exec(
+            select(Operation)
+            .where(Operation.tenant == agent.tenant)
+            .where(col(Operation.state).in_([OperationState.pending, OperationState.running]))
+        ).first()
+        tenant = session.get(Tenant, agent.tenant)
+        if busy is not None or tenant is None:
+            return
+        op = Operation(kind=OperationKind.scale, tenant=agent.tenant, params={"agents": tenant.agents, "repair": True})
+        session.add(op)
+        status = "gone" if container is None else f"{container.status} (exit {container.exit_code})"
+        session.add(
+            Event(
+                kind="agent.down",
+                tenant=agent.tenant,
+                node=node.name,
+                agent=agent.ordinal,
+                operation=op.id,
+                message=f"container is {status}: starting it again",
+            )
+        )
+        log.warning("agent.down", tenant=agent.tenant, agent=agent.ordinal, node=node.name, op=op.id)
 
     def _remove_stale(self, session: Session, node: Node) -> None:
         """Remove containers on `node` that are not the current incarnation of an agent placed there (zombies of a

@@ -16,7 +16,7 @@ from functools import partial
 from sqlmodel import Session, col, delete, select
 
 from control_plane.errors import OperationFailed
-from control_plane.fleet import Fleet
+from control_plane.fleet import Fleet, incarnation_name
 from control_plane.models import Agent, AgentState, Node, NodeState, OperationKind, Tenant, TenantState
 from control_plane.placement import NoCapacity
 from control_plane.reconciler import OpContext, Runner
@@ -74,8 +74,13 @@ def ensure_running(fleet: Fleet, ctx: OpContext, tenant: Tenant, ordinal: int) -
     agent = fleet.agent(tenant.name, ordinal)
 
     def make() -> dict[str, object]:
-        if agent.state == AgentState.running:
-            return {"generation": agent.generation, "restore_from": None, "node": agent.node, "keep": True}
+        if agent.state == AgentState.running and agent.node is not None:
+            container = fleet.driver(fleet.node(agent.node)).inspect(
+                incarnation_name(agent.tenant, agent.ordinal, agent.generation)
+            )
+            alive = container is not None and container.status == "running"
+            # a running agent whose container stopped behind our back is started again, same generation
+            return {"generation": agent.generation, "restore_from": None, "node": agent.node, "keep": alive}
         if agent.state in (AgentState.starting, AgentState.failed) and agent.generation and agent.node:
             # an earlier operation died while starting this incarnation: finish starting it (its own replica,
             # if it made one, wins over the older generation's in the entrypoint)

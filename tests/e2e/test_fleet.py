@@ -357,3 +357,27 @@ def test_secrets_stay_out_of_logs_errors_and_api_answers(control_plane: ControlP
     for secret in secrets_in_use:
         assert secret not in answers and secret not in log
     plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})
+
+
+def test_an_agent_stopped_behind_our_back_is_started_again(control_plane: ControlPlane, testbed: Testbed) -> None:
+    plane = control_plane
+    tenant = tenant_name()
+    plane.done("POST", "/v1/tenants", json={"name": tenant, "agents": 1, "sync_interval": 0.2})
+    acknowledged = RoutedWriter.burst(plane, tenant, "s", 10)
+    agent = running(plane, tenant)[0]
+    node = next(node for node in testbed.nodes if node.name == agent["node"])
+    docker.DockerClient(base_url=node.engine_url).containers.get(f"lf-{tenant}-0-g1").stop(timeout=30)
+
+    deadline = time.monotonic() + 60
+    repair: dict[str, Any] | None = None
+    while repair is None or repair["state"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, f"no repair: {repair}"
+        time.sleep(0.5)
+        ops = plane.call("GET", "/v1/operations", params={"tenant": tenant}).json()
+        repair = next((op for op in ops if op["params"].get("repair")), None)
+    assert repair["state"] == "succeeded", repair["error"]
+    assert "agent.restarted" in [step["step"] for step in repair["steps"]]
+    again = running(plane, tenant)
+    assert [(a["node"], a["generation"]) for a in again] == [(node.name, 1)]  # same incarnation, same volume
+    assert set(acknowledged) <= workflow_ids_on(again[0]["url"])
+    plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})
