@@ -37,6 +37,7 @@ class AgentSpec:
     pids: int = 256
     publish_ip: str = "127.0.0.1"
     network: str | None = None
+    fleet: str = "litefleet"  # which control plane owns it (its bucket): another fleet's containers are not ours
 
     @property
     def name(self) -> str:
@@ -68,6 +69,7 @@ class AgentSpec:
     def labels(self) -> dict[str, str]:
         return {
             f"{LABEL}.managed": "true",
+            f"{LABEL}.fleet": self.fleet,
             f"{LABEL}.tenant": self.tenant,
             f"{LABEL}.agent": str(self.agent),
             f"{LABEL}.generation": str(self.generation),

@@ -42,7 +42,7 @@ class Driver(Protocol):
     def restart(self, name: str) -> Incarnation | None: ...
     def stop(self, name: str, timeout: float) -> Incarnation | None: ...
     def remove(self, name: str) -> None: ...
-    def list_managed(self) -> list[Incarnation]: ...
+    def list_managed(self, fleet: str | None = None) -> list[Incarnation]: ...
 
 
 class DockerDriver:
@@ -113,8 +113,10 @@ class DockerDriver:
         with contextlib.suppress(docker.errors.NotFound):
             self.client.volumes.get(name).remove(force=True)
 
-    def list_managed(self) -> list[Incarnation]:
-        containers = self.client.containers.list(all=True, filters={"label": f"{LABEL}.managed=true"})
+    def list_managed(self, fleet: str | None = None) -> list[Incarnation]:
+        """litefleet's containers on this engine (only `fleet`'s, when given)."""
+        labels = [f"{LABEL}.managed=true"] + ([f"{LABEL}.fleet={fleet}"] if fleet else [])
+        containers = self.client.containers.list(all=True, filters={"label": labels})
         return [_incarnation(container) for container in containers]
 
     def _get(self, name: str) -> Any | None:

@@ -245,6 +245,7 @@ class Fleet:
             memory_mb=tenant.memory_mb,
             cpus=tenant.cpus,
             publish_ip=node.address,
+            fleet=self.storage.bucket,
         )
 
     def _wait_ready(self, driver: DockerDriver, incarnation: Incarnation) -> str:

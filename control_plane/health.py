@@ -131,17 +131,20 @@ class HealthMonitor:
         log.warning("agent.down", tenant=agent.tenant, agent=agent.ordinal, node=node.name, op=op.id)
 
     def _remove_stale(self, session: Session, node: Node) -> None:
-        """Remove containers on `node` that are not the current incarnation of an agent placed there (zombies of a
-        failed-over node, leftovers of an interrupted move). Only containers that have stopped, or whose
-        generation is older than the agent's current one, are touched: a starting incarnation is not stale."""
+        """Remove this fleet's containers on `node` that are not the current incarnation of an agent placed there
+        (zombies of a failed-over node, leftovers of an interrupted move). Only containers of agents this fleet
+        knows, that have stopped or are of an older generation, are touched: a starting incarnation is not stale,
+        and another fleet's (or a hand-made) container is never ours to remove."""
         try:
-            found = self.fleet.driver(node).list_managed()
+            found = self.fleet.driver(node).list_managed(fleet=self.fleet.storage.bucket)
         except EngineUnreachable:
             return
         for incarnation in found:
             agent = session.get(Agent, f"{incarnation.tenant}/{incarnation.agent}")
-            current = agent is not None and agent.node == node.name and agent.generation == incarnation.generation
-            older = agent is None or incarnation.generation < agent.generation
+            if agent is None:
+                continue
+            current = agent.node == node.name and agent.generation == incarnation.generation
+            older = incarnation.generation < agent.generation
             if not current and (older or incarnation.status == "exited"):
                 self.fleet.driver(node).remove(incarnation.name)
                 session.add(
