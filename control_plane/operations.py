@@ -50,15 +50,18 @@ def _done(ctx: OpContext, agent_id: str) -> bool:
         return agent_id in ctx.params.get("done", [])
 
 
-def _move_many(fleet: Fleet, ctx: OpContext, agent_ids: set[str], avoid: str, one: Callable[[str], None]) -> None:
-    """Plan every agent's new place one after another (placement sees the places already promised), then run
-    `one` for up to `move_parallelism` agents at a time. The first failure fails the operation after the others
-    finished: a re-run resumes from the recorded plans."""
+def _move_many(
+    fleet: Fleet, ctx: OpContext, agent_ids: set[str], target: str | None, one: Callable[[str], None]
+) -> None:
+    """Plan every agent's new place one after another (`target`, or placement away from its current node, which
+    sees the places already promised), then run `one` for up to `move_parallelism` agents at a time. The first
+    failure fails the operation after the others finished: a re-run resumes from the recorded plans."""
     reserved: list[tuple[str, Tenant]] = []
     for agent_id in sorted(agent_ids):
         agent = fleet.agent(*_split(agent_id))
         tenant = fleet.tenant(agent.tenant)
-        plan = _plan(ctx, agent, partial(_next_generation, fleet, tenant, agent, None, avoid, reserved))
+        make = partial(_next_generation, fleet, tenant, agent, target, str(agent.node), reserved)
+        plan = _plan(ctx, agent, make)
         if not _done(ctx, agent_id):
             reserved.append((str(plan["node"]), tenant))
     with ThreadPoolExecutor(max_workers=max(1, fleet.settings.move_parallelism)) as pool:
@@ -183,13 +186,16 @@ def scale_to(fleet: Fleet, ctx: OpContext, target: int) -> None:
 def run_evacuate(fleet: Fleet, ctx: OpContext) -> None:
     tenant = fleet.tenant(str(ctx.tenant))
     to_node, from_node = ctx.params.get("to_node"), ctx.params.get("from_node")
+    chosen = set(ctx.params.get("plan", {}))
     for agent in fleet.agents(tenant.name):
-        planned = agent.id in ctx.params.get("plan", {})
-        if not planned and (agent.state != AgentState.running or agent.node == to_node):
-            continue
-        if not planned and from_node is not None and agent.node != from_node:
-            continue
+        if agent.state == AgentState.running and agent.node != to_node and from_node in (None, agent.node):
+            chosen.add(agent.id)
+
+    def one(agent_id: str) -> None:
+        agent = fleet.agent(*_split(agent_id))
         move(fleet, ctx, tenant, agent, to_node, avoid=str(agent.node))
+
+    _move_many(fleet, ctx, chosen, to_node, one)
     ctx.result["moved"] = len(ctx.params.get("plan", {}))
     ctx.save()
 
@@ -204,7 +210,7 @@ def run_drain(fleet: Fleet, ctx: OpContext) -> None:
         agent = fleet.agent(*_split(agent_id))
         move(fleet, ctx, fleet.tenant(agent.tenant), agent, None, avoid=node)
 
-    _move_many(fleet, ctx, planned, node, one)
+    _move_many(fleet, ctx, planned, None, one)
     with Session(fleet.engine) as session:
         row = session.get(Node, node)
         if row is not None:
@@ -258,7 +264,7 @@ def run_failover(fleet: Fleet, ctx: OpContext) -> None:
             loss_window_s=window,
         )
 
-    _move_many(fleet, ctx, {agent.id for agent in here} | set(ctx.params.get("plan", {})), node, one)
+    _move_many(fleet, ctx, {agent.id for agent in here} | set(ctx.params.get("plan", {})), None, one)
     ctx.result["moved"] = len(ctx.params.get("done", []))
     ctx.save()
 

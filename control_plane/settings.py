@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     stop_timeout: float = 30.0  # SIGTERM -> final sync -> exit, before SIGKILL
     ready_timeout: float = 180.0  # container start -> /readyz and the first replica (restores of big DBs count)
     workers: int = 4  # operations run in parallel (never two of one tenant)
-    move_parallelism: int = 4  # agents a drain or fail-over moves at once
+    move_parallelism: int = 4  # agents an evacuation, drain or fail-over moves at once
     lease_seconds: float = 6.0  # an operation's claim expires this long after its worker stops renewing it
     heartbeat_interval: float = 5.0
     node_grace_heartbeats: int = 3  # missed heartbeats before a node is marked down (one miss is not death)
