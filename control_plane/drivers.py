@@ -106,12 +106,22 @@ class DockerDriver:
         return _incarnation(container)
 
     def remove(self, name: str) -> None:
-        container = self._get(name)
-        if container is not None:
-            with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
-        with contextlib.suppress(docker.errors.NotFound):
-            self.client.volumes.get(name).remove(force=True)
+        """Remove the container and its volume. Another remover may be at it (the health monitor clears stale
+        incarnations too): Docker then answers 409 ("removal in progress", "volume in use"), and we wait."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                container = self._get(name)
+                if container is not None:
+                    with contextlib.suppress(docker.errors.NotFound):
+                        container.remove(force=True)
+                with contextlib.suppress(docker.errors.NotFound):
+                    self.client.volumes.get(name).remove(force=True)
+                return
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def list_managed(self, fleet: str | None = None) -> list[Incarnation]:
         """litefleet's containers on this engine (only `fleet`'s, when given)."""

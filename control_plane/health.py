@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
+import docker.errors
 import httpx
 import structlog
 from sqlalchemy.engine import Engine
@@ -146,7 +147,11 @@ class HealthMonitor:
             current = agent.node == node.name and agent.generation == incarnation.generation
             older = incarnation.generation < agent.generation
             if not current and (older or incarnation.status == "exited"):
-                self.fleet.driver(node).remove(incarnation.name)
+                try:
+                    self.fleet.driver(node).remove(incarnation.name)
+                except docker.errors.APIError as exc:  # an operation is removing it too: it will finish the job
+                    log.info("agent.stale_remove_skipped", container=incarnation.name, error=str(exc))
+                    continue
                 session.add(
                     Event(
                         kind="agent.stale_removed",
