@@ -17,6 +17,11 @@ AGENT_PORT = 8080
 LABEL = "io.litefleet"
 
 
+def incarnation_name(tenant: str, agent: int, generation: int) -> str:
+    """The container (and volume) name of one incarnation: `lf-<tenant>-<agent>-g<generation>`."""
+    return f"lf-{tenant}-{agent}-g{generation}"
+
+
 @dataclass(frozen=True)
 class AgentSpec:
     tenant: str
@@ -41,7 +46,7 @@ class AgentSpec:
 
     @property
     def name(self) -> str:
-        return f"lf-{self.tenant}-{self.agent}-g{self.generation}"
+        return incarnation_name(self.tenant, self.agent, self.generation)
 
     @property
     def volume(self) -> str:

@@ -17,7 +17,7 @@ import httpx
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from control_plane.agent_container import AgentSpec
+from control_plane.agent_container import AgentSpec, incarnation_name
 from control_plane.drivers import DockerDriver, EngineUnreachable, Incarnation
 from control_plane.errors import OperationFailed
 from control_plane.models import Agent, AgentState, Node, Tenant
@@ -25,10 +25,6 @@ from control_plane.placement import NodeLoad, choose_node
 from control_plane.reconciler import OpContext
 from control_plane.settings import Settings
 from control_plane.storage import CurrentMoved, ObjectStorage, SeaweedCredentials
-
-
-def incarnation_name(tenant: str, ordinal: int, generation: int) -> str:
-    return f"lf-{tenant}-{ordinal}-g{generation}"
 
 
 @dataclass

@@ -13,8 +13,9 @@ import structlog
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from control_plane.agent_container import incarnation_name
 from control_plane.drivers import EngineUnreachable
-from control_plane.fleet import Fleet, incarnation_name
+from control_plane.fleet import Fleet
 from control_plane.models import (
     Agent,
     AgentState,

@@ -15,8 +15,9 @@ from functools import partial
 
 from sqlmodel import Session, col, delete, select
 
+from control_plane.agent_container import incarnation_name
 from control_plane.errors import OperationFailed
-from control_plane.fleet import Fleet, incarnation_name
+from control_plane.fleet import Fleet
 from control_plane.models import Agent, AgentState, Node, NodeState, OperationKind, Tenant, TenantState
 from control_plane.placement import NoCapacity
 from control_plane.reconciler import OpContext, Runner
