@@ -11,6 +11,7 @@ import json
 import re
 import secrets
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,11 +128,13 @@ class ObjectStorage:
 
     # -- replicas -------------------------------------------------------------------------------------------------
 
-    def keys(self, prefix: str) -> list[str]:
-        keys: list[str] = []
+    def objects(self, prefix: str) -> Iterator[dict[str, Any]]:
+        """Every object under `prefix` (ListObjectsV2 entries: Key, LastModified, Size, ...), page by page."""
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-            keys.extend(obj["Key"] for obj in page.get("Contents", ()))
-        return keys
+            yield from page.get("Contents", ())
+
+    def keys(self, prefix: str) -> list[str]:
+        return [entry["Key"] for entry in self.objects(prefix)]
 
     def replica_position(self, tenant: str, agent: int, generation: int) -> tuple[int, float | None]:
         """The newest transaction id in a generation's replica (0 when empty), from Litestream's LTX file names
@@ -139,14 +142,13 @@ class ObjectStorage:
         time of the last sync that brought new data (compactions rewrite it later at higher levels)."""
         best: tuple[int, int, float | None] = (0, 0, None)  # txid, -level, written
         prefix = self.replica_prefix(tenant, agent, generation)
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-            for entry in page.get("Contents", ()):
-                level, _, name = entry["Key"][len(prefix) :].rpartition("/")
-                if not (name.endswith(".ltx") and "-" in name and level.isdigit()):
-                    continue
-                candidate = (int(name[:-4].split("-")[1], 16), -int(level), entry["LastModified"].timestamp())
-                if candidate[:2] > best[:2]:
-                    best = candidate
+        for entry in self.objects(prefix):
+            level, _, name = entry["Key"][len(prefix) :].rpartition("/")
+            if not (name.endswith(".ltx") and "-" in name and level.isdigit()):
+                continue
+            candidate = (int(name[:-4].split("-")[1], 16), -int(level), entry["LastModified"].timestamp())
+            if candidate[:2] > best[:2]:
+                best = candidate
         return best[0], best[2]
 
     def replica_txid(self, tenant: str, agent: int, generation: int) -> int:
