@@ -21,7 +21,7 @@ from control_plane.agent_container import AgentSpec, incarnation_name
 from control_plane.drivers import DockerDriver, EngineUnreachable, Incarnation
 from control_plane.errors import OperationFailed
 from control_plane.models import Agent, AgentState, Node, Tenant
-from control_plane.placement import NodeLoad, choose_node
+from control_plane.placement import choose_node, node_loads
 from control_plane.reconciler import OpContext
 from control_plane.settings import Settings
 from control_plane.storage import CurrentMoved, ObjectStorage, SeaweedCredentials
@@ -78,26 +78,11 @@ class Fleet:
         """A node for one more agent of `tenant`. Placed agents count (running, starting, stopping), and so do
         `reserved` (node, tenant) places already promised to agents that have not started there yet."""
         with Session(self.engine) as session:
-            nodes = session.exec(select(Node)).all()
-            placed = session.exec(
-                select(Agent, Tenant)
-                .where(col(Agent.tenant) == col(Tenant.name))
-                .where(col(Agent.node).is_not(None))
-                .where(col(Agent.state).in_([AgentState.running, AgentState.starting, AgentState.stopping]))
-            ).all()
-        loads = []
-        for node in nodes:
-            here = [(agent.tenant, owner) for agent, owner in placed if agent.node == node.name]
-            here += [(owner.name, owner) for name, owner in reserved if name == node.name]
-            loads.append(
-                NodeLoad(
-                    node,
-                    agents=len(here),
-                    memory_mb=sum(owner.memory_mb for _, owner in here),
-                    tenant_agents=sum(1 for owner_name, _ in here if owner_name == tenant.name),
-                )
-            )
-        return choose_node(loads, tenant.name, tenant.memory_mb, exclude)
+            loads = node_loads(session, tenant.name)
+        for name, owner in reserved:
+            if name in loads:
+                loads[name] = loads[name].plus(owner.memory_mb, owner.name == tenant.name)
+        return choose_node(loads.values(), tenant.name, tenant.memory_mb, exclude)
 
     def set_agent(self, tenant: str, ordinal: int, **values: Any) -> None:
         with Session(self.engine) as session:

@@ -123,6 +123,10 @@ class AgentState(StrEnum):
     failed = "failed"
 
 
+# An agent in one of these states holds (or is about to hold) a place on its node.
+PLACED_STATES = (AgentState.running, AgentState.starting, AgentState.stopping)
+
+
 class AgentHealth(SQLModel):
     """The agent's own view of its replication, from its last `/readyz` probe by the health monitor."""
 

@@ -18,11 +18,9 @@ from sqlmodel import Session, col, delete, select
 from control_plane.agent_container import incarnation_name
 from control_plane.errors import OperationFailed
 from control_plane.fleet import Fleet
-from control_plane.models import Agent, AgentState, Node, NodeState, OperationKind, Tenant, TenantState
+from control_plane.models import PLACED_STATES, Agent, AgentState, Node, NodeState, OperationKind, Tenant, TenantState
 from control_plane.placement import NoCapacity
 from control_plane.reconciler import OpContext, Runner
-
-_PLACED = (AgentState.running, AgentState.starting, AgentState.stopping)
 
 
 def _plan(ctx: OpContext, agent: Agent, make: Callable[[], dict[str, object]]) -> dict[str, object]:
@@ -106,7 +104,7 @@ def ensure_running(fleet: Fleet, ctx: OpContext, tenant: Tenant, ordinal: int) -
     plan = _plan(ctx, agent, make)
     if plan["keep"]:
         return
-    if agent.state in _PLACED and agent.generation != plan["generation"] and agent.node is not None:
+    if agent.state in PLACED_STATES and agent.generation != plan["generation"] and agent.node is not None:
         raise OperationFailed(f"agent {agent.id} is {agent.state.value} as gen {agent.generation}; stop it first")
     restore_from = plan["restore_from"]
     fleet.start(
@@ -121,7 +119,7 @@ def ensure_running(fleet: Fleet, ctx: OpContext, tenant: Tenant, ordinal: int) -
 
 def retire(fleet: Fleet, ctx: OpContext, agent: Agent) -> None:
     """Drain and stop an agent with a proven final sync, keep its replica, remove its container."""
-    if agent.state in _PLACED and agent.node is not None:
+    if agent.state in PLACED_STATES and agent.node is not None:
         fleet.stop(ctx, agent, drain=True)
         fleet.remove(ctx, agent.tenant, agent.ordinal, agent.generation, agent.node)
     fleet.set_agent(agent.tenant, agent.ordinal, state=AgentState.retained, node=None, url=None)
@@ -204,7 +202,7 @@ def run_evacuate(fleet: Fleet, ctx: OpContext) -> None:
 def run_drain(fleet: Fleet, ctx: OpContext) -> None:
     node = str(ctx.node)
     with Session(fleet.engine) as session:
-        here = session.exec(select(Agent).where(Agent.node == node).where(col(Agent.state).in_(_PLACED))).all()
+        here = session.exec(select(Agent).where(Agent.node == node).where(col(Agent.state).in_(PLACED_STATES))).all()
     planned = {agent.id for agent in here} | set(ctx.params.get("plan", {}))
 
     def one(agent_id: str) -> None:
@@ -232,7 +230,7 @@ def run_failover(fleet: Fleet, ctx: OpContext) -> None:
     node = str(ctx.node)
     declared_down = float(ctx.params.setdefault("declared_down_at", time.time()))
     with Session(fleet.engine) as session:
-        here = session.exec(select(Agent).where(Agent.node == node).where(col(Agent.state).in_(_PLACED))).all()
+        here = session.exec(select(Agent).where(Agent.node == node).where(col(Agent.state).in_(PLACED_STATES))).all()
 
     def one(agent_id: str) -> None:
         if _done(ctx, agent_id):

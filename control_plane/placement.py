@@ -6,7 +6,9 @@ from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
-from control_plane.models import Node, NodeState
+from sqlmodel import Session, col, select
+
+from control_plane.models import PLACED_STATES, Agent, Node, NodeState, Tenant
 
 
 class NoCapacity(Exception):
@@ -19,6 +21,21 @@ class NodeLoad:
     agents: int  # agents placed on it (any tenant)
     memory_mb: int  # memory reserved by them
     tenant_agents: int  # of which belong to the tenant being placed
+
+    def plus(self, memory_mb: int, same_tenant: bool) -> NodeLoad:
+        """This load with one more agent on it."""
+        return NodeLoad(self.node, self.agents + 1, self.memory_mb + memory_mb, self.tenant_agents + same_tenant)
+
+
+def node_loads(session: Session, tenant: str) -> dict[str, NodeLoad]:
+    """Every node's load from the fleet DB: its placed agents, their memory, and how many are `tenant`'s."""
+    loads = {node.name: NodeLoad(node, 0, 0, 0) for node in session.exec(select(Node))}
+    for agent, owner in session.exec(
+        select(Agent, Tenant).where(col(Agent.tenant) == col(Tenant.name)).where(col(Agent.state).in_(PLACED_STATES))
+    ):
+        if agent.node in loads:
+            loads[agent.node] = loads[agent.node].plus(owner.memory_mb, agent.tenant == tenant)
+    return loads
 
 
 def choose_node(

@@ -31,6 +31,7 @@ from control_plane.errors import (
     WorkflowNotFound,
 )
 from control_plane.models import (
+    PLACED_STATES,
     Agent,
     AgentPublic,
     AgentState,
@@ -50,9 +51,7 @@ from control_plane.models import (
     TenantPublic,
     TenantState,
 )
-from control_plane.placement import NoCapacity, NodeLoad, choose_node
-
-_PLACED = (AgentState.running, AgentState.starting, AgentState.stopping)
+from control_plane.placement import NoCapacity, choose_node, node_loads
 
 
 def _event(session: Session, kind: str, message: str, **ids: Any) -> None:
@@ -83,7 +82,7 @@ def node_public(session: Session, node: Node) -> NodePublic:
         select(Agent, Tenant)
         .where(col(Agent.tenant) == col(Tenant.name))
         .where(Agent.node == node.name)
-        .where(col(Agent.state).in_(_PLACED))
+        .where(col(Agent.state).in_(PLACED_STATES))
     ).all()
     return NodePublic(
         **node.model_dump(exclude={"missed_heartbeats"}),
@@ -138,7 +137,7 @@ def drain_node(session: Session, name: str) -> Operation:
 
 def remove_node(session: Session, name: str) -> None:
     node = _node(session, name)
-    placed = session.exec(select(Agent).where(Agent.node == name).where(col(Agent.state).in_(_PLACED))).all()
+    placed = session.exec(select(Agent).where(Agent.node == name).where(col(Agent.state).in_(PLACED_STATES))).all()
     if placed:
         raise NodeNotEmpty(f"node {name} still runs {len(placed)} agents; drain it first")
     session.delete(node)
@@ -166,21 +165,11 @@ def tenant_public(session: Session, tenant: Tenant) -> TenantPublic:
 
 def _check_capacity(session: Session, tenant: str, memory_mb: int, count: int) -> None:
     """Refuse up front when `count` more agents of this size cannot fit anywhere (the reason names each node)."""
-    loads = {node.name: NodeLoad(node, 0, 0, 0) for node in session.exec(select(Node))}
-    for agent, owner in session.exec(
-        select(Agent, Tenant).where(col(Agent.tenant) == col(Tenant.name)).where(col(Agent.state).in_(_PLACED))
-    ):
-        if agent.node in loads:
-            load = loads[agent.node]
-            same = int(agent.tenant == tenant)
-            loads[agent.node] = NodeLoad(
-                load.node, load.agents + 1, load.memory_mb + owner.memory_mb, load.tenant_agents + same
-            )
+    loads = node_loads(session, tenant)
     try:
         for _ in range(count):
             node = choose_node(loads.values(), tenant, memory_mb)
-            load = loads[node.name]
-            loads[node.name] = NodeLoad(node, load.agents + 1, load.memory_mb + memory_mb, load.tenant_agents + 1)
+            loads[node.name] = loads[node.name].plus(memory_mb, True)
     except NoCapacity as exc:
         raise NoCapacityError(str(exc)) from None
 
@@ -212,7 +201,9 @@ def _active(session: Session, name: str) -> Tenant:
 
 def scale_tenant(session: Session, name: str, agents: int) -> Operation:
     tenant = _active(session, name)
-    running = len(session.exec(select(Agent).where(Agent.tenant == name).where(col(Agent.state).in_(_PLACED))).all())
+    running = len(
+        session.exec(select(Agent).where(Agent.tenant == name).where(col(Agent.state).in_(PLACED_STATES))).all()
+    )
     if agents > running:
         _check_capacity(session, name, tenant.memory_mb, agents - running)
     kind = OperationKind.hibernate if agents == 0 else OperationKind.scale
