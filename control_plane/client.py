@@ -27,10 +27,19 @@ class FleetClient:
         self.timeout = timeout
         self._headers = {"authorization": f"Bearer {token}"} if token else {}
 
-    def request(self, method: str, path: str, *, json_body: Any = None, **params: Any) -> Any:
+    def request(
+        self, method: str, path: str, *, json_body: Any = None, http_timeout: float | None = None, **params: Any
+    ) -> Any:
         query = {key: value for key, value in params.items() if value is not None}
         try:
-            answer = httpx.request(method, f"{self.api_url}{path}", json=json_body, params=query, timeout=self.timeout)
+            answer = httpx.request(
+                method,
+                f"{self.api_url}{path}",
+                json=json_body,
+                params=query,
+                headers=self._headers,
+                timeout=http_timeout or self.timeout,
+            )
         except httpx.HTTPError as exc:
             raise CliError(f"control plane at {self.api_url} does not answer ({type(exc).__name__})", 3) from None
         if answer.status_code >= 400:
