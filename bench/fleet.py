@@ -31,6 +31,7 @@ import docker  # noqa: E402
 import httpx  # noqa: E402
 
 from control_plane.agent_container import AgentSpec, run_agent  # noqa: E402
+from control_plane.client import FleetClient  # noqa: E402
 from control_plane.images import build_agent_image  # noqa: E402
 from control_plane.local import ControlPlaneProcess  # noqa: E402
 from control_plane.objectstore import EmbeddedStore, free_address  # noqa: E402
@@ -47,11 +48,12 @@ def emit(name: str, values: list[float], **fields: Any) -> None:
     print(json.dumps({"metric": name, **summary, **fields}), flush=True)
 
 
-def timed(api: httpx.Client, method: str, path: str, **kwargs: Any) -> tuple[float, dict[str, Any]]:
+def timed(
+    api: FleetClient, method: str, path: str, json_body: Any = None, **params: Any
+) -> tuple[float, dict[str, Any]]:
     started = time.monotonic()
-    params = {**kwargs.pop("params", {}), "wait": "true"}
-    op: dict[str, Any] = api.request(method, path, params=params, **kwargs).json()
-    if op.get("state") != "succeeded":
+    op = api.wait(method, path, json_body=json_body, **params)
+    if op["state"] != "succeeded":
         raise SystemExit(f"{method} {path} did not succeed: {op}")
     return time.monotonic() - started, op
 
@@ -133,26 +135,27 @@ def main() -> None:
             for node in nodes:
                 plane.register(node.name, node.engine_url, node.ip)
             api = httpx.Client(base_url=plane.url, timeout=600)
+            operations = FleetClient(plane.url)
             provisions, evacuations, downtimes = [], [], []
             for _ in range(args.runs):
                 tenant = "b" + secrets.token_hex(4)
-                seconds, _ = timed(api, "POST", "/v1/tenants", json={"name": tenant, "agents": 1})
+                seconds, _ = timed(operations, "POST", "/v1/tenants", {"name": tenant, "agents": 1})
                 provisions.append(seconds)
                 source = api.get(f"/v1/tenants/{tenant}").json()["placements"][0]["node"]
                 target = next(node.name for node in nodes if node.name != source)
-                seconds, op = timed(api, "POST", f"/v1/tenants/{tenant}/evacuate", json={"to_node": target})
+                seconds, op = timed(operations, "POST", f"/v1/tenants/{tenant}/evacuate", {"to_node": target})
                 evacuations.append(seconds)
                 downtimes.append(op["result"]["downtime_s"][f"{tenant}/0"])
-                timed(api, "DELETE", f"/v1/tenants/{tenant}", params={"purge": True})
+                timed(operations, "DELETE", f"/v1/tenants/{tenant}", purge=True)
             emit("provision_s", provisions)
             emit("evacuate_s", evacuations)
             emit("evacuate_downtime_s", downtimes)
             api.post(f"/v1/nodes/{nodes[1].name}/cordon")
             tenants = ["d" + secrets.token_hex(4) for _ in range(args.drain_agents)]
             for tenant in tenants:
-                timed(api, "POST", "/v1/tenants", json={"name": tenant, "agents": 1})
+                timed(operations, "POST", "/v1/tenants", {"name": tenant, "agents": 1})
             api.post(f"/v1/nodes/{nodes[1].name}/uncordon")
-            seconds, op = timed(api, "POST", f"/v1/nodes/{nodes[0].name}/drain")
+            seconds, op = timed(operations, "POST", f"/v1/nodes/{nodes[0].name}/drain")
             emit("drain_s", [seconds], agents=args.drain_agents, downtime_p50=statistics.median(
                 op["result"]["downtime_s"].values()))  # fmt: skip
         finally:

@@ -51,6 +51,15 @@ class FleetClient:
             raise CliError(message, EXIT_REFUSED if answer.status_code < 500 else EXIT_FAILED)
         return answer.json() if answer.content else None
 
+    def wait(
+        self, method: str, path: str, *, json_body: Any = None, timeout: float = 600.0, **params: Any
+    ) -> dict[str, Any]:
+        """Run a long action with `?wait=true` and return its operation, finished unless `timeout` ran out."""
+        op: dict[str, Any] = self.request(
+            method, path, json_body=json_body, http_timeout=timeout + 30, wait="true", timeout=timeout, **params
+        )
+        return op
+
     def follow(self, op: dict[str, Any], echo: Callable[[str], None], timeout: float) -> dict[str, Any]:
         """Print each new step of the operation as it happens until it finishes."""
         shown = 0

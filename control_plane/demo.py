@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from control_plane import local
-from control_plane.client import table
+from control_plane.client import CliError, FleetClient, table
 from control_plane.settings import Settings
 
 TESTBED_DIR = Path("/var/lib/litefleet-demo-testbed")
@@ -46,13 +46,15 @@ def main() -> None:
             say(f"   {node.name}: {node.engine_url}")
     say(table(api.get("/v1/nodes").json(), ["name", "state", "engine_url", "agents", "capacity_agents"]))
 
-    def run(method: str, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
+    operations = FleetClient(settings.client_url)
+
+    def run(method: str, path: str, what: str, json_body: Any = None, **params: Any) -> dict[str, Any]:
         say(f"\n-- {what}")
         started = time.monotonic()
-        params = {**kwargs.pop("params", {}), "wait": "true"}
-        op: dict[str, Any] = api.request(method, path, params=params, **kwargs).json()
-        if "state" not in op:
-            sys.exit(f"refused: {op}")
+        try:
+            op = operations.wait(method, path, json_body=json_body, **params)
+        except CliError as exc:
+            sys.exit(f"refused: {exc}")
         for step in op["steps"]:
             agent = f" agent {step['agent']}" if step.get("agent") is not None else ""
             say(f"   {step['step']}{agent}: {step['message']}")
@@ -64,8 +66,8 @@ def main() -> None:
     say("\n== 3. provision")
     for name, agents in (("acme", 2), ("globex", 1)):
         if api.get(f"/v1/tenants/{name}").status_code == 200:
-            run("DELETE", f"/v1/tenants/{name}", f"remove {name} from an earlier demo run", params={"purge": True})
-        run("POST", "/v1/tenants", f"create {name} with {agents} agents", json={"name": name, "agents": agents})
+            run("DELETE", f"/v1/tenants/{name}", f"remove {name} from an earlier demo run", purge=True)
+        run("POST", "/v1/tenants", f"create {name} with {agents} agents", {"name": name, "agents": agents})
 
     say("\n== 4. workflows, routed to the tenant's agents")
     ids = []
@@ -78,12 +80,12 @@ def main() -> None:
     say(f"   globex greet('ada') -> {done['result']!r}")
 
     say("\n== 5. scale acme 2 -> 3 while those workflows run")
-    run("POST", "/v1/tenants/acme/scale", "scale acme to 3", json={"agents": 3})
+    run("POST", "/v1/tenants/acme/scale", "scale acme to 3", {"agents": 3})
 
     say("\n== 6. evacuate acme's agents off the node that holds most of them (stop-before-start, new generation)")
     placements = api.get("/v1/tenants/acme").json()["placements"]
     busiest = max({p["node"] for p in placements}, key=lambda n: sum(p["node"] == n for p in placements))
-    op = run("POST", "/v1/tenants/acme/evacuate", f"evacuate acme from {busiest}", json={"from_node": busiest})
+    op = run("POST", "/v1/tenants/acme/evacuate", f"evacuate acme from {busiest}", {"from_node": busiest})
     say(f"   downtime per agent (s): {op['result'].get('downtime_s')}")
 
     say("\n== 7. every workflow finished, wherever it now lives")

@@ -15,6 +15,7 @@ import docker
 import httpx
 import pytest
 
+from control_plane.client import FleetClient
 from control_plane.drivers import DockerDriver
 from control_plane.images import build_agent_image
 from control_plane.local import ControlPlaneProcess
@@ -73,10 +74,7 @@ class ControlPlane(ControlPlaneProcess):
 
     def done(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         """Run a long action with ?wait=true and insist it succeeded."""
-        params = {**kwargs.pop("params", {}), "wait": "true", "timeout": 600}
-        answer = self.call(method, path, params=params, **kwargs)
-        assert answer.status_code in (200, 202), answer.text
-        op: dict[str, Any] = answer.json()
+        op = FleetClient(self.url).wait(method, path, json_body=kwargs.get("json"), **kwargs.get("params", {}))
         assert op["state"] == "succeeded", f"{op['kind']} failed: {op['error']}\n{op['steps']}"
         return op
 
