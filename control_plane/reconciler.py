@@ -72,11 +72,12 @@ class OpContext:
 
     def save(self) -> None:
         """Persist `params` (the plan) and `result` so a re-run after a crash follows the same plan."""
-        with self.lock:
-            params, result = copy.deepcopy(self.params), copy.deepcopy(self.result)
-        with Session(self.engine) as session:
+        # One save at a time: a snapshot taken earlier must never be committed after a later one (parallel moves
+        # would lose each other's `stopped_at` and a re-run after a crash would not find it).
+        with self.lock, Session(self.engine) as session:
             op = self._owned(session)
-            op.params, op.result, op.updated_at = params, result, time.time()
+            op.params, op.result = copy.deepcopy(self.params), copy.deepcopy(self.result)
+            op.updated_at = time.time()
             session.add(op)
             session.commit()
 

@@ -261,6 +261,9 @@ def test_a_partitioned_node_fails_over_and_its_zombie_is_removed_when_it_returns
     survivor = next(node for node in testbed.nodes if node is not lost)
     acknowledged = RoutedWriter.burst(plane, tenant, "f", 20)
     time.sleep(1.0)  # well past the 0.2 s sync interval: everything acknowledged is replicated
+    probed_at = time.time()
+    while (running(plane, tenant)[0]["probed_at"] or 0) < probed_at:  # and the health monitor has seen it since
+        time.sleep(0.2)
 
     subprocess.run(["ip", "link", "set", lost.veth, "down"], check=True)  # the node vanishes, its agent lives on
     try:

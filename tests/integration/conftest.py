@@ -108,7 +108,16 @@ class Agents:
         self.storage.advance_current(tenant, 0, generation, self.storage.read_current(tenant, 0))
 
     def wait_exit(self, container: Any, timeout: float = 60.0) -> int:
-        return int(container.wait(timeout=timeout)["StatusCode"])
+        """The exit code once the container is exited for good (not between restarts of its restart policy,
+        where Docker's wait can answer early)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            container.reload()
+            state = container.attrs["State"]
+            if state["Status"] == "exited" and not state["Restarting"]:
+                return int(state["ExitCode"])
+            assert time.monotonic() < deadline, f"{container.name} still {state['Status']} after {timeout}s"
+            time.sleep(0.1)
 
     def remove(self, container: Any, *, volume: bool) -> None:
         container.remove(force=True)
