@@ -233,6 +233,17 @@ def test_drain_node_moves_everything_off(control_plane: ControlPlane, testbed: T
         plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})
 
 
+PROBE_FIELDS = ("probed_at", "ready", "local_txid", "replica_txid", "lag_txids", "seconds_since_sync", "updated_at")
+
+
+def without_probes(tenants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tenants as an operation leaves them: without what the health monitor refreshes on every heartbeat."""
+    return [
+        {**tenant, "placements": [{k: v for k, v in p.items() if k not in PROBE_FIELDS} for p in tenant["placements"]]}
+        for tenant in tenants
+    ]
+
+
 def test_bad_input_is_refused_and_changes_nothing(control_plane: ControlPlane, testbed: Testbed) -> None:
     plane = control_plane
     tenant = tenant_name()
@@ -263,7 +274,7 @@ def test_bad_input_is_refused_and_changes_nothing(control_plane: ControlPlane, t
         node["state"] = "ready"
     for node in after_nodes:
         node.pop("last_seen_at")
-    assert plane.call("GET", "/v1/tenants").json() == before[0]
+    assert without_probes(plane.call("GET", "/v1/tenants").json()) == without_probes(before[0])
     assert after_nodes == before[1]
     assert len(plane.call("GET", "/v1/operations", params={"limit": 1000}).json()) == ops_before
     plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})
@@ -314,11 +325,10 @@ def test_a_partitioned_node_fails_over_and_its_zombie_is_removed_when_it_returns
         except EngineUnreachable:
             return True  # the link is back, the engine's connections are not yet
 
-    deadline = time.monotonic() + 60  # the node answers again: its zombie container goes away
-    while zombie_left():
-        assert time.monotonic() < deadline, "the stale incarnation was never removed"
+    deadline = time.monotonic() + 60  # the node answers again: its zombie container goes away, the node is ready
+    while zombie_left() or plane.call("GET", f"/v1/nodes/{lost.name}").json()["state"] != "ready":
+        assert time.monotonic() < deadline, f"not back: zombie left={zombie_left()}, node {lost.name} not ready"
         time.sleep(0.5)
-    assert plane.call("GET", f"/v1/nodes/{lost.name}").json()["state"] == "ready"
     plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})
 
 
