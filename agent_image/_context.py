@@ -93,6 +93,20 @@ class Execution:
                 )
         return entries.get(kind)
 
+    def divergence(self) -> str | None:
+        """Why this run's operations disagree with the log, once the workflow function has ended (returned or
+        raised): the log holds operations past the last one the code performed. None when every logged
+        operation was replayed. (A different operation at the same position raises in `recorded` instead.)"""
+        leftover = sorted(seq for seq in self.history if seq > self.seq)
+        if not leftover:
+            return None
+        first = next(iter(self.history[leftover[0]].values()))
+        return (
+            f"workflow {self.workflow_id} ({self.name}) ended after operation {self.seq}, but the log holds "
+            f"{len(leftover)} more from operation {leftover[0]} on ({first.kind} {first.name!r}): the code no "
+            "longer makes the calls it made when it ran first"
+        )
+
     def checkpoint(self) -> None:
         """A step boundary: raise if the workflow was cancelled or the runtime is shutting down."""
         self.runtime._check_interrupt(self)

@@ -268,6 +268,9 @@ class Runtime:
         try:
             fn = self.bundle.workflows[execution.name].fn
             result = fn(*args, **kwargs)
+            diverged = execution.divergence()
+            if diverged is not None:
+                raise NonDeterminismError(diverged)
             text = _json.dump(result, f"workflow {execution.name!r} returned")
             self._settle(workflow_id, SUCCESS, output=text)
         except (WorkflowCancelled, Parked):
@@ -275,8 +278,11 @@ class Runtime:
         except NonDeterminismError as exc:
             self._settle(workflow_id, BLOCKED, blocked_reason=str(exc))
         except Exception as exc:
+            diverged = execution.divergence()
             if self._stopping:
                 log.warning("workflow.parked_by_error", workflow=workflow_id, error=str(exc))
+            elif diverged is not None:
+                self._settle(workflow_id, BLOCKED, blocked_reason=diverged)
             else:
                 self._settle(workflow_id, ERROR, error={"type": type(exc).__name__, "message": str(exc)})
         finally:
