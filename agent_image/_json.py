@@ -12,7 +12,7 @@ def dump(value: Any, what: str) -> str:
     """Serialise `value` or raise `NotJSONError` naming `what` (e.g. "step 'fetch' returned")."""
     try:
         return json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise NotJSONError(
             f"{what} a value that is not JSON ({exc}); use dict, list, str, int, float, bool or None"
         ) from None

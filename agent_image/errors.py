@@ -10,6 +10,13 @@ class AgentError(Exception):
     status = 500
 
 
+class InvalidRequest(AgentError, ValueError):
+    """Bad input from a caller: a malformed id, a missing or out-of-range parameter, a body JSON cannot hold."""
+
+    code = "invalid_request"
+    status = 422
+
+
 class RuntimeStorageError(AgentError):
     code = "storage_error"
 

@@ -25,11 +25,13 @@ import structlog
 
 from agent_image import _json
 from agent_image._context import Execution, Recorded, current_execution
+from agent_image._ids import check_id
 from agent_image._workers import Workers
 from agent_image.bundle import Bundle
 from agent_image.durable import insert_message, log_operation, read_event
 from agent_image.errors import (
     Draining,
+    InvalidRequest,
     NonDeterminismError,
     NotInWorkflow,
     Parked,
@@ -203,10 +205,10 @@ class Runtime:
         nothing (a different workflow name under the same id is a WorkflowIdConflict).
         """
         spec = self.bundle.spec(workflow)
+        workflow_id = uuid.uuid4().hex if id is None else check_id(id)
         if self._draining:
             raise Draining("this agent is draining and takes no new workflows")
         inputs = _json.dump({"args": list(args), "kwargs": kwargs or {}}, f"the arguments of {spec.name!r} are")
-        workflow_id = id or uuid.uuid4().hex
         queue_name = queue or (spec.queue.name if spec.queue else None)
         status = PENDING if queue_name else RUNNING
         existing = self.store.write(lambda c: self._insert(c, workflow_id, spec.name, status, inputs, queue_name, None))
@@ -545,11 +547,11 @@ class Runtime:
     def fork(self, workflow_id: str, from_step: int, *, new_id: str | None = None) -> WorkflowHandle:
         """A new workflow with the same name and inputs that keeps the recorded outcomes of operations
         1..from_step-1 and runs everything from operation `from_step` again, under the current bundle."""
-        if from_step < 1:
-            raise ValueError("from_step counts operations from 1")
+        if isinstance(from_step, bool) or not isinstance(from_step, int) or from_step < 1:
+            raise InvalidRequest(f"from_step counts operations from 1, got {from_step!r}")
+        fork_id = uuid.uuid4().hex if new_id is None else check_id(new_id, "new_id")
         if self._draining:
             raise Draining("this agent is draining and takes no new workflows")
-        fork_id = new_id or uuid.uuid4().hex
 
         def write(conn: apsw.Connection) -> tuple[str, str, str | None]:
             rows = conn.execute("SELECT name, inputs, queue FROM workflow_state WHERE id=?", (workflow_id,)).fetchall()

@@ -8,7 +8,7 @@ small bodies; they are validated by hand below. The control plane, which runs on
 from __future__ import annotations
 
 import asyncio
-import re
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -22,18 +22,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent_image import metrics
-from agent_image.errors import AgentError
+from agent_image._ids import check_id
+from agent_image.errors import AgentError, InvalidRequest
 from agent_image.runtime import STATUSES, Runtime
 
 log = structlog.get_logger("agent_image.server")
 
-_ID = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 Handler = Callable[[Request, Runtime], Any]
-
-
-class InvalidRequest(AgentError):
-    code = "invalid_request"
-    status = 422
+MAX_JSON_DEPTH = 100  # nesting a body may have: deeper values are refused before anything parses them again
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -45,14 +41,32 @@ async def _json_body(request: Request) -> Any:
     if not raw:
         return None
     try:
-        return await request.json()
-    except ValueError:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past what the parser recurses into
         raise InvalidRequest("the request body must be JSON") from None
+    if _depth_exceeds(body, MAX_JSON_DEPTH):
+        raise InvalidRequest(f"the request body is nested deeper than {MAX_JSON_DEPTH} levels")
+    return body
 
 
-def _query_number(request: Request, name: str, default: float, low: float, high: float) -> float:
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """True when lists/objects in `value` nest deeper than `limit` (iterative: no recursion to overflow)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
+def _query_number(request: Request, name: str, default: float | None, low: float, high: float) -> float:
+    """The number query parameter `name`, `default` when absent (required when `default` is None)."""
     raw = request.query_params.get(name)
     if raw is None:
+        if default is None:
+            raise InvalidRequest(f"{name} is required")
         return default
     try:
         value = float(raw)
@@ -71,8 +85,8 @@ def _start_body(body: Any) -> tuple[str | None, list[Any], dict[str, Any]]:
     if unknown:
         raise InvalidRequest(f"unknown fields: {', '.join(sorted(unknown))}")
     workflow_id, args, kwargs = body.get("id"), body.get("args", []), body.get("kwargs", {})
-    if workflow_id is not None and not (isinstance(workflow_id, str) and _ID.match(workflow_id)):
-        raise InvalidRequest("id must be 1-200 characters of letters, digits and . _ : -")
+    if workflow_id is not None:
+        check_id(workflow_id)
     if not isinstance(args, list):
         raise InvalidRequest("args must be a list")
     if not isinstance(kwargs, dict):
@@ -148,7 +162,7 @@ def create_app(open_runtime: Callable[[], Runtime], *, replication: Any = None) 
         return runtime.cancel(request.path_params["workflow_id"]).to_dict()
 
     def fork(request: Request, runtime: Runtime) -> Response:
-        from_step = int(_query_number(request, "from_step", 0, 1, 1_000_000))
+        from_step = int(_query_number(request, "from_step", None, 1, 1_000_000))
         handle = runtime.fork(request.path_params["workflow_id"], from_step, new_id=request.query_params.get("new_id"))
         return JSONResponse(runtime.get(handle.id).to_dict(), status_code=201)
 
@@ -190,6 +204,10 @@ def create_app(open_runtime: Callable[[], Runtime], *, replication: Any = None) 
     async def not_allowed(request: Request, exc: Exception) -> Response:
         return _error(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
 
+    async def internal(request: Request, exc: Exception) -> Response:
+        log.exception("agent.internal_error", method=request.method, path=request.url.path)
+        return _error(500, "internal_error", f"{type(exc).__name__} while serving {request.url.path}")
+
     routes = [
         Route("/healthz", healthz),
         route("/readyz", readyz),
@@ -204,5 +222,9 @@ def create_app(open_runtime: Callable[[], Runtime], *, replication: Any = None) 
         route("/v1/workflows/{workflow_id}/events/{key}", event),
         route("/admin/drain", drain, "POST"),
     ]
-    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {404: not_found, 405: not_allowed}
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        404: not_found,
+        405: not_allowed,
+        Exception: internal,
+    }
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)

@@ -17,6 +17,7 @@ from agent_image import (
     Bundle,
     DatabaseInUse,
     Draining,
+    InvalidRequest,
     NotJSONError,
     Runtime,
     UnknownWorkflow,
@@ -289,3 +290,16 @@ def test_group_commit_keeps_every_concurrent_write(runtime: Runtime) -> None:
     for thread in threads:
         thread.join()
     assert runtime.store.counter("c") == 3200
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "a" * 201, "bad id!", "x\n"])
+def test_ids_follow_one_rule_for_start_and_fork(runtime: Runtime, bad: str) -> None:
+    with pytest.raises(InvalidRequest, match="id must be"):
+        runtime.start(fb.pipeline, (1,), id=bad)
+    original = runtime.start(fb.pipeline, (1,))
+    original.result(5)
+    with pytest.raises(InvalidRequest, match="id must be"):
+        runtime.fork(original.id, 1, new_id=bad)
+    with pytest.raises(InvalidRequest, match="from_step"):
+        runtime.fork(original.id, 0)
+    assert [w.id for w in runtime.list_workflows()] == [original.id]
