@@ -129,7 +129,7 @@ class Store:
                 f"SQLite {apsw.sqlite_lib_version()} is too old: the runtime needs >= 3.51.3 "
                 "(older versions can corrupt a WAL that Litestream checkpoints); install apsw >= 3.51.3"
             )
-        self.path = os.path.abspath(path)
+        self.path = os.path.realpath(path)  # the real file: a symlink to it must meet the same lock
         self.synchronous = synchronous
         self._lock_file = _take_process_lock(self.path)
         try:
@@ -302,10 +302,16 @@ class Store:
 
 
 def _take_process_lock(db_path: str) -> Any:
-    """One runtime per database file: an exclusive flock on `<db>.agent-lock` (Litestream never touches it)."""
+    """One runtime per database file: an exclusive flock on `<db>.agent-lock` (Litestream never touches it).
+
+    `db_path` is the resolved path, so every symlink to the file (or to a directory above it) names the same
+    lock. A hard link would not, so a file with several links is refused (SQLite cannot share its WAL either)."""
     directory = os.path.dirname(db_path)
     if not os.path.isdir(directory):
         raise RuntimeStorageError(f"directory {directory} does not exist")
+    links = os.stat(db_path).st_nlink if os.path.exists(db_path) else 1
+    if links > 1:
+        raise DatabaseInUse(f"{db_path} has {links} hard links; one agent runtime per database file")
     lock_file = open(db_path + ".agent-lock", "a+")  # noqa: SIM115 - held for the store's lifetime
     try:
         fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)

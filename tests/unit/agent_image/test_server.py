@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 from agent_image import Runtime
 from agent_image.server import create_app
 from tests.unit.agent_image import features_bundle
-from tests.unit.agent_image.agent_process import free_port, serve, wait_ready
+from tests.unit.agent_image.agent_process import free_port, log_rows, serve, wait_ready
 
 
 @pytest.fixture
@@ -157,3 +157,27 @@ def test_real_server_sigterm_exits_cleanly_and_second_agent_is_refused(tmp_path:
     finally:
         restarted.send_signal(signal.SIGTERM)
         restarted.wait(20)
+
+
+def test_a_second_agent_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    """The one-runtime-per-file lock keys on the real file: a symlink to the database, or to its directory, is
+    the same file (and a hard link is refused). The first agent holds the file with a workflow mid-run; after it
+    is killed, step 1 of that workflow was checkpointed once."""
+    db, port = tmp_path / "agent.db", free_port()
+    (tmp_path / "link.db").symlink_to(db)
+    (tmp_path / "linkdir").symlink_to(tmp_path)
+    agent = serve(db, port)
+    try:
+        wait_ready(port, agent)
+        httpx.post(f"http://127.0.0.1:{port}/v1/workflows/count", json={"id": "c", "args": [200, 0.01]})
+        (tmp_path / "hard.db").hardlink_to(db)
+        for alias in (tmp_path / "link.db", tmp_path / "linkdir" / "agent.db", tmp_path / "hard.db"):
+            second = serve(alias, free_port())
+            assert second.wait(20) != 0, f"a second agent started on {alias}"
+            assert second.stderr is not None
+            assert second.stderr.read().strip().endswith("one agent runtime per database file")
+    finally:
+        agent.kill()
+        agent.wait(10)
+    first_steps = log_rows(db, "SELECT count(*) FROM execution_log WHERE workflow_id='c' AND seq=1 AND kind='step'")
+    assert first_steps == [(1,)], "step 1 was checkpointed by two runtimes"
