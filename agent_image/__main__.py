@@ -5,9 +5,12 @@ argparse, not Typer: this runs in every tenant container, where each imported mo
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import socket
 import sys
+import threading
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"litefleet-agent: {exc.code}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     if not args.replicated:
-        server = _server(create_app(lambda: runtime), args)
+        server = _server(create_app(lambda: runtime), args, runtime)
         server.run()
         # A SIGTERM'd agent that parked its workflows at step boundaries did its job: exit 0 (uvicorn would
         # re-raise the signal).
@@ -77,7 +80,7 @@ def _serve_replicated(runtime: Runtime, args: argparse.Namespace) -> int:
 
     identity = AgentIdentity.from_env()
     monitor = ReplicationMonitor(identity)
-    server = _server(create_app(lambda: runtime, replication=monitor), args)
+    server = _server(create_app(lambda: runtime, replication=monitor), args, runtime)
 
     def superseded(_: int | None) -> None:
         runtime.drain()
@@ -93,19 +96,33 @@ def _serve_replicated(runtime: Runtime, args: argparse.Namespace) -> int:
     return 0 if record.proven and server.started else 1
 
 
-def _server(app: Any, args: argparse.Namespace) -> _Server:
+def _server(app: Any, args: argparse.Namespace, runtime: Runtime) -> _Server:
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level="warning", access_log=False, timeout_graceful_shutdown=30
     )
-    return _Server(config)
+    return _Server(config, runtime)
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's Server, minus re-raising the shutdown signal after a graceful exit."""
+    """uvicorn's Server, minus re-raising the shutdown signal after a graceful exit, plus interrupting the
+    runtime as soon as shutdown begins: uvicorn waits (up to its graceful timeout) for open requests before the
+    app's lifespan ends, and a long poll (`?wait=60`) is an open request. Interrupted, the runtime answers it at
+    once and parks its workflows, instead of running steps until the poll or the timeout ends."""
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+        super().__init__(config)
+        self.runtime = runtime
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
         self._captured_signals.clear()
+        # Now, not at uvicorn's next 0.1 s tick; on a thread, since a signal handler must not take the
+        # runtime's lock (the interrupted main thread might hold it).
+        threading.Thread(target=self.runtime.interrupt, name="litefleet-interrupt", daemon=True).start()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await asyncio.to_thread(self.runtime.interrupt)  # also when shutdown came from should_exit (superseded)
+        await super().shutdown(sockets)
 
 
 if __name__ == "__main__":

@@ -462,12 +462,14 @@ class Runtime:
         woken = threading.Event()
         with self._watching_settle(workflow_id, woken):
             while True:
-                if workflow_id in self._active and woken.wait(
-                    None if deadline is None else max(0.0, deadline - time.monotonic())
+                if (
+                    workflow_id in self._active
+                    and not self._stopping
+                    and woken.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
                 ):
                     woken.clear()
                 status = self.get(workflow_id)
-                if status.status in SETTLED:
+                if status.status in SETTLED or self._stopping:  # shutting down: answer with what it is now
                     return status
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -540,7 +542,7 @@ class Runtime:
                 if text is not None:
                     return _json.load(text)
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or self._stopping:
                     return None
                 woken.wait(remaining)
 
@@ -662,16 +664,26 @@ class Runtime:
     def draining(self) -> bool:
         return self._draining
 
+    def interrupt(self) -> None:
+        """The start of a shutdown, without blocking: take no new work, have every running workflow park at its
+        next step boundary, and answer every waiter (`wait`, `get_event`) at once with what it has now.
+        `close()` calls it first; the server calls it as soon as it is told to stop, before it waits for open
+        requests. Safe to call again."""
+        with self._lock:
+            self._stopping = True
+            self._draining = True
+            woken = [execution.wake for execution in self._active.values()]
+            woken += [event for events in self._watchers.values() for event in events]
+        for event in woken:
+            event.set()
+
     def close(self, timeout: float = 30.0) -> int:
         """Park every running workflow at its next step boundary (a step in flight finishes first), then close
         the file. Returns how many workflows did not reach a boundary within `timeout` (they re-run their
         in-flight step after restart). Safe to call twice."""
+        self.interrupt()
         with self._lock:
-            self._stopping = True
-            self._draining = True
             running = len(self._active)
-            for execution in self._active.values():
-                execution.wake.set()
             self._all_parked.wait_for(lambda: not self._active, timeout)
             stuck = len(self._active)
         self.store.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,3 +183,35 @@ def test_a_second_agent_through_a_symlink_is_refused(tmp_path: Path) -> None:
         agent.wait(10)
     first_steps = log_rows(db, "SELECT count(*) FROM execution_log WHERE workflow_id='c' AND seq=1 AND kind='step'")
     assert first_steps == [(1,)], "step 1 was checkpointed by two runtimes"
+
+
+def test_sigterm_answers_long_polls_at_once_and_parks_promptly(tmp_path: Path) -> None:
+    """Kill point: SIGTERM while a client long-polls `?wait=60` on a running workflow. The poll must be answered
+    at once with the current status, the workflow parks at its next step boundary, and the agent exits 0 well
+    inside the control plane's 30 s stop timeout (uvicorn must not wait for the poll)."""
+    db, port = tmp_path / "agent.db", free_port()
+    agent = serve(db, port)
+    answers: list[httpx.Response] = []
+    try:
+        wait_ready(port, agent)
+        httpx.post(f"http://127.0.0.1:{port}/v1/workflows/count", json={"id": "c", "args": [2000, 0.02]})
+        url = f"http://127.0.0.1:{port}/v1/workflows/c"
+        poll = threading.Thread(target=lambda: answers.append(httpx.get(url, params={"wait": 60}, timeout=90)))
+        poll.start()
+        time.sleep(0.5)  # the poll is waiting inside the agent
+        signalled, signalled_at = time.monotonic(), time.time()
+        agent.send_signal(signal.SIGTERM)
+        poll.join(5)
+        answered = time.monotonic() - signalled
+        assert not poll.is_alive(), "the long poll was not answered within 5 s of SIGTERM"
+        assert agent.wait(10) == 0
+        exited = time.monotonic() - signalled
+    finally:
+        agent.kill()
+        agent.wait(10)
+    assert answered < 3 and exited < 5, (answered, exited)
+    assert answers[0].status_code == 200 and answers[0].json()["status"] == "RUNNING"
+    after = log_rows(
+        db, "SELECT count(*) FROM execution_log WHERE workflow_id='c' AND kind='step' AND at>?", signalled_at
+    )
+    assert after[0][0] <= 2, f"{after[0][0]} steps ran after SIGTERM: it did not park at the next boundary"
