@@ -69,6 +69,7 @@ class Execution:
     history: dict[int, dict[str, Recorded]] = field(default_factory=dict)
     seq: int = 0
     in_step: bool = False
+    diverged: str | None = None  # kept: tenant code may catch the NonDeterminismError (it is a BaseException)
     wake: threading.Event = field(default_factory=threading.Event)
 
     def next_seq(self) -> int:
@@ -87,16 +88,19 @@ class Execution:
         family = kind.split(".")[0]
         for entry in entries.values():
             if entry.kind.split(".")[0] != family or entry.name != name:
-                raise NonDeterminismError(
+                self.diverged = self.diverged or (
                     f"workflow {self.workflow_id} ({self.name}) operation {seq}: the log holds "
                     f"{entry.kind} {entry.name!r}, the code now calls {kind} {name!r}"
                 )
+                raise NonDeterminismError(self.diverged)
         return entries.get(kind)
 
     def divergence(self) -> str | None:
         """Why this run's operations disagree with the log, once the workflow function has ended (returned or
-        raised): the log holds operations past the last one the code performed. None when every logged
-        operation was replayed. (A different operation at the same position raises in `recorded` instead.)"""
+        raised): a different operation at the same position (`recorded` raised, even if the code caught it), or
+        the log holds operations past the last one the code performed. None when the replay matched the log."""
+        if self.diverged is not None:
+            return self.diverged
         leftover = sorted(seq for seq in self.history if seq > self.seq)
         if not leftover:
             return None

@@ -1,6 +1,7 @@
 """A bundle whose operations depend on a value read outside any step (the BRANCH variable): the kind of
 non-determinism a replay must catch. Branch A logs a step and a sleep; branch B never reaches them."""
 
+import contextlib
 import os
 
 from agent_image import sleep, step, workflow
@@ -28,6 +29,11 @@ def branching() -> dict[str, str]:
     if branch == "other-step":
         beta()
         return {"mode": "other-step"}
+    if branch == "swallows":  # calls beta where the log holds the sleep, and hides the replay's complaint
+        alpha()
+        with contextlib.suppress(BaseException):  # hostile tenant code: the runtime must not rely on its manners
+            beta()
+        return {"mode": "swallows"}
     if branch == "raises":
         raise RuntimeError("branch B fails before reaching alpha")
     return {"mode": "B"}

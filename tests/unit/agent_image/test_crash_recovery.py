@@ -174,11 +174,15 @@ def test_kill_at_random_moments(tmp_path: Path, seed: int) -> None:
     _assert_only_in_flight_reran(_effects(effects), kills=kills, exact={})
 
 
-@pytest.mark.parametrize("branch", ["B", "raises", "other-step"])
-def test_replay_that_leaves_logged_operations_unconsumed_is_blocked(tmp_path: Path, branch: str) -> None:
+@pytest.mark.parametrize(
+    ("branch", "named"),
+    [("B", "step 'alpha'"), ("raises", "step 'alpha'"), ("other-step", "step 'alpha'"), ("swallows", "sleep None")],
+)
+def test_replay_that_leaves_logged_operations_unconsumed_is_blocked(tmp_path: Path, branch: str, named: str) -> None:
     """Kill point: w's log holds `alpha` and a sleep (kill -9 while it sleeps). The restarted code takes another
-    branch: it returns early ("B"), fails early ("raises"), or calls another step at the same position. Each is
-    non-determinism: the workflow must end BLOCKED naming what the log holds, never SUCCESS or ERROR."""
+    branch: it returns early ("B"), fails early ("raises"), calls another step at the same position
+    ("other-step"), or does so and catches what the replay raised ("swallows"). Each is non-determinism: the
+    workflow must end BLOCKED naming what the log holds, never SUCCESS or ERROR."""
     db, port = tmp_path / "agent.db", free_port()
     agent = serve(db, port, "tests.unit.agent_image.branch_bundle", BRANCH="A")
     try:
@@ -201,5 +205,5 @@ def test_replay_that_leaves_logged_operations_unconsumed_is_blocked(tmp_path: Pa
         restarted.send_signal(signal.SIGTERM)
         restarted.wait(20)
     assert status["status"] == "BLOCKED", status
-    assert "alpha" in status["blocked_reason"], status
+    assert named in status["blocked_reason"], status
     assert status["result"] is None and status["error"] is None
