@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from agent_image.errors import InvalidRequest
+from agent_image._errors import InvalidRequest
 
 ID_RULE = "1-200 characters of letters, digits and . _ : -"
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,200}")

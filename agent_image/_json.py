@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agent_image.errors import NotJSONError
+from agent_image._errors import NotJSONError
 
 
 def dump(value: Any, what: str) -> str:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_image import litestream
-from agent_image.identity import AgentIdentity
+from agent_image.container import litestream
+from agent_image.container.identity import AgentIdentity
 
 PREFIX = "s3://litefleet/fleet/tenants/acme/agents/2"
 GOOD = {
@@ -57,7 +57,7 @@ def test_bad_identities_are_refused_with_a_reason(change: dict[str, str], messag
 def test_entrypoint_refuses_a_bad_identity_in_one_line_without_secrets() -> None:
     env = {**GOOD, "LITEFLEET_TENANT": "Bad Name", "PATH": "/usr/bin:/bin"}
     done = subprocess.run(
-        [sys.executable, "-m", "agent_image.entrypoint"], env=env, capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "agent_image.container.entrypoint"], env=env, capture_output=True, text=True, timeout=30
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [

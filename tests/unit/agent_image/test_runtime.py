@@ -25,8 +25,8 @@ from agent_image import (
     WorkflowIdConflict,
     WorkflowNotFound,
 )
-from agent_image._context import WorkflowSpec
-from agent_image.store import SCHEMA_VERSION
+from agent_image._specs import WorkflowSpec
+from agent_image._sysdb import SCHEMA_VERSION
 from tests.unit.agent_image import features_bundle as fb
 
 OpenRuntime = Callable[..., Runtime]

@@ -1,0 +1,3 @@
+"""What runs inside a tenant's agent container besides the server: the environment contract (`contract`), the
+identity read from it, the entrypoint (restore, then `litestream replicate -exec`), generation fencing (`fence`),
+replication reporting and the proven final sync (`replication`), and the Litestream and S3 clients they use."""
