@@ -120,51 +120,40 @@ def _run_step(
 ) -> Any:
     seq, recorded = begin(execution, "step", spec.name)
     if recorded is None:
-        recorded = _perform_step(execution, seq, spec, func, args, kwargs)
+        started = _now()
+        attempt = 0
+        while True:
+            attempt += 1
+            execution.in_step = True
+            try:
+                value = func(*args, **kwargs)
+                error = None
+                break
+            except Exception as exc:
+                error = {"type": type(exc).__name__, "message": str(exc)}
+                if attempt > spec.retries:
+                    break
+            finally:
+                execution.in_step = False
+            # A retry wait is a step boundary: cancel and shutdown take effect here (the step re-runs on restart).
+            execution.pause_until(_now() + spec.delay(attempt), _now)
+        text = None
+        if error is None:
+            text, value = _json.roundtrip(value, f"step {spec.name!r} returned")
+        recorded = record(
+            execution,
+            seq,
+            "step",
+            spec.name,
+            value_text=text,
+            value=value if error is None else None,
+            error=error,
+            attempts=attempt,
+            started_at=started,
+        )
     if recorded.error is not None:
         raise StepError(spec.name, recorded.error["type"], recorded.error["message"])
     return recorded.value
-
-
-def _perform_step(
-    execution: Execution,
-    seq: int,
-    spec: StepSpec,
-    func: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> Recorded:
-    started = _now()
-    attempt = 0
-    while True:
-        attempt += 1
-        execution.in_step = True
-        try:
-            value = func(*args, **kwargs)
-            error = None
-            break
-        except Exception as exc:
-            error = {"type": type(exc).__name__, "message": str(exc)}
-            if attempt > spec.retries:
-                break
-        finally:
-            execution.in_step = False
-        # A retry wait is a step boundary: cancel and shutdown take effect here (the step re-runs on restart).
-        execution.pause_until(_now() + spec.delay(attempt), _now)
-    text = None
-    if error is None:
-        text, value = _json.roundtrip(value, f"step {spec.name!r} returned")
-    return record(
-        execution,
-        seq,
-        "step",
-        spec.name,
-        value_text=text,
-        value=value if error is None else None,
-        error=error,
-        attempts=attempt,
-        started_at=started,
-    )
 
 
 # -- durable operations -----------------------------------------------------------------------------------------
@@ -215,7 +204,7 @@ def get_event(target_workflow_id: str, key: str, timeout: float = 60.0) -> Any:
         text = _sysdb.read_event(conn, target_workflow_id, key)
         return text is not None, text
 
-    with execution.runtime._watch(("event", target_workflow_id, key), execution.wake):
+    with execution.runtime.watchers.watch(("event", target_workflow_id, key), execution.wake):
         return _wait_for(execution, "get_event", f"{target_workflow_id}:{key}", timeout, look)
 
 
@@ -281,7 +270,7 @@ def set_event(key: str, value: Any) -> None:
         return
     also = functools.partial(_sysdb.set_event, workflow_id=execution.workflow_id, key=key, text=text)
     record(execution, seq, "set_event", key, value_text=text, value=_json.load(text), also=also)
-    execution.runtime._fire(("event", execution.workflow_id, key))
+    execution.runtime.watchers.fire(("event", execution.workflow_id, key))
 
 
 # -- child workflows --------------------------------------------------------------------------------------------
@@ -339,7 +328,7 @@ def _child_result(parent: Execution, child_id: str) -> Any:
     host = parent.runtime
     seq, recorded = begin(parent, "child.result", child_id)
     if recorded is None:
-        with host._watch(("settled", child_id), parent.wake):
+        with host.watchers.watch(("settled", child_id), parent.wake):
             while True:
                 parent.wake.clear()
                 status = host.get(child_id)

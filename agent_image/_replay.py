@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -24,6 +23,7 @@ from agent_image._status import WorkflowStatus
 if TYPE_CHECKING:
     from agent_image._bundle import Bundle
     from agent_image._store import Store
+    from agent_image._watchers import Watchers
 
 
 class Host(Protocol):
@@ -32,6 +32,7 @@ class Host(Protocol):
 
     store: Store
     bundle: Bundle
+    watchers: Watchers
 
     def get(self, workflow_id: str) -> WorkflowStatus: ...
     def wait(self, workflow_id: str, timeout: float | None = None) -> WorkflowStatus: ...
@@ -42,8 +43,6 @@ class Host(Protocol):
     def get_event(self, workflow_id: str, key: str, timeout: float = ...) -> Any: ...
     def _check_interrupt(self, execution: Execution) -> None: ...
     def _wake(self, workflow_id: str) -> None: ...
-    def _watch(self, key: tuple[str, ...], event: threading.Event) -> AbstractContextManager[None]: ...
-    def _fire(self, key: tuple[str, ...]) -> None: ...
     def _run_new(self, workflow_id: str, name: str, queue: str | None, args: list[Any], kwargs: Any) -> None: ...
 
 

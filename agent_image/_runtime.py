@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any
 
 import apsw
 import structlog
@@ -45,10 +43,10 @@ from agent_image._status import (
     WorkflowStatus,
 )
 from agent_image._store import Store
+from agent_image._watchers import Watchers
 from agent_image._workers import Workers
 
 log = structlog.get_logger("agent_image.runtime")
-T = TypeVar("T")
 
 
 class Runtime:
@@ -66,7 +64,7 @@ class Runtime:
         self._workers = Workers("workflow")
         self._all_parked = threading.Condition(self._lock)
         self._cancelled: set[str] = set()
-        self._watchers: dict[tuple[str, ...], set[threading.Event]] = {}
+        self.watchers = Watchers()
         self._queue_running: Counter[str] = Counter()
         self._draining = False
         self._stopping = False
@@ -171,7 +169,7 @@ class Runtime:
                     self._queue_running[queue] -= 1
                 if not self._active:
                     self._all_parked.notify_all()
-            self._fire(("settled", workflow_id))
+            self.watchers.fire(("settled", workflow_id))
             if queue and not self._stopping:
                 self._dispatch(queue)
 
@@ -236,7 +234,10 @@ class Runtime:
             status = self.get(workflow_id)
             return status.status in SETTLED, status
 
-        return self._watch_until(("settled", workflow_id), timeout, look, idle=lambda: workflow_id in self._active)
+        key = ("settled", workflow_id)
+        return self.watchers.wait_for(
+            key, timeout, look, stopping=self._is_stopping, idle=lambda: workflow_id in self._active
+        )
 
     def in_flight(self) -> int:
         """Workflows accepted but not settled: running here or waiting in a queue."""
@@ -253,7 +254,7 @@ class Runtime:
             text = self.store.read(lambda conn: _sysdb.read_event(conn, workflow_id, key))
             return text is not None, _json.load(text)
 
-        return self._watch_until(("event", workflow_id, key), timeout, look)
+        return self.watchers.wait_for(("event", workflow_id, key), timeout, look, stopping=self._is_stopping)
 
     # -- changing -----------------------------------------------------------------------------------------------
 
@@ -267,7 +268,7 @@ class Runtime:
                     self._cancelled.add(cancelled)
                     execution.wake.set()
         for cancelled in ids:
-            self._fire(("settled", cancelled))
+            self.watchers.fire(("settled", cancelled))
         return self.get(workflow_id)
 
     def send(self, workflow_id: str, message: Any, topic: str = "default") -> None:
@@ -354,9 +355,9 @@ class Runtime:
             self._stopping = True
             self._draining = True
             woken = [execution.wake for execution in self._active.values()]
-            woken += [event for events in self._watchers.values() for event in events]
         for event in woken:
             event.set()
+        self.watchers.fire_all()
 
     def close(self, timeout: float = 30.0) -> int:
         """Park every running workflow at its next step boundary (a step in flight finishes first), then close
@@ -374,6 +375,9 @@ class Runtime:
 
     # -- wake-ups -----------------------------------------------------------------------------------------------
 
+    def _is_stopping(self) -> bool:
+        return self._stopping
+
     def _check_interrupt(self, execution: Execution) -> None:
         if execution.workflow_id in self._cancelled:
             raise WorkflowCancelled(execution.workflow_id)
@@ -385,53 +389,3 @@ class Runtime:
             execution = self._active.get(workflow_id)
         if execution is not None:
             execution.wake.set()
-
-    @contextmanager
-    def _watch(self, key: tuple[str, ...], event: threading.Event) -> Iterator[None]:
-        """Have `event` set when `key` happens: ("settled", id) or ("event", id, key)."""
-        with self._lock:
-            self._watchers.setdefault(key, set()).add(event)
-        try:
-            yield
-        finally:
-            with self._lock:
-                watchers = self._watchers.get(key)
-                if watchers is not None:
-                    watchers.discard(event)
-                    if not watchers:
-                        del self._watchers[key]
-
-    def _fire(self, key: tuple[str, ...]) -> None:
-        with self._lock:
-            watchers = list(self._watchers.get(key, ()))
-        for event in watchers:
-            event.set()
-
-    def _watch_until(
-        self,
-        key: tuple[str, ...],
-        timeout: float | None,
-        look: Callable[[], tuple[bool, T]],
-        *,
-        idle: Callable[[], bool] = lambda: False,
-    ) -> T:
-        """Call `look` until it reports done, `timeout` seconds pass (None: no limit) or the runtime begins to
-        stop; return what it saw last. Woken early by `key`. While `idle()` holds, nothing can have changed
-        before the next wake-up, so `look` waits for one (saves a read per wait on a running workflow)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        woken = threading.Event()
-
-        def remaining() -> float | None:
-            return None if deadline is None else deadline - time.monotonic()
-
-        with self._watch(key, woken):
-            while True:
-                left = remaining()
-                if idle() and not self._stopping:
-                    woken.wait(None if left is None else max(0.0, left))
-                woken.clear()  # whatever sets it after this changed what `look` sees
-                done, seen = look()
-                left = remaining()
-                if done or self._stopping or (left is not None and left <= 0):
-                    return seen
-                woken.wait(left if left is not None else 1.0)
