@@ -12,7 +12,8 @@ def research(url: str) -> str:
     return page if approval else "rejected"
 
 This package's face is `__all__` below; every `_module` is private. Beside it: `agent_image.server` (the agent's
-HTTP API), `agent_image.container` (what runs it inside a tenant container), `agent_image.logs`.
+HTTP API), `agent_image.container` (what runs it inside a tenant container), `agent_image.contract` (the
+container's environment, shared with the control plane), `agent_image.logs`.
 """
 
 from agent_image._bundle import Bundle, load_bundle

@@ -10,8 +10,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from agent_image import contract
 from agent_image._store import SYNCHRONOUS_MODES
-from agent_image.container import contract
 from agent_image.logs import configure_logging
 
 if TYPE_CHECKING:

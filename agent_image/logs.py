@@ -8,7 +8,7 @@ import sys
 
 import structlog
 
-from agent_image.container import contract
+from agent_image import contract
 
 
 def configure_logging(level: str | None = None) -> None:

@@ -17,11 +17,12 @@ import time
 
 import structlog
 
+from agent_image import contract
 from agent_image._store import Store
-from agent_image.container import contract, litestream
-from agent_image.container.contract import StartRefused
+from agent_image.container import litestream
 from agent_image.container.fence import check_fence
 from agent_image.container.identity import AgentIdentity, IdentityError
+from agent_image.contract import StartRefused
 from agent_image.logs import configure_logging
 
 log = structlog.get_logger("agent_image.entrypoint")

@@ -11,12 +11,12 @@ from collections.abc import Callable
 
 import structlog
 
+from agent_image import contract
 from agent_image._poll import retry_until
-from agent_image.container import contract
 from agent_image.container._periodic import Periodic
-from agent_image.container.contract import StartRefused
 from agent_image.container.identity import AgentIdentity
 from agent_image.container.s3 import S3Error
+from agent_image.contract import StartRefused
 
 log = structlog.get_logger("agent_image.fence")
 STORE_PATIENCE = 30.0  # seconds a starting container retries an unreachable store

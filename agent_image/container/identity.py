@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent_image.container import contract
-from agent_image.container.contract import ContainerEnv, IdentityError
+from agent_image import contract
 from agent_image.container.s3 import S3Client, split_url
+from agent_image.contract import ContainerEnv, IdentityError
 
 __all__ = ["INTEGRITY_MODES", "NAME", "AgentIdentity", "IdentityError"]
 
