@@ -93,7 +93,9 @@ class Execution:
     seq: int = 0
     in_step: bool = False
     wake: threading.Event = field(default_factory=threading.Event)
-    diverged: str | None = None  # kept: tenant code may catch the NonDeterminismError (it is a BaseException)
+    # Kept, since tenant code may catch what was raised (NonDeterminismError, Parked are BaseExceptions):
+    diverged: str | None = None
+    parked: bool = False
 
     def next_seq(self) -> int:
         self.seq += 1

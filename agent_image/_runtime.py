@@ -143,6 +143,8 @@ class Runtime:
         try:
             fn = self.bundle.workflows[execution.name].fn
             result = fn(*args, **kwargs)
+            if execution.parked:  # the code caught its parking and returned: it still resumes on restart
+                raise Parked(workflow_id)
             diverged = execution.divergence()
             if diverged is not None:
                 raise NonDeterminismError(diverged)
@@ -382,6 +384,7 @@ class Runtime:
         if execution.workflow_id in self._cancelled:
             raise WorkflowCancelled(execution.workflow_id)
         if self._stopping:
+            execution.parked = True
             raise Parked(execution.workflow_id)
 
     def _wake(self, workflow_id: str) -> None:

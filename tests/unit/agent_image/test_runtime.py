@@ -303,3 +303,14 @@ def test_ids_follow_one_rule_for_start_and_fork(runtime: Runtime, bad: str) -> N
     with pytest.raises(InvalidRequest, match="from_step"):
         runtime.fork(original.id, 0)
     assert [w.id for w in runtime.list_workflows()] == [original.id]
+
+
+def test_a_workflow_that_swallows_its_parking_still_parks(open_runtime: OpenRuntime) -> None:
+    """Shutdown parks a workflow by raising at its step boundary; code that catches that and returns must not be
+    settled as SUCCESS with a result the workflow only reached because the agent was stopping."""
+    first = open_runtime()
+    handle = first.start(fb.stubborn_napper, (0.6,))
+    time.sleep(0.1)
+    first.close(timeout=5)
+    second = open_runtime()
+    assert second.wait(handle.id, 5).result == "rested"
