@@ -34,8 +34,8 @@ import apsw  # noqa: E402
 import docker  # noqa: E402
 import httpx  # noqa: E402
 
-from agent_image import litestream  # noqa: E402
-from agent_image.store import Store  # noqa: E402
+from agent_image import Store  # noqa: E402
+from agent_image.container import litestream  # noqa: E402
 from control_plane.agent_container import AgentSpec, run_agent, wait_ready  # noqa: E402
 from control_plane.host_address import local_host_address  # noqa: E402
 from control_plane.images import DEFAULT_BASE, build_agent_image  # noqa: E402
