@@ -30,12 +30,12 @@ sys.path.insert(0, str(REPO))
 import docker  # noqa: E402
 import httpx  # noqa: E402
 
-from control_plane.agent_container import AgentSpec, run_agent  # noqa: E402
+from control_plane.cli.local import ControlPlaneProcess  # noqa: E402
 from control_plane.client import FleetClient  # noqa: E402
-from control_plane.images import build_agent_image  # noqa: E402
-from control_plane.local import ControlPlaneProcess  # noqa: E402
-from control_plane.objectstore import EmbeddedStore, free_address  # noqa: E402
+from control_plane.drivers.agent_spec import AgentSpec, run_agent  # noqa: E402
+from control_plane.drivers.images import build_agent_image  # noqa: E402
 from control_plane.storage import ObjectStorage, SeaweedCredentials  # noqa: E402
+from control_plane.storage.seaweed import EmbeddedStore, free_address  # noqa: E402
 from infra.testbed import Testbed, TestbedNode  # noqa: E402
 
 BUCKET = "litefleet-bench"
@@ -74,7 +74,7 @@ def by_hand_ready(container: Any) -> None:
 
 
 def baselines(store: EmbeddedStore, image: str, nodes: list[TestbedNode], runs: int) -> None:
-    storage = ObjectStorage(store.address.endpoint, *store._admin, BUCKET)
+    storage = ObjectStorage(store.address.endpoint, *store.admin, BUCKET)
     credentials = SeaweedCredentials(store, storage)
     starts, moves = [], []
     for _ in range(runs):
@@ -124,7 +124,7 @@ def main() -> None:
             nodes = bed.up(2)
             store = EmbeddedStore(Path(scratch) / "store", free_address(bed.gateway), BUCKET, "BENCH", "b" * 32)
             store.up()
-            ObjectStorage(store.address.endpoint, *store._admin, BUCKET).ensure_bucket()
+            ObjectStorage(store.address.endpoint, *store.admin, BUCKET).ensure_bucket()
             for node in nodes:  # copy the image once, outside the measurements
                 from control_plane.drivers import DockerDriver
 

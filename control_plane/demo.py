@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from control_plane import local
+from control_plane.cli import local
 from control_plane.client import CliError, FleetClient, table
 from control_plane.settings import Settings
 

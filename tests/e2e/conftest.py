@@ -15,12 +15,12 @@ import docker
 import httpx
 import pytest
 
+from control_plane.cli.local import ControlPlaneProcess
 from control_plane.client import FleetClient
 from control_plane.drivers import DockerDriver
-from control_plane.images import build_agent_image
-from control_plane.local import ControlPlaneProcess
-from control_plane.objectstore import EmbeddedStore, free_address
+from control_plane.drivers.images import build_agent_image
 from control_plane.storage import ObjectStorage
+from control_plane.storage.seaweed import EmbeddedStore, free_address
 from infra.testbed import Testbed, TestbedNode
 
 BUCKET = "litefleet-e2e"
@@ -118,7 +118,7 @@ def _own_schema(url: str) -> str:
 
 @pytest.fixture(scope="session")
 def admin(store: EmbeddedStore) -> ObjectStorage:
-    return ObjectStorage(store.address.endpoint, *store._admin, BUCKET)
+    return ObjectStorage(store.address.endpoint, *store.admin, BUCKET)
 
 
 def managed_containers(nodes: list[TestbedNode]) -> dict[str, list[str]]:

@@ -18,10 +18,10 @@ import docker
 import docker.errors
 import pytest
 
-from control_plane.agent_container import AgentSpec, run_agent
-from control_plane.images import build_agent_image
-from control_plane.objectstore import EmbeddedStore, free_address
+from control_plane.drivers.agent_spec import AgentSpec, run_agent
+from control_plane.drivers.images import build_agent_image
 from control_plane.storage import ObjectStorage, SeaweedCredentials
+from control_plane.storage.seaweed import EmbeddedStore, free_address
 
 BUCKET = "litefleet"
 
@@ -33,7 +33,7 @@ def start_store(directory: Path, ip: str) -> EmbeddedStore:
 
 
 def admin_storage(store: EmbeddedStore) -> ObjectStorage:
-    storage = ObjectStorage(store.address.endpoint, *store._admin, BUCKET)
+    storage = ObjectStorage(store.address.endpoint, *store.admin, BUCKET)
     storage.ensure_bucket()
     return storage
 

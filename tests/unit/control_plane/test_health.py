@@ -7,9 +7,9 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from control_plane.fleet import Fleet
-from control_plane.health import HealthMonitor
-from control_plane.models import Event, Node, NodeState, Operation, OperationKind
+from control_plane.db.models import Event, Node, NodeState, Operation, OperationKind
+from control_plane.fleet.incarnations import Fleet
+from control_plane.reconciler.health import HealthMonitor
 from control_plane.settings import Settings
 
 

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import structlog
 
+from control_plane.settings import Settings, admin_secret
+from control_plane.storage.replicas import ObjectStorage
+
 log = structlog.get_logger("control_plane.objectstore")
 
 
@@ -56,6 +59,11 @@ class EmbeddedStore:
         self.address = address
         self.bucket = bucket
         self._admin = (admin_key, admin_secret)
+
+    @property
+    def admin(self) -> tuple[str, str]:
+        """The admin identity's (access key, secret key): what the control plane's own ObjectStorage signs with."""
+        return self._admin
 
     @property
     def pid_file(self) -> Path:
@@ -118,8 +126,6 @@ class EmbeddedStore:
         raise ObjectStoreError(f"SeaweedFS S3 did not answer on {a.endpoint} within {timeout:.0f} s")
 
     def _bucket_answers(self) -> bool:
-        from control_plane.storage import ObjectStorage
-
         try:
             ObjectStorage(self.address.endpoint, *self._admin, self.bucket).ensure_bucket()
         except Exception:
@@ -187,3 +193,16 @@ def _free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def embedded_store(settings: Settings) -> EmbeddedStore:
+    address = StoreAddress(
+        settings.store_ip,
+        settings.store_s3_port,
+        settings.store_master_port,
+        settings.store_volume_port,
+        settings.store_filer_port,
+    )
+    return EmbeddedStore(
+        settings.state_dir / "store", address, settings.bucket, settings.s3_admin_key, admin_secret(settings)
+    )

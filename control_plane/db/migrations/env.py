@@ -4,7 +4,7 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
 
-from control_plane import models  # noqa: F401  (registers the tables)
+from control_plane.db import models  # noqa: F401  (registers the tables)
 
 config = context.config
 

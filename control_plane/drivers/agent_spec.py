@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from control_plane.storage import TenantCredentials
+from control_plane.storage.credentials import TenantCredentials
 
 AGENT_PORT = 8080
 LABEL = "io.litefleet"

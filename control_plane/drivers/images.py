@@ -22,7 +22,7 @@ import structlog
 
 log = structlog.get_logger("control_plane.images")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "agent_image" / "Dockerfile"
 DEFAULT_BASE = "litefleet/base:bookworm"
 REPOSITORY = "litefleet/agent"

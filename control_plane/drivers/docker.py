@@ -7,42 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import docker
 import docker.errors
 import structlog
 
-from control_plane.agent_container import LABEL, AgentSpec, agent_url, find_agent, run_agent
+from control_plane.drivers.agent_spec import LABEL, AgentSpec, agent_url, find_agent, run_agent
+from control_plane.drivers.base import EngineUnreachable, Incarnation
 
 log = structlog.get_logger("control_plane.drivers")
-
-
-class EngineUnreachable(Exception):
-    code = "engine_unreachable"
-
-
-@dataclass(frozen=True)
-class Incarnation:
-    name: str
-    tenant: str
-    agent: int
-    generation: int
-    status: str  # created, running, exited, ...
-    exit_code: int | None
-    url: str | None
-
-
-class Driver(Protocol):
-    def ping(self) -> None: ...
-    def ensure_image(self, image: str) -> float: ...
-    def run(self, spec: AgentSpec) -> Incarnation: ...
-    def inspect(self, name: str) -> Incarnation | None: ...
-    def restart(self, name: str) -> Incarnation | None: ...
-    def stop(self, name: str, timeout: float) -> Incarnation | None: ...
-    def remove(self, name: str) -> None: ...
-    def list_managed(self, fleet: str | None = None) -> list[Incarnation]: ...
 
 
 class DockerDriver:

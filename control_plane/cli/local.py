@@ -16,10 +16,9 @@ from typing import Self
 import docker
 import httpx
 
-from control_plane import images
-from control_plane.objectstore import EmbeddedStore, exited
-from control_plane.server import embedded_store
+from control_plane.drivers import images
 from control_plane.settings import Settings
+from control_plane.storage.seaweed import EmbeddedStore, embedded_store, exited
 
 
 class UpError(RuntimeError):
@@ -53,8 +52,8 @@ class ControlPlaneProcess:
             "LITEFLEET_STORE_VOLUME_PORT": str(address.volume_port),
             "LITEFLEET_STORE_FILER_PORT": str(address.filer_port),
             "LITEFLEET_BUCKET": store.bucket,
-            "LITEFLEET_S3_ADMIN_KEY": store._admin[0],
-            "LITEFLEET_S3_ADMIN_SECRET": store._admin[1],
+            "LITEFLEET_S3_ADMIN_KEY": store.admin[0],
+            "LITEFLEET_S3_ADMIN_SECRET": store.admin[1],
             "LITEFLEET_API_PORT": str(port),
             "LITEFLEET_IMAGE": image,
             **{f"LITEFLEET_{name.upper()}": value for name, value in settings.items()},

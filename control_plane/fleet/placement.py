@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from sqlmodel import Session, col, select
 
-from control_plane.models import PLACED_STATES, Agent, Node, NodeState, Tenant
+from control_plane.db.models import PLACED_STATES, Agent, Node, NodeState, Tenant
 
 
 class NoCapacity(Exception):

@@ -17,14 +17,16 @@ import httpx
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from control_plane.agent_container import AgentSpec, incarnation_name
-from control_plane.drivers import DockerDriver, EngineUnreachable, Incarnation
+from control_plane.db.models import Agent, AgentState, Node, Tenant
+from control_plane.drivers.agent_spec import AgentSpec, incarnation_name
+from control_plane.drivers.base import EngineUnreachable, Incarnation
+from control_plane.drivers.docker import DockerDriver
 from control_plane.errors import OperationFailed
-from control_plane.models import Agent, AgentState, Node, Tenant
-from control_plane.placement import choose_node, node_loads
-from control_plane.reconciler import OpContext
+from control_plane.fleet.placement import choose_node, node_loads
+from control_plane.reconciler.context import OpContext
 from control_plane.settings import Settings
-from control_plane.storage import CurrentMoved, ObjectStorage, SeaweedCredentials
+from control_plane.storage.credentials import SeaweedCredentials
+from control_plane.storage.replicas import CurrentMoved, ObjectStorage
 
 
 @dataclass

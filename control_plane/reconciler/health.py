@@ -13,10 +13,7 @@ import structlog
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from control_plane.agent_container import incarnation_name
-from control_plane.drivers import EngineUnreachable
-from control_plane.fleet import Fleet
-from control_plane.models import (
+from control_plane.db.models import (
     Agent,
     AgentState,
     Event,
@@ -27,6 +24,9 @@ from control_plane.models import (
     OperationState,
     Tenant,
 )
+from control_plane.drivers.agent_spec import incarnation_name
+from control_plane.drivers.base import EngineUnreachable
+from control_plane.fleet.incarnations import Fleet
 from control_plane.settings import Settings
 
 log = structlog.get_logger("control_plane.health")

@@ -15,12 +15,21 @@ from functools import partial
 
 from sqlmodel import Session, col, delete, select
 
-from control_plane.agent_container import incarnation_name
+from control_plane.db.models import (
+    PLACED_STATES,
+    Agent,
+    AgentState,
+    Node,
+    NodeState,
+    OperationKind,
+    Tenant,
+    TenantState,
+)
+from control_plane.drivers.agent_spec import incarnation_name
 from control_plane.errors import OperationFailed
-from control_plane.fleet import Fleet
-from control_plane.models import PLACED_STATES, Agent, AgentState, Node, NodeState, OperationKind, Tenant, TenantState
-from control_plane.placement import NoCapacity
-from control_plane.reconciler import OpContext, Runner
+from control_plane.fleet.incarnations import Fleet
+from control_plane.fleet.placement import NoCapacity
+from control_plane.reconciler.context import OpContext, Runner
 
 
 def _plan(ctx: OpContext, agent: Agent, make: Callable[[], dict[str, object]]) -> dict[str, object]:

@@ -10,11 +10,10 @@ import docker.errors
 import typer
 
 from agent_image.logs import configure_logging
-from control_plane import images
 from control_plane.client import EXIT_FAILED, CliError, FleetClient, table
-from control_plane.objectstore import ObjectStoreError
-from control_plane.server import embedded_store
+from control_plane.drivers import images
 from control_plane.settings import Settings
+from control_plane.storage.seaweed import ObjectStoreError, embedded_store
 
 app = typer.Typer(no_args_is_help=True, help="litefleet: fleets of per-tenant agents, one SQLite file each.")
 store_app = typer.Typer(no_args_is_help=True, help="The embedded S3 (SeaweedFS).")
@@ -314,7 +313,7 @@ def wf_get(tenant: str, workflow_id: str, wait: Annotated[float, typer.Option(he
 def up() -> None:
     """Start the embedded defaults: SeaweedFS on the local engine's bridge, the control plane on SQLite (in the
     background), and the local engine as node `local`. Safe to re-run: what runs is left alone."""
-    from control_plane import local
+    from control_plane.cli import local
 
     try:
         for line in local.up(Settings()):
@@ -327,7 +326,7 @@ def up() -> None:
 @app.command("down")
 def down() -> None:
     """Stop the control plane and the store that `litefleet up` started (agents keep running)."""
-    from control_plane import local
+    from control_plane.cli import local
 
     for line in local.down(Settings()):
         typer.echo(line)
@@ -336,7 +335,7 @@ def down() -> None:
 @app.command("serve")
 def serve_command() -> None:
     """Run the control plane (API + reconciler) in the foreground."""
-    from control_plane.server import serve
+    from control_plane.app import serve
 
     serve(Settings())
 
