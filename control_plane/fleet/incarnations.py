@@ -23,7 +23,7 @@ from control_plane.drivers.base import EngineUnreachable, Incarnation
 from control_plane.drivers.docker import DockerDriver
 from control_plane.errors import OperationFailed
 from control_plane.fleet.placement import choose_node, node_loads
-from control_plane.reconciler.context import OpContext
+from control_plane.fleet.steps import StepLog
 from control_plane.settings import Settings
 from control_plane.storage.credentials import SeaweedCredentials
 from control_plane.storage.replicas import CurrentMoved, ObjectStorage
@@ -100,7 +100,7 @@ class Fleet:
     # -- incarnations -----------------------------------------------------------------------------------------------
 
     def start(
-        self, ctx: OpContext, tenant: Tenant, ordinal: int, generation: int, node: Node, restore_from: int | None
+        self, ctx: StepLog, tenant: Tenant, ordinal: int, generation: int, node: Node, restore_from: int | None
     ) -> float:
         """Run generation `generation` of the agent on `node` until it is ready and replicating; returns the
         seconds from container start to ready.
@@ -145,7 +145,7 @@ class Fleet:
         )
         return seconds
 
-    def stop(self, ctx: OpContext, agent: Agent, *, drain: bool) -> dict[str, Any]:
+    def stop(self, ctx: StepLog, agent: Agent, *, drain: bool) -> dict[str, Any]:
         """Stop the agent's current incarnation with a proven final sync and return its shutdown record.
 
         Re-running is safe: an exited container is not stopped again; the record in object storage is the proof,
@@ -182,7 +182,7 @@ class Fleet:
         )
         return record
 
-    def remove(self, ctx: OpContext, tenant: str, ordinal: int, generation: int, node_name: str) -> None:
+    def remove(self, ctx: StepLog, tenant: str, ordinal: int, generation: int, node_name: str) -> None:
         """Remove an incarnation's container and volume and revoke its key. Re-running is a no-op."""
         node = self.node(node_name)
         try:
@@ -251,7 +251,7 @@ class Fleet:
             time.sleep(0.03)
         raise OperationFailed(f"{incarnation.name} not ready after {self.settings.ready_timeout:.0f}s")
 
-    def _drain(self, ctx: OpContext, agent: Agent) -> None:
+    def _drain(self, ctx: StepLog, agent: Agent) -> None:
         """Stop taking work and wait (up to the drain timeout) for in-flight workflows to finish."""
         deadline = time.monotonic() + self.settings.drain_timeout
         try:
