@@ -5,12 +5,11 @@ tenant, no capabilities, a read-only root, its own named volume for the database
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
+from control_plane.drivers import agent_http
+from control_plane.drivers.agent_http import AgentExited, AgentNotReady
 from control_plane.storage.credentials import TenantCredentials
 
 AGENT_PORT = 8080
@@ -118,25 +117,21 @@ def agent_url(container: Any) -> str:
     return f"http://{binding['HostIp']}:{binding['HostPort']}"
 
 
-class AgentNotReady(RuntimeError):
-    code = "agent_not_ready"
-
-
 def wait_ready(container: Any, timeout: float = 30.0) -> str:
     """Poll the agent's `/readyz` until it answers 200; fail early (with its last log lines) if it exits."""
     url = agent_url(container)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return url
-        except httpx.HTTPError:
-            pass
+
+    def exited() -> None:
         container.reload()
         if container.status == "exited":
-            raise AgentNotReady(f"{container.name} exited: {_last_lines(container)}")
-        time.sleep(0.02)
-    raise AgentNotReady(f"{container.name} not ready after {timeout:.0f}s: {_last_lines(container)}")
+            raise AgentExited(f"{container.name} exited: {_last_lines(container)}")
+
+    try:
+        return agent_http.wait_ready(lambda: url, timeout=timeout, check=exited, interval=0.02, what=container.name)
+    except AgentExited:
+        raise
+    except AgentNotReady as exc:
+        raise AgentNotReady(f"{exc}: {_last_lines(container)}") from None
 
 
 def _last_lines(container: Any, n: int = 3) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,32 +18,36 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from control_plane.db.models import Agent, AgentState, Node, Tenant
+from control_plane.drivers.agent_http import AgentApi, AgentHttp, AgentNotReady, wait_ready
 from control_plane.drivers.agent_spec import AgentSpec, incarnation_name
-from control_plane.drivers.base import EngineUnreachable, Incarnation
+from control_plane.drivers.base import Driver, EngineUnreachable, Incarnation
 from control_plane.drivers.docker import DockerDriver
 from control_plane.errors import OperationFailed
+from control_plane.fleet.fence import advance_current, fence_out
 from control_plane.fleet.placement import choose_node, node_loads
 from control_plane.fleet.steps import StepLog
 from control_plane.settings import Settings
-from control_plane.storage.credentials import SeaweedCredentials
-from control_plane.storage.replicas import CurrentMoved, ObjectStorage
+from control_plane.storage.ports import CredentialStore, ReplicaStore
+from control_plane.timing import poll
 
 
 @dataclass
 class Fleet:
     engine: Engine
     settings: Settings
-    storage: ObjectStorage
-    credentials: SeaweedCredentials
-    _drivers: dict[str, DockerDriver] = field(default_factory=dict)
+    storage: ReplicaStore
+    credentials: CredentialStore
+    make_driver: Callable[[str], Driver] = DockerDriver  # one driver per engine URL
+    agents_api: AgentApi = field(default_factory=AgentHttp)
+    _drivers: dict[str, Driver] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- reads ------------------------------------------------------------------------------------------------------
 
-    def driver(self, node: Node) -> DockerDriver:
+    def driver(self, node: Node) -> Driver:
         with self._lock:
             if node.engine_url not in self._drivers:
-                self._drivers[node.engine_url] = DockerDriver(node.engine_url)
+                self._drivers[node.engine_url] = self.make_driver(node.engine_url)
             return self._drivers[node.engine_url]
 
     def node(self, name: str) -> Node:
@@ -107,7 +111,7 @@ class Fleet:
 
         Re-running is safe: CURRENT only ever moves forward to `generation`; an existing container of that
         incarnation is reused (started again if it stopped), not duplicated; the agent row is written last."""
-        self._advance_current(tenant.name, ordinal, generation)
+        advance_current(self.storage, tenant.name, ordinal, generation)
         self.set_agent(tenant.name, ordinal, generation=generation, node=node.name, state=AgentState.starting)
         driver = self.driver(node)
         copied = driver.ensure_image(self.settings.image)
@@ -189,24 +193,10 @@ class Fleet:
             self.driver(node).remove(incarnation_name(tenant, ordinal, generation))
         except EngineUnreachable as exc:
             raise OperationFailed(f"cannot remove gen {generation} of {tenant}/{ordinal}: {exc}") from None
-        self.credentials.revoke_incarnation(tenant, ordinal, generation)
+        fence_out(self.credentials, tenant, ordinal, generation)
         ctx.step("agent.removed", f"gen {generation} container and volume removed", agent=ordinal, node=node_name)
 
     # -- helpers ----------------------------------------------------------------------------------------------------
-
-    def _advance_current(self, tenant: str, ordinal: int, generation: int) -> None:
-        for _ in range(5):
-            current = self.storage.read_current(tenant, ordinal)
-            if current is not None and current.generation == generation:
-                return
-            if current is not None and current.generation > generation:
-                raise OperationFailed(f"CURRENT of {tenant}/{ordinal} is {current.generation}, past {generation}")
-            try:
-                self.storage.advance_current(tenant, ordinal, generation, current)
-                return
-            except CurrentMoved:
-                continue
-        raise OperationFailed(f"CURRENT of {tenant}/{ordinal} keeps moving")
 
     def _spec(
         self, tenant: Tenant, ordinal: int, generation: int, node: Node, restore_from: int | None, creds: Any
@@ -231,35 +221,40 @@ class Fleet:
             fleet=self.storage.bucket,
         )
 
-    def _wait_ready(self, driver: DockerDriver, incarnation: Incarnation) -> str:
+    def _wait_ready(self, driver: Driver, incarnation: Incarnation) -> str:
         """Wait for /readyz and the first replica (replica txid >= 1); fail with the agent's reason if it exits."""
-        deadline = time.monotonic() + self.settings.ready_timeout
-        while time.monotonic() < deadline:
+        url: str | None = None
+
+        def alive() -> None:
+            nonlocal url
             current = driver.inspect(incarnation.name)
             if current is None:
                 raise OperationFailed(f"{incarnation.name} disappeared while starting")
             if current.status == "exited":
                 raise OperationFailed(f"{incarnation.name} exited with code {current.exit_code}")
-            if current.url:
-                try:
-                    answer = httpx.get(f"{current.url}/readyz", timeout=3)
-                    replication = answer.json().get("replication") or {}
-                    if answer.status_code == 200 and (replication.get("replica_txid") or 0) >= 1:
-                        return current.url
-                except (httpx.HTTPError, ValueError):
-                    pass
-            time.sleep(0.03)
-        raise OperationFailed(f"{incarnation.name} not ready after {self.settings.ready_timeout:.0f}s")
+            url = current.url
+
+        try:
+            return wait_ready(
+                lambda: url,
+                timeout=self.settings.ready_timeout,
+                replicated=True,
+                check=alive,
+                agents=self.agents_api,
+                what=incarnation.name,
+            )
+        except AgentNotReady as exc:
+            raise OperationFailed(str(exc)) from None
 
     def _drain(self, ctx: StepLog, agent: Agent) -> None:
         """Stop taking work and wait (up to the drain timeout) for in-flight workflows to finish."""
-        deadline = time.monotonic() + self.settings.drain_timeout
+        assert agent.url is not None
         try:
-            in_flight = httpx.post(f"{agent.url}/admin/drain", timeout=10).json().get("in_flight", 0)
-            while in_flight and time.monotonic() < deadline:
-                time.sleep(0.25)
-                counts = httpx.get(f"{agent.url}/v1/workflows?limit=1", timeout=10).json()["counts"]
-                in_flight = counts.get("PENDING", 0) + counts.get("RUNNING", 0)
+            in_flight = self.agents_api.drain(agent.url)
+            for _ in poll(self.settings.drain_timeout, 0.25):
+                if not in_flight:
+                    break
+                in_flight = self.agents_api.in_flight(agent.url)
         except (httpx.HTTPError, ValueError, KeyError) as exc:
             ctx.step(
                 "agent.drain_skipped",
