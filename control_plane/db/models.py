@@ -173,6 +173,7 @@ class OperationKind(StrEnum):
     delete = "delete"
     drain = "drain"
     failover = "failover"  # a node went down: its agents restart elsewhere from their last replica
+    cleanup = "cleanup"  # remove a tenant's stale containers from a node (queued by the health monitor)
 
 
 class OperationState(StrEnum):

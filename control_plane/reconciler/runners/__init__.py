@@ -7,6 +7,7 @@ from collections.abc import Callable
 from control_plane.db.models import OperationKind
 from control_plane.fleet.incarnations import Fleet
 from control_plane.reconciler.context import OpContext, Runner
+from control_plane.reconciler.runners.cleanup import run_cleanup
 from control_plane.reconciler.runners.delete import run_delete
 from control_plane.reconciler.runners.failover import run_failover
 from control_plane.reconciler.runners.move import run_drain, run_evacuate
@@ -21,6 +22,7 @@ _BY_KIND: dict[OperationKind, Callable[[Fleet, OpContext], None]] = {
     OperationKind.drain: run_drain,
     OperationKind.failover: run_failover,
     OperationKind.delete: run_delete,
+    OperationKind.cleanup: run_cleanup,
 }
 
 

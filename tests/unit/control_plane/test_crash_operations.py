@@ -12,7 +12,7 @@ On SQLite, and on PostgreSQL when LITEFLEET_TEST_DATABASE_URL is set (the `engin
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -34,6 +34,7 @@ from control_plane.db.models import (
 )
 from control_plane.fleet.incarnations import Fleet
 from control_plane.reconciler.claims import claim
+from control_plane.reconciler.health import HealthMonitor
 from control_plane.reconciler.runners import runners
 from control_plane.reconciler.worker import Reconciler
 from control_plane.services import nodes as node_services
@@ -261,5 +262,25 @@ def test_delete_converges_after_a_crash_at_every_point(engine: Engine, purge: bo
     def check(world: World, op: str) -> None:
         assert_converged(world, op, running=0, tenant_exists=False)
         assert bool(world.replicas.txids) != purge
+
+    crash_everywhere(engine, setup, check)
+
+
+def test_the_health_monitor_queues_stale_containers_and_a_cleanup_removes_them(engine: Engine) -> None:
+    def setup(engine: Engine) -> tuple[World, str]:
+        world = provisioned(engine, agents=1)
+        driver = world.engines.drivers["fake-n1"]
+        leftover = replace(driver.containers["lf-acme-0-g1"], status="exited", exit_code=0)
+        driver.containers["lf-acme-0-g0"] = replace(leftover, spec=replace(leftover.spec, generation=0))
+        HealthMonitor(engine, world.fleet(), Settings()).beat()
+        assert "lf-acme-0-g0" in driver.containers, "the monitor only queues the removal"
+        with Session(engine) as session:
+            (op,) = session.exec(select(Operation).where(Operation.kind == OperationKind.cleanup)).all()
+            assert (op.tenant, op.node, op.params) == ("acme", "n1", {"found": ["lf-acme-0-g0"]})
+            return world, op.id
+
+    def check(world: World, op: str) -> None:
+        assert_converged(world, op, running=1)
+        assert sorted(world.engines.drivers["fake-n1"].containers) == ["lf-acme-0-g1"]
 
     crash_everywhere(engine, setup, check)
