@@ -7,18 +7,18 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
 import docker
-import httpx
 
+from control_plane.client import CliError, FleetClient
 from control_plane.drivers import images
 from control_plane.settings import Settings
 from control_plane.storage.seaweed import EmbeddedStore, embedded_store, exited
+from control_plane.timing import poll
 
 
 class UpError(RuntimeError):
@@ -60,10 +60,14 @@ class ControlPlaneProcess:
         }
         return cls(env, f"http://127.0.0.1:{port}", state_dir / "control-plane.log")
 
+    @property
+    def client(self) -> FleetClient:
+        """A /v1 client for this control plane, with its API token when it has one."""
+        return FleetClient(self.url, token=self.env.get("LITEFLEET_API_TOKEN"))
+
     def register(self, name: str, engine_url: str, address: str) -> None:
-        answer = httpx.post(
-            f"{self.url}/v1/nodes", json={"name": name, "engine_url": engine_url, "address": address}, timeout=30
-        )
+        body = {"name": name, "engine_url": engine_url, "address": address}
+        answer = self.client.send("POST", "/v1/nodes", json=body, timeout=30)
         if answer.status_code != 201:
             raise UpError(f"could not register {name}: {answer.text}")
 
@@ -73,11 +77,12 @@ class ControlPlaneProcess:
                 [sys.executable, "-m", "control_plane.cli", "serve"],
                 env=self.env, stdout=log, stderr=log, start_new_session=detach,
             )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while not healthy(self.url):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise UpError(f"control plane did not start: {self.log.read_text()[-2000:]}")
-            time.sleep(0.1)
+        for _ in poll(timeout, 0.1):
+            if self.client.healthy():
+                return
+            if self.process.poll() is not None:
+                break
+        raise UpError(f"control plane did not start: {self.log.read_text()[-2000:]}")
 
     def kill9(self) -> None:
         assert self.process is not None
@@ -91,13 +96,6 @@ class ControlPlaneProcess:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill9()
-
-
-def healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _effective(settings: Settings) -> Settings:
@@ -117,19 +115,23 @@ def up(settings: Settings) -> Iterator[str]:
     yield f"store     {store.address.endpoint} bucket={settings.bucket} (logs: {store.directory}/weed.log)"
     pid_file = settings.state_dir / "control-plane.pid"
     log_file = settings.state_dir / "control-plane.log"
-    if not healthy(settings.client_url):
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    client = FleetClient(settings.client_url, token=token)
+    if not client.healthy():
         env = {**os.environ, "LITEFLEET_STORE_IP": settings.store_ip, "LITEFLEET_IMAGE": built.tag}
         plane = ControlPlaneProcess(env, settings.client_url, log_file)
         plane.start(detach=True)
         assert plane.process is not None
         pid_file.write_text(str(plane.process.pid))
     yield f"control   {settings.client_url} (database {settings.fleet_database_url}; logs: {log_file})"
-    nodes = httpx.get(f"{settings.client_url}/v1/nodes", timeout=10).json()
-    if not nodes:
-        ControlPlaneProcess({}, settings.client_url, log_file).register(
-            "local", "unix:///var/run/docker.sock", "127.0.0.1"
-        )
-        nodes = [{"name": "local"}]
+    try:
+        nodes = client.request("GET", "/v1/nodes", http_timeout=10)
+        if not nodes:
+            body = {"name": "local", "engine_url": "unix:///var/run/docker.sock", "address": "127.0.0.1"}
+            client.request("POST", "/v1/nodes", json_body=body, http_timeout=30)
+            nodes = [{"name": "local"}]
+    except CliError as exc:
+        raise UpError(f"could not list or register nodes: {exc}") from None
     yield f"nodes     {', '.join(node['name'] for node in nodes)}"
 
 
@@ -139,9 +141,9 @@ def down(settings: Settings) -> Iterator[str]:
         pid = int(pid_file.read_text())
         try:
             os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 15
-            while not exited(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
+            for _ in poll(15, 0.1):
+                if exited(pid):
+                    break
         except ProcessLookupError:
             pass
         pid_file.unlink()

@@ -5,61 +5,56 @@ dies, its leases run out and any replica claims the operations again."""
 
 from __future__ import annotations
 
-import threading
 import traceback
 
 import structlog
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from control_plane.db.models import Operation, OperationKind
 from control_plane.errors import OperationFailed
 from control_plane.reconciler.claims import LostLease, claim, finish, renew
 from control_plane.reconciler.context import OpContext, Runner
+from control_plane.timing import Periodic
 
 log = structlog.get_logger("control_plane.reconciler")
 
 
 class Reconciler:
-    """`workers` threads, each: claim -> run -> finish, renewing the lease every lease/3 seconds meanwhile."""
+    """`workers` threads, each: claim -> run -> finish, renewing the lease every lease/3 seconds meanwhile.
+    `workers=0` runs nothing by itself: `run` is then called by hand (tests)."""
 
     def __init__(self, engine: Engine, runners: dict[OperationKind, Runner], *, workers: int, lease: float) -> None:
         self.engine = engine
         self.runners = runners
         self.lease = lease
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"litefleet-op-{i}", daemon=True) for i in range(workers)
-        ]
+        self._workers = [Periodic(f"litefleet-op-{i}", 0.2, self._work, first_at_once=True) for i in range(workers)]
 
     def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
+        for worker in self._workers:
+            worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        for worker in self._workers:
+            worker.stop()
 
     def _work(self) -> None:
-        while not self._stop.is_set():
+        """Run due operations one after another until none is due (the thread then waits 0.2 s)."""
+        while not any(worker.stopping for worker in self._workers):
             try:
                 claimed = claim(self.engine, self.lease)
-            except Exception as exc:  # the database blinked: try again shortly
-                log.warning("reconciler.claim_failed", error=str(exc))
-                claimed = None
+            except SQLAlchemyError as exc:  # the database blinked: try again shortly
+                log.warning("reconciler.claim_failed", error=str(exc), exc_info=True)
+                return
             if claimed is None:
-                self._stop.wait(0.2)
-                continue
+                return
             self.run(*claimed)
 
     def run(self, op: Operation, token: str) -> None:
         ctx = OpContext(self.engine, op, token)
-        renewing = threading.Event()
-
-        def keep_lease() -> None:
-            while not renewing.wait(self.lease / 3):
-                if not renew(self.engine, op.id, token, self.lease):
-                    return
-
-        renewer = threading.Thread(target=keep_lease, daemon=True)
+        renewer = Periodic(
+            f"litefleet-lease-{op.id}", self.lease / 3, lambda: renew(self.engine, op.id, token, self.lease)
+        )
         renewer.start()
         error: str | None = None
         try:
@@ -67,7 +62,7 @@ class Reconciler:
             self.runners[op.kind](ctx)
         except LostLease:
             ctx.log.warning("operation.lease_lost")
-            renewing.set()
+            renewer.stop()
             return
         except OperationFailed as exc:
             error = str(exc)
@@ -75,7 +70,7 @@ class Reconciler:
             error = f"{type(exc).__name__}: {exc}"
             ctx.log.error("operation.crashed", error=error, traceback=traceback.format_exc(limit=5))
         finally:
-            renewing.set()
+            renewer.stop()
         try:
             if error:
                 ctx.step("operation.failed", error)

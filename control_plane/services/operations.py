@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +9,7 @@ from sqlmodel import Session, col, select
 
 from control_plane.db.models import Event, EventPublic, Operation, OperationKind, OperationPublic, OperationState
 from control_plane.errors import InvalidRequest, OperationNotFound
+from control_plane.timing import poll
 
 
 def event(session: Session, kind: str, message: str, **ids: Any) -> None:
@@ -37,13 +37,14 @@ def get_operation(session: Session, op_id: str) -> Operation:
 
 
 def wait_operation(session: Session, op_id: str, timeout: float) -> Operation:
-    deadline = time.monotonic() + timeout
-    while True:
+    """The operation once it finished, or as it is when `timeout` runs out."""
+    for _ in poll(timeout, 0.2):
         session.expire_all()
         op = get_operation(session, op_id)
-        if op.state in (OperationState.succeeded, OperationState.failed) or time.monotonic() > deadline:
+        if op.state in (OperationState.succeeded, OperationState.failed):
             return op
-        time.sleep(0.2)
+    session.expire_all()
+    return get_operation(session, op_id)
 
 
 def list_operations(session: Session, tenant: str | None, state: str | None, limit: int) -> Sequence[Operation]:

@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from control_plane.storage.replicas import ObjectStorage
-from control_plane.storage.seaweed import EmbeddedStore
+from control_plane.storage.seaweed import EmbeddedStore, ObjectStoreError
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class SeaweedCredentials:
     def _delete(self, user: str) -> None:
         try:
             self.store.shell(f"s3.configure -user={user} -delete -apply")
-        except Exception:
+        except ObjectStoreError:
             if self._exists(user):
                 raise
 

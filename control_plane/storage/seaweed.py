@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+from botocore.exceptions import BotoCoreError, ClientError
 
 from control_plane.settings import Settings, admin_secret
 from control_plane.storage.replicas import ObjectStorage
+from control_plane.timing import poll
 
 log = structlog.get_logger("control_plane.objectstore")
 
@@ -113,7 +115,7 @@ class EmbeddedStore:
             process = subprocess.Popen(command, stdout=out, stderr=out, start_new_session=True)
         self.pid_file.write_text(str(process.pid))
         started = time.monotonic()
-        while time.monotonic() - started < timeout:
+        for _ in poll(timeout, 0.1):
             if process.poll() is not None:
                 raise ObjectStoreError(f"weed exited with {process.returncode}; see {self.directory / 'weed.log'}")
             if self._bucket_answers():
@@ -121,14 +123,13 @@ class EmbeddedStore:
                     "store.up", endpoint=a.endpoint, bucket=self.bucket, seconds=round(time.monotonic() - started, 2)
                 )
                 return
-            time.sleep(0.1)
         self.down()
         raise ObjectStoreError(f"SeaweedFS S3 did not answer on {a.endpoint} within {timeout:.0f} s")
 
     def _bucket_answers(self) -> bool:
         try:
             ObjectStorage(self.address.endpoint, *self._admin, self.bucket).ensure_bucket()
-        except Exception:
+        except (BotoCoreError, ClientError):  # not listening yet, or not taking requests yet
             return False
         return True
 
@@ -137,11 +138,9 @@ class EmbeddedStore:
         if pid is None:
             return
         os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        for _ in poll(timeout, 0.1):
             if exited(pid):
                 break
-            time.sleep(0.1)
         else:
             os.killpg(pid, signal.SIGKILL)
         self.pid_file.unlink(missing_ok=True)
@@ -149,13 +148,16 @@ class EmbeddedStore:
 
     def shell(self, command: str) -> str:
         """Run one `weed shell` command against this store's master; raise with its output on failure."""
-        done = subprocess.run(
-            [weed_binary(), "shell", f"-master={self.address.ip}:{self.address.master_port}"],
-            input=command + "\nexit\n",
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        try:
+            done = subprocess.run(
+                [weed_binary(), "shell", f"-master={self.address.ip}:{self.address.master_port}"],
+                input=command + "\nexit\n",
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except subprocess.TimeoutExpired:
+            raise ObjectStoreError(f"weed shell {command.split()[0]} did not finish in 30 s") from None
         if done.returncode != 0 or "error" in done.stdout.lower():
             # The output can echo identities (secret keys included): never put it in an error or a log.
             raise ObjectStoreError(f"weed shell {command.split()[0]} failed (exit {done.returncode})")

@@ -16,7 +16,6 @@ import httpx
 import pytest
 
 from control_plane.cli.local import ControlPlaneProcess
-from control_plane.client import FleetClient
 from control_plane.drivers import DockerDriver
 from control_plane.drivers.images import build_agent_image
 from control_plane.storage import ObjectStorage
@@ -70,11 +69,11 @@ class ControlPlane(ControlPlaneProcess):
     # -- API helpers ------------------------------------------------------------------------------------------------
 
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.request(method, f"{self.url}{path}", timeout=kwargs.pop("timeout", 600), **kwargs)
+        return self.client.send(method, path, timeout=kwargs.pop("timeout", 600), **kwargs)
 
     def done(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         """Run a long action with ?wait=true and insist it succeeded."""
-        op = FleetClient(self.url).wait(method, path, json_body=kwargs.get("json"), **kwargs.get("params", {}))
+        op = self.client.wait(method, path, json_body=kwargs.get("json"), **kwargs.get("params", {}))
         assert op["state"] == "succeeded", f"{op['kind']} failed: {op['error']}\n{op['steps']}"
         return op
 
