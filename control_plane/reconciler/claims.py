@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import or_, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import CursorResult, Engine, Result
 from sqlmodel import Session, col, select
 
 from control_plane.db.models import Operation, OperationKind, OperationState
@@ -53,7 +53,7 @@ def claim(engine: Engine, lease: float) -> tuple[Operation, str] | None:
                     )
                 )
                 session.commit()
-                if claimed.rowcount == 1:  # type: ignore[attr-defined]
+                if _rows(claimed) == 1:
                     session.refresh(op)
                     return op, token
             blocked_tenants.add(op.tenant)
@@ -80,7 +80,7 @@ def finish(engine: Engine, op_id: str, token: str, error: str | None, result: di
             )
         )
         session.commit()
-        return done.rowcount == 1  # type: ignore[attr-defined]
+        return _rows(done) == 1
 
 
 def renew(engine: Engine, op_id: str, token: str, lease: float) -> bool:
@@ -92,4 +92,9 @@ def renew(engine: Engine, op_id: str, token: str, lease: float) -> bool:
             .values(locked_until=time.time() + lease)
         )
         session.commit()
-        return renewed.rowcount == 1  # type: ignore[attr-defined]
+        return _rows(renewed) == 1
+
+
+def _rows(result: Result[Any]) -> int:
+    """Rows an UPDATE matched (SQLAlchemy types execute() as Result; for an UPDATE it is a CursorResult)."""
+    return cast(CursorResult[Any], result).rowcount
