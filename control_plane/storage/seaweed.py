@@ -24,7 +24,7 @@ from control_plane.settings import Settings, admin_secret
 from control_plane.storage.replicas import ObjectStorage
 from control_plane.timing import poll
 
-log = structlog.get_logger("control_plane.objectstore")
+log = structlog.get_logger("control_plane.storage")
 
 
 class ObjectStoreError(Exception):
