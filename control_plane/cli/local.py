@@ -16,6 +16,7 @@ import docker
 
 from control_plane.client import CliError, FleetClient
 from control_plane.drivers import images
+from control_plane.drivers.host_address import local_host_address
 from control_plane.settings import Settings
 from control_plane.storage.seaweed import EmbeddedStore, embedded_store, exited
 from control_plane.timing import poll
@@ -102,8 +103,7 @@ def _effective(settings: Settings) -> Settings:
     """Containers cannot reach 127.0.0.1: unless told otherwise, bind the store to the local engine's bridge."""
     if "LITEFLEET_STORE_IP" in os.environ or settings.s3_endpoint:
         return settings
-    gateway = docker.from_env().networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
-    return settings.model_copy(update={"store_ip": gateway})
+    return settings.model_copy(update={"store_ip": local_host_address()})
 
 
 def up(settings: Settings) -> Iterator[str]:
@@ -127,7 +127,11 @@ def up(settings: Settings) -> Iterator[str]:
     try:
         nodes = client.request("GET", "/v1/nodes", http_timeout=10)
         if not nodes:
-            body = {"name": "local", "engine_url": "unix:///var/run/docker.sock", "address": "127.0.0.1"}
+            body = {
+                "name": "local",
+                "engine_url": os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock",
+                "address": "127.0.0.1",
+            }
             client.request("POST", "/v1/nodes", json_body=body, http_timeout=30)
             nodes = [{"name": "local"}]
     except CliError as exc:
