@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from control_plane.db.models import PLACED_STATES, Agent, AgentState, Tenant
 from control_plane.drivers.agent_spec import incarnation_name
+from control_plane.errors import OperationFailed
 from control_plane.fleet.fence import stopped_before_start
 from control_plane.fleet.incarnations import Fleet
 from control_plane.reconciler.context import OpContext
@@ -34,7 +35,8 @@ def ensure_running(fleet: Fleet, ctx: OpContext, tenant: Tenant, ordinal: int) -
     plan = ctx.plan(
         agent.id, lambda: plan_start(agent, alive=alive, current=current, place=lambda: place(fleet, tenant))
     )
-    assert isinstance(plan, StartPlan)
+    if not isinstance(plan, StartPlan):
+        raise OperationFailed(f"agent {agent.id} has a move planned in a scale operation")
     if plan.keep:
         return
     stopped_before_start(agent, plan.generation)
