@@ -34,6 +34,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy agent_image control_plane tenants bench infra
+	$(VENV)/bin/mypy --strict agent_image control_plane
 
 bench: setup
 	$(PY) bench/runtime.py

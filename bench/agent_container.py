@@ -36,11 +36,11 @@ import httpx  # noqa: E402
 
 from agent_image import Store  # noqa: E402
 from agent_image.container import litestream  # noqa: E402
-from control_plane.agent_container import AgentSpec, run_agent, wait_ready  # noqa: E402
-from control_plane.host_address import local_host_address  # noqa: E402
-from control_plane.images import DEFAULT_BASE, build_agent_image  # noqa: E402
-from control_plane.objectstore import EmbeddedStore, free_address  # noqa: E402
+from control_plane.drivers.agent_spec import AgentSpec, run_agent, wait_ready  # noqa: E402
+from control_plane.drivers.host_address import local_host_address  # noqa: E402
+from control_plane.drivers.images import DEFAULT_BASE, build_agent_image  # noqa: E402
 from control_plane.storage import ObjectStorage, SeaweedCredentials  # noqa: E402
+from control_plane.storage.seaweed import EmbeddedStore, free_address  # noqa: E402
 
 BUCKET = "litefleet-bench"
 
@@ -61,7 +61,7 @@ def summary(values: list[float]) -> dict[str, float]:
 class Bench:
     def __init__(self, client: Any, image: str, store: EmbeddedStore) -> None:
         self.client, self.image, self.store = client, image, store
-        self.storage = ObjectStorage(store.address.endpoint, *store._admin, BUCKET)
+        self.storage = ObjectStorage(store.address.endpoint, *store.admin, BUCKET)
         self.storage.ensure_bucket()
         self.credentials = SeaweedCredentials(store, self.storage)
         self.containers: list[Any] = []
@@ -166,7 +166,7 @@ def replicated_database(bench: Bench, tenant: str, megabytes: int, scratch: Path
     replica = bench.storage.replica_url(tenant, 0, 1)
     document = litestream.config(db, replica, bench.storage.endpoint, socket_path=socket_path)
     config = litestream.write_config(document, scratch / f"{tenant}.json")
-    env = litestream.environment(bench.store._admin)
+    env = litestream.environment(bench.store.admin)
     process = subprocess.Popen(
         [litestream.binary(), "replicate", "-config", str(config)],
         env=env,

@@ -28,14 +28,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import docker  # noqa: E402
-import httpx  # noqa: E402
 
-from control_plane.agent_container import AgentSpec, run_agent  # noqa: E402
+from control_plane.cli.local import ControlPlaneProcess  # noqa: E402
 from control_plane.client import FleetClient  # noqa: E402
-from control_plane.images import build_agent_image  # noqa: E402
-from control_plane.local import ControlPlaneProcess  # noqa: E402
-from control_plane.objectstore import EmbeddedStore, free_address  # noqa: E402
+from control_plane.drivers.agent_http import wait_ready  # noqa: E402
+from control_plane.drivers.agent_spec import AgentSpec, run_agent  # noqa: E402
+from control_plane.drivers.images import build_agent_image  # noqa: E402
 from control_plane.storage import ObjectStorage, SeaweedCredentials  # noqa: E402
+from control_plane.storage.seaweed import EmbeddedStore, free_address  # noqa: E402
 from infra.testbed import Testbed, TestbedNode  # noqa: E402
 
 BUCKET = "litefleet-bench"
@@ -62,19 +62,12 @@ def by_hand_ready(container: Any) -> None:
     """What the control plane waits for: /readyz 200 and a replica txid."""
     container.reload()
     port = container.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]
-    url = f"http://{port['HostIp']}:{port['HostPort']}/readyz"
-    while True:
-        try:
-            answer = httpx.get(url, timeout=2)
-            if answer.status_code == 200 and (answer.json().get("replication") or {}).get("replica_txid"):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.02)
+    url = f"http://{port['HostIp']}:{port['HostPort']}"
+    wait_ready(lambda: url, timeout=600, replicated=True, interval=0.02)
 
 
 def baselines(store: EmbeddedStore, image: str, nodes: list[TestbedNode], runs: int) -> None:
-    storage = ObjectStorage(store.address.endpoint, *store._admin, BUCKET)
+    storage = ObjectStorage(store.address.endpoint, *store.admin, BUCKET)
     credentials = SeaweedCredentials(store, storage)
     starts, moves = [], []
     for _ in range(runs):
@@ -124,7 +117,7 @@ def main() -> None:
             nodes = bed.up(2)
             store = EmbeddedStore(Path(scratch) / "store", free_address(bed.gateway), BUCKET, "BENCH", "b" * 32)
             store.up()
-            ObjectStorage(store.address.endpoint, *store._admin, BUCKET).ensure_bucket()
+            ObjectStorage(store.address.endpoint, *store.admin, BUCKET).ensure_bucket()
             for node in nodes:  # copy the image once, outside the measurements
                 from control_plane.drivers import DockerDriver
 
@@ -134,14 +127,13 @@ def main() -> None:
             plane.start()
             for node in nodes:
                 plane.register(node.name, node.engine_url, node.ip)
-            api = httpx.Client(base_url=plane.url, timeout=600)
-            operations = FleetClient(plane.url)
+            api = operations = plane.client
             provisions, evacuations, downtimes = [], [], []
             for _ in range(args.runs):
                 tenant = "b" + secrets.token_hex(4)
                 seconds, _ = timed(operations, "POST", "/v1/tenants", {"name": tenant, "agents": 1})
                 provisions.append(seconds)
-                source = api.get(f"/v1/tenants/{tenant}").json()["placements"][0]["node"]
+                source = api.send("GET", f"/v1/tenants/{tenant}").json()["placements"][0]["node"]
                 target = next(node.name for node in nodes if node.name != source)
                 seconds, op = timed(operations, "POST", f"/v1/tenants/{tenant}/evacuate", {"to_node": target})
                 evacuations.append(seconds)
@@ -150,11 +142,11 @@ def main() -> None:
             emit("provision_s", provisions)
             emit("evacuate_s", evacuations)
             emit("evacuate_downtime_s", downtimes)
-            api.post(f"/v1/nodes/{nodes[1].name}/cordon")
+            api.send("POST", f"/v1/nodes/{nodes[1].name}/cordon")
             tenants = ["d" + secrets.token_hex(4) for _ in range(args.drain_agents)]
             for tenant in tenants:
                 timed(operations, "POST", "/v1/tenants", {"name": tenant, "agents": 1})
-            api.post(f"/v1/nodes/{nodes[1].name}/uncordon")
+            api.send("POST", f"/v1/nodes/{nodes[1].name}/uncordon")
             seconds, op = timed(operations, "POST", f"/v1/nodes/{nodes[0].name}/drain")
             emit("drain_s", [seconds], agents=args.drain_agents, downtime_p50=statistics.median(
                 op["result"]["downtime_s"].values()))  # fmt: skip

@@ -1,6 +1,3 @@
-"""The litefleet control plane. So far: the embedded object store, per-tenant object storage, the CLI."""
-
-from control_plane.objectstore import EmbeddedStore
-from control_plane.storage import CurrentMoved, ObjectStorage, TenantCredentials
-
-__all__ = ["CurrentMoved", "EmbeddedStore", "ObjectStorage", "TenantCredentials"]
+"""The litefleet control plane: the API (`api`) over services (`services`) that queue operations, run by the
+reconciler (`reconciler`) through the fleet's hands (`fleet`) on drivers (`drivers`) and object storage
+(`storage`); `app` composes it all, `cli` is the command line. See ARCHITECTURE.md."""

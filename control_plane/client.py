@@ -1,4 +1,5 @@
-"""The CLI's view of the API: requests, errors as one line with a meaningful exit code, tables, op progress.
+"""The one client of the `/v1` API, for the CLI, `litefleet up`, the demo, the benchmarks and the e2e tests:
+requests with the API token, errors as one line with a meaningful exit code, tables, op progress.
 
 Exit codes: 0 done, 1 the operation failed, 2 the request was refused (4xx), 3 the control plane does not answer,
 4 still running when --timeout ran out."""
@@ -11,6 +12,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
+
+from control_plane.timing import poll
 
 EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_TIMEOUT = 1, 2, 3, 4
 
@@ -27,19 +30,20 @@ class FleetClient:
         self.timeout = timeout
         self._headers = {"authorization": f"Bearer {token}"} if token else {}
 
+    def send(self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any) -> httpx.Response:
+        """One request to the API with the token, as it answers (`kwargs` as httpx takes them: json, params).
+        Raises httpx.HTTPError when the control plane does not answer."""
+        return httpx.request(
+            method, f"{self.api_url}{path}", headers=self._headers, timeout=timeout or self.timeout, **kwargs
+        )
+
     def request(
         self, method: str, path: str, *, json_body: Any = None, http_timeout: float | None = None, **params: Any
     ) -> Any:
+        """The answer's JSON; CliError (with the API's code and message) for a refusal or no answer."""
         query = {key: value for key, value in params.items() if value is not None}
         try:
-            answer = httpx.request(
-                method,
-                f"{self.api_url}{path}",
-                json=json_body,
-                params=query,
-                headers=self._headers,
-                timeout=http_timeout or self.timeout,
-            )
+            answer = self.send(method, path, json=json_body, params=query, timeout=http_timeout)
         except httpx.HTTPError as exc:
             raise CliError(f"control plane at {self.api_url} does not answer ({type(exc).__name__})", 3) from None
         if answer.status_code >= 400:
@@ -50,6 +54,13 @@ class FleetClient:
                 message = f"HTTP {answer.status_code}"
             raise CliError(message, EXIT_REFUSED if answer.status_code < 500 else EXIT_FAILED)
         return answer.json() if answer.content else None
+
+    def healthy(self) -> bool:
+        """The control plane answers `/healthz`."""
+        try:
+            return self.send("GET", "/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def wait(
         self, method: str, path: str, *, json_body: Any = None, timeout: float = 600.0, **params: Any
@@ -63,18 +74,15 @@ class FleetClient:
     def follow(self, op: dict[str, Any], echo: Callable[[str], None], timeout: float) -> dict[str, Any]:
         """Print each new step of the operation as it happens until it finishes."""
         shown = 0
-        deadline = time.monotonic() + timeout
-        while True:
+        for _ in poll(timeout, 0.5):
             for step in op["steps"][shown:]:
                 agent = f" agent {step['agent']}" if step.get("agent") is not None else ""
                 echo(f"  {_clock(step['at'])} {step['step']}{agent}  {step.get('message', '')}".rstrip())
             shown = len(op["steps"])
             if op["state"] in ("succeeded", "failed"):
                 return op
-            if time.monotonic() > deadline:
-                raise CliError(f"operation {op['id']} still {op['state']} after {timeout:.0f}s", EXIT_TIMEOUT)
-            time.sleep(0.5)
             op = self.request("GET", f"/v1/operations/{op['id']}")
+        raise CliError(f"operation {op['id']} still {op['state']} after {timeout:.0f}s", EXIT_TIMEOUT)
 
 
 def _clock(at: float) -> str:

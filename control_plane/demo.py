@@ -14,9 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from control_plane import local
+from control_plane.cli import local
 from control_plane.client import CliError, FleetClient, table
 from control_plane.settings import Settings
 
@@ -32,7 +30,8 @@ def main() -> None:
     say("== 1. litefleet up: agent image, object store, control plane, the local engine as a node")
     for line in local.up(settings):
         say("   " + line)
-    api = httpx.Client(base_url=settings.client_url, timeout=600)
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    api = FleetClient(settings.client_url, timeout=600, token=token)
 
     if os.geteuid() == 0:
         from infra.testbed import Testbed
@@ -40,19 +39,19 @@ def main() -> None:
         say("\n== 2. two more node engines, each in its own network namespace (infra/testbed.py)")
         bed = Testbed.load(TESTBED_DIR)
         for node in bed.up(2):
-            answer = api.post("/v1/nodes", json={"name": node.name, "engine_url": node.engine_url, "address": node.ip})
+            answer = api.send(
+                "POST", "/v1/nodes", json={"name": node.name, "engine_url": node.engine_url, "address": node.ip}
+            )
             if answer.status_code not in (201, 409):
                 sys.exit(f"could not register {node.name}: {answer.text}")
             say(f"   {node.name}: {node.engine_url}")
-    say(table(api.get("/v1/nodes").json(), ["name", "state", "engine_url", "agents", "capacity_agents"]))
-
-    operations = FleetClient(settings.client_url)
+    say(table(api.send("GET", "/v1/nodes").json(), ["name", "state", "engine_url", "agents", "capacity_agents"]))
 
     def run(method: str, path: str, what: str, json_body: Any = None, **params: Any) -> dict[str, Any]:
         say(f"\n-- {what}")
         started = time.monotonic()
         try:
-            op = operations.wait(method, path, json_body=json_body, **params)
+            op = api.wait(method, path, json_body=json_body, **params)
         except CliError as exc:
             sys.exit(f"refused: {exc}")
         for step in op["steps"]:
@@ -65,25 +64,25 @@ def main() -> None:
 
     say("\n== 3. provision")
     for name, agents in (("acme", 2), ("globex", 1)):
-        if api.get(f"/v1/tenants/{name}").status_code == 200:
+        if api.send("GET", f"/v1/tenants/{name}").status_code == 200:
             run("DELETE", f"/v1/tenants/{name}", f"remove {name} from an earlier demo run", purge=True)
         run("POST", "/v1/tenants", f"create {name} with {agents} agents", {"name": name, "agents": agents})
 
     say("\n== 4. workflows, routed to the tenant's agents")
     ids = []
     for i in range(6):
-        answer = api.post("/v1/tenants/acme/workflows/count", json={"id": f"job-{i}", "args": [20, 0.1]}).json()
+        answer = api.send("POST", "/v1/tenants/acme/workflows/count", json={"id": f"job-{i}", "args": [20, 0.1]}).json()
         ids.append(answer["id"])
         say(f"   started {answer['id']} on acme agent {answer['agent']}: count(20 steps, 0.1 s each)")
-    greeting = api.post("/v1/tenants/globex/workflows/greet", json={"args": ["ada"]}).json()
-    done = api.get(f"/v1/tenants/globex/workflows/{greeting['id']}", params={"wait": 10}).json()
+    greeting = api.send("POST", "/v1/tenants/globex/workflows/greet", json={"args": ["ada"]}).json()
+    done = api.send("GET", f"/v1/tenants/globex/workflows/{greeting['id']}", params={"wait": 10}).json()
     say(f"   globex greet('ada') -> {done['result']!r}")
 
     say("\n== 5. scale acme 2 -> 3 while those workflows run")
     run("POST", "/v1/tenants/acme/scale", "scale acme to 3", {"agents": 3})
 
     say("\n== 6. evacuate acme's agents off the node that holds most of them (stop-before-start, new generation)")
-    placements = api.get("/v1/tenants/acme").json()["placements"]
+    placements = api.send("GET", "/v1/tenants/acme").json()["placements"]
     busiest = max({p["node"] for p in placements}, key=lambda n: sum(p["node"] == n for p in placements))
     op = run("POST", "/v1/tenants/acme/evacuate", f"evacuate acme from {busiest}", {"from_node": busiest})
     say(f"   downtime per agent (s): {op['result'].get('downtime_s')}")
@@ -91,12 +90,12 @@ def main() -> None:
     say("\n== 7. every workflow finished, wherever it now lives")
     rows = []
     for workflow_id in ids:
-        found = api.get(f"/v1/tenants/acme/workflows/{workflow_id}", params={"wait": 60}).json()
+        found = api.send("GET", f"/v1/tenants/acme/workflows/{workflow_id}", params={"wait": 60}).json()
         rows.append(
             {"workflow": workflow_id, "agent": found["agent"], "status": found["status"], "result": found["result"]}
         )
     say(table(rows, ["workflow", "agent", "status", "result"]))
-    tenant = api.get("/v1/tenants/acme").json()
+    tenant = api.send("GET", "/v1/tenants/acme").json()
     say("\n" + table(tenant["placements"], ["ordinal", "generation", "node", "state", "url"]))
 
     say("\n== where to look")

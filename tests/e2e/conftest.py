@@ -15,13 +15,12 @@ import docker
 import httpx
 import pytest
 
-from control_plane.client import FleetClient
+from control_plane.cli.local import ControlPlaneProcess
 from control_plane.drivers import DockerDriver
-from control_plane.host_address import host_address
-from control_plane.images import build_agent_image
-from control_plane.local import ControlPlaneProcess
-from control_plane.objectstore import EmbeddedStore, free_address
+from control_plane.drivers.host_address import host_address
+from control_plane.drivers.images import build_agent_image
 from control_plane.storage import ObjectStorage
+from control_plane.storage.seaweed import EmbeddedStore, free_address
 from infra.testbed import Testbed, TestbedNode
 
 BUCKET = "litefleet-e2e"
@@ -74,11 +73,11 @@ class ControlPlane(ControlPlaneProcess):
     # -- API helpers ------------------------------------------------------------------------------------------------
 
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.request(method, f"{self.url}{path}", timeout=kwargs.pop("timeout", 600), **kwargs)
+        return self.client.send(method, path, timeout=kwargs.pop("timeout", 600), **kwargs)
 
     def done(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         """Run a long action with ?wait=true and insist it succeeded."""
-        op = FleetClient(self.url).wait(method, path, json_body=kwargs.get("json"), **kwargs.get("params", {}))
+        op = self.client.wait(method, path, json_body=kwargs.get("json"), **kwargs.get("params", {}))
         assert op["state"] == "succeeded", f"{op['kind']} failed: {op['error']}\n{op['steps']}"
         return op
 
@@ -122,7 +121,7 @@ def _own_schema(url: str) -> str:
 
 @pytest.fixture(scope="session")
 def admin(store: EmbeddedStore) -> ObjectStorage:
-    return ObjectStorage(store.address.endpoint, *store._admin, BUCKET)
+    return ObjectStorage(store.address.endpoint, *store.admin, BUCKET)
 
 
 def managed_containers(nodes: list[TestbedNode]) -> dict[str, list[str]]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +17,12 @@ import docker
 import docker.errors
 import pytest
 
-from control_plane.agent_container import AgentSpec, run_agent
-from control_plane.host_address import local_host_address
-from control_plane.images import build_agent_image
-from control_plane.objectstore import EmbeddedStore, free_address
+from control_plane.drivers.agent_spec import AgentSpec, run_agent
+from control_plane.drivers.host_address import local_host_address
+from control_plane.drivers.images import build_agent_image
 from control_plane.storage import ObjectStorage, SeaweedCredentials
+from control_plane.storage.seaweed import EmbeddedStore, free_address
+from control_plane.timing import poll
 
 BUCKET = "litefleet"
 
@@ -34,7 +34,7 @@ def start_store(directory: Path, ip: str) -> EmbeddedStore:
 
 
 def admin_storage(store: EmbeddedStore) -> ObjectStorage:
-    storage = ObjectStorage(store.address.endpoint, *store._admin, BUCKET)
+    storage = ObjectStorage(store.address.endpoint, *store.admin, BUCKET)
     storage.ensure_bucket()
     return storage
 
@@ -110,14 +110,13 @@ class Agents:
     def wait_exit(self, container: Any, timeout: float = 60.0) -> int:
         """The exit code once the container is exited for good (not between restarts of its restart policy,
         where Docker's wait can answer early)."""
-        deadline = time.monotonic() + timeout
-        while True:
+        state: dict[str, Any] = {}
+        for _ in poll(timeout, 0.1):
             container.reload()
             state = container.attrs["State"]
             if state["Status"] == "exited" and not state["Restarting"]:
                 return int(state["ExitCode"])
-            assert time.monotonic() < deadline, f"{container.name} still {state['Status']} after {timeout}s"
-            time.sleep(0.1)
+        raise AssertionError(f"{container.name} still {state.get('Status')} after {timeout}s")
 
     def remove(self, container: Any, *, volume: bool) -> None:
         container.remove(force=True)
@@ -150,8 +149,7 @@ Poll = Callable[[], bool]
 
 
 def eventually(check: Poll, timeout: float = 30.0, interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
+    for _ in poll(timeout, interval):
+        if check():
+            return
+    raise AssertionError(f"condition not met within {timeout}s")

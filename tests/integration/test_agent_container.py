@@ -14,7 +14,7 @@ import apsw
 import httpx
 import pytest
 
-from control_plane.agent_container import wait_ready
+from control_plane.drivers.agent_spec import wait_ready
 from tests.integration.conftest import Agents, eventually
 
 

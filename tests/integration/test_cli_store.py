@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from control_plane.objectstore import free_address
+from control_plane.storage.seaweed import free_address
 
 
 def _litefleet(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

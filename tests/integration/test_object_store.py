@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from control_plane.objectstore import EmbeddedStore
 from control_plane.storage import CurrentMoved, ObjectStorage, SeaweedCredentials, TenantCredentials
+from control_plane.storage.seaweed import EmbeddedStore
 from tests.integration.conftest import BUCKET, start_store
 
 
@@ -23,7 +23,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStore]:
 
 @pytest.fixture(scope="module")
 def admin(store: EmbeddedStore) -> ObjectStorage:
-    return ObjectStorage(store.address.endpoint, *store._admin, BUCKET)
+    return ObjectStorage(store.address.endpoint, *store.admin, BUCKET)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy
 from sqlalchemy.engine import Engine
 
-from control_plane.db import make_engine, migrate
+from control_plane.db.engine import make_engine, migrate
 
 BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("LITEFLEET_TEST_DATABASE_URL") else [])
 

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
-from control_plane.api import create_app
+from control_plane.app import create_app
 from control_plane.settings import Settings
 
 

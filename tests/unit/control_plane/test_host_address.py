@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from control_plane.host_address import (
+from control_plane.drivers.host_address import (
     HostAddressUnknown,
     _engine_host,
     bridge_gateway,

@@ -7,8 +7,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
-from control_plane import models  # noqa: F401  (registers the tables)
-from control_plane.db import migrate
+from control_plane.db import models  # noqa: F401  (registers the tables)
+from control_plane.db.engine import migrate
 
 
 def test_models_and_migrations_agree(engine: Engine) -> None:

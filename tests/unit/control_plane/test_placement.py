@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from control_plane.models import Node, NodeState
-from control_plane.placement import NoCapacity, NodeLoad, choose_node
+from control_plane.db.models import Node, NodeState
+from control_plane.fleet.placement import NoCapacity, NodeLoad, choose_node
 
 
 def node(name: str, state: NodeState = NodeState.ready, agents: int = 10, memory: int = 4096) -> Node:

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from control_plane.models import Operation, OperationKind, OperationState
+from control_plane.db.models import Operation, OperationKind, OperationState
 from control_plane.reconciler import LostLease, OpContext, Reconciler, claim, finish
 
 

@@ -1,0 +1,7 @@
+"""The HTTP API (`/v1`): one router per resource, each route one sentence over `control_plane.services`."""
+
+from control_plane.api import nodes, operations, tenants, workflows
+
+ROUTERS = (nodes.router, tenants.router, workflows.router, operations.router, operations.events_router)
+
+__all__ = ["ROUTERS"]

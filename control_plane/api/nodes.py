@@ -1,0 +1,47 @@
+"""`/v1/nodes`: register, list, cordon, drain, remove."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from control_plane.api.deps import ProbeDep, SessionDep, TimeoutQuery, WaitQuery, accepted, require_admin
+from control_plane.db.models import NodeCreate, NodePublic, NodeState, OperationPublic
+from control_plane.services import nodes
+
+router = APIRouter(prefix="/v1/nodes", tags=["nodes"], dependencies=[Depends(require_admin)])
+
+
+@router.post("", status_code=201)
+def register_node(body: NodeCreate, session: SessionDep, probe: ProbeDep) -> NodePublic:
+    return nodes.register_node(session, body, probe)
+
+
+@router.get("")
+def list_nodes(session: SessionDep) -> list[NodePublic]:
+    return nodes.list_nodes(session)
+
+
+@router.get("/{name}")
+def get_node(name: str, session: SessionDep) -> NodePublic:
+    return nodes.get_node(session, name)
+
+
+@router.post("/{name}/cordon")
+def cordon_node(name: str, session: SessionDep) -> NodePublic:
+    return nodes.set_node_state(session, name, NodeState.cordoned)
+
+
+@router.post("/{name}/uncordon")
+def uncordon_node(name: str, session: SessionDep) -> NodePublic:
+    return nodes.set_node_state(session, name, NodeState.ready)
+
+
+@router.post("/{name}/drain", status_code=202, response_model=OperationPublic)
+def drain_node(name: str, session: SessionDep, wait: WaitQuery = False, timeout: TimeoutQuery = 600) -> JSONResponse:
+    return accepted(session, nodes.drain_node(session, name), wait, timeout)
+
+
+@router.delete("/{name}", status_code=204)
+def remove_node(name: str, session: SessionDep) -> None:
+    nodes.remove_node(session, name)

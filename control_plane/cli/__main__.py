@@ -1,0 +1,3 @@
+from control_plane.cli.commands import app
+
+app()

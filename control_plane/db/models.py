@@ -1,0 +1,242 @@
+"""The fleet database: one ladder of models per resource (Base -> Create/Update/Public -> table row).
+
+The API returns `*Public` models only; credentials and lock tokens live on the rows and never leave them."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import StringConstraints
+from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
+# A DNS label of up to 40: names become container, volume and S3 path parts.
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=40)]
+
+
+def _now() -> float:
+    return time.time()
+
+
+# -- nodes ----------------------------------------------------------------------------------------------------------
+
+
+class NodeState(StrEnum):
+    ready = "ready"
+    cordoned = "cordoned"  # keeps what runs there, takes nothing new
+    draining = "draining"  # a drain operation is moving everything off
+    down = "down"  # the engine stopped answering past the grace period
+
+
+class NodeBase(SQLModel):
+    name: str = Field(max_length=40)
+    engine_url: str = Field(max_length=300, description="Docker engine: unix:///var/run/docker.sock, tcp://h:2375")
+    address: str = Field(
+        default="127.0.0.1",
+        max_length=100,
+        description="where agents' ports are published, as the control plane sees it",
+    )
+    capacity_agents: int = Field(default=20, ge=1, le=1000)
+    capacity_memory_mb: int = Field(default=8192, ge=64)
+    labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class NodeCreate(NodeBase):
+    name: Name
+
+
+class NodePublic(NodeBase):
+    state: NodeState
+    agents: int = 0
+    memory_mb_used: int = 0
+    last_seen_at: float | None = None
+    created_at: float
+
+
+class Node(NodeBase, table=True):
+    name: str = Field(primary_key=True, max_length=40)
+    state: NodeState = NodeState.ready
+    last_seen_at: float | None = None
+    missed_heartbeats: int = 0
+    created_at: float = Field(default_factory=_now)
+
+
+# -- tenants --------------------------------------------------------------------------------------------------------
+
+
+class TenantState(StrEnum):
+    active = "active"
+    hibernated = "hibernated"
+    deleting = "deleting"
+
+
+class TenantBase(SQLModel):
+    bundle: str = Field(default="tenants.hello", max_length=200)
+    memory_mb: int = Field(default=256, ge=64, le=16384)
+    cpus: float = Field(default=0.5, gt=0, le=16)
+    sync_interval: float = Field(default=1.0, ge=0.05, le=3600, description="Litestream sync and monitor interval (s)")
+
+
+class TenantCreate(TenantBase):
+    name: Name
+    agents: int = Field(default=1, ge=0, le=64)
+
+
+class TenantPublic(TenantBase):
+    name: str
+    agents: int
+    state: TenantState
+    created_at: float
+    placements: list[AgentPublic] = []
+
+
+class Tenant(TenantBase, table=True):
+    name: str = Field(primary_key=True, max_length=40)
+    agents: int = 0  # desired agent count
+    wake_agents: int = 0  # the count to come back to after hibernation
+    state: TenantState = TenantState.active
+    created_at: float = Field(default_factory=_now)
+
+
+class ScaleRequest(SQLModel):
+    agents: int = Field(ge=0, le=64)
+
+
+class EvacuateRequest(SQLModel):
+    to_node: str | None = Field(default=None, description="target node; default: placement picks")
+    from_node: str | None = Field(default=None, description="only agents on this node; default: all")
+
+
+# -- agents (tenant x ordinal) and their incarnations ---------------------------------------------------------------
+
+
+class AgentState(StrEnum):
+    starting = "starting"
+    running = "running"
+    stopping = "stopping"
+    retained = "retained"  # stopped with a proven final sync; its replica is kept for a later scale-up or wake
+    lost = "lost"  # its node died; restarts from the last replicated state
+    failed = "failed"
+
+
+# An agent in one of these states holds (or is about to hold) a place on its node.
+PLACED_STATES = (AgentState.running, AgentState.starting, AgentState.stopping)
+
+
+class AgentHealth(SQLModel):
+    """The agent's own view of its replication, from its last `/readyz` probe by the health monitor."""
+
+    probed_at: float | None = None
+    ready: bool | None = None
+    local_txid: int | None = Field(default=None, sa_type=BigInteger)
+    replica_txid: int | None = Field(default=None, sa_type=BigInteger)
+    lag_txids: int | None = Field(default=None, sa_type=BigInteger)
+    seconds_since_sync: float | None = None
+
+
+class AgentPublic(AgentHealth):
+    tenant: str
+    ordinal: int
+    generation: int
+    node: str | None
+    state: AgentState
+    url: str | None
+    updated_at: float
+
+
+class Agent(AgentHealth, table=True):
+    __table_args__ = (UniqueConstraint("tenant", "ordinal"),)
+    id: str = Field(primary_key=True, max_length=60)  # "{tenant}/{ordinal}"
+    tenant: str = Field(index=True, max_length=40)
+    ordinal: int
+    generation: int = 0  # the incarnation that is (or last was) CURRENT; 0: never started
+    node: str | None = Field(default=None, index=True, max_length=40)
+    state: AgentState = AgentState.starting
+    url: str | None = None
+    access_key: str | None = None  # the incarnation's scoped key id (its secret is only in the container)
+    updated_at: float = Field(default_factory=_now)
+
+
+# -- operations and events ------------------------------------------------------------------------------------------
+
+
+class OperationKind(StrEnum):
+    provision = "provision"
+    scale = "scale"
+    evacuate = "evacuate"
+    hibernate = "hibernate"
+    wake = "wake"
+    delete = "delete"
+    drain = "drain"
+    failover = "failover"  # a node went down: its agents restart elsewhere from their last replica
+    cleanup = "cleanup"  # remove a tenant's stale containers from a node (queued by the health monitor)
+
+
+class OperationState(StrEnum):
+    pending = "pending"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+class OperationPublic(SQLModel):
+    id: str
+    kind: OperationKind
+    tenant: str | None
+    node: str | None
+    state: OperationState
+    params: dict[str, Any]
+    steps: list[dict[str, Any]]
+    result: dict[str, Any]
+    error: str | None
+    attempts: int
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+
+class Operation(SQLModel, table=True):
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex[:16], primary_key=True)
+    kind: OperationKind
+    tenant: str | None = Field(default=None, index=True, max_length=40)
+    node: str | None = Field(default=None, max_length=40)
+    state: OperationState = Field(default=OperationState.pending, index=True)
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    steps: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    error: str | None = None
+    attempts: int = 0
+    lock_token: str | None = None
+    locked_until: float | None = None
+    created_at: float = Field(default_factory=_now)
+    updated_at: float = Field(default_factory=_now)
+    finished_at: float | None = None
+
+
+class EventPublic(SQLModel):
+    id: int
+    at: float
+    kind: str
+    tenant: str | None
+    node: str | None
+    agent: int | None
+    operation: str | None
+    message: str
+
+
+class Event(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    at: float = Field(default_factory=_now, index=True)
+    kind: str = Field(max_length=60)
+    tenant: str | None = Field(default=None, index=True, max_length=40)
+    node: str | None = Field(default=None, max_length=40)
+    agent: int | None = None
+    operation: str | None = Field(default=None, max_length=16)
+    message: str = ""
+
+
+TenantPublic.model_rebuild()

@@ -1,0 +1,109 @@
+"""The control plane's side of an agent's HTTP surface: `/readyz`, `/admin/drain`, in-flight counts.
+
+Everything an agent answers is untrusted: it is parsed into a few typed numbers or treated as no answer. Every
+call has a short timeout of its own (one hostile or frozen agent slows only itself)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+
+from control_plane.timing import poll
+
+
+class AgentNotReady(RuntimeError):
+    code = "agent_not_ready"
+
+
+class AgentExited(AgentNotReady):
+    """The agent's container exited while it was being waited for."""
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """One answer of `/readyz`: ready or not, and the agent's own view of its replication."""
+
+    ready: bool
+    local_txid: int | None = None
+    replica_txid: int | None = None
+    lag_txids: int | None = None
+    seconds_since_sync: float | None = None
+
+    @classmethod
+    def parse(cls, status: int, body: Any) -> Readiness:
+        replication = body.get("replication") if isinstance(body, dict) else None
+        replication = replication if isinstance(replication, dict) else {}
+        return cls(
+            ready=status == 200,
+            local_txid=_int(replication.get("local_txid")),
+            replica_txid=_int(replication.get("replica_txid")),
+            lag_txids=_int(replication.get("lag_txids")),
+            seconds_since_sync=_float(replication.get("seconds_since_sync")),
+        )
+
+    @property
+    def replicated(self) -> bool:
+        """Ready, and its replica holds at least one transaction (what a started incarnation waits for)."""
+        return self.ready and (self.replica_txid or 0) >= 1
+
+
+class AgentApi(Protocol):
+    """What the fleet asks of a running agent (`AgentHttp` over HTTP; tests hand in an in-memory one)."""
+
+    def readyz(self, url: str, timeout: float = 2.0) -> Readiness | None: ...
+    def drain(self, url: str) -> int: ...
+    def in_flight(self, url: str) -> int: ...
+
+
+class AgentHttp:
+    def readyz(self, url: str, timeout: float = 2.0) -> Readiness | None:
+        """The agent's `/readyz`, or None when it does not answer (or answers something that is not JSON)."""
+        try:
+            answer = httpx.get(f"{url}/readyz", timeout=timeout)
+            return Readiness.parse(answer.status_code, answer.json())
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def drain(self, url: str) -> int:
+        """Tell the agent to stop taking work; returns its workflows in flight. Raises httpx.HTTPError, ValueError."""
+        in_flight = httpx.post(f"{url}/admin/drain", timeout=10).json().get("in_flight", 0)
+        return int(in_flight)
+
+    def in_flight(self, url: str) -> int:
+        counts = httpx.get(f"{url}/v1/workflows?limit=1", timeout=10).json()["counts"]
+        return int(counts.get("PENDING", 0) + counts.get("RUNNING", 0))
+
+
+def wait_ready(
+    url: Callable[[], str | None],
+    *,
+    timeout: float,
+    replicated: bool = False,
+    check: Callable[[], None] = lambda: None,
+    agents: AgentApi | None = None,
+    interval: float = 0.03,
+    what: str = "agent",
+) -> str:
+    """Poll `/readyz` at the address `url()` gives (None: not published yet) until it answers ready (and, with
+    `replicated`, its replica holds a transaction); returns that address. `check()` runs every round and raises
+    to give up early (the container exited); AgentNotReady when `timeout` runs out."""
+    api = agents or AgentHttp()
+    for _ in poll(timeout, interval):
+        check()
+        address = url()
+        if address:
+            readiness = api.readyz(address, timeout=3)
+            if readiness is not None and (readiness.replicated if replicated else readiness.ready):
+                return address
+    raise AgentNotReady(f"{what} not ready after {timeout:.0f}s")

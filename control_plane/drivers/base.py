@@ -1,0 +1,37 @@
+"""What the control plane asks of a node: the `Driver` protocol, and what a driver answers with.
+
+Every verb is safe to repeat, and every verb that talks to the node's engine raises `EngineUnreachable` when the
+engine does not answer (in time): callers need to catch that one exception, never the SDK's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from control_plane.drivers.agent_spec import AgentSpec
+
+
+class EngineUnreachable(Exception):
+    code = "engine_unreachable"
+
+
+@dataclass(frozen=True)
+class Incarnation:
+    name: str
+    tenant: str
+    agent: int
+    generation: int
+    status: str  # created, running, exited, ...
+    exit_code: int | None
+    url: str | None
+
+
+class Driver(Protocol):
+    def ping(self) -> None: ...
+    def ensure_image(self, image: str) -> float: ...
+    def run(self, spec: AgentSpec) -> Incarnation: ...
+    def inspect(self, name: str) -> Incarnation | None: ...
+    def restart(self, name: str) -> Incarnation | None: ...
+    def stop(self, name: str, timeout: float) -> Incarnation | None: ...
+    def remove(self, name: str) -> None: ...
+    def list_managed(self, fleet: str | None = None) -> list[Incarnation]: ...

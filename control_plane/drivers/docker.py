@@ -1,0 +1,153 @@
+"""Compute drivers: one per node engine. `DockerDriver` speaks to a Docker Engine by URL (the docker SDK).
+
+Everything the control plane does to a node goes through these few verbs, each safe to repeat: running an
+incarnation that already exists returns it, stopping a stopped one or removing a removed one is a no-op."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+import structlog
+
+from control_plane.drivers.agent_spec import LABEL, AgentSpec, agent_url, find_agent, run_agent
+from control_plane.drivers.base import EngineUnreachable, Incarnation
+from control_plane.timing import poll
+
+log = structlog.get_logger("control_plane.drivers")
+
+
+@contextlib.contextmanager
+def _engine(engine_url: str) -> Iterator[None]:
+    """Turn "the engine does not answer" (no connection, a timeout) into EngineUnreachable. Errors the engine
+    answers with (docker.errors.APIError) are the engine's answer and pass through."""
+    try:
+        yield
+    except requests.exceptions.RequestException as exc:
+        raise EngineUnreachable(f"engine {engine_url} does not answer: {type(exc).__name__}") from None
+
+
+class DockerDriver:
+    def __init__(self, engine_url: str, *, timeout: float = 60.0) -> None:
+        self.engine_url = engine_url
+        try:
+            self.client = docker.DockerClient(base_url=engine_url, timeout=int(timeout))
+        except docker.errors.DockerException as exc:
+            raise EngineUnreachable(f"cannot use engine {engine_url}: {exc}") from None
+
+    def ping(self, timeout: float = 3.0) -> None:
+        """A heartbeat: a short timeout of its own, so an unreachable node costs seconds, not the API timeout."""
+        try:
+            docker.APIClient(base_url=self.engine_url, timeout=int(timeout), version="auto").ping()
+        except Exception as exc:  # whatever the transport raises (ssh://, tcp+tls://): the node is unreachable
+            log.debug("engine.ping_failed", engine=self.engine_url, exc_info=True)
+            raise EngineUnreachable(f"engine {self.engine_url} does not answer: {type(exc).__name__}") from None
+
+    def ensure_image(self, image: str) -> float:
+        """Make sure `image` is on this engine, copying it from the local engine if not (no registry here).
+        Returns the seconds spent copying (0 when it was there)."""
+        with _engine(self.engine_url):
+            try:
+                self.client.images.get(image)
+                return 0.0
+            except docker.errors.ImageNotFound:
+                pass
+            started = time.monotonic()
+            local = docker.from_env(timeout=600)
+            self.client.images.load(local.images.get(image).save(named=image))
+            seconds = round(time.monotonic() - started, 2)
+            log.info("image.copied", image=image, engine=self.engine_url, seconds=seconds)
+            return seconds
+
+    def run(self, spec: AgentSpec) -> Incarnation:
+        """Create and start the incarnation, or return it as it is when a container of that name exists (an
+        exited one is reported, not restarted: the caller decides)."""
+        with _engine(self.engine_url):
+            existing = find_agent(self.client, spec)
+            return _incarnation(existing if existing is not None else run_agent(self.client, spec))
+
+    def inspect(self, name: str) -> Incarnation | None:
+        with _engine(self.engine_url):
+            container = self._get(name)
+            return None if container is None else _incarnation(container)
+
+    def restart(self, name: str) -> Incarnation | None:
+        """Start an existing, stopped incarnation again (same container, same volume, same generation)."""
+        with _engine(self.engine_url):
+            container = self._get(name)
+            if container is None:
+                return None
+            if container.status != "running":
+                container.start()
+            return _incarnation(container)
+
+    def stop(self, name: str, timeout: float) -> Incarnation | None:
+        """SIGTERM, wait up to `timeout` for the drain and final sync, then SIGKILL (docker stop semantics)."""
+        with _engine(self.engine_url):
+            container = self._get(name)
+            if container is None:
+                return None
+            if container.status in ("running", "restarting", "paused"):
+                container.update(restart_policy={"Name": "no"})  # a stop must not come back by itself
+                container.stop(timeout=int(timeout))
+                container.wait(timeout=int(timeout) + 30)
+            return _incarnation(container)
+
+    def remove(self, name: str) -> None:
+        """Remove the container and its volume. Docker may still be busy with it (a removal in progress, a
+        volume in use by a container being removed): it answers 409 and we try again, for up to a minute."""
+        busy: docker.errors.APIError | None = None
+        with _engine(self.engine_url):
+            for _ in poll(60, 0.2):
+                try:
+                    container = self._get(name)
+                    if container is not None:
+                        with contextlib.suppress(docker.errors.NotFound):
+                            container.remove(force=True)
+                    with contextlib.suppress(docker.errors.NotFound):
+                        self.client.volumes.get(name).remove(force=True)
+                    return
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409:
+                        raise
+                    busy = exc
+        assert busy is not None
+        raise busy
+
+    def list_managed(self, fleet: str | None = None) -> list[Incarnation]:
+        """litefleet's containers on this engine (only `fleet`'s, when given)."""
+        with _engine(self.engine_url):
+            labels = [f"{LABEL}.managed=true"] + ([f"{LABEL}.fleet={fleet}"] if fleet else [])
+            containers = self.client.containers.list(all=True, filters={"label": labels})
+            return [_incarnation(container) for container in containers]
+
+    def _get(self, name: str) -> Any | None:
+        try:
+            return self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return None
+
+
+def _exit_code(container: Any) -> int | None:
+    state = container.attrs.get("State", {})
+    return None if state.get("Running") else state.get("ExitCode")
+
+
+def _incarnation(container: Any) -> Incarnation:
+    container.reload()
+    labels = container.labels
+    url = agent_url(container) if container.status == "running" else None
+    return Incarnation(
+        name=container.name,
+        tenant=labels.get(f"{LABEL}.tenant", ""),
+        agent=int(labels.get(f"{LABEL}.agent", -1)),
+        generation=int(labels.get(f"{LABEL}.generation", 0)),
+        status=container.status,
+        exit_code=_exit_code(container),
+        url=url,
+    )

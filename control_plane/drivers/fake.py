@@ -1,0 +1,106 @@
+"""An engine in memory, for tests: containers by name that start and stop at once. Implements `Driver`.
+
+`reachable = False` turns the node off: every verb then raises EngineUnreachable, as a lost node's engine would.
+`on_run` and `on_stop` let a test play the agent's part (its replica, its shutdown record)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from control_plane.drivers.agent_spec import AgentSpec
+from control_plane.drivers.base import EngineUnreachable, Incarnation
+
+
+@dataclass
+class FakeContainer:
+    spec: AgentSpec
+    status: str = "running"
+    exit_code: int | None = None
+
+
+class FakeDriver:
+    def __init__(
+        self,
+        engine_url: str,
+        *,
+        on_run: Callable[[AgentSpec], None] = lambda spec: None,
+        on_stop: Callable[[AgentSpec], None] = lambda spec: None,
+    ) -> None:
+        self.engine_url = engine_url
+        self.containers: dict[str, FakeContainer] = {}
+        self.reachable = True
+        self._on_run = on_run
+        self._on_stop = on_stop
+        self._lock = threading.RLock()
+
+    def ping(self) -> None:
+        self._check()
+
+    def ensure_image(self, image: str) -> float:
+        self._check()
+        return 0.0
+
+    def run(self, spec: AgentSpec) -> Incarnation:
+        """Create and start the incarnation, or return it as it is when it exists (an exited one is reported)."""
+        with self._lock:
+            self._check()
+            if spec.name not in self.containers:
+                self.containers[spec.name] = FakeContainer(spec)
+                self._on_run(spec)
+            return self._incarnation(spec.name)
+
+    def inspect(self, name: str) -> Incarnation | None:
+        with self._lock:
+            self._check()
+            return self._incarnation(name) if name in self.containers else None
+
+    def restart(self, name: str) -> Incarnation | None:
+        with self._lock:
+            self._check()
+            container = self.containers.get(name)
+            if container is None:
+                return None
+            if container.status != "running":
+                container.status, container.exit_code = "running", None
+                self._on_run(container.spec)
+            return self._incarnation(name)
+
+    def stop(self, name: str, timeout: float) -> Incarnation | None:
+        with self._lock:
+            self._check()
+            container = self.containers.get(name)
+            if container is None:
+                return None
+            if container.status == "running":
+                container.status, container.exit_code = "exited", 0
+                self._on_stop(container.spec)
+            return self._incarnation(name)
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self._check()
+            self.containers.pop(name, None)
+
+    def list_managed(self, fleet: str | None = None) -> list[Incarnation]:
+        with self._lock:
+            self._check()
+            return [
+                self._incarnation(name)
+                for name, container in sorted(self.containers.items())
+                if fleet is None or container.spec.fleet == fleet
+            ]
+
+    def url(self, name: str) -> str:
+        return f"fake://{self.engine_url}/{name}"
+
+    def _incarnation(self, name: str) -> Incarnation:
+        container = self.containers[name]
+        spec = container.spec
+        url = self.url(name) if container.status == "running" else None
+        return Incarnation(name, spec.tenant, spec.agent, spec.generation, container.status, container.exit_code, url)
+
+    def _check(self) -> None:
+        if not self.reachable:
+            raise EngineUnreachable(f"engine {self.engine_url} does not answer (fake: unreachable)")

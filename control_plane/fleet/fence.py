@@ -1,0 +1,43 @@
+"""The fence: one writer per agent (DESIGN invariant 1). Every rule that keeps a second incarnation from writing
+is enforced here, and only here:
+
+- `advance_current`: CURRENT names the one generation allowed to run; it only ever moves forward, and it moves
+  before that generation starts (a zombie sees another generation in CURRENT and stops itself);
+- `stopped_before_start`: a new generation of an agent starts only once the old one is no longer placed;
+- `fence_out`: an incarnation's scoped key is revoked, so a zombie cannot write even to its own dead path.
+"""
+
+from __future__ import annotations
+
+from control_plane.db.models import PLACED_STATES, Agent
+from control_plane.errors import OperationFailed
+from control_plane.storage.ports import CredentialStore, ReplicaStore
+from control_plane.storage.replicas import CurrentMoved
+
+
+def advance_current(storage: ReplicaStore, tenant: str, ordinal: int, generation: int) -> None:
+    """Make CURRENT name `generation`. Re-running is safe: when CURRENT already names it, nothing is written; a
+    CURRENT past it fails the operation (a newer generation owns the agent)."""
+    for _ in range(5):
+        current = storage.read_current(tenant, ordinal)
+        if current is not None and current.generation == generation:
+            return
+        if current is not None and current.generation > generation:
+            raise OperationFailed(f"CURRENT of {tenant}/{ordinal} is {current.generation}, past {generation}")
+        try:
+            storage.advance_current(tenant, ordinal, generation, current)
+            return
+        except CurrentMoved:
+            continue
+    raise OperationFailed(f"CURRENT of {tenant}/{ordinal} keeps moving")
+
+
+def stopped_before_start(agent: Agent, generation: int) -> None:
+    """Refuse to start `generation` while another generation of the agent is still placed on a node."""
+    if agent.state in PLACED_STATES and agent.generation != generation and agent.node is not None:
+        raise OperationFailed(f"agent {agent.id} is {agent.state.value} as gen {agent.generation}; stop it first")
+
+
+def fence_out(credentials: CredentialStore, tenant: str, ordinal: int, generation: int) -> None:
+    """Revoke the incarnation's key. Safe to re-run: a revoked key is revoked again as a no-op."""
+    credentials.revoke_incarnation(tenant, ordinal, generation)

@@ -1,0 +1,272 @@
+"""The control plane's hands: start, stop and remove one agent incarnation, each step safe to repeat.
+
+An incarnation is (tenant, ordinal, generation) on one node. The order is always the fence's: CURRENT moves to
+g before generation g starts, the old incarnation is stopped (its final sync proven) before the new one starts,
+and the old container goes only after the new one is ready."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from control_plane.db.models import Agent, AgentState, Node, Tenant
+from control_plane.drivers.agent_http import AgentApi, AgentHttp, AgentNotReady, wait_ready
+from control_plane.drivers.agent_spec import AgentSpec, incarnation_name
+from control_plane.drivers.base import Driver, EngineUnreachable, Incarnation
+from control_plane.drivers.docker import DockerDriver
+from control_plane.errors import OperationFailed
+from control_plane.fleet.fence import advance_current, fence_out
+from control_plane.fleet.placement import choose_node, node_loads
+from control_plane.fleet.steps import StepLog
+from control_plane.settings import Settings
+from control_plane.storage.ports import CredentialStore, ReplicaStore
+from control_plane.timing import poll
+
+
+@dataclass
+class Fleet:
+    engine: Engine
+    settings: Settings
+    storage: ReplicaStore
+    credentials: CredentialStore
+    make_driver: Callable[[str], Driver] = DockerDriver  # one driver per engine URL
+    agents_api: AgentApi = field(default_factory=AgentHttp)
+    _drivers: dict[str, Driver] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- reads ------------------------------------------------------------------------------------------------------
+
+    def driver(self, node: Node) -> Driver:
+        with self._lock:
+            if node.engine_url not in self._drivers:
+                self._drivers[node.engine_url] = self.make_driver(node.engine_url)
+            return self._drivers[node.engine_url]
+
+    def node(self, name: str) -> Node:
+        with Session(self.engine) as session:
+            node = session.get(Node, name)
+            if node is None:
+                raise OperationFailed(f"node {name} is not registered")
+            return node
+
+    def tenant(self, name: str) -> Tenant:
+        with Session(self.engine) as session:
+            tenant = session.get(Tenant, name)
+            if tenant is None:
+                raise OperationFailed(f"tenant {name} does not exist")
+            return tenant
+
+    def agents(self, tenant: str) -> list[Agent]:
+        with Session(self.engine) as session:
+            return list(session.exec(select(Agent).where(Agent.tenant == tenant).order_by(col(Agent.ordinal))))
+
+    def agent(self, tenant: str, ordinal: int) -> Agent:
+        with Session(self.engine) as session:
+            agent = session.get(Agent, f"{tenant}/{ordinal}")
+            if agent is None:
+                agent = Agent(id=f"{tenant}/{ordinal}", tenant=tenant, ordinal=ordinal)
+                session.add(agent)
+                session.commit()
+                session.refresh(agent)
+            return agent
+
+    def place(
+        self, tenant: Tenant, exclude: AbstractSet[str] = frozenset(), reserved: Sequence[tuple[str, Tenant]] = ()
+    ) -> Node:
+        """A node for one more agent of `tenant`. Placed agents count (running, starting, stopping), and so do
+        `reserved` (node, tenant) places already promised to agents that have not started there yet."""
+        with Session(self.engine) as session:
+            loads = node_loads(session, tenant.name)
+        for name, owner in reserved:
+            if name in loads:
+                loads[name] = loads[name].plus(owner.memory_mb, owner.name == tenant.name)
+        return choose_node(loads.values(), tenant.name, tenant.memory_mb, exclude)
+
+    def set_agent(self, tenant: str, ordinal: int, **values: Any) -> None:
+        with Session(self.engine) as session:
+            agent = session.get(Agent, f"{tenant}/{ordinal}")
+            if agent is None:
+                agent = Agent(id=f"{tenant}/{ordinal}", tenant=tenant, ordinal=ordinal)
+            for key, value in values.items():
+                setattr(agent, key, value)
+            agent.updated_at = time.time()
+            session.add(agent)
+            session.commit()
+
+    # -- incarnations -----------------------------------------------------------------------------------------------
+
+    def start(
+        self, ctx: StepLog, tenant: Tenant, ordinal: int, generation: int, node: Node, restore_from: int | None
+    ) -> float:
+        """Run generation `generation` of the agent on `node` until it is ready and replicating; returns the
+        seconds from container start to ready.
+
+        Re-running is safe: CURRENT only ever moves forward to `generation`; an existing container of that
+        incarnation is reused (started again if it stopped), not duplicated; the agent row is written last."""
+        advance_current(self.storage, tenant.name, ordinal, generation)
+        self.set_agent(tenant.name, ordinal, generation=generation, node=node.name, state=AgentState.starting)
+        driver = self.driver(node)
+        copied = driver.ensure_image(self.settings.image)
+        if copied:
+            ctx.step("image.copied", f"agent image copied to {node.name} in {copied}s", node=node.name)
+        name = incarnation_name(tenant.name, ordinal, generation)
+        started = time.monotonic()
+        incarnation = driver.inspect(name)
+        if incarnation is None:
+            creds = self.credentials.issue_incarnation(tenant.name, ordinal, generation)
+            spec = self._spec(tenant, ordinal, generation, node, restore_from, creds)
+            incarnation = driver.run(spec)
+            self.set_agent(tenant.name, ordinal, access_key=creds.access_key)
+        elif incarnation.status != "running":
+            # the incarnation stopped outside an operation (crash past its restart policy, `docker stop`): its
+            # volume holds the newest state and CURRENT still names it, so start the same container again
+            driver.restart(name)
+            ctx.step(
+                "agent.restarted",
+                f"gen {generation} was {incarnation.status} (exit {incarnation.exit_code}); started it again",
+                agent=ordinal,
+                node=node.name,
+            )
+        url = self._wait_ready(driver, incarnation)
+        seconds = round(time.monotonic() - started, 3)
+        self.set_agent(tenant.name, ordinal, state=AgentState.running, url=url)
+        source = f"restored from gen-{restore_from}" if restore_from else "new database"
+        ctx.step(
+            "agent.started",
+            f"gen {generation} ready on {node.name} in {seconds}s ({source})",
+            agent=ordinal,
+            node=node.name,
+            generation=generation,
+            seconds=seconds,
+        )
+        return seconds
+
+    def stop(self, ctx: StepLog, agent: Agent, *, drain: bool) -> dict[str, Any]:
+        """Stop the agent's current incarnation with a proven final sync and return its shutdown record.
+
+        Re-running is safe: an exited container is not stopped again; the record in object storage is the proof,
+        and it is checked against the replica's newest transaction every time."""
+        if agent.node is None or agent.generation == 0:
+            raise OperationFailed(f"agent {agent.id} has no incarnation to stop")
+        node = self.node(agent.node)
+        driver = self.driver(node)
+        name = incarnation_name(agent.tenant, agent.ordinal, agent.generation)
+        self.set_agent(agent.tenant, agent.ordinal, state=AgentState.stopping)
+        if drain and agent.url:
+            self._drain(ctx, agent)
+        try:
+            stopped = driver.stop(name, timeout=self.settings.stop_timeout)
+        except EngineUnreachable as exc:
+            raise OperationFailed(f"cannot stop {name}: {exc}") from None
+        record = self.storage.read_shutdown(agent.tenant, agent.ordinal, agent.generation)
+        if record is None or not record.get("proven"):
+            why = "no shutdown record" if record is None else record.get("error")
+            exit_code = None if stopped is None else stopped.exit_code
+            raise OperationFailed(f"final sync of {name} not proven ({why}; exit code {exit_code})")
+        replica_txid = self.storage.replica_txid(agent.tenant, agent.ordinal, agent.generation)
+        if replica_txid < int(record["txid"]):
+            raise OperationFailed(
+                f"replica of {name} ends at txid {replica_txid}, the agent closed at {record['txid']}"
+            )
+        ctx.step(
+            "agent.stopped",
+            f"gen {agent.generation} stopped, replica holds txid {record['txid']}",
+            agent=agent.ordinal,
+            node=agent.node,
+            generation=agent.generation,
+            txid=record["txid"],
+        )
+        return record
+
+    def remove(self, ctx: StepLog, tenant: str, ordinal: int, generation: int, node_name: str) -> None:
+        """Remove an incarnation's container and volume and revoke its key. Re-running is a no-op."""
+        node = self.node(node_name)
+        try:
+            self.driver(node).remove(incarnation_name(tenant, ordinal, generation))
+        except EngineUnreachable as exc:
+            raise OperationFailed(f"cannot remove gen {generation} of {tenant}/{ordinal}: {exc}") from None
+        fence_out(self.credentials, tenant, ordinal, generation)
+        ctx.step("agent.removed", f"gen {generation} container and volume removed", agent=ordinal, node=node_name)
+
+    # -- helpers ----------------------------------------------------------------------------------------------------
+
+    def _spec(
+        self, tenant: Tenant, ordinal: int, generation: int, node: Node, restore_from: int | None, creds: Any
+    ) -> AgentSpec:
+        return AgentSpec(
+            tenant=tenant.name,
+            agent=ordinal,
+            generation=generation,
+            bundle=tenant.bundle,
+            image=self.settings.image,
+            replica_url=self.storage.replica_url(tenant.name, ordinal, generation),
+            restore_from_url=None
+            if restore_from is None
+            else self.storage.replica_url(tenant.name, ordinal, restore_from),
+            s3_endpoint=node.labels.get("litefleet.s3-endpoint", self.settings.containers_s3_endpoint),
+            credentials=creds,
+            sync_interval=tenant.sync_interval,
+            monitor_interval=tenant.sync_interval,
+            memory_mb=tenant.memory_mb,
+            cpus=tenant.cpus,
+            publish_ip=node.address,
+            fleet=self.storage.bucket,
+        )
+
+    def _wait_ready(self, driver: Driver, incarnation: Incarnation) -> str:
+        """Wait for /readyz and the first replica (replica txid >= 1); fail with the agent's reason if it exits."""
+        url: str | None = None
+
+        def alive() -> None:
+            nonlocal url
+            current = driver.inspect(incarnation.name)
+            if current is None:
+                raise OperationFailed(f"{incarnation.name} disappeared while starting")
+            if current.status == "exited":
+                raise OperationFailed(f"{incarnation.name} exited with code {current.exit_code}")
+            url = current.url
+
+        try:
+            return wait_ready(
+                lambda: url,
+                timeout=self.settings.ready_timeout,
+                replicated=True,
+                check=alive,
+                agents=self.agents_api,
+                what=incarnation.name,
+            )
+        except AgentNotReady as exc:
+            raise OperationFailed(str(exc)) from None
+
+    def _drain(self, ctx: StepLog, agent: Agent) -> None:
+        """Stop taking work and wait (up to the drain timeout) for in-flight workflows to finish."""
+        assert agent.url is not None
+        try:
+            in_flight = self.agents_api.drain(agent.url)
+            for _ in poll(self.settings.drain_timeout, 0.25):
+                if not in_flight:
+                    break
+                in_flight = self.agents_api.in_flight(agent.url)
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            ctx.step(
+                "agent.drain_skipped",
+                f"drain call failed ({type(exc).__name__}); stopping at a step boundary",
+                agent=agent.ordinal,
+            )
+            return
+        ctx.step(
+            "agent.drained",
+            f"{in_flight} workflows still in flight, parked at a step boundary"
+            if in_flight
+            else "no workflows in flight",
+            agent=agent.ordinal,
+            in_flight=in_flight,
+        )

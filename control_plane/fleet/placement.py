@@ -1,0 +1,68 @@
+"""Where a tenant's agents go: capacity-aware, spread over nodes, never onto a node that is not ready."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+
+from sqlmodel import Session, col, select
+
+from control_plane.db.models import PLACED_STATES, Agent, Node, NodeState, Tenant
+
+
+class NoCapacity(Exception):
+    code = "no_capacity"
+
+
+@dataclass(frozen=True)
+class NodeLoad:
+    node: Node
+    agents: int  # agents placed on it (any tenant)
+    memory_mb: int  # memory reserved by them
+    tenant_agents: int  # of which belong to the tenant being placed
+
+    def plus(self, memory_mb: int, same_tenant: bool) -> NodeLoad:
+        """This load with one more agent on it."""
+        return NodeLoad(self.node, self.agents + 1, self.memory_mb + memory_mb, self.tenant_agents + same_tenant)
+
+
+def node_loads(session: Session, tenant: str) -> dict[str, NodeLoad]:
+    """Every node's load from the fleet DB: its placed agents, their memory, and how many are `tenant`'s."""
+    loads = {node.name: NodeLoad(node, 0, 0, 0) for node in session.exec(select(Node))}
+    for agent, owner in session.exec(
+        select(Agent, Tenant).where(col(Agent.tenant) == col(Tenant.name)).where(col(Agent.state).in_(PLACED_STATES))
+    ):
+        if agent.node in loads:
+            loads[agent.node] = loads[agent.node].plus(owner.memory_mb, agent.tenant == tenant)
+    return loads
+
+
+def choose_node(
+    loads: Iterable[NodeLoad], tenant: str, memory_mb: int, exclude: AbstractSet[str] = frozenset()
+) -> Node:
+    """The ready node with room for one more agent of `tenant` that holds the fewest of its agents (spread), then
+    the most free memory. Raises NoCapacity saying why each node was passed over."""
+    reasons: list[str] = []
+    candidates: list[NodeLoad] = []
+    for load in loads:
+        node = load.node
+        if node.name in exclude:
+            reasons.append(f"{node.name}: excluded")
+        elif node.state != NodeState.ready:
+            reasons.append(f"{node.name}: {node.state.value}")
+        elif load.agents >= node.capacity_agents:
+            reasons.append(f"{node.name}: full ({load.agents}/{node.capacity_agents} agents)")
+        elif load.memory_mb + memory_mb > node.capacity_memory_mb:
+            free = node.capacity_memory_mb - load.memory_mb
+            reasons.append(f"{node.name}: {free} MiB free, needs {memory_mb}")
+        else:
+            candidates.append(load)
+    if not candidates:
+        detail = "; ".join(reasons) if reasons else "no nodes registered"
+        raise NoCapacity(f"no node can take an agent of {tenant} ({memory_mb} MiB): {detail}")
+    best = min(
+        candidates,
+        key=lambda load: (load.tenant_agents, -(load.node.capacity_memory_mb - load.memory_mb), load.node.name),
+    )
+    return best.node

@@ -1,0 +1,57 @@
+"""Fail over: restart every agent of a node that went down elsewhere, from its last replica, as a new generation.
+
+Nothing on the dead node can be stopped or proven: CURRENT moves to g+1 first and g's key is revoked, so a
+zombie that comes back can neither keep its fence nor write; what it had not replicated is lost, and the result
+says how much (the replica's txid and the age of its last sync when the node was declared down). Re-running is
+safe for the same reasons as a move: the plan is recorded, starting reuses the container, done agents are skipped."""
+
+from __future__ import annotations
+
+import time
+
+from control_plane.db.models import AgentState
+from control_plane.errors import OperationFailed
+from control_plane.fleet.fence import fence_out
+from control_plane.fleet.incarnations import Fleet
+from control_plane.reconciler.context import OpContext
+from control_plane.reconciler.planning import MovePlan
+from control_plane.reconciler.runners.move import in_parallel, placed_on, plan_moves
+from control_plane.reconciler.runners.placing import split
+
+
+def fail_over(fleet: Fleet, ctx: OpContext, agent_id: str, node: str, declared_down: float) -> None:
+    if ctx.is_done(agent_id):
+        return
+    agent = fleet.agent(*split(agent_id))
+    tenant = fleet.tenant(agent.tenant)
+    plan = ctx.plan_of(agent_id)
+    if not isinstance(plan, MovePlan):
+        raise OperationFailed(f"no fail-over planned for agent {agent_id}")
+    old = plan.from_generation
+    txid, synced_at = fleet.storage.replica_position(agent.tenant, agent.ordinal, old)
+    # the agent's last reported local txid, if it was probed as this generation: a lower bound of the loss
+    known_local = agent.local_txid if agent.generation == old and agent.local_txid is not None else None
+    lost_at_least = None if known_local is None else max(0, known_local - txid)
+    fleet.set_agent(agent.tenant, agent.ordinal, state=AgentState.lost)
+    fence_out(fleet.credentials, agent.tenant, agent.ordinal, old)
+    fleet.start(ctx, tenant, agent.ordinal, plan.generation, fleet.node(plan.node), old)
+    window = None if synced_at is None else round(max(0.0, declared_down - synced_at), 3)
+    ctx.mark_done(agent_id, restored_txid=txid, loss_window_s=window, lost_txids_at_least=lost_at_least)
+    ctx.step(
+        "agent.failed_over",
+        f"{node} is down: gen {plan.generation} on {plan.node} from gen {old}'s replica at txid {txid}; "
+        f"writes in the last {window}s before the node was declared down may be lost "
+        f"(its last probe saw local txid {known_local})",
+        agent=agent.ordinal,
+        restored_txid=txid,
+        loss_window_s=window,
+    )
+
+
+def run_failover(fleet: Fleet, ctx: OpContext) -> None:
+    node = str(ctx.node)
+    declared_down = float(ctx.remember("declared_down_at", time.time()))
+    agent_ids = {agent.id for agent in placed_on(fleet, node)} | ctx.planned()
+    plan_moves(fleet, ctx, agent_ids, None)
+    in_parallel(fleet, agent_ids, lambda agent_id: fail_over(fleet, ctx, agent_id, node, declared_down))
+    ctx.set_result("moved", len(ctx.done()))

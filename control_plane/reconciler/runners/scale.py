@@ -1,0 +1,65 @@
+"""Provision, scale, hibernate, wake: make agents `0..n-1` run and retire the rest (their replicas are kept).
+
+Re-running is harmless: each agent's plan is recorded before it acts (CURRENT never moves twice, no incarnation
+starts twice), a running agent is kept, and a retired one is not stopped again (its shutdown record is the proof)."""
+
+from __future__ import annotations
+
+from control_plane.db.models import PLACED_STATES, Agent, AgentState, Tenant
+from control_plane.drivers.agent_spec import incarnation_name
+from control_plane.errors import OperationFailed
+from control_plane.fleet.fence import stopped_before_start
+from control_plane.fleet.incarnations import Fleet
+from control_plane.reconciler.context import OpContext
+from control_plane.reconciler.planning import StartPlan, plan_start
+from control_plane.reconciler.runners.placing import place
+
+
+def ensure_running(fleet: Fleet, ctx: OpContext, tenant: Tenant, ordinal: int) -> None:
+    """Make agent `ordinal` run. A new ordinal starts generation 1 on an empty database, unless its replicas were
+    kept (a scale-down, hibernation, or a deleted-and-recreated tenant): then it restores the newest one."""
+    agent = fleet.agent(tenant.name, ordinal)
+
+    def alive() -> bool:
+        assert agent.node is not None
+        container = fleet.driver(fleet.node(agent.node)).inspect(
+            incarnation_name(agent.tenant, agent.ordinal, agent.generation)
+        )
+        # a running agent whose container stopped behind our back is started again, same generation
+        return container is not None and container.status == "running"
+
+    def current() -> int | None:
+        found = fleet.storage.read_current(tenant.name, ordinal)
+        return None if found is None else found.generation
+
+    plan = ctx.plan(
+        agent.id, lambda: plan_start(agent, alive=alive, current=current, place=lambda: place(fleet, tenant))
+    )
+    if not isinstance(plan, StartPlan):
+        raise OperationFailed(f"agent {agent.id} has a move planned in a scale operation")
+    if plan.keep:
+        return
+    stopped_before_start(agent, plan.generation)
+    fleet.start(ctx, tenant, ordinal, plan.generation, fleet.node(plan.node), plan.restore_from)
+
+
+def retire(fleet: Fleet, ctx: OpContext, agent: Agent) -> None:
+    """Drain and stop an agent with a proven final sync, keep its replica, remove its container."""
+    if agent.state in PLACED_STATES and agent.node is not None:
+        fleet.stop(ctx, agent, drain=True)
+        fleet.remove(ctx, agent.tenant, agent.ordinal, agent.generation, agent.node)
+    fleet.set_agent(agent.tenant, agent.ordinal, state=AgentState.retained, node=None, url=None)
+
+
+def scale_to(fleet: Fleet, ctx: OpContext, target: int) -> None:
+    tenant = fleet.tenant(str(ctx.tenant))
+    for agent in sorted(fleet.agents(tenant.name), key=lambda a: -a.ordinal):
+        if agent.ordinal >= target and agent.state != AgentState.retained:
+            retire(fleet, ctx, agent)
+    for ordinal in range(target):
+        ensure_running(fleet, ctx, tenant, ordinal)
+    ctx.set_result("agents", target)
+
+
+def run_scale(fleet: Fleet, ctx: OpContext) -> None:
+    scale_to(fleet, ctx, int(ctx.params["agents"]))

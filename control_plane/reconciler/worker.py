@@ -1,0 +1,81 @@
+"""Runs operations: claim a row with a lock token, work without holding a session, apply only if still ours.
+
+Every operation is written so that re-running it from the top converges (see `runners/`): when a control plane
+dies, its leases run out and any replica claims the operations again."""
+
+from __future__ import annotations
+
+import traceback
+
+import structlog
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from control_plane.db.models import Operation, OperationKind
+from control_plane.errors import OperationFailed
+from control_plane.reconciler.claims import LostLease, claim, finish, renew
+from control_plane.reconciler.context import OpContext, Runner
+from control_plane.timing import Periodic
+
+log = structlog.get_logger("control_plane.reconciler")
+
+
+class Reconciler:
+    """`workers` threads, each: claim -> run -> finish, renewing the lease every lease/3 seconds meanwhile.
+    `workers=0` runs nothing by itself: `run` is then called by hand (tests)."""
+
+    def __init__(self, engine: Engine, runners: dict[OperationKind, Runner], *, workers: int, lease: float) -> None:
+        self.engine = engine
+        self.runners = runners
+        self.lease = lease
+        self._workers = [Periodic(f"litefleet-op-{i}", 0.2, self._work, first_at_once=True) for i in range(workers)]
+
+    def start(self) -> None:
+        for worker in self._workers:
+            worker.start()
+
+    def stop(self) -> None:
+        for worker in self._workers:
+            worker.stop()
+
+    def _work(self) -> None:
+        """Run due operations one after another until none is due (the thread then waits 0.2 s)."""
+        while not any(worker.stopping for worker in self._workers):
+            try:
+                claimed = claim(self.engine, self.lease)
+            except SQLAlchemyError as exc:  # the database blinked: try again shortly
+                log.warning("reconciler.claim_failed", error=str(exc), exc_info=True)
+                return
+            if claimed is None:
+                return
+            self.run(*claimed)
+
+    def run(self, op: Operation, token: str) -> None:
+        ctx = OpContext(self.engine, op, token)
+        renewer = Periodic(
+            f"litefleet-lease-{op.id}", self.lease / 3, lambda: renew(self.engine, op.id, token, self.lease)
+        )
+        renewer.start()
+        error: str | None = None
+        try:
+            ctx.log.info("operation.started", attempt=op.attempts)
+            self.runners[op.kind](ctx)
+        except LostLease:
+            ctx.log.warning("operation.lease_lost")
+            renewer.stop()
+            return
+        except OperationFailed as exc:
+            error = str(exc)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            ctx.log.error("operation.crashed", error=error, traceback=traceback.format_exc(limit=5))
+        finally:
+            renewer.stop()
+        try:
+            if error:
+                ctx.step("operation.failed", error)
+            else:
+                ctx.step("operation.succeeded")
+        except LostLease:
+            return
+        finish(self.engine, op.id, token, error, ctx.result)

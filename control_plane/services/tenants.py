@@ -1,0 +1,130 @@
+"""Tenants: validate against the fleet, change desired state, queue the operation that gets there. A refused
+request changes nothing; nothing here touches an engine or object storage."""
+
+from __future__ import annotations
+
+from sqlmodel import Session, col, select
+
+from control_plane.db.models import (
+    PLACED_STATES,
+    Agent,
+    AgentPublic,
+    EvacuateRequest,
+    NodeState,
+    Operation,
+    OperationKind,
+    Tenant,
+    TenantCreate,
+    TenantPublic,
+    TenantState,
+)
+from control_plane.errors import NoCapacityError, NodeNotReady, TenantBusy, TenantExists, TenantNotFound
+from control_plane.fleet.placement import NoCapacity, choose_node, node_loads
+from control_plane.services.nodes import find_node
+from control_plane.services.operations import queue
+
+
+def find_tenant(session: Session, name: str) -> Tenant:
+    tenant = session.get(Tenant, name)
+    if tenant is None:
+        raise TenantNotFound(f"no tenant named {name!r}")
+    return tenant
+
+
+def tenant_public(session: Session, tenant: Tenant) -> TenantPublic:
+    agents = session.exec(select(Agent).where(Agent.tenant == tenant.name).order_by(col(Agent.ordinal))).all()
+    return TenantPublic(
+        **tenant.model_dump(exclude={"wake_agents"}),
+        placements=[AgentPublic.model_validate(agent, from_attributes=True) for agent in agents],
+    )
+
+
+def _check_capacity(session: Session, tenant: str, memory_mb: int, count: int) -> None:
+    """Refuse up front when `count` more agents of this size cannot fit anywhere (the reason names each node)."""
+    loads = node_loads(session, tenant)
+    try:
+        for _ in range(count):
+            node = choose_node(loads.values(), tenant, memory_mb)
+            loads[node.name] = loads[node.name].plus(memory_mb, True)
+    except NoCapacity as exc:
+        raise NoCapacityError(str(exc)) from None
+
+
+def create_tenant(session: Session, body: TenantCreate) -> Operation:
+    if session.get(Tenant, body.name) is not None:
+        raise TenantExists(f"tenant {body.name!r} already exists")
+    _check_capacity(session, body.name, body.memory_mb, body.agents)
+    session.add(Tenant.model_validate(body))
+    op = queue(session, OperationKind.provision, tenant=body.name, agents=body.agents)
+    session.commit()
+    return op
+
+
+def list_tenants(session: Session) -> list[TenantPublic]:
+    return [tenant_public(session, tenant) for tenant in session.exec(select(Tenant).order_by(col(Tenant.name)))]
+
+
+def get_tenant(session: Session, name: str) -> TenantPublic:
+    return tenant_public(session, find_tenant(session, name))
+
+
+def _active(session: Session, name: str) -> Tenant:
+    tenant = find_tenant(session, name)
+    if tenant.state == TenantState.deleting:
+        raise TenantBusy(f"tenant {name} is being deleted")
+    return tenant
+
+
+def scale_tenant(session: Session, name: str, agents: int) -> Operation:
+    tenant = _active(session, name)
+    running = len(
+        session.exec(select(Agent).where(Agent.tenant == name).where(col(Agent.state).in_(PLACED_STATES))).all()
+    )
+    if agents > running:
+        _check_capacity(session, name, tenant.memory_mb, agents - running)
+    kind = OperationKind.hibernate if agents == 0 else OperationKind.scale
+    if agents == 0 and tenant.agents:
+        tenant.wake_agents = tenant.agents
+    tenant.agents = agents
+    tenant.state = TenantState.hibernated if agents == 0 else TenantState.active
+    session.add(tenant)
+    op = queue(session, kind, tenant=name, agents=agents)
+    session.commit()
+    return op
+
+
+def hibernate_tenant(session: Session, name: str) -> Operation:
+    return scale_tenant(session, name, 0)
+
+
+def wake_tenant(session: Session, name: str) -> Operation:
+    tenant = _active(session, name)
+    agents = tenant.agents or tenant.wake_agents or 1
+    _check_capacity(session, name, tenant.memory_mb, agents)
+    tenant.agents, tenant.state = agents, TenantState.active
+    session.add(tenant)
+    op = queue(session, OperationKind.wake, tenant=name, agents=agents)
+    session.commit()
+    return op
+
+
+def evacuate_tenant(session: Session, name: str, body: EvacuateRequest) -> Operation:
+    _active(session, name)
+    if body.to_node is not None:
+        target = find_node(session, body.to_node)
+        if target.state != NodeState.ready:
+            raise NodeNotReady(f"node {target.name} is {target.state.value}; evacuate to a ready node")
+    if body.from_node is not None:
+        find_node(session, body.from_node)
+    op = queue(session, OperationKind.evacuate, tenant=name, to_node=body.to_node, from_node=body.from_node)
+    session.commit()
+    return op
+
+
+def delete_tenant(session: Session, name: str, purge: bool) -> Operation:
+    tenant = find_tenant(session, name)
+    tenant.state = TenantState.deleting
+    session.add(tenant)
+    op = queue(session, OperationKind.delete, tenant=name, purge=purge)
+    session.commit()
+    return op

@@ -1,0 +1,65 @@
+"""The two ways the control plane waits: polling until a deadline, and a daemon thread that repeats some work."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import structlog
+
+log = structlog.get_logger("control_plane.timing")
+
+
+def poll(timeout: float, interval: float) -> Iterator[float]:
+    """Yield the seconds left, at once and then every `interval`, until `timeout` seconds have passed:
+
+    for _ in poll(30, 0.1):
+        if done():
+            break
+    else:
+        raise TimeoutError(...)
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        yield left
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+class Periodic:
+    """A daemon thread that runs `work` every `interval` seconds (first after one interval) until `stop()`, or
+    until `work` returns False. A failing round is logged with its traceback and the next one runs as planned."""
+
+    def __init__(self, name: str, interval: float, work: Callable[[], bool | None], *, first_at_once: bool = False):
+        self.name = name
+        self.interval = interval
+        self._work = work
+        self._first_at_once = first_at_once
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> Periodic:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _loop(self) -> None:
+        if not self._first_at_once and self._stop.wait(self.interval):
+            return
+        while True:
+            try:
+                if self._work() is False:
+                    return
+            except Exception:
+                log.exception("periodic.round_failed", thread=self.name)
+            if self._stop.wait(self.interval):
+                return

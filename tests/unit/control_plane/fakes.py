@@ -1,0 +1,212 @@
+"""In-memory stand-ins for the fleet's ports, playing the agents' part too, and a crasher that kills the control
+plane (as kill -9 would) before or after its Nth call to any of them.
+
+Object storage is faked, not run: the agents' side of it (a replica that grows, a shutdown record written on a
+clean stop) has to be played by the test anyway when no container runs, and the embedded SeaweedFS spends ~0.25 s
+per identity change, which would turn each crash point into seconds."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+from control_plane.drivers.agent_http import Readiness
+from control_plane.drivers.agent_spec import AgentSpec
+from control_plane.drivers.fake import FakeDriver
+from control_plane.storage.credentials import TenantCredentials
+from control_plane.storage.replicas import Current, CurrentMoved
+
+BUCKET = "litefleet"
+
+
+class FakeReplicas:
+    """CURRENT markers (conditional writes, as S3's If-Match), replicas as their newest txid, shutdown records."""
+
+    bucket = BUCKET
+
+    def __init__(self) -> None:
+        self.current: dict[tuple[str, int], Current] = {}
+        self.txids: dict[tuple[str, int, int], int] = {}
+        self.shutdowns: dict[tuple[str, int, int], dict[str, Any]] = {}
+        self._etags = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def replica_url(self, tenant: str, agent: int, generation: int) -> str:
+        return f"s3://{BUCKET}/fleet/tenants/{tenant}/agents/{agent}/gen-{generation}/"
+
+    def read_current(self, tenant: str, agent: int) -> Current | None:
+        return self.current.get((tenant, agent))
+
+    def advance_current(self, tenant: str, agent: int, generation: int, expected: Current | None) -> Current:
+        with self._lock:
+            if self.current.get((tenant, agent)) != expected:
+                raise CurrentMoved(f"CURRENT of {tenant}/{agent} moved since it was read")
+            written = Current(generation, f'"{next(self._etags)}"')
+            self.current[(tenant, agent)] = written
+            return written
+
+    def read_shutdown(self, tenant: str, agent: int, generation: int) -> dict[str, Any] | None:
+        return self.shutdowns.get((tenant, agent, generation))
+
+    def replica_position(self, tenant: str, agent: int, generation: int) -> tuple[int, float | None]:
+        txid = self.txids.get((tenant, agent, generation), 0)
+        return txid, (time.time() if txid else None)
+
+    def replica_txid(self, tenant: str, agent: int, generation: int) -> int:
+        return self.replica_position(tenant, agent, generation)[0]
+
+    def purge_tenant(self, tenant: str) -> int:
+        with self._lock:
+            keys = [key for key in self.txids if key[0] == tenant]
+            for key in keys:
+                del self.txids[key]
+            for marker in [key for key in self.current if key[0] == tenant]:
+                del self.current[marker]
+            return len(keys)
+
+    def copy(self) -> FakeReplicas:
+        twin = FakeReplicas()
+        twin.current, twin.txids = dict(self.current), dict(self.txids)
+        twin.shutdowns = {key: dict(record) for key, record in self.shutdowns.items()}
+        twin._etags = itertools.count(next(self._etags) + 1000)
+        return twin
+
+    # -- the agents' part -------------------------------------------------------------------------------------------
+
+    def agent_started(self, spec: AgentSpec) -> None:
+        """The entrypoint restores (its own replica first, else the one it was told to restore from), then the
+        agent commits a transaction that Litestream replicates."""
+        own = (spec.tenant, spec.agent, spec.generation)
+        restored = self.txids.get(own, 0)
+        if not restored and spec.restore_from_url:
+            source = int(spec.restore_from_url.rstrip("/").rsplit("gen-", 1)[1])
+            restored = self.txids.get((spec.tenant, spec.agent, source), 0)
+        self.txids[own] = restored + 1
+
+    def agent_stopped(self, spec: AgentSpec) -> None:
+        """A clean stop: the final sync, then the shutdown record naming the last transaction."""
+        own = (spec.tenant, spec.agent, spec.generation)
+        self.shutdowns[own] = {"proven": True, "txid": self.txids.get(own, 0)}
+
+
+class FakeCredentials:
+    def __init__(self) -> None:
+        self.issued: set[tuple[str, int, int]] = set()
+
+    def issue_incarnation(self, tenant: str, agent: int, generation: int) -> TenantCredentials:
+        self.issued.add((tenant, agent, generation))
+        return TenantCredentials(tenant, f"LF{tenant}{agent}{generation}", "secret")
+
+    def revoke_incarnation(self, tenant: str, agent: int, generation: int) -> None:
+        self.issued.discard((tenant, agent, generation))
+
+    def copy(self) -> FakeCredentials:
+        twin = FakeCredentials()
+        twin.issued = set(self.issued)
+        return twin
+
+
+class FakeEngines:
+    """One FakeDriver per engine URL (the fleet's `make_driver`), with the replicas playing the agents."""
+
+    def __init__(self, replicas: FakeReplicas) -> None:
+        self.replicas = replicas
+        self.drivers: dict[str, FakeDriver] = {}
+
+    def __call__(self, engine_url: str) -> FakeDriver:
+        if engine_url not in self.drivers:
+            self.drivers[engine_url] = FakeDriver(
+                engine_url, on_run=self.replicas.agent_started, on_stop=self.replicas.agent_stopped
+            )
+        return self.drivers[engine_url]
+
+    def copy(self, replicas: FakeReplicas) -> FakeEngines:
+        """The same engines and containers, playing agents against `replicas`."""
+        twin = FakeEngines(replicas)
+        for url, driver in self.drivers.items():
+            copied = twin(url)
+            copied.reachable = driver.reachable
+            copied.containers = {name: replace(c) for name, c in driver.containers.items()}
+        return twin
+
+    def containers(self, tenant: str, agent: int) -> list[tuple[str, str, int]]:
+        """(engine URL, status, generation) of every container of the agent on every reachable engine."""
+        return [
+            (url, container.status, container.spec.generation)
+            for url, driver in sorted(self.drivers.items())
+            if driver.reachable
+            for container in driver.containers.values()
+            if (container.spec.tenant, container.spec.agent) == (tenant, agent)
+        ]
+
+
+class FakeAgents:
+    """The agents' HTTP side: ready while their container runs, replicated as far as their replica goes."""
+
+    def __init__(self, engines: FakeEngines) -> None:
+        self.engines = engines
+
+    def readyz(self, url: str, timeout: float = 2.0) -> Readiness | None:
+        engine_url, _, name = url.removeprefix("fake://").rpartition("/")
+        driver = self.engines.drivers.get(engine_url)
+        container = None if driver is None or not driver.reachable else driver.containers.get(name)
+        if container is None or container.status != "running":
+            return None
+        spec = container.spec
+        txid = self.engines.replicas.txids.get((spec.tenant, spec.agent, spec.generation), 0)
+        return Readiness(ready=True, local_txid=txid, replica_txid=txid, lag_txids=0, seconds_since_sync=0.0)
+
+    def drain(self, url: str) -> int:
+        return 0
+
+    def in_flight(self, url: str) -> int:
+        return 0
+
+
+class Crash(BaseException):
+    """The control plane died here (a BaseException: nothing in it catches this, as nothing survives kill -9)."""
+
+
+class Crasher:
+    """Counts calls to the ports it wraps; at crash point N (two per call: before it, and after it took effect)
+    raises Crash, and keeps raising on every later call: a dead process does nothing more."""
+
+    def __init__(self, crash_at: int | None) -> None:
+        self.crash_at = crash_at
+        self.points = 0
+        self.dead = False
+        self._lock = threading.Lock()
+
+    def _point(self, where: str) -> None:
+        with self._lock:
+            if self.dead:
+                raise Crash(where)
+            self.points += 1
+            if self.crash_at is not None and self.points == self.crash_at:
+                self.dead = True
+                raise Crash(where)
+
+    def wrap(self, target: Any) -> Any:
+        crasher = self
+
+        class Wrapped:
+            def __getattr__(self, name: str) -> Any:
+                value = getattr(target, name)
+                if not callable(value):
+                    return value
+
+                def call(*args: Any, **kwargs: Any) -> Any:
+                    crasher._point(f"before {name}")
+                    answer = value(*args, **kwargs)
+                    crasher._point(f"after {name}")
+                    return answer
+
+                return call
+
+            def __call__(self, *args: Any, **kwargs: Any) -> Any:  # a factory (make_driver): wrap what it makes
+                return crasher.wrap(target(*args, **kwargs))
+
+        return Wrapped()

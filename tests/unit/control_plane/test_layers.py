@@ -1,0 +1,140 @@
+"""Imports flow one way: from the entry points down to the fleet DB, never back up, never in a circle.
+
+The graph is built from the source with `ast` (every import, also those inside functions), so a lazy import
+cannot hide an upward dependency."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import control_plane
+
+PACKAGE = Path(control_plane.__file__).parent
+
+# Top to bottom. A module may import its own layer and any layer below it, nothing above.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("entry points", ("control_plane.demo", "control_plane.cli", "control_plane.client")),
+    ("composition root", ("control_plane.app",)),
+    ("api", ("control_plane.api",)),
+    ("services", ("control_plane.services",)),
+    ("reconciler", ("control_plane.reconciler",)),
+    ("fleet", ("control_plane.fleet",)),
+    ("drivers", ("control_plane.drivers",)),
+    ("storage", ("control_plane.storage",)),
+    ("base", ("control_plane.db", "control_plane.settings", "control_plane.errors", "control_plane.timing")),
+    ("package face", ("control_plane",)),
+]
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        if "versions" in path.relative_to(PACKAGE).parts:
+            continue  # migration scripts: generated, they import nothing of ours
+        found[_module_name(path)] = path
+    return found
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
+    """The project modules `path` imports: `from a.b import c` is a.b.c when that is a module, else a.b."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+            names = [name for name in names if name in known][:1] or [node.module]
+        else:
+            continue
+        found.update(name for name in names if name in known)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    found = modules()
+    return {name: imports_of(path, set(found)) - {name} for name, path in found.items()}
+
+
+def layer(module: str) -> int:
+    best: tuple[int, int] | None = None  # (length of the matching prefix, layer index): the longest prefix wins
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if module == prefix or module.startswith(prefix + "."):
+                candidate = (len(prefix), index)
+                best = candidate if best is None or candidate > best else best
+    assert best is not None, f"{module} is on no layer: add it to LAYERS"
+    return best[1]
+
+
+def upward_imports(edges: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{module} ({LAYERS[layer(module)][0]}) imports {target} ({LAYERS[layer(target)][0]})"
+        for module, targets in edges.items()
+        for target in targets
+        if layer(target) < layer(module)
+    )
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(edges.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_every_module_is_on_a_layer() -> None:
+    for module in graph():
+        layer(module)
+
+
+def test_no_import_runs_up_a_layer() -> None:
+    assert upward_imports(graph()) == []
+
+
+def test_no_import_cycles() -> None:
+    assert cycles(graph()) == []
+
+
+def test_the_checks_see_what_they_should() -> None:
+    """The checker itself: an upward edge and a circle planted in a copy of the graph are reported."""
+    edges = graph()
+    assert edges["control_plane.app"], "the composition root imports the rooms below it"
+    planted = {**edges, "control_plane.db.models": edges["control_plane.db.models"] | {"control_plane.api.deps"}}
+    assert upward_imports(planted) == ["control_plane.db.models (base) imports control_plane.api.deps (api)"]
+    assert any("control_plane.db.models" in cycle for cycle in cycles(planted))
