@@ -34,6 +34,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import queue
 import re
 import shutil
 import signal
@@ -381,7 +382,9 @@ class Observer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self._periodic_slots = threading.BoundedSemaphore(max(1, settings.periodic_concurrency))
+        # Due periodic restores, first due first out, served by `periodic_concurrency` worker threads.
+        self._restore_queue: queue.SimpleQueue[_Tracked | None] = queue.SimpleQueue()
+        self._workers: list[threading.Thread] = []
         self.root = settings.cache_dir.resolve()
         for sub in ("follow", "periodic", "snapshots", "configs", "logs", "pids", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -400,6 +403,10 @@ class Observer:
                 return
             self._thread = threading.Thread(target=self._loop, name="litefleet-observer", daemon=True)
             self._thread.start()
+            for index in range(max(1, self.settings.periodic_concurrency)):
+                worker = threading.Thread(target=self._restore_worker, name=f"litefleet-observer-{index}", daemon=True)
+                worker.start()
+                self._workers.append(worker)
 
     def close(self) -> None:
         """Stop the upkeep thread and every litestream process this observer started. Safe to call twice."""
@@ -422,8 +429,11 @@ class Observer:
                 _terminate(process, max(0.1, deadline - time.monotonic()))
             for tracked in self._tracked.values():
                 self._stop_process(tracked)
-        if thread is not None:
-            thread.join(timeout=self.settings.stop_timeout)
+        for _ in self._workers:
+            self._restore_queue.put(None)
+        for worker in [thread, *self._workers]:
+            if worker is not None:
+                worker.join(timeout=self.settings.stop_timeout)
         log.info("observer.closed")
 
     def __enter__(self) -> Observer:
@@ -847,7 +857,8 @@ class Observer:
                 env=litestream.environment(self._credentials),
                 start_new_session=True,  # a Ctrl-C meant for the control plane is not delivered to followers
             )
-        (self.root / "pids" / f"{process.pid}.pid").write_text(str(copy))
+        # Pid, start time and copy: enough for a later observer to recognise this process (and not a reused pid).
+        (self.root / "pids" / f"{process.pid}.pid").write_text(f"{_start_time(process.pid)}\n{copy}")
         if tracked.kind is CopyKind.periodic and tracked.restored_at is not None and tracked.txid is not None:
             # Until the follower has restored, queries keep reading the last periodic copy.
             tracked.standby = (tracked.copy, tracked.txid, tracked.restored_at)
@@ -884,20 +895,14 @@ class Observer:
         tracked.kind, tracked.copy = CopyKind.periodic, periodic
 
     def _reap_leftovers(self) -> None:
-        """Stop followers left by a previous observer on this cache_dir that died without close(): only pids
-        recorded here whose command line still names this cache_dir's follow copy."""
+        """Stop followers left by a previous observer on this cache_dir that died without close(): only the pids
+        recorded here that are still a litestream process started at the recorded time (never a reused pid)."""
         for pid_file in (self.root / "pids").glob("*.pid"):
             pid = int(pid_file.stem)
-            copy = pid_file.read_text().strip()
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                cmdline = []
-            if copy.encode() in cmdline and any(part.endswith(b"litestream") for part in cmdline[:1]):
+            started, _, copy = pid_file.read_text().partition("\n")
+            if started and started == _start_time(pid) and _command_name(pid) == "litestream":
                 _kill_pid(pid, self.settings.stop_timeout)
-                log.warning("observer.leftover.stopped", pid=pid)
-            else:
-                log.info("observer.leftover.gone", pid=pid, cmdline=[p.decode(errors="replace") for p in cmdline][:2])
+                log.warning("observer.leftover.stopped", pid=pid, copy=copy)
             pid_file.unlink(missing_ok=True)
 
     def _restore(self, ref: AgentRef, output: Path, *, at: dt.datetime | None = None, txid: int | None = None) -> int:
@@ -972,11 +977,18 @@ class Observer:
                     tracked.restoring = True
                     due.append(tracked)
             self._rebalance(now)
-        # Restores run beside the loop (at most `periodic_concurrency` at once, oldest first): a long pass of
-        # restores never delays a follower's restart or a rebalance.
+        # Restores run beside the loop (at most `periodic_concurrency` at once, longest due first): a long pass
+        # of restores never delays a follower's restart or a rebalance.
         due.sort(key=lambda t: t.next_restore)
         for tracked in due:
-            threading.Thread(target=self._periodic_restore, args=(tracked,), daemon=True).start()
+            self._restore_queue.put(tracked)
+
+    def _restore_worker(self) -> None:
+        while True:
+            tracked = self._restore_queue.get()
+            if tracked is None or self._stop.is_set():
+                return
+            self._periodic_restore(tracked)
 
     def _check_follower(self, tracked: _Tracked, now: float) -> None:
         process = tracked.process
@@ -1007,10 +1019,7 @@ class Observer:
     def _periodic_restore(self, tracked: _Tracked) -> None:
         started = time.time()
         try:
-            with self._periodic_slots:
-                if self._stop.is_set():
-                    return
-                txid = self._restore(tracked.ref, tracked.copy)
+            txid = self._restore(tracked.ref, tracked.copy)
         except Exception as exc:
             with self._lock:
                 tracked.last_error = str(exc)
@@ -1218,6 +1227,21 @@ def _kill_pid(pid: int, timeout: float) -> None:
                 return
             time.sleep(0.05)
         os.kill(pid, signal.SIGKILL)
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time (clock ticks since boot, /proc/PID/stat field 22); "" when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _command_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _running(pid: int) -> bool:
