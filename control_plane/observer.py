@@ -54,6 +54,32 @@ import structlog
 from agent_image import litestream
 from control_plane.storage import ObjectStorage
 
+__all__ = [
+    "PROBLEM_STATUSES",
+    "AgentRef",
+    "AgentWorkflow",
+    "CopyKind",
+    "CopyUnreadable",
+    "EventRecord",
+    "FollowState",
+    "Freshness",
+    "LogEntry",
+    "NoStateAt",
+    "Observer",
+    "ObserverError",
+    "ObserverSettings",
+    "ProblemReport",
+    "ReplicaNotFound",
+    "Source",
+    "StepRecord",
+    "Unavailable",
+    "WorkflowDetail",
+    "WorkflowError",
+    "WorkflowInfo",
+    "WorkflowList",
+    "WorkflowNotInCopy",
+]
+
 log = structlog.get_logger("control_plane.observer")
 
 T = TypeVar("T")
@@ -118,16 +144,18 @@ class AgentRef:
 class Freshness:
     """How current a copy is. `txid`: the copy holds at least this transaction of the replica. `applied_at`: when
     the copy last changed (follow: last applied update; periodic/snapshot: when it was restored). The replica
-    fields are filled when the replica was asked (`check_replica=True`, or a restore that reads it anyway):
-    `seconds_behind` is then 0 when the copy has the replica's newest transaction, else the time since the
-    replica received the first transaction the copy lacks (an upper bound), None when unknown."""
+    fields say what object storage held when it was last compared with the copy, at `checked_at` (queries with
+    `check_replica=True`, snapshots, and every periodic pass): `seconds_behind` is then 0 when the copy had the
+    replica's newest transaction, else how long the oldest transaction the copy lacks had been in the replica.
+    None: unknown. (What the agent committed but has not synced yet is invisible here: see replication lag.)"""
 
     txid: int
     applied_at: dt.datetime | None
     as_of: dt.datetime | None = None  # snapshots at a point in time: the requested time
     replica_txid: int | None = None
-    replica_written_at: dt.datetime | None = None
+    replica_written_at: dt.datetime | None = None  # when the replica's newest transaction was uploaded
     seconds_behind: float | None = None
+    checked_at: dt.datetime | None = None
 
     @property
     def caught_up(self) -> bool | None:
@@ -314,7 +342,7 @@ class FollowState:
 class ObserverSettings:
     cache_dir: Path
     max_followers: int = 32  # live `restore -f` processes at once (~20 MiB RSS each); the rest are periodic
-    follow_interval: float = 0.5  # seconds between a follower's polls of the replica
+    follow_interval: float = 1.0  # seconds between a follower's polls (each poll is a LIST: S3 request cost)
     periodic_interval: float = 30.0  # seconds between full restores of a followed agent beyond the cap
     periodic_concurrency: int = 2  # periodic restores running at once
     tick: float = 1.0  # seconds between upkeep passes (restarts, periodic restores, rebalance)
@@ -352,6 +380,7 @@ class _Tracked:
     last_error: str | None = None
     next_start: float = 0.0  # follow: earliest restart after a crash (backoff)
     standby: tuple[Path, int, float] | None = None  # a promoted agent's periodic copy until its follower is ready
+    checked: tuple[int, float] | None = None  # periodic: the replica's txid at the last pass, and when
 
 
 @dataclass
@@ -570,6 +599,7 @@ class Observer:
                 replica_txid=replica_txid,
                 replica_written_at=_utc(written) if written else None,
                 seconds_behind=0.0 if (at is None and txid is None and restored >= replica_txid) else None,
+                checked_at=_utc(time.time()),
             )
             snap = _Snapshot(path, Source(ref, CopyKind.snapshot, freshness, _schema_version(path)), time.time())
             with self._lock:
@@ -782,27 +812,54 @@ class Observer:
             if txid_known is None or restored_at is None or not copy.exists():
                 return None
             version, value = _read(copy, with_version, live=False)
+            with self._lock:
+                checked = tracked.checked
             freshness = Freshness(txid=txid_known, applied_at=_utc(restored_at))
+            if checked is not None and txid_standby is None:
+                replica_txid, checked_at = checked
+                freshness = replace(
+                    freshness,
+                    replica_txid=replica_txid,
+                    checked_at=_utc(checked_at),
+                    seconds_behind=0.0 if txid_known >= replica_txid else None,
+                )
         self._note_position(ref, freshness.txid)
         return Source(ref, kind, freshness, version), value
 
     def _with_replica(self, source: Source) -> Source:
-        ref = source.ref
-        replica_txid, written = self.storage.replica_position(ref.tenant, ref.agent, ref.generation)
-        behind: float | None
-        if source.freshness.txid >= replica_txid:
-            behind = 0.0
-        elif written is not None:
-            behind = max(0.0, time.time() - written)  # the newest replica file is newer than the copy: an upper bound
-        else:
-            behind = None
-        fresh = replace(
-            source.freshness,
+        return replace(source, freshness=self._compare(source.ref, source.freshness))
+
+    def _compare(self, ref: AgentRef, freshness: Freshness) -> Freshness:
+        """`freshness` with the replica's position now (one LIST of the generation's prefix)."""
+        replica_txid, newest, first_missing = self._replica_state(ref, freshness.txid)
+        now = time.time()
+        behind = 0.0 if freshness.txid >= replica_txid else (now - first_missing if first_missing else None)
+        return replace(
+            freshness,
             replica_txid=replica_txid,
-            replica_written_at=_utc(written) if written else None,
-            seconds_behind=behind,
+            replica_written_at=_utc(newest) if newest else None,
+            seconds_behind=None if behind is None else round(max(0.0, behind), 3),
+            checked_at=_utc(now),
         )
-        return replace(source, freshness=fresh)
+
+    def _replica_state(self, ref: AgentRef, txid: int) -> tuple[int, float | None, float | None]:
+        """The replica's newest txid, when it was uploaded, and when the oldest file holding a transaction after
+        `txid` was uploaded (None when the replica has nothing after it). From LTX names
+        `<level>/<min>-<max>.ltx` (hex), lowest level first: compaction rewrites files later at higher levels."""
+        prefix = self.storage.replica_prefix(ref.tenant, ref.agent, ref.generation)
+        newest: tuple[int, int, float | None] = (0, 0, None)  # txid, -level, uploaded
+        first_missing: tuple[int, float] | None = None  # level, uploaded
+        for entry in self.storage.objects(prefix):
+            level_text, _, name = entry["Key"][len(prefix) :].rpartition("/")
+            if not (name.endswith(".ltx") and "-" in name and level_text.isdigit()):
+                continue
+            level, high = int(level_text), int(name[:-4].split("-")[1], 16)
+            uploaded = entry["LastModified"].timestamp()
+            if (high, -level) > newest[:2]:
+                newest = (high, -level, uploaded)
+            if high > txid and (first_missing is None or (level, uploaded) < first_missing):
+                first_missing = (level, uploaded)
+        return newest[0], newest[2], None if first_missing is None else first_missing[1]
 
     def _note_position(self, ref: AgentRef, txid: int) -> None:
         with self._lock:
@@ -1019,6 +1076,14 @@ class Observer:
     def _periodic_restore(self, tracked: _Tracked) -> None:
         started = time.time()
         try:
+            with self._lock:
+                have = tracked.txid if tracked.restored_at is not None and tracked.copy.exists() else None
+            replica_txid, _, _ = self._replica_state(tracked.ref, have or 0)
+            if have is not None and have >= replica_txid:
+                # Nothing new: one LIST instead of a restore (most agents of a fleet are idle most of the time).
+                with self._lock:
+                    tracked.checked = (replica_txid, started)
+                return
             txid = self._restore(tracked.ref, tracked.copy)
         except Exception as exc:
             with self._lock:
@@ -1031,6 +1096,7 @@ class Observer:
                     return
                 self._note_position_locked(tracked, txid)
                 tracked.restored_at, tracked.last_error = started, None
+                tracked.checked = (max(txid, replica_txid), started)
         finally:
             with self._lock:
                 tracked.restoring = False

@@ -169,6 +169,7 @@ def test_follow_copy_matches_what_the_runtime_lists(
     assert listing.source.generation == 1 and listing.source.schema_version == 1
     assert listing.source.freshness.txid >= 1 and listing.source.freshness.applied_at is not None
     assert listing.source.freshness.replica_txid is not None
+    assert listing.source.freshness.seconds_behind is not None and listing.source.freshness.checked_at is not None
     assert listing.counts == {"SUCCESS": 3, "ERROR": 1}
     by_id = {w.id: w for w in listing.workflows}
     mine = {w.id: w for w in agent.runtime.list_workflows()}
@@ -284,6 +285,7 @@ def test_followers_are_capped_and_close_leaves_no_litestream(
             observer.wait_ready(t, 0, 1, timeout=20)
         periodic = observer.workflows("cap-c", 0)
         assert periodic.source.kind is CopyKind.periodic
+        assert periodic.source.freshness.replica_txid is not None and periodic.source.freshness.checked_at is not None
         assert [w.id for w in periodic.workflows] == ["cap-fail"]
         assert sum(1 for s in observer.followed() if s.kind is CopyKind.follow) == 2
 
