@@ -1084,7 +1084,15 @@ class Observer:
                 with self._lock:
                     tracked.checked = (replica_txid, started)
                 return
+            listed = time.time()
             txid = self._restore(tracked.ref, tracked.copy)
+            log.debug(
+                "observer.periodic.restored",
+                agent_ref=str(tracked.ref),
+                txid=txid,
+                list_s=round(listed - started, 3),
+                restore_s=round(time.time() - listed, 3),
+            )
         except Exception as exc:
             with self._lock:
                 tracked.last_error = str(exc)
