@@ -43,11 +43,11 @@ sys.path.insert(0, str(REPO))
 
 import apsw  # noqa: E402
 
-from agent_image import litestream  # noqa: E402
-from agent_image.store import Store  # noqa: E402
-from control_plane.objectstore import EmbeddedStore, free_address  # noqa: E402
+from agent_image import Store  # noqa: E402
+from agent_image.container import litestream  # noqa: E402
 from control_plane.observer import Observer, ObserverSettings  # noqa: E402
 from control_plane.storage import ObjectStorage  # noqa: E402
+from control_plane.storage.seaweed import EmbeddedStore, free_address  # noqa: E402
 
 BUCKET = "litefleet-bench-observer"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -291,7 +291,7 @@ def make_agents(storage: ObjectStorage, store: EmbeddedStore, n: int, scratch: P
     config = litestream.write_config(document, scratch / "replicate.json")
     replicator = subprocess.Popen(
         [litestream.binary(), "replicate", "-config", str(config)],
-        env=litestream.environment(store._admin),
+        env=litestream.environment(store.admin),
         stdout=(scratch / "replicate.log").open("wb"),
         stderr=subprocess.STDOUT,
     )
@@ -349,7 +349,7 @@ def main() -> None:
         store.up()
         replicator = None
         try:
-            storage = ObjectStorage(store.address.endpoint, *store._admin, BUCKET)
+            storage = ObjectStorage(store.address.endpoint, *store.admin, BUCKET)
             dbs, replicator = make_agents(storage, store, args.agents, scratch)
             store_pid = store.running_pid()
             exclude = {replicator.pid, *([store_pid] if store_pid else [])}

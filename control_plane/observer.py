@@ -51,7 +51,7 @@ from urllib.parse import quote
 import apsw
 import structlog
 
-from agent_image import litestream
+from agent_image.container import litestream
 from control_plane.storage import ObjectStorage
 
 __all__ = [

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from agent_image import litestream, step, workflow
-from agent_image.bundle import Bundle
-from agent_image.runtime import Runtime
-from control_plane.objectstore import EmbeddedStore
+from agent_image import Bundle, Runtime, step, workflow
+from agent_image.container import litestream
 from control_plane.observer import CopyKind, Observer, ObserverSettings, WorkflowNotInCopy
 from control_plane.storage import ObjectStorage
+from control_plane.storage.seaweed import EmbeddedStore
 from tests.integration.conftest import admin_storage, eventually, start_store
 
 # -- a tiny bundle: one workflow that succeeds, one that fails -------------------------------------------------------
@@ -111,7 +110,7 @@ def run_agent(
     config = litestream.write_config(document, directory / "litestream.json")
     replicator = subprocess.Popen(
         [litestream.binary(), "replicate", "-config", str(config)],
-        env=litestream.environment(store._admin),
+        env=litestream.environment(store.admin),
         stdout=(directory / "litestream.log").open("wb"),
         stderr=subprocess.STDOUT,
     )

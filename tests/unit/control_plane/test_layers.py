@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("reconciler", ("control_plane.reconciler",)),
     ("fleet", ("control_plane.fleet",)),
     ("drivers", ("control_plane.drivers",)),
+    ("observer", ("control_plane.observer",)),
     ("storage", ("control_plane.storage",)),
     ("base", ("control_plane.db", "control_plane.settings", "control_plane.errors", "control_plane.timing")),
     ("package face", ("control_plane",)),
