@@ -110,16 +110,18 @@ def find_agent(client: Any, spec: AgentSpec) -> Any | None:
     return found[0] if found else None
 
 
-def agent_url(container: Any) -> str:
-    """The agent's HTTP address as published on the node."""
+def agent_url(container: Any) -> str | None:
+    """The agent's HTTP address as published on the node; None while the port has no binding (a container
+    between restarts, or one whose node's network just came back: seen in CI, `Ports` without the agent port)."""
     container.reload()
-    binding = container.attrs["NetworkSettings"]["Ports"][f"{AGENT_PORT}/tcp"][0]
-    return f"http://{binding['HostIp']}:{binding['HostPort']}"
+    bindings = (container.attrs["NetworkSettings"].get("Ports") or {}).get(f"{AGENT_PORT}/tcp") or []
+    if not bindings:
+        return None
+    return f"http://{bindings[0]['HostIp']}:{bindings[0]['HostPort']}"
 
 
 def wait_ready(container: Any, timeout: float = 30.0) -> str:
     """Poll the agent's `/readyz` until it answers 200; fail early (with its last log lines) if it exits."""
-    url = agent_url(container)
 
     def exited() -> None:
         container.reload()
@@ -127,7 +129,9 @@ def wait_ready(container: Any, timeout: float = 30.0) -> str:
             raise AgentExited(f"{container.name} exited: {_last_lines(container)}")
 
     try:
-        return agent_http.wait_ready(lambda: url, timeout=timeout, check=exited, interval=0.02, what=container.name)
+        return agent_http.wait_ready(
+            lambda: agent_url(container), timeout=timeout, check=exited, interval=0.02, what=container.name
+        )
     except AgentExited:
         raise
     except AgentNotReady as exc:
