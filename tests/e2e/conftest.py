@@ -40,8 +40,11 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
         docker.from_env().ping()
     except Exception as exc:
         _require(f"no local Docker engine: {exc}")
-    # its own names and subnet, so a demo's test bed (lf, 10.99.0) can keep running beside it
-    bed = Testbed(Path(f"/var/lib/litefleet-testbed-{secrets.token_hex(3)}"), prefix="lft", subnet="10.98.0")
+    # its own names and subnet, so a demo's test bed (lf, 10.99.0) can keep running beside it; two e2e runs at
+    # once each need their own (LITEFLEET_E2E_PREFIX, LITEFLEET_E2E_SUBNET)
+    prefix = os.environ.get("LITEFLEET_E2E_PREFIX", "lft")
+    subnet = os.environ.get("LITEFLEET_E2E_SUBNET", "10.98.0")
+    bed = Testbed(Path(f"/var/lib/litefleet-testbed-{secrets.token_hex(3)}"), prefix=prefix, subnet=subnet)
     try:
         bed.up(2)
         yield bed
