@@ -77,8 +77,8 @@ nodes = APIRouter(prefix="/v1/nodes", tags=["nodes"], dependencies=[Depends(_req
 
 
 @nodes.post("", status_code=201)
-def register_node(body: NodeCreate, session: SessionDep) -> NodePublic:
-    return services.register_node(session, body)
+def register_node(body: NodeCreate, session: SessionDep, request: Request) -> NodePublic:
+    return services.register_node(session, body, request.app.state.pki_dir)
 
 
 @nodes.get("")
@@ -257,6 +257,7 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, background: bo
 
     app = FastAPI(title="litefleet", version="0.1.0", lifespan=lifespan)
     app.state.engine = engine
+    app.state.pki_dir = settings.engine_pki_dir
     app.state.token = settings.api_token.get_secret_value() if settings.api_token else None
     for router in (nodes, tenants, operations, events):
         app.include_router(router)

@@ -15,12 +15,10 @@ import docker.errors
 import structlog
 
 from control_plane.agent_container import LABEL, AgentSpec, agent_url, find_agent, run_agent
+from control_plane.engine_client import EngineUnreachable, engine_client
+from control_plane.pki import EngineTLS
 
 log = structlog.get_logger("control_plane.drivers")
-
-
-class EngineUnreachable(Exception):
-    code = "engine_unreachable"
 
 
 @dataclass(frozen=True)
@@ -46,19 +44,23 @@ class Driver(Protocol):
 
 
 class DockerDriver:
-    def __init__(self, engine_url: str, *, timeout: float = 60.0) -> None:
-        self.engine_url = engine_url
-        try:
-            self.client = docker.DockerClient(base_url=engine_url, timeout=int(timeout))
-        except docker.errors.DockerException as exc:
-            raise EngineUnreachable(f"cannot use engine {engine_url}: {exc}") from None
+    def __init__(
+        self, engine_url: str, *, timeout: float = 60.0, tls: EngineTLS | None = None, insecure: bool = False
+    ) -> None:
+        self.engine_url, self._tls, self._insecure = engine_url, tls, insecure
+        self.client = engine_client(engine_url, tls=tls, insecure=insecure, timeout=timeout)
 
     def ping(self, timeout: float = 3.0) -> None:
         """A heartbeat: a short timeout of its own, so an unreachable node costs seconds, not the API timeout."""
+        version = self.client.api.api_version  # negotiated once: a ping is one request
         try:
-            docker.APIClient(base_url=self.engine_url, timeout=int(timeout), version="auto").ping()
+            with engine_client(
+                self.engine_url, tls=self._tls, insecure=self._insecure, timeout=timeout, version=version
+            ) as c:
+                c.ping()
         except Exception as exc:
-            raise EngineUnreachable(f"engine {self.engine_url} does not answer: {type(exc).__name__}") from None
+            log.debug("engine.ping_failed", engine=self.engine_url, error=type(exc).__name__)
+            raise EngineUnreachable(f"engine {self.engine_url} does not answer") from None
 
     def ensure_image(self, image: str) -> float:
         """Make sure `image` is on this engine, copying it from the local engine if not (no registry here).

@@ -21,6 +21,7 @@ from control_plane.agent_container import AgentSpec, incarnation_name
 from control_plane.drivers import DockerDriver, EngineUnreachable, Incarnation
 from control_plane.errors import OperationFailed
 from control_plane.models import Agent, AgentState, Node, Tenant
+from control_plane.pki import credential_set
 from control_plane.placement import choose_node, node_loads
 from control_plane.reconciler import OpContext
 from control_plane.settings import Settings
@@ -40,9 +41,11 @@ class Fleet:
 
     def driver(self, node: Node) -> DockerDriver:
         with self._lock:
-            if node.engine_url not in self._drivers:
-                self._drivers[node.engine_url] = DockerDriver(node.engine_url)
-            return self._drivers[node.engine_url]
+            key = f"{node.engine_url} {node.tls} {node.insecure}"  # re-registered with other credentials: new driver
+            if key not in self._drivers:
+                tls = credential_set(self.settings.engine_pki_dir, node.tls)
+                self._drivers[key] = DockerDriver(node.engine_url, tls=tls, insecure=node.insecure)
+            return self._drivers[key]
 
     def node(self, name: str) -> Node:
         with Session(self.engine) as session:

@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CA", "EngineTLS", "PKIError", "client_cert", "engine_cert", "init_ca"]
+__all__ = ["CA", "EngineTLS", "PKIError", "client_cert", "credential_set", "engine_cert", "init_ca"]
 
 CA_DAYS = 3650
 LEAF_DAYS = 825
@@ -123,6 +124,16 @@ def client_cert(ca: CA, name: str) -> EngineTLS:
     return _leaf(ca, "clients", name, ExtendedKeyUsageOID.CLIENT_AUTH, [])
 
 
+def credential_set(directory: Path, name: str | None) -> EngineTLS | None:
+    """The client credential set `name` under DIR/clients (None for no name). A name is a DNS label, never a path:
+    whoever registers a node cannot point the control plane at arbitrary files."""
+    if name is None:
+        return None
+    if not _NAME.match(name):
+        raise PKIError(f"invalid credential set name: {name!r}")
+    return EngineTLS.from_dir(Path(directory) / "clients" / name)
+
+
 def _leaf(ca: CA, kind: str, name: str, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]) -> EngineTLS:
     if not _NAME.match(name):
         raise PKIError(f"invalid {kind[:-1]} name (a DNS label of up to 40 characters): {name!r}")
@@ -161,7 +172,7 @@ def _still_valid(files: EngineTLS, ca: CA, sans: list[x509.GeneralName]) -> bool
     try:
         cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
         cert.verify_directly_issued_by(ca.cert)
-    except (ValueError, TypeError, x509.InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature):
         return False
     if cert.not_valid_after_utc - _now() < datetime.timedelta(days=30):
         return False
@@ -234,7 +245,10 @@ def main(argv: list[str] | None = None) -> None:
             return
         if not args.name:
             parser.error(f"{args.command} needs a NAME")
-        files = engine_cert(ca, args.name, args.ip, args.dns) if args.command == "engine" else client_cert(ca, args.name)
+        if args.command == "engine":
+            files = engine_cert(ca, args.name, args.ip, args.dns)
+        else:
+            files = client_cert(ca, args.name)
     except (PKIError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
     print(json.dumps({"ca": str(files.ca), "cert": str(files.cert), "key": str(files.key)}))

@@ -9,6 +9,7 @@ import hashlib
 import secrets
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -51,6 +52,7 @@ from control_plane.models import (
     TenantPublic,
     TenantState,
 )
+from control_plane.pki import credential_set
 from control_plane.placement import NoCapacity, choose_node, node_loads
 
 
@@ -91,13 +93,15 @@ def node_public(session: Session, node: Node) -> NodePublic:
     )
 
 
-def register_node(session: Session, body: NodeCreate) -> NodePublic:
+def register_node(session: Session, body: NodeCreate, pki_dir: Path) -> NodePublic:
     if session.get(Node, body.name) is not None:
         raise NodeExists(f"node {body.name!r} is already registered")
     try:
-        DockerDriver(body.engine_url, timeout=5).ping()
-    except EngineUnreachable as exc:
-        raise EngineUnreachableError(str(exc)) from None
+        DockerDriver(body.engine_url, timeout=5, tls=credential_set(pki_dir, body.tls), insecure=body.insecure).ping()
+    except EngineUnreachable as exc:  # also a refused URL: insecure_engine_url, engine_url_scheme, engine_tls_invalid
+        error = EngineUnreachableError(str(exc))
+        error.code = exc.code
+        raise error from None
     node = Node.model_validate(body, update={"last_seen_at": time.time()})
     session.add(node)
     _event(session, "node.registered", f"{body.engine_url}, {body.capacity_agents} agents", node=body.name)
