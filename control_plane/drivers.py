@@ -54,10 +54,11 @@ class DockerDriver:
         """A heartbeat: a short timeout of its own, so an unreachable node costs seconds, not the API timeout."""
         version = self.client.api.api_version  # negotiated once: a ping is one request
         try:
-            with engine_client(
+            client = engine_client(
                 self.engine_url, tls=self._tls, insecure=self._insecure, timeout=timeout, version=version
-            ) as c:
-                c.ping()
+            )
+            with contextlib.closing(client):
+                client.ping()
         except Exception as exc:
             log.debug("engine.ping_failed", engine=self.engine_url, error=type(exc).__name__)
             raise EngineUnreachable(f"engine {self.engine_url} does not answer") from None
