@@ -61,10 +61,9 @@ class ControlPlaneProcess:
         }
         return cls(env, f"http://127.0.0.1:{port}", state_dir / "control-plane.log")
 
-    def register(self, name: str, engine_url: str, address: str) -> None:
-        answer = httpx.post(
-            f"{self.url}/v1/nodes", json={"name": name, "engine_url": engine_url, "address": address}, timeout=30
-        )
+    def register(self, name: str, engine_url: str, address: str, tls: str | None = None) -> None:
+        node = {"name": name, "engine_url": engine_url, "address": address, "tls": tls}
+        answer = httpx.post(f"{self.url}/v1/nodes", json=node, timeout=30)
         if answer.status_code != 201:
             raise UpError(f"could not register {name}: {answer.text}")
 

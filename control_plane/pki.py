@@ -34,7 +34,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CA", "EngineTLS", "PKIError", "client_cert", "credential_set", "engine_cert", "init_ca"]
+__all__ = [
+    "CA",
+    "EngineTLS",
+    "PKIError",
+    "client_cert",
+    "credential_set",
+    "engine_cert",
+    "init_ca",
+    "install_credential_set",
+]
 
 CA_DAYS = 3650
 LEAF_DAYS = 825
@@ -132,6 +141,23 @@ def credential_set(directory: Path, name: str | None) -> EngineTLS | None:
     if not _NAME.match(name):
         raise PKIError(f"invalid credential set name: {name!r}")
     return EngineTLS.from_dir(Path(directory) / "clients" / name)
+
+
+def install_credential_set(directory: Path, name: str, source: EngineTLS) -> EngineTLS:
+    """Copy client credentials minted elsewhere (another CA: a test bed's, an operator's) into DIR/clients/NAME,
+    where `credential_set` finds them. Re-running rewrites the same three files with the same content."""
+    target = credential_set(directory, name)
+    assert target is not None
+    _private_dir(Path(directory))
+    _private_dir(Path(directory) / "clients")
+    _private_dir(target.cert.parent)
+    for src, dst, mode in (
+        (source.ca, target.ca, 0o644),
+        (source.cert, target.cert, 0o644),
+        (source.key, target.key, 0o600),
+    ):
+        _write(dst, src.read_bytes(), mode)
+    return target
 
 
 def _leaf(ca: CA, kind: str, name: str, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]) -> EngineTLS:
