@@ -39,6 +39,8 @@ ENGINE_PORT = 2376
 
 @dataclass
 class TestbedNode:
+    __test__ = False  # not a pytest test class
+
     name: str  # also the netns name
     ip: str
     veth: str
