@@ -144,7 +144,7 @@ def nodes_add(
     address: Annotated[str, typer.Option(help="where agents' ports are published")] = "127.0.0.1",
     capacity: Annotated[int, typer.Option(help="agents this node may hold")] = 20,
     memory_mb: Annotated[int, typer.Option(help="memory agents may reserve")] = 8192,
-    tls: Annotated[str | None, typer.Option(help="tcp:// engines: client credential set (PKI_DIR/clients/NAME)")] = None,
+    tls: Annotated[str | None, typer.Option(help="tcp:// engines: credential set PKI_DIR/clients/NAME")] = None,
     insecure: Annotated[bool, typer.Option(help="allow plain tcp:// to a non-loopback engine")] = False,
     as_json: JsonOption = False,
 ) -> None:
