@@ -41,7 +41,9 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
     except Exception as exc:
         _require(f"no local Docker engine: {exc}")
     # its own names and subnet, so a demo's test bed (lf, 10.99.0) can keep running beside it
-    bed = Testbed(Path(f"/var/lib/litefleet-testbed-{secrets.token_hex(3)}"), prefix="lft", subnet="10.98.0")
+    # (LITEFLEET_E2E_PREFIX/_SUBNET: a second run of this suite beside the first, e.g. on a shared machine)
+    prefix, subnet = os.environ.get("LITEFLEET_E2E_PREFIX", "lft"), os.environ.get("LITEFLEET_E2E_SUBNET", "10.98.0")
+    bed = Testbed(Path(f"/var/lib/litefleet-testbed-{secrets.token_hex(3)}"), prefix=prefix, subnet=subnet)
     try:
         bed.up(2)
         yield bed
