@@ -101,7 +101,7 @@ def control_plane(
         heartbeat_interval="2",
         **({"database_url": _own_schema(database)} if database else {}),
     )
-    plane.start()
+    plane.start(timeout=120)  # a busy shared machine took >30 s to import and migrate
     for node in testbed.nodes:
         plane.register(node.name, node.engine_url, node.ip, tls=node.tls_name)
     yield plane
