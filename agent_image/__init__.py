@@ -10,11 +10,14 @@ def research(url: str) -> str:
     page = fetch(url)
     approval = recv("approve", timeout=3600)
     return page if approval else "rejected"
+
+This package's face is `__all__` below; every `_module` is private. Beside it: `agent_image.server` (the agent's
+HTTP API), `agent_image.container` (what runs it inside a tenant container), `agent_image.contract` (the
+container's environment, shared with the control plane), `agent_image.logs`.
 """
 
-from agent_image._context import Queue
-from agent_image.bundle import Bundle, load_bundle
-from agent_image.durable import (
+from agent_image._bundle import Bundle, load_bundle
+from agent_image._durable import (
     get_event,
     recv,
     send,
@@ -25,10 +28,11 @@ from agent_image.durable import (
     workflow,
     workflow_id,
 )
-from agent_image.errors import (
+from agent_image._errors import (
     AgentError,
     DatabaseInUse,
     Draining,
+    InvalidRequest,
     NonDeterminismError,
     NotInWorkflow,
     NotJSONError,
@@ -39,13 +43,18 @@ from agent_image.errors import (
     WorkflowIdConflict,
     WorkflowNotFound,
 )
-from agent_image.runtime import Runtime, StepInfo, WorkflowHandle, WorkflowStatus
+from agent_image._handles import WorkflowHandle
+from agent_image._runtime import Runtime
+from agent_image._specs import Queue
+from agent_image._status import StepInfo, WorkflowStatus
+from agent_image._store import Store
 
 __all__ = [
     "AgentError",
     "Bundle",
     "DatabaseInUse",
     "Draining",
+    "InvalidRequest",
     "NonDeterminismError",
     "NotInWorkflow",
     "NotJSONError",
@@ -53,6 +62,7 @@ __all__ = [
     "Runtime",
     "StepError",
     "StepInfo",
+    "Store",
     "UnknownWorkflow",
     "WorkflowCancelled",
     "WorkflowFailed",

@@ -8,15 +8,14 @@ import argparse
 import logging
 import os
 import sys
-from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import uvicorn
-
+from agent_image import contract
+from agent_image._store import SYNCHRONOUS_MODES
 from agent_image.logs import configure_logging
 
 if TYPE_CHECKING:
-    from agent_image.runtime import Runtime
+    from agent_image import Runtime
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,19 +24,19 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve a workflow bundle over HTTP")
     serve.add_argument("--bundle", required=True, help="module name (tenants.hello) or path to a .py/package")
     serve.add_argument("--db", required=True, help="the SQLite file holding all of this agent's state")
-    serve.add_argument("--host", default=os.environ.get("LITEFLEET_AGENT_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("LITEFLEET_AGENT_PORT", "8080")))
+    serve.add_argument("--host", default=os.environ.get(contract.AGENT_HOST, "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get(contract.AGENT_PORT, "8080")))
     serve.add_argument(
         "--synchronous",
-        default=os.environ.get("LITEFLEET_SYNCHRONOUS", "FULL"),
-        choices=["OFF", "NORMAL", "FULL", "EXTRA"],
+        default=os.environ.get(contract.SYNCHRONOUS, "FULL"),
+        choices=SYNCHRONOUS_MODES,
         help="SQLite synchronous mode (FULL: a committed step survives power loss)",
     )
     serve.add_argument(
         "--replicated",
         action="store_true",
-        help="run under `litestream replicate -exec` (set up by agent_image.entrypoint): watch the CURRENT fence, "
-        "report replication, prove the final sync on exit",
+        help="run under `litestream replicate -exec` (set up by agent_image.container.entrypoint): watch the "
+        "CURRENT fence, report replication, prove the final sync on exit",
     )
     return parser
 
@@ -45,10 +44,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     configure_logging()
-    from agent_image.bundle import load_bundle
-    from agent_image.errors import AgentError
-    from agent_image.runtime import Runtime
-    from agent_image.server import create_app
+    from agent_image import AgentError, Runtime, load_bundle
+    from agent_image.server import AgentServer, create_app
 
     try:
         bundle = load_bundle(args.bundle)
@@ -61,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"litefleet-agent: {exc.code}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     if not args.replicated:
-        server = _server(create_app(lambda: runtime), args)
+        server = AgentServer(create_app(lambda: runtime), runtime, host=args.host, port=args.port)
         server.run()
         # A SIGTERM'd agent that parked its workflows at step boundaries did its job: exit 0 (uvicorn would
         # re-raise the signal).
@@ -71,13 +68,14 @@ def main(argv: list[str] | None = None) -> None:
 
 def _serve_replicated(runtime: Runtime, args: argparse.Namespace) -> int:
     """Serve until SIGTERM or until superseded, then prove the final sync. 0 only when it is proven."""
-    from agent_image.identity import AgentIdentity
-    from agent_image.replication import FenceWatch, ReplicationMonitor, final_sync
-    from agent_image.server import create_app
+    from agent_image.container.fence import FenceWatch
+    from agent_image.container.identity import AgentIdentity
+    from agent_image.container.replication import ReplicationMonitor, final_sync
+    from agent_image.server import AgentServer, create_app
 
     identity = AgentIdentity.from_env()
     monitor = ReplicationMonitor(identity)
-    server = _server(create_app(lambda: runtime, replication=monitor), args)
+    server = AgentServer(create_app(lambda: runtime, replication=monitor), runtime, host=args.host, port=args.port)
 
     def superseded(_: int | None) -> None:
         runtime.drain()
@@ -91,21 +89,6 @@ def _serve_replicated(runtime: Runtime, args: argparse.Namespace) -> int:
     fence.stop()
     record = final_sync(identity, "superseded" if fence.superseded else "stopped")
     return 0 if record.proven and server.started else 1
-
-
-def _server(app: Any, args: argparse.Namespace) -> _Server:
-    config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level="warning", access_log=False, timeout_graceful_shutdown=30
-    )
-    return _Server(config)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's Server, minus re-raising the shutdown signal after a graceful exit."""
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        super().handle_exit(sig, frame)
-        self._captured_signals.clear()
 
 
 if __name__ == "__main__":

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agent_image.errors import NotJSONError
+from agent_image._errors import NotJSONError
 
 
 def dump(value: Any, what: str) -> str:
     """Serialise `value` or raise `NotJSONError` naming `what` (e.g. "step 'fetch' returned")."""
     try:
         return json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise NotJSONError(
             f"{what} a value that is not JSON ({exc}); use dict, list, str, int, float, bool or None"
         ) from None

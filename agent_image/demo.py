@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from agent_image._poll import retry_until
 from tenants.research_agent.stub_tools import StubTools
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,14 +42,11 @@ def _start_agent(db: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
         stderr=log.open("a"),
         env=os.environ | {"PYTHONPATH": str(REPO)},
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            _call(port, "GET", "/readyz")
-            return agent
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"agent did not become ready; see {log}")
+    try:
+        retry_until(lambda: _call(port, "GET", "/readyz"), seconds=30, interval=0.05, errors=(OSError,))
+    except OSError:
+        raise SystemExit(f"agent did not become ready; see {log}") from None
+    return agent
 
 
 def main() -> None:

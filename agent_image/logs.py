@@ -8,15 +8,17 @@ import sys
 
 import structlog
 
+from agent_image import contract
+
 
 def configure_logging(level: str | None = None) -> None:
-    level_name = (level or os.environ.get("LITEFLEET_LOG_LEVEL", "INFO")).upper()
+    level_name = (level or os.environ.get(contract.LOG_LEVEL, "INFO")).upper()
     identity = {
         key: os.environ[env]
         for key, env in (
-            ("tenant", "LITEFLEET_TENANT"),
-            ("agent", "LITEFLEET_AGENT"),
-            ("generation", "LITEFLEET_GENERATION"),
+            ("tenant", contract.TENANT),
+            ("agent", contract.AGENT),
+            ("generation", contract.GENERATION),
         )
         if os.environ.get(env)
     }

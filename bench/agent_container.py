@@ -34,9 +34,10 @@ import apsw  # noqa: E402
 import docker  # noqa: E402
 import httpx  # noqa: E402
 
-from agent_image import litestream  # noqa: E402
-from agent_image.store import Store  # noqa: E402
+from agent_image import Store  # noqa: E402
+from agent_image.container import litestream  # noqa: E402
 from control_plane.agent_container import AgentSpec, run_agent, wait_ready  # noqa: E402
+from control_plane.host_address import local_host_address  # noqa: E402
 from control_plane.images import DEFAULT_BASE, build_agent_image  # noqa: E402
 from control_plane.objectstore import EmbeddedStore, free_address  # noqa: E402
 from control_plane.storage import ObjectStorage, SeaweedCredentials  # noqa: E402
@@ -220,8 +221,7 @@ def main() -> None:
     client = docker.from_env(timeout=600)
     built = build_agent_image(client)
     emit("image", tag=built.tag, size_mib=round(built.size_bytes / 2**20), build_s=built.seconds, built=built.built)
-    gateway = client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
-    address = free_address(gateway)
+    address = free_address(local_host_address())
     with tempfile.TemporaryDirectory() as store_dir:
         store = EmbeddedStore(Path(store_dir), address, BUCKET, "BENCHADMIN", secrets.token_hex(16))
         store.up()

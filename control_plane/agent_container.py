@@ -1,6 +1,6 @@
 """One tenant agent incarnation as a Docker container: its identity, limits, labels, volume and port.
 
-The container gets exactly what `agent_image.identity` reads and nothing else: credentials scoped to its
+The container gets exactly what `agent_image.container.identity` reads and nothing else: credentials scoped to its
 tenant, no capabilities, a read-only root, its own named volume for the database."""
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import docker
 import httpx
 
 from control_plane import images
+from control_plane.host_address import local_host_address
 from control_plane.objectstore import EmbeddedStore, exited
 from control_plane.server import embedded_store
 from control_plane.settings import Settings
@@ -104,8 +105,7 @@ def _effective(settings: Settings) -> Settings:
     """Containers cannot reach 127.0.0.1: unless told otherwise, bind the store to the local engine's bridge."""
     if "LITEFLEET_STORE_IP" in os.environ or settings.s3_endpoint:
         return settings
-    gateway = docker.from_env().networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
-    return settings.model_copy(update={"store_ip": gateway})
+    return settings.model_copy(update={"store_ip": local_host_address()})
 
 
 def up(settings: Settings) -> Iterator[str]:
@@ -127,7 +127,7 @@ def up(settings: Settings) -> Iterator[str]:
     nodes = httpx.get(f"{settings.client_url}/v1/nodes", timeout=10).json()
     if not nodes:
         ControlPlaneProcess({}, settings.client_url, log_file).register(
-            "local", "unix:///var/run/docker.sock", "127.0.0.1"
+            "local", os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock", "127.0.0.1"
         )
         nodes = [{"name": "local"}]
     yield f"nodes     {', '.join(node['name'] for node in nodes)}"

@@ -20,7 +20,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from agent_image import litestream
+from agent_image.container import litestream
 from control_plane.objectstore import EmbeddedStore
 
 

@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # Install and start the host services litefleet's tests and demo need: the Docker engine (and debootstrap for
 # the offline base image). Idempotent: skips what is already installed or running.
+#
+# LITEFLEET_FRESH_ENGINE=1 (set by .ci/run): when this script starts the engine itself, it gets a new, empty data
+# root and exec root, so images, networks and volumes left by earlier runs cannot hide a missing step. Data roots
+# of earlier fresh engines (recorded under $FRESH_ROOT) are removed first; an engine that already answers is
+# reused as it is, and says so.
 set -euo pipefail
+
+FRESH_ROOT=/var/lib/litefleet-engines
 
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)
@@ -13,9 +20,24 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-if ! docker info >/dev/null 2>&1; then
-  nohup dockerd >/tmp/litefleet-dockerd.log 2>&1 &
+if docker info >/dev/null 2>&1; then
+  [ "${LITEFLEET_FRESH_ENGINE:-0}" = 1 ] && echo "note: a Docker engine already runs; reusing it (not fresh)" >&2
+else
+  args=()
+  if [ "${LITEFLEET_FRESH_ENGINE:-0}" = 1 ]; then
+    # no engine answers, so no earlier fresh engine is using its data root any more
+    for old in "$FRESH_ROOT"/*/; do
+      [ -d "$old" ] || continue
+      umount -R "$old" 2>/dev/null || true
+      rm -rf "$old"
+    done
+    run="$(date +%Y%m%d-%H%M%S)-$$"
+    mkdir -p "$FRESH_ROOT/$run"
+    args+=(--data-root "$FRESH_ROOT/$run/data" --exec-root "/run/litefleet-engine-$run")
+    echo "fresh engine: data root $FRESH_ROOT/$run/data, exec root /run/litefleet-engine-$run"
+  fi
+  nohup dockerd "${args[@]}" >/tmp/litefleet-dockerd.log 2>&1 &
   for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
   docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /tmp/litefleet-dockerd.log" >&2; exit 1; }
 fi
-echo "host ready: $(docker version --format 'docker {{.Server.Version}}')"
+echo "host ready: $(docker version --format 'docker {{.Server.Version}}') (data root $(docker info --format '{{.DockerRootDir}}'))"

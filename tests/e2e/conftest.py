@@ -17,6 +17,7 @@ import pytest
 
 from control_plane.client import FleetClient
 from control_plane.drivers import DockerDriver
+from control_plane.host_address import host_address
 from control_plane.images import build_agent_image
 from control_plane.local import ControlPlaneProcess
 from control_plane.objectstore import EmbeddedStore, free_address
@@ -58,6 +59,9 @@ def image() -> str:
 
 @pytest.fixture(scope="session")
 def store(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStore]:
+    # where the nodes' containers reach this host: the test bed's bridge address, found as litefleet finds it
+    addresses = {host_address(node.engine_url) for node in testbed.nodes}
+    assert addresses == {testbed.gateway}, f"nodes reach this host at {addresses}, expected {testbed.gateway}"
     embedded = EmbeddedStore(
         tmp_path_factory.mktemp("e2e-store"), free_address(testbed.gateway), BUCKET, "E2EADMIN", secrets.token_hex(16)
     )

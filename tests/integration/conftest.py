@@ -19,6 +19,7 @@ import docker.errors
 import pytest
 
 from control_plane.agent_container import AgentSpec, run_agent
+from control_plane.host_address import local_host_address
 from control_plane.images import build_agent_image
 from control_plane.objectstore import EmbeddedStore, free_address
 from control_plane.storage import ObjectStorage, SeaweedCredentials
@@ -53,8 +54,7 @@ def docker_client() -> Any:
 @pytest.fixture(scope="session")
 def bridge_store(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStore]:
     """SeaweedFS bound to the engine's bridge gateway, where containers (and the host) reach it."""
-    gateway = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
-    store = start_store(tmp_path_factory.mktemp("bridge-store"), gateway)
+    store = start_store(tmp_path_factory.mktemp("bridge-store"), local_host_address())
     yield store
     store.down()
 

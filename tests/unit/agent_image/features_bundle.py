@@ -144,3 +144,13 @@ TOOLS = Queue("tools", concurrency=2)
 @workflow(queue=TOOLS)
 def queued() -> str:
     return gated()
+
+
+@workflow
+def stubborn_napper(seconds: float) -> str:
+    """Hides every BaseException its sleep raises, as hostile tenant code may."""
+    try:
+        sleep(seconds)
+    except BaseException:  # the point of this workflow
+        return "woke early"
+    return "rested"

@@ -16,9 +16,11 @@ from collections import Counter
 from pathlib import Path
 
 import apsw
+import httpx
 import pytest
 
 from tests.unit.agent_image import crash_bundle
+from tests.unit.agent_image.agent_process import free_port, log_rows, serve, wait_ready
 from tests.unit.agent_image.crash_runner import BONUS
 
 RUNNER = Path(__file__).with_name("crash_runner.py")
@@ -170,3 +172,38 @@ def test_kill_at_random_moments(tmp_path: Path, seed: int) -> None:
 
     _assert_completed_exactly_once(db, results)
     _assert_only_in_flight_reran(_effects(effects), kills=kills, exact={})
+
+
+@pytest.mark.parametrize(
+    ("branch", "named"),
+    [("B", "step 'alpha'"), ("raises", "step 'alpha'"), ("other-step", "step 'alpha'"), ("swallows", "sleep None")],
+)
+def test_replay_that_leaves_logged_operations_unconsumed_is_blocked(tmp_path: Path, branch: str, named: str) -> None:
+    """Kill point: w's log holds `alpha` and a sleep (kill -9 while it sleeps). The restarted code takes another
+    branch: it returns early ("B"), fails early ("raises"), calls another step at the same position
+    ("other-step"), or does so and catches what the replay raised ("swallows"). Each is non-determinism: the
+    workflow must end BLOCKED naming what the log holds, never SUCCESS or ERROR."""
+    db, port = tmp_path / "agent.db", free_port()
+    agent = serve(db, port, "tests.unit.agent_image.branch_bundle", BRANCH="A")
+    try:
+        wait_ready(port, agent)
+        assert httpx.post(f"http://127.0.0.1:{port}/v1/workflows/branching", json={"id": "w"}).status_code == 201
+        deadline = time.monotonic() + 20
+        while not log_rows(db, "SELECT 1 FROM execution_log WHERE workflow_id='w' AND kind='sleep'"):
+            assert time.monotonic() < deadline, "w never reached its sleep"
+            time.sleep(0.01)
+        agent.kill()
+        agent.wait(10)
+    finally:
+        agent.kill()
+
+    restarted = serve(db, port, "tests.unit.agent_image.branch_bundle", BRANCH=branch)
+    try:
+        wait_ready(port, restarted)
+        status = httpx.get(f"http://127.0.0.1:{port}/v1/workflows/w", params={"wait": 10}, timeout=15).json()
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        restarted.wait(20)
+    assert status["status"] == "BLOCKED", status
+    assert named in status["blocked_reason"], status
+    assert status["result"] is None and status["error"] is None

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent_image import litestream
-from agent_image.identity import AgentIdentity
+from agent_image.container import litestream
+from agent_image.container.identity import AgentIdentity
+from agent_image.contract import ContainerEnv
 
 PREFIX = "s3://litefleet/fleet/tenants/acme/agents/2"
 GOOD = {
@@ -57,7 +58,7 @@ def test_bad_identities_are_refused_with_a_reason(change: dict[str, str], messag
 def test_entrypoint_refuses_a_bad_identity_in_one_line_without_secrets() -> None:
     env = {**GOOD, "LITEFLEET_TENANT": "Bad Name", "PATH": "/usr/bin:/bin"}
     done = subprocess.run(
-        [sys.executable, "-m", "agent_image.entrypoint"], env=env, capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "agent_image.container.entrypoint"], env=env, capture_output=True, text=True, timeout=30
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
@@ -81,3 +82,17 @@ def test_a_config_litestream_reads_differently_is_rejected(tmp_path: Path) -> No
     document["dbs"][0]["replcia"] = document["dbs"][0].pop("replica")
     with pytest.raises(litestream.LitestreamError, match="replica"):
         litestream.write_config(document, tmp_path / "litestream.json")
+
+
+def test_the_environment_the_control_plane_writes_is_the_one_the_agent_reads() -> None:
+    """The contract is written once (agent_image.contract): what `to_env` writes, `from_env` reads back."""
+    written = ContainerEnv(**ContainerEnv.read(GOOD)).to_env()
+    assert written == {**GOOD, "LITEFLEET_S3_REGION": "us-east-1"} | {
+        "LITEFLEET_SYNC_INTERVAL": "1.0",
+        "LITEFLEET_MONITOR_INTERVAL": "1.0",
+        "LITEFLEET_FENCE_INTERVAL": "5.0",
+    }
+    read = AgentIdentity.from_env(written)
+    assert ContainerEnv(**ContainerEnv.read(written)) == ContainerEnv(
+        **{name: getattr(read, name) for name in ContainerEnv.read(written)}
+    )

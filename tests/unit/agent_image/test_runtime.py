@@ -17,6 +17,7 @@ from agent_image import (
     Bundle,
     DatabaseInUse,
     Draining,
+    InvalidRequest,
     NotJSONError,
     Runtime,
     UnknownWorkflow,
@@ -24,8 +25,8 @@ from agent_image import (
     WorkflowIdConflict,
     WorkflowNotFound,
 )
-from agent_image._context import WorkflowSpec
-from agent_image.store import SCHEMA_VERSION
+from agent_image._specs import WorkflowSpec
+from agent_image._sysdb import SCHEMA_VERSION
 from tests.unit.agent_image import features_bundle as fb
 
 OpenRuntime = Callable[..., Runtime]
@@ -289,3 +290,27 @@ def test_group_commit_keeps_every_concurrent_write(runtime: Runtime) -> None:
     for thread in threads:
         thread.join()
     assert runtime.store.counter("c") == 3200
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "a" * 201, "bad id!", "x\n"])
+def test_ids_follow_one_rule_for_start_and_fork(runtime: Runtime, bad: str) -> None:
+    with pytest.raises(InvalidRequest, match="id must be"):
+        runtime.start(fb.pipeline, (1,), id=bad)
+    original = runtime.start(fb.pipeline, (1,))
+    original.result(5)
+    with pytest.raises(InvalidRequest, match="id must be"):
+        runtime.fork(original.id, 1, new_id=bad)
+    with pytest.raises(InvalidRequest, match="from_step"):
+        runtime.fork(original.id, 0)
+    assert [w.id for w in runtime.list_workflows()] == [original.id]
+
+
+def test_a_workflow_that_swallows_its_parking_still_parks(open_runtime: OpenRuntime) -> None:
+    """Shutdown parks a workflow by raising at its step boundary; code that catches that and returns must not be
+    settled as SUCCESS with a result the workflow only reached because the agent was stopping."""
+    first = open_runtime()
+    handle = first.start(fb.stubborn_napper, (0.6,))
+    time.sleep(0.1)
+    first.close(timeout=5)
+    second = open_runtime()
+    assert second.wait(handle.id, 5).result == "rested"

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +15,7 @@ from starlette.testclient import TestClient
 from agent_image import Runtime
 from agent_image.server import create_app
 from tests.unit.agent_image import features_bundle
-
-REPO = Path(__file__).resolve().parents[3]
+from tests.unit.agent_image.agent_process import free_port, log_rows, serve, wait_ready
 
 
 @pytest.fixture
@@ -74,6 +70,13 @@ def test_messages_events_and_cancel(client: TestClient) -> None:
         ("post", "/v1/workflows/pipeline", {"args": [], "extra": 1}, 422, "invalid_request"),
         ("get", "/v1/workflows/x?wait=1000", None, 422, "invalid_request"),
         ("get", "/nowhere", None, 404, "not_found"),
+        ("post", "/v1/workflows/missing/fork", None, 422, "invalid_request"),
+        ("post", "/v1/workflows/missing/fork?from_step=0", None, 422, "invalid_request"),
+        ("post", f"/v1/workflows/missing/fork?from_step=1&new_id={'a' * 10_000}", None, 422, "invalid_request"),
+        ("post", "/v1/workflows/missing/fork?from_step=1&new_id=a/b", None, 422, "invalid_request"),
+        ("post", "/v1/workflows/missing/fork?from_step=1&new_id=", None, 422, "invalid_request"),
+        ("post", "/v1/workflows/missing/fork?from_step=1&new_id=ok-id", None, 404, "workflow_not_found"),
+        ("post", "/v1/workflows/pipeline", {"id": "a" * 201}, 422, "invalid_request"),
     ],
 )
 def test_errors_are_json_with_a_stable_code(
@@ -82,6 +85,33 @@ def test_errors_are_json_with_a_stable_code(
     response = client.request(method.upper(), path, json=body)
     assert response.status_code == status
     assert response.json()["code"] == code and response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("/v1/workflows/pipeline", "[" * 100_000),
+        ("/v1/workflows/pipeline", '{"args": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+        ("/v1/workflows/pipeline", '{"args": [' + "[" * 500 + "]" * 500 + "]}"),
+        ("/v1/workflows/x/messages/inbox", "[" * 100_000 + "]" * 100_000),
+        ("/v1/workflows/pipeline", "\xff\xfe not utf-8"),
+        ("/v1/workflows/pipeline", "{"),
+    ],
+)
+def test_bodies_json_cannot_hold_are_a_stable_4xx(client: TestClient, path: str, raw: str) -> None:
+    response = client.post(path, content=raw.encode("latin-1"), headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "invalid_request" and response.json()["message"]
+
+
+def test_fork_checks_ids_by_the_same_rule_as_start(client: TestClient) -> None:
+    client.post("/v1/workflows/pipeline", json={"id": "src", "args": [1]})
+    client.get("/v1/workflows/src", params={"wait": 5})
+    forked = client.post("/v1/workflows/src/fork", params={"from_step": 2, "new_id": "src.fork-1"})
+    assert forked.status_code == 201 and forked.json()["id"] == "src.fork-1"
+    assert client.get("/v1/workflows/src.fork-1", params={"wait": 5}).json()["status"] == "SUCCESS"
+    again = client.post("/v1/workflows/src/fork", params={"from_step": 2, "new_id": "src.fork-1"})
+    assert again.status_code == 409 and again.json()["code"] == "workflow_id_conflict"
 
 
 def test_id_reused_for_another_workflow_is_a_conflict(client: TestClient) -> None:
@@ -106,55 +136,14 @@ def test_metrics(client: TestClient) -> None:
     assert "litefleet_agent_ready 1.0" in text
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _serve(db: Path, port: int) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agent_image",
-            "serve",
-            "--bundle",
-            "tenants.hello",
-            "--db",
-            str(db),
-            "--port",
-            str(port),
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=os.environ | {"PYTHONPATH": str(REPO)},
-    )
-
-
-def _wait_ready(port: int, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("agent never became ready")
-
-
 def test_real_server_sigterm_exits_cleanly_and_second_agent_is_refused(tmp_path: Path) -> None:
-    db, port = tmp_path / "agent.db", _free_port()
-    agent = _serve(db, port)
+    db, port = tmp_path / "agent.db", free_port()
+    agent = serve(db, port)
     try:
-        _wait_ready(port, agent)
+        wait_ready(port, agent)
         started = httpx.post(f"http://127.0.0.1:{port}/v1/workflows/count", json={"id": "c", "args": [50]})
         assert started.status_code == 201
-        second = _serve(db, _free_port())
+        second = serve(db, free_port())
         assert second.wait(20) != 0
         assert second.stderr is not None
         assert second.stderr.read().strip().endswith("one agent runtime per database file")
@@ -162,11 +151,67 @@ def test_real_server_sigterm_exits_cleanly_and_second_agent_is_refused(tmp_path:
         assert agent.wait(20) == 0
     finally:
         agent.kill()
-    restarted = _serve(db, port)
+    restarted = serve(db, port)
     try:
-        _wait_ready(port, restarted)
+        wait_ready(port, restarted)
         done = httpx.get(f"http://127.0.0.1:{port}/v1/workflows/c", params={"wait": 10}).json()
         assert done["status"] == "SUCCESS" and done["result"] == sum(range(50))
     finally:
         restarted.send_signal(signal.SIGTERM)
         restarted.wait(20)
+
+
+def test_a_second_agent_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    """The one-runtime-per-file lock keys on the real file: a symlink to the database, or to its directory, is
+    the same file (and a hard link is refused). The first agent holds the file with a workflow mid-run; after it
+    is killed, step 1 of that workflow was checkpointed once."""
+    db, port = tmp_path / "agent.db", free_port()
+    (tmp_path / "link.db").symlink_to(db)
+    (tmp_path / "linkdir").symlink_to(tmp_path)
+    agent = serve(db, port)
+    try:
+        wait_ready(port, agent)
+        httpx.post(f"http://127.0.0.1:{port}/v1/workflows/count", json={"id": "c", "args": [200, 0.01]})
+        (tmp_path / "hard.db").hardlink_to(db)
+        for alias in (tmp_path / "link.db", tmp_path / "linkdir" / "agent.db", tmp_path / "hard.db"):
+            second = serve(alias, free_port())
+            assert second.wait(20) != 0, f"a second agent started on {alias}"
+            assert second.stderr is not None
+            assert second.stderr.read().strip().endswith("one agent runtime per database file")
+    finally:
+        agent.kill()
+        agent.wait(10)
+    first_steps = log_rows(db, "SELECT count(*) FROM execution_log WHERE workflow_id='c' AND seq=1 AND kind='step'")
+    assert first_steps == [(1,)], "step 1 was checkpointed by two runtimes"
+
+
+def test_sigterm_answers_long_polls_at_once_and_parks_promptly(tmp_path: Path) -> None:
+    """Kill point: SIGTERM while a client long-polls `?wait=60` on a running workflow. The poll must be answered
+    at once with the current status, the workflow parks at its next step boundary, and the agent exits 0 well
+    inside the control plane's 30 s stop timeout (uvicorn must not wait for the poll)."""
+    db, port = tmp_path / "agent.db", free_port()
+    agent = serve(db, port)
+    answers: list[httpx.Response] = []
+    try:
+        wait_ready(port, agent)
+        httpx.post(f"http://127.0.0.1:{port}/v1/workflows/count", json={"id": "c", "args": [2000, 0.02]})
+        url = f"http://127.0.0.1:{port}/v1/workflows/c"
+        poll = threading.Thread(target=lambda: answers.append(httpx.get(url, params={"wait": 60}, timeout=90)))
+        poll.start()
+        time.sleep(0.5)  # the poll is waiting inside the agent
+        signalled, signalled_at = time.monotonic(), time.time()
+        agent.send_signal(signal.SIGTERM)
+        poll.join(5)
+        answered = time.monotonic() - signalled
+        assert not poll.is_alive(), "the long poll was not answered within 5 s of SIGTERM"
+        assert agent.wait(10) == 0
+        exited = time.monotonic() - signalled
+    finally:
+        agent.kill()
+        agent.wait(10)
+    assert answered < 3 and exited < 5, (answered, exited)
+    assert answers[0].status_code == 200 and answers[0].json()["status"] == "RUNNING"
+    after = log_rows(
+        db, "SELECT count(*) FROM execution_log WHERE workflow_id='c' AND kind='step' AND at>?", signalled_at
+    )
+    assert after[0][0] <= 2, f"{after[0][0]} steps ran after SIGTERM: it did not park at the next boundary"

@@ -2,13 +2,12 @@
 
 Starlette, not FastAPI, on purpose: this process runs once per tenant agent, and FastAPI with pydantic costs
 ~16 MiB more RSS per process (measured: 57 MiB vs 41 MiB idle, see README "Benchmarks"). The API has four
-small bodies; they are validated by hand below. The control plane, which runs once, uses FastAPI.
+small bodies; they are validated by hand (`_input`). The control plane, which runs once, uses FastAPI.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -21,63 +20,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent_image import metrics
-from agent_image.errors import AgentError
-from agent_image.runtime import STATUSES, Runtime
+from agent_image._errors import AgentError, InvalidRequest
+from agent_image._runtime import Runtime
+from agent_image._status import STATUSES
+from agent_image.server import _metrics
+from agent_image.server._input import json_body, query_number, start_body
 
 log = structlog.get_logger("agent_image.server")
 
-_ID = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 Handler = Callable[[Request, Runtime], Any]
-
-
-class InvalidRequest(AgentError):
-    code = "invalid_request"
-    status = 422
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"code": code, "message": message}, status_code=status)
-
-
-async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    if not raw:
-        return None
-    try:
-        return await request.json()
-    except ValueError:
-        raise InvalidRequest("the request body must be JSON") from None
-
-
-def _query_number(request: Request, name: str, default: float, low: float, high: float) -> float:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be a number, not {raw!r}") from None
-    if not low <= value <= high:
-        raise InvalidRequest(f"{name} must be between {low:g} and {high:g}")
-    return value
-
-
-def _start_body(body: Any) -> tuple[str | None, list[Any], dict[str, Any]]:
-    body = {} if body is None else body
-    if not isinstance(body, dict):
-        raise InvalidRequest('the body must be an object: {"id"?, "args"?, "kwargs"?}')
-    unknown = set(body) - {"id", "args", "kwargs"}
-    if unknown:
-        raise InvalidRequest(f"unknown fields: {', '.join(sorted(unknown))}")
-    workflow_id, args, kwargs = body.get("id"), body.get("args", []), body.get("kwargs", {})
-    if workflow_id is not None and not (isinstance(workflow_id, str) and _ID.match(workflow_id)):
-        raise InvalidRequest("id must be 1-200 characters of letters, digits and . _ : -")
-    if not isinstance(args, list):
-        raise InvalidRequest("args must be a list")
-    if not isinstance(kwargs, dict):
-        raise InvalidRequest("kwargs must be an object")
-    return workflow_id, args, kwargs
 
 
 def create_app(open_runtime: Callable[[], Runtime], *, replication: Any = None) -> Starlette:
@@ -114,10 +69,10 @@ def create_app(open_runtime: Callable[[], Runtime], *, replication: Any = None) 
         return JSONResponse(detail, status_code=200 if detail["ready"] else 503)
 
     def prometheus(_: Request, runtime: Runtime) -> Response:
-        return Response(metrics.render(runtime, replication), media_type=metrics.CONTENT_TYPE)
+        return Response(_metrics.render(runtime, replication), media_type=_metrics.CONTENT_TYPE)
 
     async def start(request: Request, runtime: Runtime) -> Response:
-        workflow_id, args, kwargs = _start_body(await _json_body(request))
+        workflow_id, args, kwargs = start_body(await json_body(request))
         name = request.path_params["name"]
 
         def run() -> Response:
@@ -131,14 +86,14 @@ def create_app(open_runtime: Callable[[], Runtime], *, replication: Any = None) 
         status = request.query_params.get("status")
         if status is not None and status not in STATUSES:
             raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}")
-        limit = int(_query_number(request, "limit", 100, 1, 1000))
+        limit = int(query_number(request, "limit", 100, 1, 1000))
         rows = runtime.list_workflows(status=status, name=request.query_params.get("name"), limit=limit)
         return {"workflows": [row.to_dict() for row in rows], "counts": runtime.counts()}
 
     def get(request: Request, runtime: Runtime) -> dict[str, Any]:
         """`?wait=N` long-polls up to N seconds for the workflow to settle."""
         workflow_id = request.path_params["workflow_id"]
-        wait = _query_number(request, "wait", 0, 0, 300)
+        wait = query_number(request, "wait", 0, 0, 300)
         return (runtime.wait(workflow_id, wait) if wait else runtime.get(workflow_id)).to_dict()
 
     def steps(request: Request, runtime: Runtime) -> dict[str, Any]:
@@ -148,12 +103,12 @@ def create_app(open_runtime: Callable[[], Runtime], *, replication: Any = None) 
         return runtime.cancel(request.path_params["workflow_id"]).to_dict()
 
     def fork(request: Request, runtime: Runtime) -> Response:
-        from_step = int(_query_number(request, "from_step", 0, 1, 1_000_000))
+        from_step = int(query_number(request, "from_step", None, 1, 1_000_000))
         handle = runtime.fork(request.path_params["workflow_id"], from_step, new_id=request.query_params.get("new_id"))
         return JSONResponse(runtime.get(handle.id).to_dict(), status_code=201)
 
     async def message(request: Request, runtime: Runtime) -> Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         workflow_id, topic = request.path_params["workflow_id"], request.path_params["topic"]
         await run_in_threadpool(runtime.send, workflow_id, body, topic)
         return JSONResponse({"workflow_id": workflow_id, "topic": topic, "accepted": True}, status_code=202)
@@ -190,6 +145,10 @@ def create_app(open_runtime: Callable[[], Runtime], *, replication: Any = None) 
     async def not_allowed(request: Request, exc: Exception) -> Response:
         return _error(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
 
+    async def internal(request: Request, exc: Exception) -> Response:
+        log.exception("agent.internal_error", method=request.method, path=request.url.path)
+        return _error(500, "internal_error", f"{type(exc).__name__} while serving {request.url.path}")
+
     routes = [
         Route("/healthz", healthz),
         route("/readyz", readyz),
@@ -204,5 +163,9 @@ def create_app(open_runtime: Callable[[], Runtime], *, replication: Any = None) 
         route("/v1/workflows/{workflow_id}/events/{key}", event),
         route("/admin/drain", drain, "POST"),
     ]
-    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {404: not_found, 405: not_allowed}
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        404: not_found,
+        405: not_allowed,
+        Exception: internal,
+    }
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)

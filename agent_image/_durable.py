@@ -1,9 +1,7 @@
 """What tenant code calls: the decorators and the durable operations a workflow performs.
 
-Each operation takes the next sequence number of the running workflow, returns the logged outcome when the log
-already holds one (replay), and otherwise performs the operation and logs its outcome before returning. That one
-rule is why re-running a workflow function after a crash is safe: everything it did before the crash comes back
-from the log; only the operation that was in flight happens again.
+Every operation follows `_replay`'s rule: `begin` (a step boundary, the next sequence number, the logged
+outcome if any), then either return what the log holds or perform the operation and `record` it.
 """
 
 from __future__ import annotations
@@ -15,19 +13,21 @@ from typing import Any, TypeVar, overload
 
 import apsw
 
-from agent_image import _json
-from agent_image._context import (
-    STEP_ATTR,
-    WORKFLOW_ATTR,
+from agent_image import _json, _sysdb
+from agent_image._errors import NotInWorkflow, StepError, WorkflowFailed
+from agent_image._handles import WorkflowHandle
+from agent_image._replay import (
     Execution,
-    Queue,
+    Host,
     Recorded,
-    StepSpec,
-    WorkflowSpec,
+    begin,
     current_execution,
+    default_host,
+    record,
     require_execution,
 )
-from agent_image.errors import NotInWorkflow, StepError, WorkflowNotFound
+from agent_image._specs import STEP_ATTR, WORKFLOW_ATTR, Queue, StepSpec, WorkflowSpec
+from agent_image._status import CANCELLED, ERROR, FINAL, PENDING, RUNNING
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -111,9 +111,6 @@ def step(
     return decorate(fn) if fn is not None else decorate
 
 
-# -- steps ------------------------------------------------------------------------------------------------------
-
-
 def _run_step(
     execution: Execution,
     spec: StepSpec,
@@ -121,106 +118,42 @@ def _run_step(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
-    execution.checkpoint()
-    seq = execution.next_seq()
-    recorded = execution.recorded(seq, "step", spec.name)
-    if recorded is not None:
-        return _outcome(recorded, spec.name)
-
-    started = _now()
-    attempt = 0
-    while True:
-        attempt += 1
-        execution.in_step = True
-        try:
-            value = func(*args, **kwargs)
-            error = None
-            break
-        except Exception as exc:
-            error = {"type": type(exc).__name__, "message": str(exc)}
-            if attempt > spec.retries:
+    seq, recorded = begin(execution, "step", spec.name)
+    if recorded is None:
+        started = _now()
+        attempt = 0
+        while True:
+            attempt += 1
+            execution.in_step = True
+            try:
+                value = func(*args, **kwargs)
+                error = None
                 break
-        finally:
-            execution.in_step = False
-        # A retry wait is a step boundary: cancel and shutdown take effect here (the step re-runs on restart).
-        execution.pause_until(_now() + spec.delay(attempt), _now)
-
-    text = None
-    if error is None:
-        text, value = _json.roundtrip(value, f"step {spec.name!r} returned")
-    _append(
-        execution,
-        seq,
-        "step",
-        spec.name,
-        value_text=text,
-        value=value if error is None else None,
-        error=error,
-        attempts=attempt,
-        started_at=started,
-    )
-    if error is not None:
-        raise StepError(spec.name, error["type"], error["message"])
-    return value
-
-
-def _outcome(recorded: Recorded, name: str) -> Any:
-    if recorded.error is not None:
-        raise StepError(name, recorded.error["type"], recorded.error["message"])
-    return recorded.value
-
-
-def _append(
-    execution: Execution,
-    seq: int,
-    kind: str,
-    name: str | None,
-    *,
-    value_text: str | None = None,
-    value: Any = None,
-    error: dict[str, str] | None = None,
-    attempts: int | None = None,
-    started_at: float | None = None,
-    also: Callable[[apsw.Connection], None] | None = None,
-) -> None:
-    """Log operation `seq` of the running workflow (`value` is `value_text` parsed), plus `also` in the same
-    transaction."""
-
-    def write(conn: apsw.Connection) -> None:
-        log_operation(conn, execution.workflow_id, seq, kind, name, value_text, error, attempts, started_at)
-        if also is not None:
-            also(conn)
-
-    execution.runtime.store.write(write)
-    execution.history.setdefault(seq, {})[kind] = Recorded(kind, name, value, error)
-
-
-def log_operation(
-    conn: apsw.Connection,
-    workflow_id: str,
-    seq: int | None,
-    kind: str,
-    name: str | None,
-    value_text: str | None = None,
-    error: dict[str, str] | None = None,
-    attempts: int | None = None,
-    started_at: float | None = None,
-) -> None:
-    conn.execute(
-        "INSERT INTO execution_log (workflow_id, seq, kind, name, value, error, attempts, started_at, at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            workflow_id,
+            except Exception as exc:
+                error = {"type": type(exc).__name__, "message": str(exc)}
+                if attempt > spec.retries:
+                    break
+            finally:
+                execution.in_step = False
+            # A retry wait is a step boundary: cancel and shutdown take effect here (the step re-runs on restart).
+            execution.pause_until(_now() + spec.delay(attempt), _now)
+        text = None
+        if error is None:
+            text, value = _json.roundtrip(value, f"step {spec.name!r} returned")
+        recorded = record(
+            execution,
             seq,
-            kind,
-            name,
-            value_text,
-            _json.dump(error, "error") if error else None,
-            attempts,
-            started_at,
-            _now(),
-        ),
-    )
+            "step",
+            spec.name,
+            value_text=text,
+            value=value if error is None else None,
+            error=error,
+            attempts=attempt,
+            started_at=started,
+        )
+    if recorded.error is not None:
+        raise StepError(spec.name, recorded.error["type"], recorded.error["message"])
+    return recorded.value
 
 
 # -- durable operations -----------------------------------------------------------------------------------------
@@ -241,15 +174,13 @@ def sleep(seconds: float) -> None:
     if execution is None or execution.in_step:
         time.sleep(seconds)
         return
-    execution.checkpoint()
-    seq = execution.next_seq()
-    recorded = execution.recorded(seq, "sleep", None)
-    if recorded is not None:
-        deadline = float(recorded.value)
-    else:
+    seq, recorded = begin(execution, "sleep", None)
+    if recorded is None:
         deadline = _now() + max(0.0, float(seconds))
-        _append(execution, seq, "sleep", None, value_text=_json.dump(deadline, "sleep deadline"), value=deadline)
-    execution.pause_until(deadline, _now)
+        recorded = record(
+            execution, seq, "sleep", None, value_text=_json.dump(deadline, "sleep deadline"), value=deadline
+        )
+    execution.pause_until(float(recorded.value), _now)
 
 
 def recv(topic: str = DEFAULT_TOPIC, timeout: float = 60.0) -> Any:
@@ -257,19 +188,9 @@ def recv(topic: str = DEFAULT_TOPIC, timeout: float = 60.0) -> Any:
     The deadline is logged (it survives restarts) and a message is consumed in the same transaction that logs
     it, so each message is received exactly once."""
     execution = require_execution("recv")
-    workflow = execution.workflow_id
-
-    def take(conn: apsw.Connection) -> tuple[bool, str | None]:
-        rows = conn.execute(
-            "SELECT id, body FROM messages WHERE workflow_id=? AND topic=? AND consumed_at IS NULL ORDER BY id LIMIT 1",
-            (workflow, topic),
-        ).fetchall()
-        if not rows:
-            return False, None
-        conn.execute("UPDATE messages SET consumed_at=? WHERE id=?", (_now(), rows[0][0]))
-        return True, rows[0][1]
-
-    return _wait_for(execution, "recv", topic, timeout, take)
+    return _wait_for(
+        execution, "recv", topic, timeout, lambda conn: _sysdb.take_message(conn, execution.workflow_id, topic)
+    )
 
 
 def get_event(target_workflow_id: str, key: str, timeout: float = 60.0) -> Any:
@@ -277,22 +198,14 @@ def get_event(target_workflow_id: str, key: str, timeout: float = 60.0) -> Any:
     (None if it never comes). Inside a workflow the answer is checkpointed; outside it is a plain read."""
     execution = current_execution.get()
     if execution is None or execution.in_step:
-        from agent_image.runtime import Runtime
-
-        return Runtime.default().get_event(target_workflow_id, key, timeout=timeout)
+        return default_host().get_event(target_workflow_id, key, timeout=timeout)
 
     def look(conn: apsw.Connection) -> tuple[bool, str | None]:
-        text = read_event(conn, target_workflow_id, key)
+        text = _sysdb.read_event(conn, target_workflow_id, key)
         return text is not None, text
 
-    with execution.runtime._watching_event(target_workflow_id, key, execution.wake):
+    with execution.runtime.watchers.watch(("event", target_workflow_id, key), execution.wake):
         return _wait_for(execution, "get_event", f"{target_workflow_id}:{key}", timeout, look)
-
-
-def read_event(conn: apsw.Connection, workflow_id: str, key: str) -> str | None:
-    """The JSON text of event `key` of a workflow, None if it is not set."""
-    rows = conn.execute("SELECT value FROM events WHERE workflow_id=? AND key=?", (workflow_id, key)).fetchall()
-    return rows[0][0] if rows else None
 
 
 def _wait_for(
@@ -304,9 +217,7 @@ def _wait_for(
 ) -> Any:
     """Shared shape of recv and get_event: log a deadline once, then poll (inside a write transaction that also
     logs the outcome) until something arrives or the deadline passes."""
-    execution.checkpoint()
-    seq = execution.next_seq()
-    recorded = execution.recorded(seq, kind, name)
+    seq, recorded = begin(execution, kind, name)
     if recorded is not None:
         return recorded.value
     waiting = execution.history.get(seq, {}).get(kind + ".wait")
@@ -314,7 +225,7 @@ def _wait_for(
         deadline = float(waiting.value)
     else:
         deadline = _now() + max(0.0, float(timeout))
-        _append(execution, seq, kind + ".wait", name, value_text=_json.dump(deadline, "deadline"), value=deadline)
+        record(execution, seq, kind + ".wait", name, value_text=_json.dump(deadline, "deadline"), value=deadline)
 
     while True:
         execution.wake.clear()
@@ -323,7 +234,7 @@ def _wait_for(
         def attempt(conn: apsw.Connection, timed_out: bool = timed_out) -> tuple[bool, str | None]:
             found, value_text = poll(conn)
             if found or timed_out:
-                log_operation(conn, execution.workflow_id, seq, kind, name, value_text)
+                _sysdb.log_operation(conn, execution.workflow_id, seq, kind, name, value_text)
                 return True, value_text
             return False, None
 
@@ -339,52 +250,30 @@ def send(destination_id: str, message: Any, topic: str = DEFAULT_TOPIC) -> None:
     """Send `message` to workflow `destination_id`. From a workflow it is sent exactly once (replay skips it)."""
     execution = current_execution.get()
     if execution is None or execution.in_step:
-        from agent_image.runtime import Runtime
-
-        Runtime.default().send(destination_id, message, topic)
+        default_host().send(destination_id, message, topic)
         return
     body = _json.dump(message, f"message to {destination_id}")
-    execution.checkpoint()
-    seq = execution.next_seq()
-    if execution.recorded(seq, "send", f"{destination_id}:{topic}") is not None:
+    seq, recorded = begin(execution, "send", f"{destination_id}:{topic}")
+    if recorded is not None:
         return
-    _append(
-        execution,
-        seq,
-        "send",
-        f"{destination_id}:{topic}",
-        also=lambda conn: insert_message(conn, destination_id, topic, body),
-    )
+    also = functools.partial(_sysdb.insert_message, destination_id=destination_id, topic=topic, body=body)
+    record(execution, seq, "send", f"{destination_id}:{topic}", also=also)
     execution.runtime._wake(destination_id)
-
-
-def insert_message(conn: apsw.Connection, destination_id: str, topic: str, body: str) -> None:
-    if not conn.execute("SELECT 1 FROM workflow_state WHERE id=?", (destination_id,)).fetchall():
-        raise WorkflowNotFound(f"no workflow {destination_id!r} to send a message to")
-    conn.execute(
-        "INSERT INTO messages (workflow_id, topic, body, sent_at) VALUES (?, ?, ?, ?)",
-        (destination_id, topic, body, _now()),
-    )
 
 
 def set_event(key: str, value: Any) -> None:
     """Publish `value` under `key` for this workflow (readable with `get_event`); the last value wins."""
     execution = require_execution("set_event")
     text = _json.dump(value, f"event {key!r}")
-    execution.checkpoint()
-    seq = execution.next_seq()
-    if execution.recorded(seq, "set_event", key) is not None:
+    seq, recorded = begin(execution, "set_event", key)
+    if recorded is not None:
         return
+    also = functools.partial(_sysdb.set_event, workflow_id=execution.workflow_id, key=key, text=text)
+    record(execution, seq, "set_event", key, value_text=text, value=_json.load(text), also=also)
+    execution.runtime.watchers.fire(("event", execution.workflow_id, key))
 
-    def upsert(conn: apsw.Connection) -> None:
-        conn.execute(
-            "INSERT INTO events (workflow_id, key, value, at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(workflow_id, key) DO UPDATE SET value=excluded.value, at=excluded.at",
-            (execution.workflow_id, key, text, _now()),
-        )
 
-    _append(execution, seq, "set_event", key, value_text=text, value=_json.load(text), also=upsert)
-    execution.runtime._event_set(execution.workflow_id, key)
+# -- child workflows --------------------------------------------------------------------------------------------
 
 
 def start_workflow(fn: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> Any:
@@ -392,7 +281,66 @@ def start_workflow(fn: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> A
     from the parent's, its start is checkpointed, and cancelling the parent cancels it."""
     execution = current_execution.get()
     if execution is None or execution.in_step:
-        from agent_image.runtime import Runtime
+        return default_host().start(fn, args, kwargs)
+    return _start_child(execution, fn, args, kwargs)
 
-        return Runtime.default().start(fn, args, kwargs)
-    return execution.runtime._start_child(execution, fn, args, kwargs)
+
+class _ChildHandle(WorkflowHandle):
+    """A child started by a running workflow: waiting on it is a durable operation of the parent."""
+
+    def __init__(self, runtime: Host, workflow_id: str, parent: Execution) -> None:
+        super().__init__(runtime, workflow_id)
+        self.parent = parent
+
+    def result(self, timeout: float | None = None) -> Any:
+        if current_execution.get() is not self.parent:
+            return super().result(timeout)
+        return _child_result(self.parent, self.id)
+
+
+def _start_child(
+    parent: Execution, workflow: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> _ChildHandle:
+    host = parent.runtime
+    spec = host.bundle.spec(workflow)
+    seq, recorded = begin(parent, "child", spec.name)
+    if recorded is not None:
+        return _ChildHandle(host, str(recorded.value), parent)
+    child_id = f"{parent.workflow_id}-{seq}"
+    inputs = _json.dump({"args": list(args), "kwargs": kwargs}, f"the arguments of child {spec.name!r} are")
+    queue = spec.queue.name if spec.queue else None
+    insert = functools.partial(
+        _sysdb.insert_workflow,
+        workflow_id=child_id,
+        name=spec.name,
+        status=PENDING if queue else RUNNING,
+        inputs=inputs,
+        bundle_version=host.bundle.version,
+        queue=queue,
+        parent_id=parent.workflow_id,
+    )
+    record(parent, seq, "child", spec.name, value_text=_json.dump(child_id, "child id"), value=child_id, also=insert)
+    host._run_new(child_id, spec.name, queue, list(args), kwargs)
+    return _ChildHandle(host, child_id, parent)
+
+
+def _child_result(parent: Execution, child_id: str) -> Any:
+    host = parent.runtime
+    seq, recorded = begin(parent, "child.result", child_id)
+    if recorded is None:
+        with host.watchers.watch(("settled", child_id), parent.wake):
+            while True:
+                parent.wake.clear()
+                status = host.get(child_id)
+                if status.status in FINAL:
+                    break
+                parent.wait_until(time.time() + 3600, time.time)
+        error = status.error if status.status == ERROR else None
+        if status.status == CANCELLED:
+            error = {"type": "Cancelled", "message": f"child workflow {child_id} was cancelled"}
+        text = _json.dump(status.result, "child result") if error is None else None
+        value = status.result if error is None else None
+        recorded = record(parent, seq, "child.result", child_id, value_text=text, value=value, error=error)
+    if recorded.error is not None:
+        raise WorkflowFailed(child_id, CANCELLED if recorded.error["type"] == "Cancelled" else ERROR, recorded.error)
+    return recorded.value

@@ -1,6 +1,6 @@
 """The agent container's entrypoint: identity -> fence -> restore -> config -> `litestream replicate -exec`.
 
-`python -m agent_image.entrypoint` runs as the container's first process and replaces itself with Litestream,
+`python -m agent_image.container.entrypoint` runs as the container's first process and replaces itself with Litestream,
 so Litestream is PID 1 and owns the agent server: if Litestream dies, the container dies with it, and the agent
 can never keep writing unreplicated.
 
@@ -17,40 +17,15 @@ import time
 
 import structlog
 
-from agent_image import litestream
-from agent_image.identity import AgentIdentity, IdentityError
+from agent_image import contract
+from agent_image._store import Store
+from agent_image.container import litestream
+from agent_image.container.fence import check_fence
+from agent_image.container.identity import AgentIdentity, IdentityError
+from agent_image.contract import StartRefused
 from agent_image.logs import configure_logging
-from agent_image.replication import current_generation
-from agent_image.s3 import S3Error
 
 log = structlog.get_logger("agent_image.entrypoint")
-_STORE_PATIENCE = 30.0
-
-
-class StartRefused(Exception):
-    def __init__(self, code: str, exit_code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.exit_code = exit_code
-
-
-def check_fence(identity: AgentIdentity) -> None:
-    """Refuse to start unless CURRENT names this generation. Retries an unreachable store for a while."""
-    deadline = time.monotonic() + _STORE_PATIENCE
-    while True:
-        try:
-            named = current_generation(identity)
-            break
-        except (OSError, S3Error) as exc:
-            if time.monotonic() > deadline:
-                raise StartRefused("store_unreachable", 4, f"cannot read CURRENT: {exc}") from None
-            time.sleep(1)
-    if named != identity.generation:
-        raise StartRefused(
-            "stale_generation",
-            3,
-            f"CURRENT names generation {named}, this container is generation {identity.generation}: refusing to run",
-        )
 
 
 def prepare_database(identity: AgentIdentity) -> str:
@@ -75,8 +50,6 @@ def prepare_database(identity: AgentIdentity) -> str:
 
 def initialise_schema(identity: AgentIdentity) -> None:
     """Create or migrate the runtime's schema now, so Litestream starts on a WAL database that exists."""
-    from agent_image.store import Store
-
     Store(str(identity.db_path), synchronous=identity.synchronous).close()
 
 
@@ -108,7 +81,7 @@ def main() -> None:
         identity = AgentIdentity.from_env()
     except (IdentityError, ValueError) as exc:
         print(f"litefleet-agent: bad_identity: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(contract.EXIT_BAD_IDENTITY) from None
     started = time.monotonic()
     try:
         check_fence(identity)
@@ -116,7 +89,7 @@ def main() -> None:
             source = prepare_database(identity)
             initialise_schema(identity)
         except Exception as exc:
-            raise StartRefused("restore_failed", 5, str(exc)) from None
+            raise StartRefused("restore_failed", contract.EXIT_RESTORE_FAILED, str(exc)) from None
         document = litestream.agent_config(identity, identity.replica_url)
         config = litestream.write_config(document, identity.run_dir / "litestream.json")
     except StartRefused as exc:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from agent_image._context import WORKFLOW_ATTR, Queue, WorkflowSpec
-from agent_image.errors import UnknownWorkflow
+from agent_image._errors import UnknownWorkflow
+from agent_image._specs import WORKFLOW_ATTR, Queue, WorkflowSpec
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent_image.identity import AgentIdentity
+from agent_image.container.identity import AgentIdentity
 
 
 class LitestreamError(RuntimeError):

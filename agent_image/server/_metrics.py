@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from agent_image.runtime import Runtime
+from agent_image._runtime import Runtime
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

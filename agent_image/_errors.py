@@ -4,51 +4,47 @@ from __future__ import annotations
 
 
 class AgentError(Exception):
-    """Base of the runtime's ordinary errors. `code` is stable; `status` is the HTTP status the server uses."""
+    """Base of the runtime's ordinary errors. `code` is stable; `status` is the HTTP status the server uses.
+    Each subclass names both in its header: `class Draining(AgentError, code="draining", status=503)`."""
 
     code = "runtime_error"
     status = 500
 
-
-class RuntimeStorageError(AgentError):
-    code = "storage_error"
-
-
-class DatabaseInUse(RuntimeStorageError):
-    code = "database_in_use"
-    status = 409
+    def __init_subclass__(cls, *, code: str | None = None, status: int | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
+        if status is not None:
+            cls.status = status
 
 
-class NotJSONError(AgentError, TypeError):
+class InvalidRequest(AgentError, ValueError, code="invalid_request", status=422):
+    """Bad input from a caller: a malformed id, a missing or out-of-range parameter, a body JSON cannot hold."""
+
+
+class RuntimeStorageError(AgentError, code="storage_error"): ...
+
+
+class DatabaseInUse(RuntimeStorageError, code="database_in_use", status=409): ...
+
+
+class NotJSONError(AgentError, TypeError, code="not_json", status=422):
     """A workflow argument, step result, message or event value that JSON cannot hold."""
 
-    code = "not_json"
-    status = 422
+
+class UnknownWorkflow(AgentError, code="unknown_workflow", status=404): ...
 
 
-class UnknownWorkflow(AgentError):
-    code = "unknown_workflow"
-    status = 404
+class WorkflowNotFound(AgentError, code="workflow_not_found", status=404): ...
 
 
-class WorkflowNotFound(AgentError):
-    code = "workflow_not_found"
-    status = 404
+class WorkflowIdConflict(AgentError, code="workflow_id_conflict", status=409): ...
 
 
-class WorkflowIdConflict(AgentError):
-    code = "workflow_id_conflict"
-    status = 409
+class Draining(AgentError, code="draining", status=503): ...
 
 
-class Draining(AgentError):
-    code = "draining"
-    status = 503
-
-
-class NotInWorkflow(AgentError):
-    code = "not_in_workflow"
-    status = 400
+class NotInWorkflow(AgentError, code="not_in_workflow", status=400): ...
 
 
 class StepError(Exception):

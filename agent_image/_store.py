@@ -1,8 +1,5 @@
-"""The runtime's one SQLite file: schema, migrations, single-process lock, and group commit.
-
-Shape (Obelisk's): `execution_log` is append-only and holds every transition and every durable operation
-(`seq` numbers a workflow's operations in the order its code performs them); `workflow_state` is the
-current-state table the API reads. `messages` and `events` hold what workflows exchange.
+"""The runtime's one SQLite file: connections, migrations (the schema is in `_sysdb`), the single-process lock,
+and group commit.
 
 Writes go through one writer thread that folds whatever is queued into a single transaction (group commit):
 64 workflows finishing a step at once cost one fsync, not 64. Reads use a small pool of read connections; in WAL
@@ -18,11 +15,12 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import apsw
 
-from agent_image.errors import DatabaseInUse, RuntimeStorageError
+from agent_image import _sysdb
+from agent_image._errors import DatabaseInUse, RuntimeStorageError
 
 MIN_SQLITE = (3, 51, 3)
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -31,70 +29,6 @@ _BUSY_TIMEOUT_MS = 10_000
 
 T = TypeVar("T")
 Write = Callable[[apsw.Connection], T]
-
-# One entry per schema version; never edit a shipped entry, append a new one.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE workflow_state (
-        id             TEXT PRIMARY KEY,
-        name           TEXT NOT NULL,
-        status         TEXT NOT NULL,
-        inputs         TEXT NOT NULL,
-        output         TEXT,
-        error          TEXT,
-        parent_id      TEXT,
-        queue          TEXT,
-        bundle_version TEXT NOT NULL,
-        blocked_reason TEXT,
-        forked_from    TEXT,
-        created_at     REAL NOT NULL,
-        updated_at     REAL NOT NULL
-    );
-    CREATE INDEX workflow_state_status ON workflow_state (status, created_at);
-    CREATE INDEX workflow_state_parent ON workflow_state (parent_id) WHERE parent_id IS NOT NULL;
-    CREATE INDEX workflow_state_queue ON workflow_state (queue, status, created_at) WHERE queue IS NOT NULL;
-
-    CREATE TABLE execution_log (
-        lsn         INTEGER PRIMARY KEY,
-        workflow_id TEXT NOT NULL,
-        seq         INTEGER,
-        kind        TEXT NOT NULL,
-        name        TEXT,
-        value       TEXT,
-        error       TEXT,
-        attempts    INTEGER,
-        started_at  REAL,
-        at          REAL NOT NULL
-    );
-    CREATE UNIQUE INDEX execution_log_op ON execution_log (workflow_id, seq, kind) WHERE seq IS NOT NULL;
-    CREATE INDEX execution_log_workflow ON execution_log (workflow_id, lsn);
-
-    CREATE TABLE messages (
-        id          INTEGER PRIMARY KEY,
-        workflow_id TEXT NOT NULL,
-        topic       TEXT NOT NULL,
-        body        TEXT NOT NULL,
-        sent_at     REAL NOT NULL,
-        consumed_at REAL
-    );
-    CREATE INDEX messages_pending ON messages (workflow_id, topic, id) WHERE consumed_at IS NULL;
-
-    CREATE TABLE events (
-        workflow_id TEXT NOT NULL,
-        key         TEXT NOT NULL,
-        value       TEXT NOT NULL,
-        at          REAL NOT NULL,
-        PRIMARY KEY (workflow_id, key)
-    );
-
-    -- A monotonic counter the durability tests (and anyone) can bump; see Store.bump_counter.
-    CREATE TABLE counters (
-        name  TEXT PRIMARY KEY,
-        value INTEGER NOT NULL
-    );
-    """,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def sqlite_version() -> tuple[int, ...]:
@@ -129,7 +63,7 @@ class Store:
                 f"SQLite {apsw.sqlite_lib_version()} is too old: the runtime needs >= 3.51.3 "
                 "(older versions can corrupt a WAL that Litestream checkpoints); install apsw >= 3.51.3"
             )
-        self.path = os.path.abspath(path)
+        self.path = os.path.realpath(path)  # the real file: a symlink to it must meet the same lock
         self.synchronous = synchronous
         self._lock_file = _take_process_lock(self.path)
         try:
@@ -158,21 +92,11 @@ class Store:
         return conn
 
     def _migrate(self) -> None:
-        conn = self._write_conn
-        current = conn.execute("PRAGMA user_version").fetchall()[0][0]
-        if current > SCHEMA_VERSION:
-            raise RuntimeStorageError(
-                f"{self.path} has schema version {current}; this runtime knows up to {SCHEMA_VERSION}. "
-                "Run a newer litefleet agent image."
-            )
-        for version in range(current, SCHEMA_VERSION):
-            with conn:  # one transaction per migration: a crash leaves the previous version intact
-                conn.execute(MIGRATIONS[version])
-                conn.execute(f"PRAGMA user_version={version + 1}")
+        _sysdb.migrate(self._write_conn, self.path)
 
     @property
     def schema_version(self) -> int:
-        return int(self.read(lambda c: c.execute("PRAGMA user_version").fetchall()[0][0]))
+        return self.read(_sysdb.user_version)
 
     # -- reads --------------------------------------------------------------------------------------------------
 
@@ -208,7 +132,7 @@ class Store:
         pending.done.acquire()
         if pending.error is not None:
             raise pending.error
-        return pending.result
+        return cast(T, pending.result)
 
     def _write_loop(self) -> None:
         while True:
@@ -270,20 +194,10 @@ class Store:
 
     def bump_counter(self, name: str) -> int:
         """Increment and return a durable monotonic counter (one committed transaction per call)."""
-
-        def bump(conn: apsw.Connection) -> int:
-            row = conn.execute(
-                "INSERT INTO counters (name, value) VALUES (?, 1) "
-                "ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value",
-                (name,),
-            ).fetchall()
-            return int(row[0][0])
-
-        return self.write(bump)
+        return self.write(lambda conn: _sysdb.bump_counter(conn, name))
 
     def counter(self, name: str) -> int:
-        rows = self.read(lambda c: c.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchall())
-        return int(rows[0][0]) if rows else 0
+        return self.read(lambda conn: _sysdb.counter(conn, name))
 
     def _check_open(self) -> None:
         if self._closed:
@@ -302,10 +216,16 @@ class Store:
 
 
 def _take_process_lock(db_path: str) -> Any:
-    """One runtime per database file: an exclusive flock on `<db>.agent-lock` (Litestream never touches it)."""
+    """One runtime per database file: an exclusive flock on `<db>.agent-lock` (Litestream never touches it).
+
+    `db_path` is the resolved path, so every symlink to the file (or to a directory above it) names the same
+    lock. A hard link would not, so a file with several links is refused (SQLite cannot share its WAL either)."""
     directory = os.path.dirname(db_path)
     if not os.path.isdir(directory):
         raise RuntimeStorageError(f"directory {directory} does not exist")
+    links = os.stat(db_path).st_nlink if os.path.exists(db_path) else 1
+    if links > 1:
+        raise DatabaseInUse(f"{db_path} has {links} hard links; one agent runtime per database file")
     lock_file = open(db_path + ".agent-lock", "a+")  # noqa: SIM115 - held for the store's lifetime
     try:
         fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)

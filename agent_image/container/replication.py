@@ -1,100 +1,33 @@
-"""What a replicated agent does beside serving: watch its fence, report replication, prove its last sync.
-
-Invariant 1 (one writer per agent) is enforced here from the inside: the control plane writes `CURRENT=g`
-before it starts generation g, and an incarnation whose generation is no longer CURRENT stops itself. It can only
-ever have written to its own replica path (`.../gen-g/`), which the new generation never reads again."""
+"""What a replicated agent does beside serving (and its fence, in `fence`): report replication, prove its last
+sync."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import structlog
 
-from agent_image import litestream
-from agent_image.identity import AgentIdentity
-from agent_image.s3 import S3Error
+from agent_image.container import litestream
+from agent_image.container._periodic import Periodic
+from agent_image.container.identity import AgentIdentity
+from agent_image.container.s3 import S3Error
 
 log = structlog.get_logger("agent_image.replication")
 
 
-def current_generation(identity: AgentIdentity) -> int | None:
-    """The generation CURRENT names, or None when there is no CURRENT (the agent was deleted)."""
-    body = identity.s3().get(identity.bucket, identity.current_key)
-    if body is None:
-        return None
-    try:
-        return int(body.decode().strip())
-    except ValueError:
-        raise S3Error(200, f"CURRENT holds {body[:40]!r}, not a generation number") from None
-
-
-class FenceWatch:
-    """Re-reads CURRENT every `identity.fence_interval` seconds and calls `on_superseded` once when it names
-    another generation, is gone, or our key is refused (revoked at fail-over). An unreachable store is not a
-    verdict: the agent keeps running and logs it."""
-
-    def __init__(self, identity: AgentIdentity, on_superseded: Callable[[int | None], None]) -> None:
-        self.identity = identity
-        self.on_superseded = on_superseded
-        self.superseded_by: int | None = None
-        self.superseded = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="litefleet-fence", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def check(self) -> bool:
-        """True while this generation is still CURRENT (or the store cannot be asked)."""
-        try:
-            named = current_generation(self.identity)
-        except S3Error as exc:
-            if exc.status not in (401, 403):
-                log.warning("fence.unreachable", error=str(exc))
-                return True
-            named = None  # our key was revoked: the control plane has retired this incarnation
-        except OSError as exc:
-            log.warning("fence.unreachable", error=str(exc))
-            return True
-        if named == self.identity.generation:
-            return True
-        self.superseded, self.superseded_by = True, named
-        log.warning("fence.superseded", current=named)
-        self.on_superseded(named)
-        return False
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.identity.fence_interval):
-            if not self.check():
-                return
-
-
-class ReplicationMonitor:
+class ReplicationMonitor(Periodic):
     """Replication progress for `/readyz` and `/metrics`, probed with `litestream sync -wait` every
     max(5 s, sync interval): never more often than Litestream syncs anyway, so probing adds no PUTs."""
 
     def __init__(self, identity: AgentIdentity) -> None:
         self.identity = identity
-        self.interval = max(5.0, identity.sync_interval)
         self._status: dict[str, Any] = {"local_txid": None, "replica_txid": None, "last_error": None}
         self._caught_up_at: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="litefleet-replication", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
+        super().__init__("litefleet-replication", max(5.0, identity.sync_interval), self.probe, immediately=True)
 
     def probe(self) -> None:
         try:
@@ -116,11 +49,6 @@ class ReplicationMonitor:
         status["last_sync_at"] = _iso(self._caught_up_at) if self._caught_up_at else None
         status["seconds_since_sync"] = round(time.time() - self._caught_up_at, 3) if self._caught_up_at else None
         return status
-
-    def _loop(self) -> None:
-        self.probe()
-        while not self._stop.wait(self.interval):
-            self.probe()
 
 
 @dataclass(frozen=True)
