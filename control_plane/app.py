@@ -18,12 +18,15 @@ from sqlalchemy.engine import Engine
 
 from control_plane.api import ROUTERS
 from control_plane.db.engine import make_engine, migrate
+from control_plane.db.models import NodeCreate
 from control_plane.drivers.docker import DockerDriver
 from control_plane.errors import FleetError
 from control_plane.fleet.incarnations import Fleet
+from control_plane.pki import credential_set
 from control_plane.reconciler.health import HealthMonitor
 from control_plane.reconciler.runners import runners
 from control_plane.reconciler.worker import Reconciler
+from control_plane.services.nodes import EngineProbe
 from control_plane.settings import Settings, admin_secret
 from control_plane.storage.credentials import SeaweedCredentials
 from control_plane.storage.replicas import ObjectStorage
@@ -32,9 +35,15 @@ from control_plane.storage.seaweed import embedded_store
 log = structlog.get_logger("control_plane.app")
 
 
-def probe_engine(engine_url: str) -> None:
-    """Ping a node's engine before it is registered (EngineUnreachable when it does not answer)."""
-    DockerDriver(engine_url, timeout=5).ping()
+def engine_probe(settings: Settings) -> EngineProbe:
+    """Pings a node's engine before it is registered, with the credentials it is registered with
+    (EngineUnreachable when it does not answer or its URL is refused)."""
+
+    def probe(node: NodeCreate) -> None:
+        tls = credential_set(settings.engine_pki_dir, node.tls)
+        DockerDriver(node.engine_url, timeout=5, tls=tls, insecure=node.insecure).ping()
+
+    return probe
 
 
 def _loopback(host: str) -> bool:
@@ -72,7 +81,7 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, background: bo
     app = FastAPI(title="litefleet", version="0.1.0", lifespan=lifespan)
     app.state.engine = engine
     app.state.token = settings.api_token.get_secret_value() if settings.api_token else None
-    app.state.probe_engine = probe_engine
+    app.state.probe_engine = engine_probe(settings)
     for router in ROUTERS:
         app.include_router(router)
 

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     lease_seconds: float = 6.0  # an operation's claim expires this long after its worker stops renewing it
     heartbeat_interval: float = 5.0
     node_grace_heartbeats: int = 3  # missed heartbeats before a node is marked down (one miss is not death)
+    pki_dir: Path | None = None  # engines' CA and client credential sets (control_plane/pki.py); None: STATE_DIR/pki
+
+    @property
+    def engine_pki_dir(self) -> Path:
+        return self.pki_dir or self.state_dir / "pki"
 
     @property
     def fleet_database_url(self) -> str:

@@ -143,14 +143,20 @@ def nodes_add(
     address: Annotated[str, typer.Option(help="where agents' ports are published")] = "127.0.0.1",
     capacity: Annotated[int, typer.Option(help="agents this node may hold")] = 20,
     memory_mb: Annotated[int, typer.Option(help="memory agents may reserve")] = 8192,
+    tls: Annotated[str | None, typer.Option(help="tcp:// engines: credential set PKI_DIR/clients/NAME")] = None,
+    insecure: Annotated[bool, typer.Option(help="allow plain tcp:// to a non-loopback engine")] = False,
     as_json: JsonOption = False,
 ) -> None:
+    if insecure:
+        typer.echo("warning: --insecure: plain TCP, no TLS: whoever reaches this engine is root on its host", err=True)
     body = {
         "name": name,
         "engine_url": engine_url,
         "address": address,
         "capacity_agents": capacity,
         "capacity_memory_mb": memory_mb,
+        "tls": tls,
+        "insecure": insecure,
     }
     _show(_call("POST", "/v1/nodes", json_body=body), as_json, NODE_COLUMNS)
 

@@ -66,8 +66,8 @@ class ControlPlaneProcess:
         """A /v1 client for this control plane, with its API token when it has one."""
         return FleetClient(self.url, token=self.env.get("LITEFLEET_API_TOKEN"))
 
-    def register(self, name: str, engine_url: str, address: str) -> None:
-        body = {"name": name, "engine_url": engine_url, "address": address}
+    def register(self, name: str, engine_url: str, address: str, tls: str | None = None) -> None:
+        body = {"name": name, "engine_url": engine_url, "address": address, "tls": tls}
         answer = self.client.send("POST", "/v1/nodes", json=body, timeout=30)
         if answer.status_code != 201:
             raise UpError(f"could not register {name}: {answer.text}")
