@@ -3,7 +3,6 @@ health monitor and the API. `litefleet serve` runs what `build_app` returns unde
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,12 +10,14 @@ from typing import Any
 import httpx
 import structlog
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy.engine import Engine
 
 from control_plane.api import ROUTERS
+from control_plane.api.deps import require_admin
 from control_plane.db.engine import make_engine, migrate
 from control_plane.db.models import NodeCreate
 from control_plane.drivers.docker import DockerDriver
@@ -27,7 +28,7 @@ from control_plane.reconciler.health import HealthMonitor
 from control_plane.reconciler.runners import runners
 from control_plane.reconciler.worker import Reconciler
 from control_plane.services.nodes import EngineProbe
-from control_plane.settings import Settings, admin_secret
+from control_plane.settings import Settings, admin_secret, api_token
 from control_plane.storage.credentials import SeaweedCredentials
 from control_plane.storage.replicas import ObjectStorage
 from control_plane.storage.seaweed import embedded_store
@@ -46,18 +47,10 @@ def engine_probe(settings: Settings) -> EngineProbe:
     return probe
 
 
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 def create_app(settings: Settings, fleet: Fleet | None = None, *, background: bool = True) -> FastAPI:
     """The API over the fleet DB at `settings.fleet_database_url`. With `background`, the reconciler and the
     node health monitor run inside the app's lifespan."""
-    if settings.api_token is None and not _loopback(settings.api_host):
-        raise ValueError(f"LITEFLEET_API_TOKEN must be set to serve on {settings.api_host} (not a loopback address)")
+    token = api_token(settings, create=True)  # never None: the API is always authenticated
     url = settings.fleet_database_url
     if url.startswith("sqlite"):
         settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -78,12 +71,22 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, background: bo
         for worker in workers:
             worker.stop()
 
-    app = FastAPI(title="litefleet", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="litefleet", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.engine = engine
-    app.state.token = settings.api_token.get_secret_value() if settings.api_token else None
+    app.state.token = token
     app.state.probe_engine = engine_probe(settings)
     for router in ROUTERS:
         app.include_router(router)
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_admin)])
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(require_admin)])
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="litefleet API")
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

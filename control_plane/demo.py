@@ -17,7 +17,7 @@ from typing import Any
 from control_plane.cli import local
 from control_plane.client import CliError, FleetClient, table
 from control_plane.pki import install_credential_set
-from control_plane.settings import Settings
+from control_plane.settings import Settings, api_token
 
 TESTBED_DIR = Path("/var/lib/litefleet-demo-testbed")
 
@@ -31,7 +31,7 @@ def main() -> None:
     say("== 1. litefleet up: agent image, object store, control plane, the local engine as a node")
     for line in local.up(settings):
         say("   " + line)
-    token = settings.api_token.get_secret_value() if settings.api_token else None
+    token = api_token(settings, create=False)
     api = FleetClient(settings.client_url, timeout=600, token=token)
 
     if os.geteuid() == 0:

@@ -12,7 +12,7 @@ import typer
 from agent_image.logs import configure_logging
 from control_plane.client import EXIT_FAILED, CliError, FleetClient, table
 from control_plane.drivers import images
-from control_plane.settings import Settings
+from control_plane.settings import Settings, TokenRefused, api_token
 from control_plane.storage.seaweed import ObjectStoreError, embedded_store
 
 app = typer.Typer(no_args_is_help=True, help="litefleet: fleets of per-tenant agents, one SQLite file each.")
@@ -42,7 +42,10 @@ def _logging() -> None:
 
 def _client() -> FleetClient:
     settings = Settings()
-    token = settings.api_token.get_secret_value() if settings.api_token else None
+    try:
+        token = api_token(settings, create=False)  # LITEFLEET_API_TOKEN, else the file `litefleet up` wrote
+    except TokenRefused as exc:
+        raise CliError(str(exc), 2) from None
     return FleetClient(settings.client_url, token=token)
 
 

@@ -27,7 +27,7 @@ from control_plane.app import create_app
 from control_plane.drivers import DockerDriver
 from control_plane.drivers.engine_client import EngineUnreachable, InsecureEngineURL, _EngineAPIClient, engine_client
 from control_plane.pki import client_cert, init_ca
-from control_plane.settings import Settings
+from control_plane.settings import Settings, api_token
 from infra.testbed import Testbed, TestbedNode
 
 pytestmark = pytest.mark.docker
@@ -139,7 +139,10 @@ def test_a_plain_tcp_url_is_refused_by_our_policy_before_connecting(node: Testbe
 
 def test_nodes_register_with_a_named_credential_set(bed: Testbed, node: TestbedNode, tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'fleet.db'}", pki_dir=bed.pki_dir)
-    api = TestClient(create_app(settings, background=False))
+    api = TestClient(
+        create_app(settings, background=False),
+        headers={"authorization": f"Bearer {api_token(settings, create=False)}"},
+    )
     plain = api.post("/v1/nodes", json={"name": "plain", "engine_url": node.engine_url, "address": node.ip})
     assert (plain.status_code, plain.json()["code"]) == (422, "insecure_engine_url")
     body: dict[str, Any] = {"name": "n1", "engine_url": node.engine_url, "address": node.ip, "tls": node.tls_name}
