@@ -112,8 +112,9 @@ class ReplicationConfirmer:
         with self._cond:
             need = self._started + 1  # a sync that begins after this moment
             while self._confirmed < need:
-                if self._failed[0] >= need:
-                    raise ReplicationUnconfirmed(f"the replica did not confirm: {self._failed[1]}", timed_out=False)
+                if self._failed[0] >= need:  # a sync cut short by our deadline is a timeout (504), else 503
+                    late = time.monotonic() >= deadline
+                    raise ReplicationUnconfirmed(f"the replica did not confirm: {self._failed[1]}", timed_out=late)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ReplicationUnconfirmed(f"the replica did not confirm within {timeout:g}s", timed_out=True)
