@@ -92,6 +92,11 @@ class AgentIdentity(ContainerEnv):
     def check(self) -> None:
         if not NAME.match(self.tenant):
             raise IdentityError(f"tenant {self.tenant!r} is not a valid name (a-z, 0-9, '-', up to 63)")
+        if self.effective_lease_timeout <= self.fence_interval:
+            raise IdentityError(
+                f"{contract.LEASE_TIMEOUT} ({self.effective_lease_timeout:g}s) must be longer than "
+                f"{contract.FENCE_INTERVAL} ({self.fence_interval:g}s), or the lease lapses between two checks"
+            )
         if self.integrity_check not in INTEGRITY_MODES:
             raise IdentityError(f"{contract.RESTORE_INTEGRITY} must be one of {INTEGRITY_MODES}")
         bucket, key = split_url(self.replica_url)

@@ -1,9 +1,10 @@
 """`python -m agent_image.container.secrets_in [PATH]`: the control plane's way to hand an incarnation its secrets.
 
 Run through the Docker API as `exec` in the running container (as its own user, 10001), with the `AgentSecrets`
-JSON on stdin; PATH defaults to `$LITEFLEET_SECRETS_FILE`. It validates the document (the same `AgentSecrets.parse`
-the agent uses), then writes it atomically (temporary file in the same directory, mode 0400, fsync, rename), so
-the waiting entrypoint never reads half a file. Running it twice with the same document is harmless: the second
+JSON on stdin as one line (`AgentSecrets.to_json() + "\n"`; EOF also ends it); PATH defaults to
+`$LITEFLEET_SECRETS_FILE`. It validates the document (the same `AgentSecrets.parse` the agent uses), then writes it
+atomically (temporary file in the same directory, mode 0400, fsync, rename), so the waiting entrypoint never reads
+half a file. Running it twice with the same document is harmless: the second
 run replaces the file with identical bytes.
 
 Exit codes: 0 written; 2 the document is invalid (one line on stderr naming the field, never a value);
@@ -40,7 +41,9 @@ def write_secrets(secrets: AgentSecrets, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     path = Path(args[0] if args else os.environ.get(contract.SECRETS_FILE, contract.DEFAULT_SECRETS_FILE))
-    raw = sys.stdin.buffer.read(contract.MAX_SECRETS_BYTES + 1)
+    # One line (AgentSecrets.to_json() has no newline) or everything up to EOF: the caller need not half-close
+    # the exec's stdin, which a TLS connection to the engine cannot do.
+    raw = sys.stdin.buffer.readline(contract.MAX_SECRETS_BYTES + 1)
     try:
         secrets = AgentSecrets.parse(raw)
     except IdentityError as exc:

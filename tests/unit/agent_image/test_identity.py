@@ -51,6 +51,7 @@ def test_a_complete_environment_names_every_path() -> None:
         ({"LITEFLEET_RESTORE_INTEGRITY": "maybe"}, "LITEFLEET_RESTORE_INTEGRITY must be one of"),
         ({"LITEFLEET_DURABILITY": "eventually"}, "LITEFLEET_DURABILITY must be one of local, replicated"),
         ({"LITEFLEET_LEASE_TIMEOUT": "0"}, "LITEFLEET_LEASE_TIMEOUT must be at least"),
+        ({"LITEFLEET_LEASE_TIMEOUT": "5"}, "must be longer than LITEFLEET_FENCE_INTERVAL"),
         ({"AWS_SECRET_ACCESS_KEY": "very-secret"}, "AWS_SECRET_ACCESS_KEY must not be in the environment"),
         ({"LITEFLEET_AGENT_TOKEN": "x"}, "LITEFLEET_AGENT_TOKEN must not be in the environment"),
     ],

@@ -142,3 +142,23 @@ def test_entrypoint_without_secrets_exits_6_in_one_line(tmp_path: Path) -> None:
         f"litefleet-agent: no_secrets: no secrets at {tmp_path / 'identity.json'} after 0.3s (the control plane "
         "delivers them with `docker exec ... python -m agent_image.container.secrets_in`)"
     ]
+
+
+def test_secrets_in_needs_no_eof_one_line_is_enough(tmp_path: Path) -> None:
+    """Over a TLS engine connection the control plane cannot half-close the exec's stdin: a line ends the input."""
+    path = tmp_path / "identity.json"
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "agent_image.container.secrets_in", str(path)],
+        stdin=subprocess.PIPE,
+        cwd=REPO,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+    )
+    assert writer.stdin is not None
+    try:
+        writer.stdin.write(SECRETS.to_json().encode() + b"\n")
+        writer.stdin.flush()  # ... and stdin stays open
+        assert writer.wait(30) == 0
+    finally:
+        writer.kill()
+        writer.stdin.close()
+    assert AgentSecrets.read(path) == SECRETS
