@@ -86,6 +86,17 @@ def main() -> None:
     except (IdentityError, ValueError) as exc:
         print(f"litefleet-agent: bad_identity: {exc}", file=sys.stderr)
         raise SystemExit(contract.EXIT_BAD_IDENTITY) from None
+    try:  # the secrets, Litestream's config (with the S3 keys) and its socket live here: a tmpfs, never the image
+        identity.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not os.access(identity.run_dir, os.W_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as exc:
+        print(
+            f"litefleet-agent: bad_identity: {contract.RUN_DIR}={identity.run_dir} is unusable ({exc.strerror}): "
+            "mount a tmpfs there owned by the agent (see agent_image/SECURITY-NOTES.md)",
+            file=sys.stderr,
+        )
+        raise SystemExit(contract.EXIT_BAD_IDENTITY) from None
     log.info("agent.waiting_for_secrets", path=str(identity.secrets_path), timeout=identity.secrets_timeout)
     try:
         identity = identity.wait_for_secrets()

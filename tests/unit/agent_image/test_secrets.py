@@ -126,6 +126,7 @@ def test_entrypoint_without_secrets_exits_6_in_one_line(tmp_path: Path) -> None:
         contract.SECRETS_FILE: str(tmp_path / "identity.json"),
         contract.SECRETS_TIMEOUT: "0.3",
         contract.DATA_DIR: str(tmp_path / "data"),
+        contract.RUN_DIR: str(tmp_path / "run"),
     }
     done = subprocess.run(
         [sys.executable, "-m", "agent_image.container.entrypoint"],
@@ -162,3 +163,22 @@ def test_secrets_in_needs_no_eof_one_line_is_enough(tmp_path: Path) -> None:
         writer.kill()
         writer.stdin.close()
     assert AgentSecrets.read(path) == SECRETS
+
+
+def test_entrypoint_without_a_usable_run_dir_exits_2_in_one_line(tmp_path: Path) -> None:
+    """No tmpfs at /run/litefleet under a read-only root: say so before waiting for secrets that cannot land."""
+    (tmp_path / "file").write_text("")
+    env = {**GOOD, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), contract.RUN_DIR: str(tmp_path / "file" / "run")}
+    done = subprocess.run(
+        [sys.executable, "-m", "agent_image.container.entrypoint"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"litefleet-agent: bad_identity: LITEFLEET_RUN_DIR={tmp_path / 'file' / 'run'} is unusable (Not a directory): "
+        "mount a tmpfs there owned by the agent (see agent_image/SECURITY-NOTES.md)"
+    ]
