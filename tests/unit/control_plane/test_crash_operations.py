@@ -56,7 +56,9 @@ class World:
         wrap: Callable[[object], object] = crasher.wrap if crasher else (lambda port: port)
         return Fleet(
             self.engine,
-            Settings(move_parallelism=2, ready_timeout=5, drain_timeout=1),
+            Settings(
+                move_parallelism=2, ready_timeout=5, drain_timeout=1, agent_lease_timeout=0.05, agent_lease_margin=0
+            ),
             storage=wrap(self.replicas),  # type: ignore[arg-type]
             credentials=wrap(self.credentials),  # type: ignore[arg-type]
             make_driver=wrap(self.engines),  # type: ignore[arg-type]
