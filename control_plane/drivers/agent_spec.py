@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import docker.errors
+
 from agent_image.contract import AgentSecrets, ContainerEnv
 from control_plane.drivers import agent_http
 from control_plane.drivers.agent_http import AgentExited, AgentNotReady
@@ -140,8 +142,11 @@ def deliver_secrets(client: Any, container_id: str, secrets: AgentSecrets, timeo
     """Write the incarnation's secrets file in its running container: `docker exec` of the image's writer with the
     JSON on stdin as one line (never an argument or exec environment: `exec inspect` and /proc would show it).
     Safe to repeat: the same document replaces the file with the same bytes. Raises SecretsNotDelivered."""
-    exec_id = client.api.exec_create(container_id, SECRETS_WRITER, stdin=True, stdout=True, stderr=True)["Id"]
-    sock = client.api.exec_start(exec_id, socket=True)
+    try:
+        exec_id = client.api.exec_create(container_id, SECRETS_WRITER, stdin=True, stdout=True, stderr=True)["Id"]
+        sock = client.api.exec_start(exec_id, socket=True)
+    except docker.errors.APIError as exc:  # the container is not running (it exited before the delivery)
+        raise SecretsNotDelivered(f"cannot deliver secrets to {container_id[:12]}: {exc.explanation}") from None
     raw = getattr(sock, "_sock", sock)
     output = b""
     try:
