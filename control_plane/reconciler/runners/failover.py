@@ -70,6 +70,8 @@ def wait_out_lease(fleet: Fleet, ctx: OpContext, agent_id: str, tenant: str, ord
         f"before starting it ({max(0.0, round(remaining, 3))}s left to wait)",
         agent=ordinal,
         generation=generation,
+        current_written_at=round(written_at, 3),
+        not_before=round(written_at + lease + margin, 3),
         waited_s=max(0.0, round(remaining, 3)),
     )
 
