@@ -13,7 +13,9 @@ def research(url: str) -> str:
 
 This package's face is `__all__` below; every `_module` is private. Beside it: `agent_image.server` (the agent's
 HTTP API), `agent_image.container` (what runs it inside a tenant container), `agent_image.contract` (the
-container's environment, shared with the control plane), `agent_image.logs`.
+container's environment and secrets file, shared with the control plane), `agent_image.logs`. What the control
+plane must do to start, feed (secrets via `docker exec`), call (bearer tokens) and fail over (lease) an agent:
+agent_image/SECURITY-NOTES.md.
 """
 
 from agent_image._bundle import Bundle, load_bundle

@@ -44,6 +44,21 @@ class WorkflowIdConflict(AgentError, code="workflow_id_conflict", status=409): .
 class Draining(AgentError, code="draining", status=503): ...
 
 
+class LeaseUnconfirmed(AgentError, code="lease_unconfirmed", status=503):
+    """The agent could not confirm for `lease_timeout` that CURRENT still names its generation: it acknowledges
+    no write until it can (a successor may already be serving)."""
+
+
+class ReplicationUnconfirmed(AgentError, code="replication_unconfirmed", status=504):
+    """A `durability=replicated` call: the replica did not confirm in time (504) or the confirmation failed (503)."""
+
+    def __init__(self, message: str, *, timed_out: bool = True, workflow_id: str | None = None) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+        self.workflow_id = workflow_id
+        self.status = 504 if timed_out else 503
+
+
 class NotInWorkflow(AgentError, code="not_in_workflow", status=400): ...
 
 

@@ -1,15 +1,22 @@
-"""The container environment contract, defined once: every variable an agent container is started with.
+"""The container contract, defined once: every variable an agent container is started with, and its secrets file.
 
-The control plane writes it (`ContainerEnv.to_env()`, for `docker run -e`); the agent reads it back
-(`ContainerEnv.read(env)`, through `identity.AgentIdentity.from_env`). The image sets the last group itself
+The control plane writes the environment (`ContainerEnv.to_env()`, for `docker run -e`); the agent reads it back
+(`ContainerEnv.read(env)`, through `identity.AgentIdentity.from_env`). The image sets the second group itself
 (Dockerfile `ENV`), tests and local runs may override them. A value that does not parse is an `IdentityError`
 naming the variable: the container stops in one line (exit 2) before it touches the database or the store.
+
+The environment holds no secret (`docker inspect` shows it). Secrets (the S3 key pair, the agent token, the admin
+token) arrive as ONE JSON file, `AgentSecrets`, at `SECRETS_FILE` on a tmpfs, written after the container started
+by `python -m agent_image.container.secrets_in` run through `docker exec` with the JSON on stdin. The entrypoint
+waits up to `SECRETS_TIMEOUT` seconds for it. See agent_image/SECURITY-NOTES.md for the whole delivery.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # Set by the control plane for each incarnation.
@@ -24,8 +31,9 @@ S3_REGION = "LITEFLEET_S3_REGION"
 SYNC_INTERVAL = "LITEFLEET_SYNC_INTERVAL"
 MONITOR_INTERVAL = "LITEFLEET_MONITOR_INTERVAL"
 FENCE_INTERVAL = "LITEFLEET_FENCE_INTERVAL"
-ACCESS_KEY = "AWS_ACCESS_KEY_ID"
-SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
+LEASE_TIMEOUT = "LITEFLEET_LEASE_TIMEOUT"  # optional: seconds without a confirmed CURRENT before writes get 503
+DURABILITY = "LITEFLEET_DURABILITY"  # optional: "local" (default) or "replicated", per-agent default of ?durability=
+DURABILITY_TIMEOUT = "LITEFLEET_DURABILITY_TIMEOUT"  # optional: seconds a replicated acknowledgement waits
 
 # Set by the image (or a local run).
 DATA_DIR = "LITEFLEET_DATA_DIR"
@@ -35,6 +43,13 @@ AGENT_PORT = "LITEFLEET_AGENT_PORT"
 RESTORE_INTEGRITY = "LITEFLEET_RESTORE_INTEGRITY"
 SYNCHRONOUS = "LITEFLEET_SYNCHRONOUS"
 LOG_LEVEL = "LITEFLEET_LOG_LEVEL"
+SECRETS_FILE = "LITEFLEET_SECRETS_FILE"  # where AgentSecrets is read (image: /run/litefleet/secrets/identity.json)
+SECRETS_TIMEOUT = "LITEFLEET_SECRETS_TIMEOUT"  # seconds the entrypoint waits for it (default 60)
+
+DEFAULT_SECRETS_FILE = "/run/litefleet/secrets/identity.json"
+DURABILITY_MODES = ("local", "replicated")
+MIN_TOKEN_LENGTH = 16
+MAX_SECRETS_BYTES = 16 * 1024
 
 
 class IdentityError(ValueError):
@@ -66,6 +81,12 @@ class EnvReader:
             raise IdentityError(f"{name} must be at least {minimum}, got {raw!r}")
         return value
 
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.env.get(name, default).strip() or default
+        if value not in choices:
+            raise IdentityError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
     def whole(self, name: str, default: str | None = None, minimum: int = 0) -> int:
         raw = self.env.get(name, default) if default is not None else self.text(name)
         if raw is None or not raw.isdigit() or int(raw) < minimum:
@@ -85,11 +106,16 @@ class ContainerEnv:
     restore_from_url: str | None
     s3_endpoint: str
     s3_region: str
-    access_key: str
-    secret_key: str = field(repr=False)
     sync_interval: float = 1.0
     monitor_interval: float = 1.0
     fence_interval: float = 5.0
+    lease_timeout: float | None = None  # None: 3 x fence_interval
+    durability: str = "local"
+    durability_timeout: float = 10.0
+
+    @property
+    def effective_lease_timeout(self) -> float:
+        return self.lease_timeout if self.lease_timeout is not None else 3 * self.fence_interval
 
     def to_env(self) -> dict[str, str]:
         """The container's environment (RESTORE_FROM_URL only when there is one)."""
@@ -104,11 +130,13 @@ class ContainerEnv:
             SYNC_INTERVAL: str(self.sync_interval),
             MONITOR_INTERVAL: str(self.monitor_interval),
             FENCE_INTERVAL: str(self.fence_interval),
-            ACCESS_KEY: self.access_key,
-            SECRET_KEY: self.secret_key,
+            DURABILITY: self.durability,
+            DURABILITY_TIMEOUT: str(self.durability_timeout),
         }
         if self.restore_from_url:
             env[RESTORE_FROM_URL] = self.restore_from_url
+        if self.lease_timeout is not None:
+            env[LEASE_TIMEOUT] = str(self.lease_timeout)
         return env
 
     @staticmethod
@@ -124,12 +152,16 @@ class ContainerEnv:
             "restore_from_url": (env.get(RESTORE_FROM_URL) or "").rstrip("/") or None,
             "s3_endpoint": reader.text(S3_ENDPOINT),
             "s3_region": reader.optional(S3_REGION, "us-east-1"),
-            "access_key": reader.text(ACCESS_KEY),
-            "secret_key": reader.text(SECRET_KEY),
             "sync_interval": reader.number(SYNC_INTERVAL, "1"),
             "monitor_interval": reader.number(MONITOR_INTERVAL, "1"),
             "fence_interval": reader.number(FENCE_INTERVAL, "5"),
+            "lease_timeout": reader.number(LEASE_TIMEOUT, "0") if env.get(LEASE_TIMEOUT) else None,
+            "durability": reader.choice(DURABILITY, "local", DURABILITY_MODES),
+            "durability_timeout": reader.number(DURABILITY_TIMEOUT, "10"),
         }
+        for secret in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "LITEFLEET_AGENT_TOKEN", "LITEFLEET_ADMIN_TOKEN"):
+            if env.get(secret):  # the old contract: refuse, so nobody keeps shipping secrets in `docker inspect`
+                raise IdentityError(f"{secret} must not be in the environment: secrets come in {SECRETS_FILE}")
         return values
 
 
@@ -138,6 +170,7 @@ EXIT_BAD_IDENTITY = 2
 EXIT_STALE_GENERATION = 3
 EXIT_STORE_UNREACHABLE = 4
 EXIT_RESTORE_FAILED = 5
+EXIT_NO_SECRETS = 6  # the secrets file never arrived within SECRETS_TIMEOUT, or does not parse
 
 
 class StartRefused(Exception):
@@ -147,3 +180,74 @@ class StartRefused(Exception):
         super().__init__(message)
         self.code = code
         self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class AgentSecrets:
+    """The one secrets file of an incarnation (JSON at SECRETS_FILE, mode 0400, on a tmpfs):
+
+    {"version": 1, "agent_token": "...", "admin_token": "...", "access_key": "...", "secret_key": "..."}
+
+    `agent_token`: minted per incarnation, the router's key to /v1/*, /readyz, /metrics. `admin_token`: the
+    control plane's, the only key to /admin/*. Tokens are at least MIN_TOKEN_LENGTH characters of
+    printable ASCII without spaces. `access_key`/`secret_key`: the S3 key pair scoped to this agent's prefix (may be
+    empty only for a standalone `litefleet-agent serve`, which needs no store)."""
+
+    agent_token: str = field(repr=False)
+    admin_token: str = field(repr=False)
+    access_key: str = ""
+    secret_key: str = field(default="", repr=False)
+    version: int = 1
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": self.version,
+                "agent_token": self.agent_token,
+                "admin_token": self.admin_token,
+                "access_key": self.access_key,
+                "secret_key": self.secret_key,
+            }
+        )
+
+    @classmethod
+    def parse(cls, raw: str | bytes, *, need_s3: bool = True) -> AgentSecrets:
+        """Validate a secrets document. The message of an IdentityError names the field, never its value."""
+        if len(raw) > MAX_SECRETS_BYTES:
+            raise IdentityError(f"the secrets document is larger than {MAX_SECRETS_BYTES} bytes")
+        try:
+            document = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise IdentityError("the secrets document is not JSON") from None
+        if not isinstance(document, dict):
+            raise IdentityError("the secrets document must be a JSON object")
+        unknown = set(document) - {"version", "agent_token", "admin_token", "access_key", "secret_key"}
+        if unknown:
+            raise IdentityError(f"the secrets document has unknown fields: {', '.join(sorted(unknown))}")
+        if document.get("version", 1) != 1:
+            raise IdentityError("the secrets document must have version 1")
+        values: dict[str, str] = {}
+        for name in ("agent_token", "admin_token", "access_key", "secret_key"):
+            value = document.get(name, "")
+            if not isinstance(value, str):
+                raise IdentityError(f"secrets field {name} must be a string")
+            values[name] = value
+        for name in ("agent_token", "admin_token"):
+            token = values[name]
+            if len(token) < MIN_TOKEN_LENGTH or not all(33 <= ord(c) <= 126 for c in token):
+                raise IdentityError(
+                    f"secrets field {name} must be at least {MIN_TOKEN_LENGTH} printable ASCII characters, no spaces"
+                )
+        if values["agent_token"] == values["admin_token"]:
+            raise IdentityError("secrets fields agent_token and admin_token must differ")
+        if need_s3 and not (values["access_key"] and values["secret_key"]):
+            raise IdentityError("secrets fields access_key and secret_key are required")
+        return cls(values["agent_token"], values["admin_token"], values["access_key"], values["secret_key"])
+
+    @classmethod
+    def read(cls, path: str | Path, *, need_s3: bool = True) -> AgentSecrets:
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            raise IdentityError(f"cannot read the secrets file {path}: {exc.strerror}") from None
+        return cls.parse(raw, need_s3=need_s3)

@@ -78,16 +78,18 @@ class Bench:
             restore_from_url=None if restore_from is None else self.storage.replica_url(tenant, 0, restore_from),
             s3_endpoint=self.store.address.endpoint,
             credentials=self.credentials.issue(tenant),
+            agent_token=secrets.token_urlsafe(32),
+            admin_token=secrets.token_urlsafe(32),
             memory_mb=1024,
         )
 
     def start(self, spec: AgentSpec) -> tuple[Any, float]:
         self.storage.advance_current(spec.tenant, 0, spec.generation, self.storage.read_current(spec.tenant, 0))
         started = time.monotonic()
-        container = run_agent(self.client, spec)
+        container = run_agent(self.client, spec)  # creates, starts, delivers the secrets (as the control plane)
         self.containers.append(container)
         self.volumes.append(spec.volume)
-        wait_ready(container, timeout=600)
+        wait_ready(container, spec.agent_token, timeout=600)
         return container, time.monotonic() - started
 
     def cleanup(self) -> None:

@@ -58,12 +58,12 @@ def timed(
     return time.monotonic() - started, op
 
 
-def by_hand_ready(container: Any) -> None:
-    """What the control plane waits for: /readyz 200 and a replica txid."""
+def by_hand_ready(container: Any, token: str) -> None:
+    """What the control plane waits for: /readyz 200 (with the agent's token) and a replica txid."""
     container.reload()
     port = container.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]
     url = f"http://{port['HostIp']}:{port['HostPort']}"
-    wait_ready(lambda: url, timeout=600, replicated=True, interval=0.02)
+    wait_ready(lambda: url, token=token, timeout=600, replicated=True, interval=0.02)
 
 
 def baselines(store: EmbeddedStore, image: str, nodes: list[TestbedNode], runs: int) -> None:
@@ -72,28 +72,32 @@ def baselines(store: EmbeddedStore, image: str, nodes: list[TestbedNode], runs: 
     starts, moves = [], []
     for _ in range(runs):
         tenant = "h" + secrets.token_hex(4)
+        admin_token = secrets.token_urlsafe(32)
         clients = [node.client(timeout=120) for node in nodes]
 
-        def spec(generation: int, node: TestbedNode, restore: int | None, tenant: str = tenant) -> AgentSpec:
+        def spec(
+            generation: int, node: TestbedNode, restore: int | None, tenant: str = tenant, admin: str = admin_token
+        ) -> AgentSpec:
             return AgentSpec(
                 tenant=tenant, agent=0, generation=generation, bundle="tenants.hello", image=image,
                 replica_url=storage.replica_url(tenant, 0, generation),
                 restore_from_url=None if restore is None else storage.replica_url(tenant, 0, restore),
                 s3_endpoint=store.address.endpoint, credentials=credentials.issue_incarnation(tenant, 0, generation),
-                publish_ip=node.ip,
+                agent_token=secrets.token_urlsafe(32), admin_token=admin, publish_ip=node.ip,
             )  # fmt: skip
 
         storage.advance_current(tenant, 0, 1, None)
         first_spec = spec(1, nodes[0], None)
         started = time.monotonic()
-        first = run_agent(clients[0], first_spec)
-        by_hand_ready(first)
+        first = run_agent(clients[0], first_spec)  # creates, starts, delivers the secrets (as the control plane)
+        by_hand_ready(first, first_spec.agent_token)
         starts.append(time.monotonic() - started)
         storage.advance_current(tenant, 0, 2, storage.read_current(tenant, 0))
         started = time.monotonic()
         first.stop(timeout=30)
-        second = run_agent(clients[1], spec(2, nodes[1], 1))
-        by_hand_ready(second)
+        second_spec = spec(2, nodes[1], 1)
+        second = run_agent(clients[1], second_spec)
+        by_hand_ready(second, second_spec.agent_token)
         moves.append(time.monotonic() - started)
         for container in (first, second):
             container.remove(force=True, v=True)

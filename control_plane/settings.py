@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     ready_timeout: float = 180.0  # container start -> /readyz and the first replica (restores of big DBs count)
     workers: int = 4  # operations run in parallel (never two of one tenant)
     move_parallelism: int = 4  # agents an evacuation, drain or fail-over moves at once
+    fence_interval: float = 5.0  # how often an agent reads its CURRENT marker (LITEFLEET_FENCE_INTERVAL of each agent)
+    # seconds an agent keeps acknowledging writes without a confirmed CURRENT (each agent's LITEFLEET_LEASE_TIMEOUT,
+    # passed explicitly); a fail-over waits this long (+1 s) after moving CURRENT before the new generation starts
+    agent_lease_timeout: float = 15.0
+    agent_lease_margin: float = 1.0  # added to that wait, for the agents' clock rates
     lease_seconds: float = 6.0  # an operation's claim expires this long after its worker stops renewing it
     heartbeat_interval: float = 5.0
     node_grace_heartbeats: int = 3  # missed heartbeats before a node is marked down (one miss is not death)

@@ -1,12 +1,16 @@
-"""The agent container's entrypoint: identity -> fence -> restore -> config -> `litestream replicate -exec`.
+"""The agent container's entrypoint: identity -> secrets -> fence -> restore -> config -> `litestream replicate -exec`.
 
 `python -m agent_image.container.entrypoint` runs as the container's first process and replaces itself with Litestream,
 so Litestream is PID 1 and owns the agent server: if Litestream dies, the container dies with it, and the agent
 can never keep writing unreplicated.
 
+Secrets: the container starts with no secret in its environment and waits (up to LITEFLEET_SECRETS_TIMEOUT) for
+the control plane to write its secrets file (`agent_image.container.secrets_in`, through `docker exec`). The S3 keys
+then go into Litestream's config file (0600, in the run directory on the secrets tmpfs), never into an environment.
+
 Exit codes before Litestream takes over: 2 bad identity, 3 stale generation (CURRENT names another one),
-4 object store unreachable, 5 restore or database check failed. After: the agent's (0 = stopped with a proven
-final sync, 1 = anything else)."""
+4 object store unreachable, 5 restore or database check failed, 6 no (valid) secrets file in time. After: the
+agent's (0 = stopped with a proven final sync, 1 = anything else)."""
 
 from __future__ import annotations
 
@@ -82,6 +86,23 @@ def main() -> None:
     except (IdentityError, ValueError) as exc:
         print(f"litefleet-agent: bad_identity: {exc}", file=sys.stderr)
         raise SystemExit(contract.EXIT_BAD_IDENTITY) from None
+    try:  # the secrets, Litestream's config (with the S3 keys) and its socket live here: a tmpfs, never the image
+        identity.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not os.access(identity.run_dir, os.W_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as exc:
+        print(
+            f"litefleet-agent: bad_identity: {contract.RUN_DIR}={identity.run_dir} is unusable ({exc.strerror}): "
+            "mount a tmpfs there owned by the agent (see agent_image/SECURITY-NOTES.md)",
+            file=sys.stderr,
+        )
+        raise SystemExit(contract.EXIT_BAD_IDENTITY) from None
+    log.info("agent.waiting_for_secrets", path=str(identity.secrets_path), timeout=identity.secrets_timeout)
+    try:
+        identity = identity.wait_for_secrets()
+    except IdentityError as exc:
+        print(f"litefleet-agent: no_secrets: {exc}", file=sys.stderr)
+        raise SystemExit(contract.EXIT_NO_SECRETS) from None
     started = time.monotonic()
     try:
         check_fence(identity)

@@ -61,8 +61,13 @@ def config(
     sync_interval: float = 1.0,
     monitor_interval: float = 1.0,
     socket_path: Path | None = None,
+    credentials: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The config for one database replicating to (or restoring from) `replica_url`. JSON is valid YAML."""
+    """The config for one database replicating to (or restoring from) `replica_url`. JSON is valid YAML.
+
+    `credentials` (access key, secret key) go into the replica's config: in an agent container the config file is
+    the only place Litestream gets them (mode 0600 on the secrets tmpfs), never its environment, which every child
+    of PID 1 (the agent server, the tenant's code) would inherit and `/proc/1/environ` would show."""
     document: dict[str, Any] = {
         "dbs": [
             {
@@ -78,6 +83,9 @@ def config(
             }
         ]
     }
+    if credentials is not None:
+        replica = document["dbs"][0]["replica"]
+        replica["access-key-id"], replica["secret-access-key"] = credentials
     if socket_path is not None:
         document["socket"] = {"enabled": True, "path": str(socket_path)}
     return document
@@ -92,14 +100,17 @@ def agent_config(identity: AgentIdentity, replica_url: str, *, socket: bool = Tr
         sync_interval=identity.sync_interval,
         monitor_interval=identity.monitor_interval,
         socket_path=identity.socket_path if socket else None,
+        credentials=identity.credentials,
     )
 
 
 def write_config(document: dict[str, Any], path: Path) -> Path:
     """Write the config and check that Litestream reads back exactly the database and replica we meant."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2))
-    path.chmod(0o600)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)  # never readable by others
+    with os.fdopen(fd, "w") as file:
+        file.write(json.dumps(document, indent=2))
     seen = json.loads(_run([binary(), "databases", "-json", "-config", str(path)]).stdout or "[]")
     found = [(entry.get("path"), entry.get("replica")) for entry in seen] if isinstance(seen, list) else []
     expected = [(db["path"], "s3") for db in document["dbs"]]

@@ -16,69 +16,146 @@ from typing import Any
 import structlog
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent_image._errors import AgentError, InvalidRequest
+from agent_image._errors import AgentError, InvalidRequest, LeaseUnconfirmed, ReplicationUnconfirmed
 from agent_image._runtime import Runtime
 from agent_image._status import STATUSES
 from agent_image.server import _metrics
-from agent_image.server._input import json_body, query_number, start_body
+from agent_image.server._auth import BearerAuth, Tokens
+from agent_image.server._input import json_body, query_number, start_body, start_wait
 
 log = structlog.get_logger("agent_image.server")
 
 Handler = Callable[[Request, Runtime], Any]
+DURABILITY_MODES = ("local", "replicated")
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"code": code, "message": message}, status_code=status)
+def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    headers = {"retry-after": str(extra.pop("retry_after"))} if "retry_after" in extra else None
+    return JSONResponse({"code": code, "message": message, **extra}, status_code=status, headers=headers)
 
 
-def create_app(open_runtime: Callable[[], Runtime], *, replication: Any = None) -> Starlette:
-    """`open_runtime` is called at startup. `replication`, when given, reports Litestream's progress for
-    /readyz and /metrics (an object with a `status() -> dict` method)."""
+def create_app(
+    open_runtime: Callable[[], Runtime],
+    *,
+    replication: Any = None,
+    tokens: Tokens | None = None,
+    lease: Any = None,
+    confirm_replicated: Callable[[float], None] | None = None,
+    durability: str = "local",
+    durability_timeout: float = 10.0,
+) -> Starlette:
+    """`open_runtime` is called at startup. The rest is optional, each for a replicated agent in a container:
+
+    - `replication`: reports Litestream's progress for /readyz and /metrics (`status() -> dict`).
+    - `tokens`: the agent and admin tokens every route but /healthz requires (None: no authentication, only for a
+      standalone agent on loopback).
+    - `lease`: the CURRENT lease (`held() -> bool`, `status() -> dict`, `retry_after() -> int`): while not held,
+      writes (start, cancel, fork, messages) answer 503 `lease_unconfirmed` and /readyz is not ready.
+    - `confirm_replicated(timeout)`: returns once the replica holds everything committed before the call, raises
+      ReplicationUnconfirmed otherwise; needed for `?durability=replicated` (default `durability`)."""
     state: dict[str, Runtime] = {}
+    if durability not in DURABILITY_MODES or (durability == "replicated" and confirm_replicated is None):
+        raise ValueError(f"durability {durability!r} needs one of {DURABILITY_MODES} and, if replicated, a confirmer")
 
-    def route(path: str, handler: Handler, method: str = "GET", *, blocking: bool = True) -> Route:
-        """Wrap `handler(request, runtime)`: errors become JSON, blocking handlers run in a worker thread."""
+    def lease_refused(after: bool) -> Response:
+        assert lease is not None
+        if after:
+            message = (
+                "this agent lost its CURRENT lease while the request ran: the change was made locally but is NOT "
+                "acknowledged and may be lost; retry through the control plane (ids make starts idempotent)"
+            )
+        else:
+            message = "this agent cannot confirm its CURRENT lease: it acknowledges no writes; retry later"
+        exc = LeaseUnconfirmed(message)
+        return _error(exc.status, exc.code, message, retry_after=lease.retry_after())
+
+    def route(path: str, handler: Handler, method: str = "GET", *, blocking: bool = True, write: bool = False) -> Route:
+        """Wrap `handler(request, runtime)`: errors become JSON, blocking handlers run in a worker thread.
+        A `write` is acknowledged only under a held lease, checked before it runs and again before answering."""
 
         async def endpoint(request: Request) -> Response:
+            if write and lease is not None and not lease.held():
+                return lease_refused(after=False)
             try:
                 if blocking:
                     result = await run_in_threadpool(handler, request, state["runtime"])
                 else:
                     result = await handler(request, state["runtime"])
             except AgentError as exc:
+                if isinstance(exc, ReplicationUnconfirmed) and exc.workflow_id:
+                    return _error(exc.status, exc.code, str(exc), workflow_id=exc.workflow_id)
                 return _error(exc.status, exc.code, str(exc))
+            if write and lease is not None and not lease.held():
+                return lease_refused(after=True)
             return result if isinstance(result, Response) else JSONResponse(result)
 
         return Route(path, endpoint, methods=[method])
 
     def readyz(_: Request, runtime: Runtime) -> Response:
+        leased = lease is None or lease.held()
+        reason = (
+            "recovering"
+            if not runtime.ready
+            else "draining"
+            if runtime.draining
+            else "lease_unconfirmed"
+            if not leased
+            else None
+        )
         detail: dict[str, Any] = {
-            "ready": runtime.ready and not runtime.draining,
+            "ready": reason is None,
+            "reason": reason,
             "recovered": runtime.ready,
             "draining": runtime.draining,
             "bundle": runtime.bundle.name,
             "bundle_version": runtime.bundle.version,
             "schema_version": runtime.store.schema_version,
+            "durability": durability,
         }
+        if lease is not None:
+            detail["lease"] = lease.status()
         if replication is not None:
             detail["replication"] = replication.status()
         return JSONResponse(detail, status_code=200 if detail["ready"] else 503)
 
     def prometheus(_: Request, runtime: Runtime) -> Response:
-        return Response(_metrics.render(runtime, replication), media_type=_metrics.CONTENT_TYPE)
+        return Response(_metrics.render(runtime, replication, lease), media_type=_metrics.CONTENT_TYPE)
 
     async def start(request: Request, runtime: Runtime) -> Response:
+        """`?wait=N|true` waits up to N (true: 60) seconds for the result; `?durability=replicated` answers only
+        once the replica holds the start (and, with wait, the state after the wait, the result if it finished)."""
         workflow_id, args, kwargs = start_body(await json_body(request))
         name = request.path_params["name"]
+        wait = start_wait(request)
+        mode = request.query_params.get("durability", durability)
+        if mode not in DURABILITY_MODES:
+            raise InvalidRequest(f"durability must be one of {', '.join(DURABILITY_MODES)}")
+        if mode == "replicated" and confirm_replicated is None:
+            raise InvalidRequest("this agent does not replicate: durability=replicated is not available")
 
         def run() -> Response:
             existed = workflow_id is not None and runtime.exists(workflow_id)
             handle = runtime.start(name, args, kwargs, id=workflow_id)
-            return JSONResponse(runtime.get(handle.id).to_dict(), status_code=200 if existed else 201)
+            status = runtime.wait(handle.id, wait) if wait else runtime.get(handle.id)
+            if mode == "replicated":
+                assert confirm_replicated is not None
+                try:
+                    confirm_replicated(durability_timeout)
+                except ReplicationUnconfirmed as exc:
+                    unconfirmed = ReplicationUnconfirmed(
+                        f"workflow {handle.id} was started and committed locally, but {exc}: it still exists and "
+                        "runs here, and may be lost only if this agent's node is lost; check it or retry the same "
+                        "id later",
+                        timed_out=exc.timed_out,
+                        workflow_id=handle.id,
+                    )
+                    raise unconfirmed from None
+            return JSONResponse(status.to_dict(), status_code=200 if existed else 201)
 
         return await run_in_threadpool(run)
 
@@ -154,12 +231,12 @@ def create_app(open_runtime: Callable[[], Runtime], *, replication: Any = None) 
         route("/readyz", readyz),
         route("/metrics", prometheus),
         route("/v1/workflows", list_workflows),
-        route("/v1/workflows/{name}", start, "POST", blocking=False),
+        route("/v1/workflows/{name}", start, "POST", blocking=False, write=True),
         route("/v1/workflows/{workflow_id}", get),
         route("/v1/workflows/{workflow_id}/steps", steps),
-        route("/v1/workflows/{workflow_id}/cancel", cancel, "POST"),
-        route("/v1/workflows/{workflow_id}/fork", fork, "POST"),
-        route("/v1/workflows/{workflow_id}/messages/{topic}", message, "POST", blocking=False),
+        route("/v1/workflows/{workflow_id}/cancel", cancel, "POST", write=True),
+        route("/v1/workflows/{workflow_id}/fork", fork, "POST", write=True),
+        route("/v1/workflows/{workflow_id}/messages/{topic}", message, "POST", blocking=False, write=True),
         route("/v1/workflows/{workflow_id}/events/{key}", event),
         route("/admin/drain", drain, "POST"),
     ]
@@ -168,4 +245,5 @@ def create_app(open_runtime: Callable[[], Runtime], *, replication: Any = None) 
         405: not_allowed,
         Exception: internal,
     }
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    middleware = [Middleware(BearerAuth, tokens=tokens)] if tokens is not None else []
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)

@@ -70,3 +70,13 @@ def start_body(body: Any) -> tuple[str | None, list[Any], dict[str, Any]]:
     if not isinstance(kwargs, dict):
         raise InvalidRequest("kwargs must be an object")
     return workflow_id, args, kwargs
+
+
+def start_wait(request: Request) -> float:
+    """A start's `?wait=`: seconds (0-300) to wait for the result; `true` is 60, `false` 0."""
+    raw = request.query_params.get("wait")
+    if raw is None or raw.lower() == "false":
+        return 0.0
+    if raw.lower() == "true":
+        return 60.0
+    return query_number(request, "wait", 0, 0, 300)

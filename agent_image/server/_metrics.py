@@ -15,9 +15,10 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class _AgentCollector:
-    def __init__(self, runtime: Runtime, replication: Any) -> None:
+    def __init__(self, runtime: Runtime, replication: Any, lease: Any) -> None:
         self.runtime = runtime
         self.replication = replication
+        self.lease = lease
 
     def collect(self) -> Iterator[Metric]:
         workflows = GaugeMetricFamily("litefleet_workflows", "Workflows by status", labels=["status"])
@@ -26,9 +27,30 @@ class _AgentCollector:
         yield workflows
         yield GaugeMetricFamily("litefleet_agent_ready", "1 once recovery finished", value=int(self.runtime.ready))
         yield GaugeMetricFamily("litefleet_agent_draining", "1 while draining", value=int(self.runtime.draining))
+        if self.lease is not None:
+            lease = self.lease.status()
+            yield GaugeMetricFamily(
+                "litefleet_lease_held",
+                "1 while CURRENT was confirmed within the lease timeout",
+                value=int(self.lease.held()),
+            )
+            if lease.get("seconds_since_confirmed") is not None:
+                yield GaugeMetricFamily(
+                    "litefleet_lease_seconds_since_confirmed",
+                    "Seconds since CURRENT was last confirmed to name this generation",
+                    value=lease["seconds_since_confirmed"],
+                )
         if self.replication is None:
             return
         status = self.replication.status()
+        states = GaugeMetricFamily(
+            "litefleet_replication_state",
+            "1 for the replication state the agent is in (ok, lagging, stalled)",
+            labels=["state"],
+        )
+        for name in ("ok", "lagging", "stalled"):
+            states.add_metric([name], int(status.get("state") == name))
+        yield states
         for key, help_text in (
             ("local_txid", "Last transaction id in the local database"),
             ("replica_txid", "Last transaction id in the replica"),
@@ -39,7 +61,7 @@ class _AgentCollector:
                 yield GaugeMetricFamily(f"litefleet_replication_{key}", help_text, value=status[key])
 
 
-def render(runtime: Runtime, replication: Any = None) -> bytes:
+def render(runtime: Runtime, replication: Any = None, lease: Any = None) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_AgentCollector(runtime, replication))
+    registry.register(_AgentCollector(runtime, replication, lease))
     return generate_latest(registry)

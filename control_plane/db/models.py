@@ -114,6 +114,9 @@ class Tenant(TenantBase, table=True):
     wake_agents: int = 0  # the count to come back to after hibernation
     state: TenantState = TenantState.active
     created_at: float = Field(default_factory=_now)
+    # the tenant's token for its agents' /admin/* (drain), minted by the fleet at the first start; never fleet-wide
+    # (tenant code can read it from its own container), never in an API answer (TenantPublic has no such field)
+    admin_token: str | None = Field(default=None, max_length=200, repr=False)
 
 
 class ScaleRequest(SQLModel):
@@ -171,7 +174,12 @@ class Agent(AgentHealth, table=True):
     node: str | None = Field(default=None, index=True, max_length=40)
     state: AgentState = AgentState.starting
     url: str | None = None
-    access_key: str | None = None  # the incarnation's scoped key id (its secret is only in the container)
+    access_key: str | None = None  # the incarnation's scoped key id
+    # The incarnation's secrets, kept to deliver them again after each start of its container (its tmpfs is empty
+    # then). Only on the table model: AgentPublic has none of them, and nothing logs them.
+    secret_key: str | None = Field(default=None, max_length=200, repr=False)
+    agent_token: str | None = Field(default=None, max_length=200, repr=False)
+    admin_token: str | None = Field(default=None, max_length=200, repr=False)
     updated_at: float = Field(default_factory=_now)
 
 

@@ -1,5 +1,8 @@
 """The control plane's side of an agent's HTTP surface: `/readyz`, `/admin/drain`, in-flight counts.
 
+Every call sends a bearer token (agent_image/SECURITY-NOTES.md section 5): the incarnation's agent token, or the
+tenant's admin token for `/admin/*`. Tokens are never logged or put in an error message.
+
 Everything an agent answers is untrusted: it is parsed into a few typed numbers or treated as no answer. Every
 call has a short timeout of its own (one hostile or frozen agent slows only itself)."""
 
@@ -70,33 +73,45 @@ class Readiness:
 class AgentApi(Protocol):
     """What the fleet asks of a running agent (`AgentHttp` over HTTP; tests hand in an in-memory one)."""
 
-    def readyz(self, url: str, timeout: float = 2.0) -> Readiness | None: ...
-    def drain(self, url: str) -> int: ...
-    def in_flight(self, url: str) -> int: ...
+    def readyz(self, url: str, token: str, timeout: float = 2.0) -> Readiness | None: ...
+    def drain(self, url: str, admin_token: str) -> int: ...
+    def in_flight(self, url: str, token: str) -> int: ...
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The header every agent call carries (an agent answers 401 without it on every route but /healthz)."""
+    return {"Authorization": f"Bearer {token}"}
 
 
 class AgentHttp:
-    def readyz(self, url: str, timeout: float = 2.0) -> Readiness | None:
-        """The agent's `/readyz`, or None when it does not answer (or answers something that is not JSON)."""
+    def readyz(self, url: str, token: str, timeout: float = 2.0) -> Readiness | None:
+        """The agent's `/readyz`, or None when it does not answer (or answers something that is not JSON, or
+        refuses the token: a 401 is not readiness)."""
         try:
-            answer = httpx.get(f"{url}/readyz", timeout=timeout)
+            answer = httpx.get(f"{url}/readyz", headers=bearer(token), timeout=timeout)
+            if answer.status_code in (401, 403):
+                return None
             return Readiness.parse(answer.status_code, answer.json())
         except (httpx.HTTPError, ValueError):
             return None
 
-    def drain(self, url: str) -> int:
+    def drain(self, url: str, admin_token: str) -> int:
         """Tell the agent to stop taking work; returns its workflows in flight. Raises httpx.HTTPError, ValueError."""
-        in_flight = httpx.post(f"{url}/admin/drain", timeout=10).json().get("in_flight", 0)
-        return int(in_flight)
+        answer = httpx.post(f"{url}/admin/drain", headers=bearer(admin_token), timeout=10)
+        answer.raise_for_status()
+        return int(answer.json().get("in_flight", 0))
 
-    def in_flight(self, url: str) -> int:
-        counts = httpx.get(f"{url}/v1/workflows?limit=1", timeout=10).json()["counts"]
+    def in_flight(self, url: str, token: str) -> int:
+        answer = httpx.get(f"{url}/v1/workflows?limit=1", headers=bearer(token), timeout=10)
+        answer.raise_for_status()
+        counts = answer.json()["counts"]
         return int(counts.get("PENDING", 0) + counts.get("RUNNING", 0))
 
 
 def wait_ready(
     url: Callable[[], str | None],
     *,
+    token: str,
     timeout: float,
     replicated: bool = False,
     check: Callable[[], None] = lambda: None,
@@ -112,7 +127,7 @@ def wait_ready(
         check()
         address = url()
         if address:
-            readiness = api.readyz(address, timeout=3)
+            readiness = api.readyz(address, token, timeout=3)
             if readiness is not None and (readiness.replicated if replicated else readiness.ready):
                 return address
     raise AgentNotReady(f"{what} not ready after {timeout:.0f}s")

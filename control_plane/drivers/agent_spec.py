@@ -1,19 +1,40 @@
 """One tenant agent incarnation as a Docker container: its identity, limits, labels, volume and port.
 
-The container gets exactly what `agent_image.container.identity` reads and nothing else: credentials scoped to its
-tenant, no capabilities, a read-only root, its own named volume for the database."""
+The container gets exactly what `agent_image.contract` defines and nothing else (agent_image/SECURITY-NOTES.md):
+an environment without secrets (`ContainerEnv.to_env()`), no capabilities, a read-only root, a tmpfs at
+/run/litefleet for its secrets, its own named volume for the database. The secrets (its S3 key scoped to its own
+generation, its agent token, its tenant's admin token) are written into the running container by `deliver_secrets`
+(`docker exec` + stdin), after every start: `run_agent` and `DockerDriver.restart` both call it. The container has no
+Docker restart policy: a restart Docker did by itself would wait for secrets nobody sends; a stopped agent is
+started again by the control plane (the health monitor's repair), which delivers them."""
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import docker.errors
+
+from agent_image.contract import AgentSecrets, ContainerEnv
 from control_plane.drivers import agent_http
 from control_plane.drivers.agent_http import AgentExited, AgentNotReady
 from control_plane.storage.credentials import TenantCredentials
 
 AGENT_PORT = 8080
 LABEL = "io.litefleet"
+SECRETS_WRITER = ["/opt/litefleet/bin/python3", "-m", "agent_image.container.secrets_in"]
+TMPFS = {
+    "/tmp": "rw,size=16m,mode=1777",
+    "/run/litefleet": "rw,noexec,nosuid,nodev,size=1m,uid=10001,gid=10001,mode=0700",
+}
+
+
+class SecretsNotDelivered(RuntimeError):
+    """`secrets_in` did not write the incarnation's secrets file (its exit code and stderr, never the secrets)."""
+
+    code = "secrets_not_delivered"
 
 
 def incarnation_name(tenant: str, agent: int, generation: int) -> str:
@@ -31,11 +52,14 @@ class AgentSpec:
     replica_url: str
     s3_endpoint: str  # as the container reaches it (the engine's bridge gateway, not 127.0.0.1)
     credentials: TenantCredentials = field(repr=False)
+    agent_token: str = field(repr=False)  # per incarnation: the router's and the health monitor's key
+    admin_token: str = field(repr=False)  # per tenant: /admin/* (drain)
     restore_from_url: str | None = None
     s3_region: str = "us-east-1"
     sync_interval: float = 1.0
     monitor_interval: float = 1.0
     fence_interval: float = 5.0
+    lease_timeout: float = 15.0  # seconds without a confirmed CURRENT before the agent stops acknowledging writes
     memory_mb: int = 256
     cpus: float = 1.0
     pids: int = 256
@@ -52,23 +76,30 @@ class AgentSpec:
         return self.name
 
     def environment(self) -> dict[str, str]:
-        env = {
-            "LITEFLEET_TENANT": self.tenant,
-            "LITEFLEET_AGENT": str(self.agent),
-            "LITEFLEET_GENERATION": str(self.generation),
-            "LITEFLEET_BUNDLE": self.bundle,
-            "LITEFLEET_REPLICA_URL": self.replica_url,
-            "LITEFLEET_S3_ENDPOINT": self.s3_endpoint,
-            "LITEFLEET_S3_REGION": self.s3_region,
-            "LITEFLEET_SYNC_INTERVAL": str(self.sync_interval),
-            "LITEFLEET_MONITOR_INTERVAL": str(self.monitor_interval),
-            "LITEFLEET_FENCE_INTERVAL": str(self.fence_interval),
-            "AWS_ACCESS_KEY_ID": self.credentials.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.credentials.secret_key,
-        }
-        if self.restore_from_url:
-            env["LITEFLEET_RESTORE_FROM_URL"] = self.restore_from_url
-        return env
+        """The container's environment: the contract's, which holds no secret (`docker inspect` shows it)."""
+        return ContainerEnv(
+            tenant=self.tenant,
+            agent=self.agent,
+            generation=self.generation,
+            bundle=self.bundle,
+            replica_url=self.replica_url,
+            restore_from_url=self.restore_from_url,
+            s3_endpoint=self.s3_endpoint,
+            s3_region=self.s3_region,
+            sync_interval=self.sync_interval,
+            monitor_interval=self.monitor_interval,
+            fence_interval=self.fence_interval,
+            lease_timeout=self.lease_timeout,
+        ).to_env()
+
+    def secrets(self) -> AgentSecrets:
+        """The incarnation's secrets file, delivered by `deliver_secrets` after each start."""
+        return AgentSecrets(
+            agent_token=self.agent_token,
+            admin_token=self.admin_token,
+            access_key=self.credentials.access_key,
+            secret_key=self.credentials.secret_key,
+        )
 
     def labels(self) -> dict[str, str]:
         return {
@@ -81,10 +112,10 @@ class AgentSpec:
 
 
 def run_agent(client: Any, spec: AgentSpec) -> Any:
-    """Create and start the incarnation's container (never pulling). Not idempotent by itself: callers look for
-    an existing container by name or labels first (`find_agent`)."""
+    """Create and start the incarnation's container (never pulling), then deliver its secrets. Not idempotent by
+    itself: callers look for an existing container by name or labels first (`find_agent`)."""
     client.images.get(spec.image)  # raises ImageNotFound here instead of letting the SDK try a registry
-    return client.containers.run(
+    container = client.containers.run(
         spec.image,
         name=spec.name,
         detach=True,
@@ -96,13 +127,56 @@ def run_agent(client: Any, spec: AgentSpec) -> Any:
         nano_cpus=int(spec.cpus * 1e9),
         pids_limit=spec.pids,
         read_only=True,
-        tmpfs={"/tmp": "rw,size=16m,mode=1777"},
+        tmpfs=dict(TMPFS),
         cap_drop=["ALL"],
         security_opt=["no-new-privileges"],
-        restart_policy={"Name": "on-failure", "MaximumRetryCount": 3},
+        restart_policy={"Name": "no"},  # see the module docstring: restarts go through the control plane
         extra_hosts={"host.docker.internal": "host-gateway"},
         network=spec.network,
     )
+    deliver_secrets(client, container.id, spec.secrets())
+    return container
+
+
+def deliver_secrets(client: Any, container_id: str, secrets: AgentSecrets, timeout: float = 30.0) -> None:
+    """Write the incarnation's secrets file in its running container: `docker exec` of the image's writer with the
+    JSON on stdin as one line (never an argument or exec environment: `exec inspect` and /proc would show it).
+    Safe to repeat: the same document replaces the file with the same bytes. Raises SecretsNotDelivered."""
+    try:
+        exec_id = client.api.exec_create(container_id, SECRETS_WRITER, stdin=True, stdout=True, stderr=True)["Id"]
+        sock = client.api.exec_start(exec_id, socket=True)
+    except docker.errors.APIError as exc:  # the container is not running (it exited before the delivery)
+        raise SecretsNotDelivered(f"cannot deliver secrets to {container_id[:12]}: {exc.explanation}") from None
+    raw = getattr(sock, "_sock", sock)
+    output = b""
+    try:
+        raw.settimeout(timeout)
+        raw.sendall(secrets.to_json().encode() + b"\n")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # until the writer exits and the engine closes the stream
+            chunk = raw.recv(4096)
+            if not chunk:
+                break
+            output += chunk
+    except (TimeoutError, OSError) as exc:
+        raise SecretsNotDelivered(f"secrets delivery to {container_id[:12]} failed: {type(exc).__name__}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            sock.close()
+    code = _exec_exit_code(client, exec_id, deadline=time.monotonic() + 5)
+    if code != 0:
+        # the writer's stderr names a field or a path, never a value; the multiplexed stream has 8-byte headers
+        said = output.decode(errors="replace").strip()[-300:]
+        raise SecretsNotDelivered(f"secrets writer in {container_id[:12]} exited {code}: {said!r}")
+
+
+def _exec_exit_code(client: Any, exec_id: str, deadline: float) -> int | None:
+    while True:
+        state = client.api.exec_inspect(exec_id)
+        if not state.get("Running") or time.monotonic() > deadline:
+            code = state.get("ExitCode")
+            return None if state.get("Running") else code
+        time.sleep(0.02)
 
 
 def find_agent(client: Any, spec: AgentSpec) -> Any | None:
@@ -120,8 +194,9 @@ def agent_url(container: Any) -> str | None:
     return f"http://{bindings[0]['HostIp']}:{bindings[0]['HostPort']}"
 
 
-def wait_ready(container: Any, timeout: float = 30.0) -> str:
-    """Poll the agent's `/readyz` until it answers 200; fail early (with its last log lines) if it exits."""
+def wait_ready(container: Any, token: str, timeout: float = 30.0) -> str:
+    """Poll the agent's `/readyz` (with `token`) until it answers 200; fail early (with its last log lines) if it
+    exits. Start it after `deliver_secrets`: the agent does not serve before it has its secrets."""
 
     def exited() -> None:
         container.reload()
@@ -130,7 +205,7 @@ def wait_ready(container: Any, timeout: float = 30.0) -> str:
 
     try:
         return agent_http.wait_ready(
-            lambda: agent_url(container), timeout=timeout, check=exited, interval=0.02, what=container.name
+            lambda: agent_url(container), token=token, timeout=timeout, check=exited, interval=0.02, what=container.name
         )
     except AgentExited:
         raise

@@ -15,7 +15,8 @@ import docker.errors
 import requests
 import structlog
 
-from control_plane.drivers.agent_spec import LABEL, AgentSpec, agent_url, find_agent, run_agent
+from agent_image.contract import AgentSecrets
+from control_plane.drivers.agent_spec import LABEL, AgentSpec, agent_url, deliver_secrets, find_agent, run_agent
 from control_plane.drivers.base import EngineUnreachable, Incarnation
 from control_plane.drivers.engine_client import engine_client
 from control_plane.pki import EngineTLS
@@ -82,14 +83,17 @@ class DockerDriver:
             container = self._get(name)
             return None if container is None else _incarnation(container)
 
-    def restart(self, name: str) -> Incarnation | None:
-        """Start an existing, stopped incarnation again (same container, same volume, same generation)."""
+    def restart(self, name: str, secrets: AgentSecrets) -> Incarnation | None:
+        """Start an existing, stopped incarnation again (same container, same volume, same generation) and deliver
+        its secrets again: the start emptied its tmpfs. A running one gets them again too (harmless: same bytes),
+        which also finishes a start whose delivery was interrupted."""
         with _engine(self.engine_url):
             container = self._get(name)
             if container is None:
                 return None
             if container.status != "running":
                 container.start()
+            deliver_secrets(self.client, container.id, secrets)
             return _incarnation(container)
 
     def stop(self, name: str, timeout: float) -> Incarnation | None:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from agent_image.contract import AgentSecrets
 from control_plane.drivers.agent_spec import AgentSpec
 from control_plane.drivers.base import EngineUnreachable, Incarnation
 
@@ -18,6 +19,7 @@ class FakeContainer:
     spec: AgentSpec
     status: str = "running"
     exit_code: int | None = None
+    deliveries: list[AgentSecrets] = field(default_factory=list)  # secrets delivered, one per start (tests check)
 
 
 class FakeDriver:
@@ -47,7 +49,7 @@ class FakeDriver:
         with self._lock:
             self._check()
             if spec.name not in self.containers:
-                self.containers[spec.name] = FakeContainer(spec)
+                self.containers[spec.name] = FakeContainer(spec, deliveries=[spec.secrets()])
                 self._on_run(spec)
             return self._incarnation(spec.name)
 
@@ -56,7 +58,7 @@ class FakeDriver:
             self._check()
             return self._incarnation(name) if name in self.containers else None
 
-    def restart(self, name: str) -> Incarnation | None:
+    def restart(self, name: str, secrets: AgentSecrets) -> Incarnation | None:
         with self._lock:
             self._check()
             container = self.containers.get(name)
@@ -65,6 +67,7 @@ class FakeDriver:
             if container.status != "running":
                 container.status, container.exit_code = "running", None
                 self._on_run(container.spec)
+            container.deliveries.append(secrets)
             return self._incarnation(name)
 
     def stop(self, name: str, timeout: float) -> Incarnation | None:

@@ -6,6 +6,7 @@ and the old container goes only after the new one is ready."""
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -14,12 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from control_plane.db.models import Agent, AgentState, Node, Tenant
 from control_plane.drivers.agent_http import AgentApi, AgentHttp, AgentNotReady, wait_ready
-from control_plane.drivers.agent_spec import AgentSpec, incarnation_name
+from control_plane.drivers.agent_spec import AgentSpec, SecretsNotDelivered, incarnation_name
 from control_plane.drivers.base import Driver, EngineUnreachable, Incarnation
 from control_plane.drivers.docker import DockerDriver
 from control_plane.errors import OperationFailed
@@ -28,6 +30,7 @@ from control_plane.fleet.placement import choose_node, node_loads
 from control_plane.fleet.steps import StepLog
 from control_plane.pki import credential_set
 from control_plane.settings import Settings
+from control_plane.storage.credentials import TenantCredentials
 from control_plane.storage.ports import CredentialStore, ReplicaStore
 from control_plane.timing import poll
 
@@ -120,6 +123,7 @@ class Fleet:
         Re-running is safe: CURRENT only ever moves forward to `generation`; an existing container of that
         incarnation is reused (started again if it stopped), not duplicated; the agent row is written last."""
         advance_current(self.storage, tenant.name, ordinal, generation)
+        creds, agent_token, admin_token = self._secrets(tenant.name, ordinal, generation)
         self.set_agent(tenant.name, ordinal, generation=generation, node=node.name, state=AgentState.starting)
         driver = self.driver(node)
         copied = driver.ensure_image(self.settings.image)
@@ -128,22 +132,26 @@ class Fleet:
         name = incarnation_name(tenant.name, ordinal, generation)
         started = time.monotonic()
         incarnation = driver.inspect(name)
-        if incarnation is None:
-            creds = self.credentials.issue_incarnation(tenant.name, ordinal, generation)
-            spec = self._spec(tenant, ordinal, generation, node, restore_from, creds)
-            incarnation = driver.run(spec)
-            self.set_agent(tenant.name, ordinal, access_key=creds.access_key)
-        elif incarnation.status != "running":
-            # the incarnation stopped outside an operation (crash past its restart policy, `docker stop`): its
-            # volume holds the newest state and CURRENT still names it, so start the same container again
-            driver.restart(name)
-            ctx.step(
-                "agent.restarted",
-                f"gen {generation} was {incarnation.status} (exit {incarnation.exit_code}); started it again",
-                agent=ordinal,
-                node=node.name,
-            )
-        url = self._wait_ready(driver, incarnation)
+        spec = self._spec(tenant, ordinal, generation, node, restore_from, creds, agent_token, admin_token)
+        try:
+            if incarnation is None:
+                incarnation = driver.run(spec)  # creates, starts and delivers the secrets
+            elif incarnation.status != "running":
+                # the incarnation stopped outside an operation (a crash, `docker stop`): its volume holds the newest
+                # state and CURRENT still names it, so start the same container again (secrets delivered again)
+                driver.restart(name, spec.secrets())
+                ctx.step(
+                    "agent.restarted",
+                    f"gen {generation} was {incarnation.status} (exit {incarnation.exit_code}); started it again",
+                    agent=ordinal,
+                    node=node.name,
+                )
+            else:
+                # running: a re-run of this start, maybe after a crash between `run` and the delivery (same bytes)
+                driver.restart(name, spec.secrets())
+        except SecretsNotDelivered as exc:
+            raise OperationFailed(str(exc)) from None
+        url = self._wait_ready(driver, incarnation, agent_token)
         seconds = round(time.monotonic() - started, 3)
         self.set_agent(tenant.name, ordinal, state=AgentState.running, url=url)
         source = f"restored from gen-{restore_from}" if restore_from else "new database"
@@ -206,8 +214,52 @@ class Fleet:
 
     # -- helpers ----------------------------------------------------------------------------------------------------
 
+    def _secrets(self, tenant: str, ordinal: int, generation: int) -> tuple[TenantCredentials, str, str]:
+        """The incarnation's S3 key, agent token and tenant admin token: the ones recorded on the agent row when it
+        already names this generation (a re-run, a restart: the container must get the same ones again), else
+        freshly minted and recorded before any container can hold them. Re-running is safe for that reason."""
+        agent = self.agent(tenant, ordinal)
+        if agent.generation == generation and agent.access_key and agent.secret_key and agent.agent_token:
+            admin = agent.admin_token or self._tenant_admin_token(tenant)
+            return TenantCredentials(tenant, agent.access_key, agent.secret_key), agent.agent_token, admin
+        creds = self.credentials.issue_incarnation(tenant, ordinal, generation)
+        agent_token, admin_token = secrets.token_urlsafe(32), self._tenant_admin_token(tenant)
+        self.set_agent(
+            tenant,
+            ordinal,
+            generation=generation,
+            access_key=creds.access_key,
+            secret_key=creds.secret_key,
+            agent_token=agent_token,
+            admin_token=admin_token,
+        )
+        return creds, agent_token, admin_token
+
+    def _tenant_admin_token(self, tenant: str) -> str:
+        """The tenant's admin token, minted once (the first writer wins: agents started in parallel share it)."""
+        with Session(self.engine) as session:
+            session.execute(
+                update(Tenant)
+                .where(col(Tenant.name) == tenant)
+                .where(col(Tenant.admin_token).is_(None))
+                .values(admin_token=secrets.token_urlsafe(32))
+            )
+            session.commit()
+            row = session.get(Tenant, tenant)
+            if row is None or row.admin_token is None:
+                raise OperationFailed(f"tenant {tenant} does not exist")
+            return row.admin_token
+
     def _spec(
-        self, tenant: Tenant, ordinal: int, generation: int, node: Node, restore_from: int | None, creds: Any
+        self,
+        tenant: Tenant,
+        ordinal: int,
+        generation: int,
+        node: Node,
+        restore_from: int | None,
+        creds: TenantCredentials,
+        agent_token: str,
+        admin_token: str,
     ) -> AgentSpec:
         return AgentSpec(
             tenant=tenant.name,
@@ -221,15 +273,19 @@ class Fleet:
             else self.storage.replica_url(tenant.name, ordinal, restore_from),
             s3_endpoint=node.labels.get("litefleet.s3-endpoint", self.settings.containers_s3_endpoint),
             credentials=creds,
+            agent_token=agent_token,
+            admin_token=admin_token,
             sync_interval=tenant.sync_interval,
             monitor_interval=tenant.sync_interval,
+            fence_interval=self.settings.fence_interval,
+            lease_timeout=self.settings.agent_lease_timeout,
             memory_mb=tenant.memory_mb,
             cpus=tenant.cpus,
             publish_ip=node.address,
             fleet=self.storage.bucket,
         )
 
-    def _wait_ready(self, driver: Driver, incarnation: Incarnation) -> str:
+    def _wait_ready(self, driver: Driver, incarnation: Incarnation, token: str) -> str:
         """Wait for /readyz and the first replica (replica txid >= 1); fail with the agent's reason if it exits."""
         url: str | None = None
 
@@ -245,6 +301,7 @@ class Fleet:
         try:
             return wait_ready(
                 lambda: url,
+                token=token,
                 timeout=self.settings.ready_timeout,
                 replicated=True,
                 check=alive,
@@ -257,12 +314,13 @@ class Fleet:
     def _drain(self, ctx: StepLog, agent: Agent) -> None:
         """Stop taking work and wait (up to the drain timeout) for in-flight workflows to finish."""
         assert agent.url is not None
+        admin_token = agent.admin_token or self._tenant_admin_token(agent.tenant)
         try:
-            in_flight = self.agents_api.drain(agent.url)
+            in_flight = self.agents_api.drain(agent.url, admin_token)
             for _ in poll(self.settings.drain_timeout, 0.25):
                 if not in_flight:
                     break
-                in_flight = self.agents_api.in_flight(agent.url)
+                in_flight = self.agents_api.in_flight(agent.url, admin_token)
         except (httpx.HTTPError, ValueError, KeyError) as exc:
             ctx.step(
                 "agent.drain_skipped",

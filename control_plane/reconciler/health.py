@@ -115,10 +115,10 @@ class HealthMonitor:
                 ).all()
             )
         for agent in agents:
-            if not agent.url:
+            if not agent.url or not agent.agent_token:
                 continue
             probed_at = time.time()
-            readiness = self.fleet.agents_api.readyz(agent.url, timeout=2)
+            readiness = self.fleet.agents_api.readyz(agent.url, agent.agent_token, timeout=2)
             values: dict[str, Any] = {"probed_at": probed_at, "ready": False}
             if readiness is not None:
                 values = {"probed_at": probed_at, **_health(readiness)}

@@ -1,10 +1,14 @@
-"""Workflow routing: a workflow id lives on one of the tenant's running agents, found by its hash first."""
+"""Workflow routing: a workflow id lives on one of the tenant's running agents, found by its hash first.
+
+Every call carries the agent's own token (its row's `agent_token`), and every id or name that goes into an agent's
+URL is quoted as one path segment: `../../v1/workflows?limit=1000&` stays an (unknown) id, not another route."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from sqlmodel import Session, col, select
@@ -24,6 +28,16 @@ def _running_agents(session: Session, name: str) -> list[Agent]:
     return list(agents)
 
 
+def _headers(agent: Agent) -> dict[str, str]:
+    return {"Authorization": f"Bearer {agent.agent_token or ''}"}
+
+
+def _segment(value: str) -> str:
+    """`value` as one URL path segment (no `/`, `?`, `#` or `..` that could reach another route)."""
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
+
+
 def _home(agents: list[Agent], workflow_id: str) -> list[Agent]:
     """The agents to ask for a workflow id: its hash's agent first, then the others (it may have been started
     before a scale changed the count)."""
@@ -41,17 +55,21 @@ def start_workflow(session: Session, tenant: str, name: str, body: dict[str, Any
     body = {**body, "id": workflow_id}
     ordered = _home(agents, workflow_id)
     for agent in ordered[1:]:
-        found = httpx.get(f"{agent.url}/v1/workflows/{workflow_id}", timeout=10)
+        found = httpx.get(f"{agent.url}/v1/workflows/{_segment(workflow_id)}", headers=_headers(agent), timeout=10)
         if found.status_code == 200:
             return 200, {**found.json(), "agent": agent.ordinal}
-    answer = httpx.post(f"{ordered[0].url}/v1/workflows/{name}", json=body, timeout=30)
+    home = ordered[0]
+    answer = httpx.post(f"{home.url}/v1/workflows/{_segment(name)}", json=body, headers=_headers(home), timeout=30)
     return answer.status_code, {**answer.json(), "agent": ordered[0].ordinal}
 
 
 def find_workflow(session: Session, tenant: str, workflow_id: str, wait: float) -> dict[str, Any]:
     for agent in _home(_running_agents(session, tenant), workflow_id):
         found = httpx.get(
-            f"{agent.url}/v1/workflows/{workflow_id}", params={"wait": wait} if wait else None, timeout=wait + 10
+            f"{agent.url}/v1/workflows/{_segment(workflow_id)}",
+            params={"wait": wait} if wait else None,
+            headers=_headers(agent),
+            timeout=wait + 10,
         )
         if found.status_code == 200:
             return {**found.json(), "agent": agent.ordinal}

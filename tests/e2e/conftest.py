@@ -84,6 +84,31 @@ class ControlPlane(ControlPlaneProcess):
         assert op["state"] == "succeeded", f"{op['kind']} failed: {op['error']}\n{op['steps']}"
         return op
 
+    def agent_secrets(self, tenant: str) -> list[dict[str, Any]]:
+        """The tenant's agent rows' secrets as the fleet DB holds them (the API never shows them): per agent its
+        `ordinal`, `url`, `agent_token`, `admin_token`, `access_key`, `secret_key`, and the tenant's admin token."""
+        import sqlalchemy
+
+        url = self.env.get("LITEFLEET_DATABASE_URL") or f"sqlite:///{self.env['LITEFLEET_STATE_DIR']}/fleet.db"
+        engine = sqlalchemy.create_engine(url)
+        try:
+            with engine.connect() as connection:
+                rows = connection.execute(
+                    sqlalchemy.text(
+                        "SELECT a.ordinal, a.url, a.agent_token, a.admin_token, a.access_key, a.secret_key,"
+                        " t.admin_token AS tenant_admin_token FROM agent a JOIN tenant t ON t.name = a.tenant"
+                        " WHERE a.tenant = :tenant ORDER BY a.ordinal"
+                    ),
+                    {"tenant": tenant},
+                )
+                return [dict(row._mapping) for row in rows]
+        finally:
+            engine.dispose()
+
+    def agent_token(self, tenant: str, ordinal: int) -> str:
+        token: str = next(r for r in self.agent_secrets(tenant) if r["ordinal"] == ordinal)["agent_token"]
+        return token
+
     def wait_op(self, op_id: str, timeout: float = 600) -> dict[str, Any]:
         answer = self.call("GET", f"/v1/operations/{op_id}", params={"wait": "true", "timeout": timeout})
         op: dict[str, Any] = answer.json()
@@ -103,6 +128,8 @@ def control_plane(
         drain_timeout="5",
         lease_seconds="4",
         heartbeat_interval="2",
+        fence_interval="2",  # agents read CURRENT every 2 s; a fail-over waits out their 6 s lease (+1 s)
+        agent_lease_timeout="6",
         **({"database_url": _own_schema(database)} if database else {}),
     )
     plane.start(timeout=120)  # a busy shared machine took >30 s to import and migrate

@@ -3,6 +3,7 @@ node, kill -9 the control plane mid-evacuation, and bad input that must change n
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from control_plane.drivers import EngineUnreachable
+from control_plane.drivers.agent_http import bearer
 from control_plane.storage import ObjectStorage
 from infra.testbed import Testbed
 from tests.e2e.conftest import ControlPlane, managed_containers, tenant_name
@@ -74,9 +76,12 @@ def running(plane: ControlPlane, tenant: str) -> list[dict[str, Any]]:
     return [agent for agent in agents_of(plane, tenant) if agent["state"] == "running"]
 
 
-def workflow_ids_on(url: str) -> set[str]:
-    answer = httpx.get(f"{url}/v1/workflows", params={"limit": 1000}, timeout=30).json()
-    return {row["id"] for row in answer["workflows"]}
+def workflow_ids_on(plane: ControlPlane, agent: dict[str, Any]) -> set[str]:
+    """The workflow ids one agent (a placement of the API) holds, asked with its own token."""
+    token = plane.agent_token(agent["tenant"], agent["ordinal"])
+    answer = httpx.get(f"{agent['url']}/v1/workflows", params={"limit": 1000}, headers=bearer(token), timeout=30)
+    assert answer.status_code == 200, answer.text
+    return {row["id"] for row in answer.json()["workflows"]}
 
 
 def replicated_ids(admin: ObjectStorage, tenant: str, generation: int, into: Path) -> set[str]:
@@ -176,7 +181,7 @@ def test_evacuate_under_write_load_loses_nothing(control_plane: ControlPlane, te
 
     moved = running(plane, tenant)
     assert [(a["node"], a["generation"]) for a in moved] == [(target, 2)]
-    lost = set(writer.acknowledged) - workflow_ids_on(moved[0]["url"])
+    lost = set(writer.acknowledged) - workflow_ids_on(plane, moved[0])
     assert not lost, f"{len(lost)} of {len(writer.acknowledged)} acknowledged workflows lost"
     downtime = op["result"]["downtime_s"][f"{tenant}/0"]
     assert 0 < downtime < 30
@@ -207,7 +212,7 @@ def test_kill_9_control_plane_mid_evacuation_converges(control_plane: ControlPla
     containers = [name for names in managed_containers(testbed.nodes).values() for name in names]
     mine = sorted(name for name in containers if name.startswith(f"lf-{tenant}-"))
     assert mine == [f"lf-{tenant}-0-g2", f"lf-{tenant}-1-g2"], "exactly one container per agent"
-    held = set().union(*(workflow_ids_on(agent["url"]) for agent in agents))
+    held = set().union(*(workflow_ids_on(plane, agent) for agent in agents))
     assert set(acknowledged) <= held
     plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})
 
@@ -311,10 +316,15 @@ def test_a_partitioned_node_fails_over_and_its_zombie_is_removed_when_it_returns
         assert plane.call("GET", f"/v1/nodes/{lost.name}").json()["state"] == "down"
         moved = running(plane, tenant)
         assert [(a["node"], a["generation"]) for a in moved] == [(survivor.name, 2)]
-        assert set(acknowledged) <= workflow_ids_on(moved[0]["url"])
+        assert set(acknowledged) <= workflow_ids_on(plane, moved[0])
         assert failover["result"]["restored_txid"][f"{tenant}/0"] >= 1
         assert failover["result"]["loss_window_s"][f"{tenant}/0"] is not None
         assert failover["result"]["lost_txids_at_least"][f"{tenant}/0"] == 0  # nothing written after the last sync
+        steps = {step["step"]: step for step in failover["steps"]}
+        # invariant 6: gen 2 started only after gen 1's lease (6 s in this fleet, +1 s) ran out from CURRENT's move
+        waited = steps["agent.lease_waited"]
+        assert waited["not_before"] == pytest.approx(waited["current_written_at"] + 7, abs=0.01)
+        assert steps["agent.started"]["at"] - steps["agent.started"]["seconds"] >= waited["not_before"] - 0.01
     finally:
         subprocess.run(["ip", "link", "set", lost.veth, "up"], check=True)
 
@@ -370,18 +380,32 @@ def test_the_cli_follows_operations_and_answers_bad_input_in_one_line(control_pl
 
 
 def test_secrets_stay_out_of_logs_errors_and_api_answers(control_plane: ControlPlane, testbed: Testbed) -> None:
+    """No secret in `docker inspect` (env, command, entrypoint, labels) of any agent container; the secrets the
+    fleet DB holds for them (S3 keys, agent tokens, the tenant's admin token) never in a log or an API answer."""
     plane = control_plane
     tenant = tenant_name()
     plane.done("POST", "/v1/tenants", json={"name": tenant, "agents": 2, "sync_interval": 0.2})
     plane.done("POST", f"/v1/tenants/{tenant}/evacuate")
-    secrets_in_use = [plane.env["LITEFLEET_S3_ADMIN_SECRET"]]
+    rows = plane.agent_secrets(tenant)
+    assert len(rows) == 2 and len({row["tenant_admin_token"] for row in rows}) == 1
+    secrets_in_use = [plane.env["LITEFLEET_S3_ADMIN_SECRET"], rows[0]["tenant_admin_token"]]
+    for row in rows:
+        assert row["admin_token"] == row["tenant_admin_token"]  # per tenant, handed to each of its agents
+        secrets_in_use += [row["agent_token"], row["secret_key"]]
+    assert all(secrets_in_use) and len(set(secrets_in_use)) == len(secrets_in_use)
+    containers = []
     for node in testbed.nodes:
         client = node.client(timeout=30)
-        for container in client.containers.list(filters={"name": f"lf-{tenant}-"}):
-            env = dict(line.split("=", 1) for line in container.attrs["Config"]["Env"])
-            secrets_in_use.append(env["AWS_SECRET_ACCESS_KEY"])
-            assert secrets_in_use[-1] not in container.logs().decode(errors="replace")
-    assert len(secrets_in_use) == 3
+        containers += client.containers.list(filters={"name": f"lf-{tenant}-"})
+    assert len(containers) == 2
+    for container in containers:
+        config = container.attrs["Config"]
+        env = dict(line.split("=", 1) for line in config["Env"])
+        assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(env)
+        shown = json.dumps(container.attrs)  # Env, Cmd, Entrypoint, Labels, HostConfig, ...
+        logged = container.logs().decode(errors="replace")
+        for secret in secrets_in_use:
+            assert secret not in shown and secret not in logged
     answers = "".join(
         plane.call("GET", path, params={"limit": 1000}).text
         for path in ("/v1/tenants", f"/v1/tenants/{tenant}", "/v1/operations", "/v1/events", "/v1/nodes")
@@ -390,6 +414,33 @@ def test_secrets_stay_out_of_logs_errors_and_api_answers(control_plane: ControlP
     for secret in secrets_in_use:
         assert secret not in answers and secret not in log
     plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})
+
+
+def test_agents_refuse_callers_without_their_token_while_the_router_works(control_plane: ControlPlane) -> None:
+    plane = control_plane
+    tenant, other = tenant_name(), tenant_name()
+    plane.done("POST", "/v1/tenants", json={"name": tenant, "agents": 2, "sync_interval": 0.2})
+    plane.done("POST", "/v1/tenants", json={"name": other, "agents": 1, "sync_interval": 0.2})
+    start(plane, tenant, "routed-1", 1)  # the router sends each agent its own token
+    assert result(plane, tenant, "routed-1") == ("SUCCESS", 0)
+    mine, theirs = plane.agent_secrets(tenant), plane.agent_secrets(other)[0]
+    for agent in mine:
+        url = agent["url"]
+        for headers in ({}, bearer(theirs["agent_token"]), bearer(theirs["admin_token"])):
+            for method, path in (("GET", "/v1/workflows"), ("POST", "/v1/workflows/count"), ("GET", "/readyz")):
+                refused = httpx.request(method, f"{url}{path}", headers=headers, json={"args": [1]}, timeout=10)
+                assert refused.status_code == 401, (method, path, refused.text)
+            assert httpx.post(f"{url}/admin/drain", headers=headers, timeout=10).status_code == 401
+        assert httpx.post(f"{url}/admin/drain", headers=bearer(agent["agent_token"]), timeout=10).status_code == 403
+        assert httpx.get(f"{url}/v1/workflows", headers=bearer(agent["agent_token"]), timeout=10).status_code == 200
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    # issue 10: an id is one path segment on the agent, never another route (this used to list another agent)
+    sneaky = plane.call(
+        "POST", f"/v1/tenants/{tenant}/workflows/count", json={"id": "../../v1/workflows?limit=1000&", "args": [1]}
+    )
+    assert "workflows" not in sneaky.json() and "routed-1" not in sneaky.text, sneaky.text
+    for name in (tenant, other):
+        plane.done("DELETE", f"/v1/tenants/{name}", params={"purge": "true"})
 
 
 def test_an_agent_stopped_behind_our_back_is_started_again(control_plane: ControlPlane, testbed: Testbed) -> None:
@@ -412,5 +463,5 @@ def test_an_agent_stopped_behind_our_back_is_started_again(control_plane: Contro
     assert "agent.restarted" in [step["step"] for step in repair["steps"]]
     again = running(plane, tenant)
     assert [(a["node"], a["generation"]) for a in again] == [(node.name, 1)]  # same incarnation, same volume
-    assert set(acknowledged) <= workflow_ids_on(again[0]["url"])
+    assert set(acknowledged) <= workflow_ids_on(plane, again[0])
     plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})

@@ -15,9 +15,11 @@ from typing import Any
 
 import docker
 import docker.errors
+import httpx
 import pytest
 
-from control_plane.drivers.agent_spec import AgentSpec, run_agent
+from control_plane.drivers.agent_http import bearer
+from control_plane.drivers.agent_spec import AgentSpec, run_agent, wait_ready
 from control_plane.drivers.host_address import local_host_address
 from control_plane.drivers.images import build_agent_image
 from control_plane.storage import ObjectStorage, SeaweedCredentials
@@ -66,7 +68,8 @@ def agent_image(docker_client: Any) -> str:
 
 @dataclass
 class Agents:
-    """Starts agent incarnations the way the control plane will, and removes everything it started."""
+    """Starts agent incarnations the way the control plane does (`run_agent`: the contract's env, the tmpfs, the
+    secrets delivered by `docker exec` + stdin), and removes everything it started."""
 
     client: Any
     image: str
@@ -75,6 +78,7 @@ class Agents:
     credentials: SeaweedCredentials
     started: list[Any] = field(default_factory=list)
     volumes: set[str] = field(default_factory=set)
+    specs: dict[str, AgentSpec] = field(default_factory=dict)  # container name -> its spec (and so its secrets)
 
     def tenant(self) -> str:
         return "t" + secrets.token_hex(4)
@@ -90,18 +94,32 @@ class Agents:
             "restore_from_url": None if restore_from is None else self.storage.replica_url(tenant, 0, restore_from),
             "s3_endpoint": self.store.address.endpoint,
             "credentials": self.credentials.issue_incarnation(tenant, 0, generation),
+            "agent_token": secrets.token_urlsafe(32),
+            "admin_token": secrets.token_urlsafe(32),
             "sync_interval": 0.1,
             "monitor_interval": 0.1,
             "fence_interval": 0.5,
         }
         values.update(overrides)
+        values.setdefault("lease_timeout", max(5.0, 3 * values["fence_interval"]))
         return AgentSpec(**values)
 
     def start(self, spec: AgentSpec) -> Any:
+        """Create, start and deliver the secrets (the driver's own `run_agent`, not a copy of it)."""
         container = run_agent(self.client, spec)
         self.started.append(container)
         self.volumes.add(spec.volume)
+        self.specs[container.name] = spec
         return container
+
+    def ready(self, container: Any, timeout: float = 60.0) -> str:
+        """Wait for the agent's /readyz (with its agent token); its URL."""
+        return wait_ready(container, self.specs[container.name].agent_token, timeout=timeout)
+
+    def api(self, container: Any, *, admin: bool = False, timeout: float = 10.0) -> httpx.Client:
+        """An HTTP client carrying the agent's token (its admin token with `admin`)."""
+        spec = self.specs[container.name]
+        return httpx.Client(headers=bearer(spec.admin_token if admin else spec.agent_token), timeout=timeout)
 
     def advance(self, tenant: str, generation: int) -> None:
         """Point CURRENT at `generation`, as the control plane does before starting it."""

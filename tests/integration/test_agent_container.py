@@ -14,21 +14,21 @@ import apsw
 import httpx
 import pytest
 
-from control_plane.drivers.agent_spec import wait_ready
+from control_plane.drivers.agent_http import bearer
 from tests.integration.conftest import Agents, eventually
 
 
 class Writer(threading.Thread):
     """Starts `count` workflows `{prefix}-0, -1, ...` one after another and remembers which were acknowledged."""
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, token: str) -> None:
         super().__init__(daemon=True)
-        self.url, self.prefix = url, prefix
+        self.url, self.prefix, self.token = url, prefix, token
         self.acknowledged: list[str] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
-        with httpx.Client(timeout=5) as client:
+        with httpx.Client(timeout=5, headers=bearer(self.token)) as client:
             while not self.stop.is_set():
                 workflow_id = f"{self.prefix}-{len(self.acknowledged)}"
                 try:
@@ -59,10 +59,10 @@ def test_kill_mid_workflow_remove_volume_then_generation_2_finishes_everything(a
     tenant = agents.tenant()
     agents.advance(tenant, 1)
     first = agents.start(agents.spec(tenant, 1))
-    url = wait_ready(first)
+    url, api = agents.ready(first), agents.api(first)
     ids = [f"job-{i}" for i in range(6)]
     for workflow_id in ids:
-        answer = httpx.post(f"{url}/v1/workflows/count", json={"id": workflow_id, "args": [STEPS, 0.3]}, timeout=5)
+        answer = api.post(f"{url}/v1/workflows/count", json={"id": workflow_id, "args": [STEPS, 0.3]})
         assert answer.status_code == 201, answer.text
     restores = iter(range(1000))
 
@@ -75,11 +75,11 @@ def test_kill_mid_workflow_remove_volume_then_generation_2_finishes_everything(a
 
     eventually(starts_replicated, timeout=20, interval=0.1)
     time.sleep(0.4)  # and a step or two of each has run
-    statuses = {httpx.get(f"{url}/v1/workflows/{i}", timeout=5).json()["status"] for i in ids}
+    statuses = {api.get(f"{url}/v1/workflows/{i}").json()["status"] for i in ids}
     assert statuses == {"RUNNING"}, f"the kill must land mid-way through every workflow ({STEPS} steps x 0.3 s)"
-    assert "litefleet_replication_replica_txid" in httpx.get(f"{url}/metrics", timeout=5).text
+    assert "litefleet_replication_replica_txid" in api.get(f"{url}/metrics").text
     eventually(  # the agent's own replication report (probed every 5 s) has seen its replica too
-        lambda: (httpx.get(f"{url}/readyz", timeout=5).json()["replication"]["replica_txid"] or 0) >= 1, timeout=15
+        lambda: (api.get(f"{url}/readyz").json()["replication"]["replica_txid"] or 0) >= 1, timeout=15
     )
 
     first.kill()
@@ -87,12 +87,12 @@ def test_kill_mid_workflow_remove_volume_then_generation_2_finishes_everything(a
 
     agents.advance(tenant, 2)
     second = agents.start(agents.spec(tenant, 2, restore_from=1))
-    url = wait_ready(second)
+    url, api = agents.ready(second), agents.api(second, timeout=65)
     assert f"fleet/tenants/{tenant}/agents/0/gen-1" in logs(second)  # restored from generation 1's replica
     for workflow_id in ids:
-        answer = httpx.get(f"{url}/v1/workflows/{workflow_id}?wait=60", timeout=65).json()
+        answer = api.get(f"{url}/v1/workflows/{workflow_id}?wait=60").json()
         assert (answer["status"], answer["result"]) == ("SUCCESS", sum(range(STEPS)))
-        steps = httpx.get(f"{url}/v1/workflows/{workflow_id}/steps", timeout=5).json()["steps"]
+        steps = api.get(f"{url}/v1/workflows/{workflow_id}/steps").json()["steps"]
         assert [step["output"] for step in steps if step["kind"] == "step"] == list(range(STEPS))
 
 
@@ -101,7 +101,7 @@ def test_graceful_stop_under_load_loses_nothing(agents: Agents, tmp_path: Path, 
     tenant = agents.tenant()
     agents.advance(tenant, 1)
     container = agents.start(agents.spec(tenant, 1))
-    writer = Writer(wait_ready(container), f"run{run}")
+    writer = Writer(agents.ready(container), f"run{run}", agents.specs[container.name].agent_token)
     writer.start()
     eventually(lambda: len(writer.acknowledged) >= 50, timeout=30, interval=0.02)
     container.stop(timeout=30)  # SIGTERM to litestream (PID 1) -> agent drains -> proven final sync
@@ -149,13 +149,13 @@ def test_superseded_agent_stops_and_its_last_writes_stay_out_of_the_new_generati
         tenant = agents.tenant()
         agents.advance(tenant, 1)
         old = agents.start(agents.spec(tenant, 1, fence_interval=30.0))
-        writer = Writer(wait_ready(old), "old")
+        writer = Writer(agents.ready(old), "old", agents.specs[old.name].agent_token)
         writer.start()
         eventually(lambda w=writer: len(w.acknowledged) >= 20, timeout=30, interval=0.02)  # type: ignore[misc]
 
         agents.advance(tenant, 2)  # a zombie overlap: generation 2 starts while generation 1 still writes
         new = agents.start(agents.spec(tenant, 2, restore_from=1))
-        wait_ready(new)
+        agents.ready(new)
         restored_by = len(writer.acknowledged)  # acknowledged from here on: after generation 2 restored
         assert agents.wait_exit(old, timeout=60) == 0, logs(old)  # it noticed and stopped itself
         writer.join(10)

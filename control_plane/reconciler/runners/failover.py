@@ -3,7 +3,12 @@
 Nothing on the dead node can be stopped or proven: CURRENT moves to g+1 first and g's key is revoked, so a
 zombie that comes back can neither keep its fence nor write; what it had not replicated is lost, and the result
 says how much (the replica's txid and the age of its last sync when the node was declared down). Re-running is
-safe for the same reasons as a move: the plan is recorded, starting reuses the container, done agents are skipped."""
+safe for the same reasons as a move: the plan is recorded, starting reuses the container, done agents are skipped.
+
+The new generation starts only after the old agent's lease ran out (DESIGN invariant 6, issue 11): CURRENT moves
+at T (recorded, so a re-run waits for the same deadline), and gen g+1 starts at T + the agents' lease timeout
++ 1 s. By then the old agent, frozen or cut off, acknowledges nothing more by its own clock: whatever it
+acknowledged is in the replica g+1 restores from, or inside the reported replication window."""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import time
 
 from control_plane.db.models import AgentState
 from control_plane.errors import OperationFailed
-from control_plane.fleet.fence import fence_out
+from control_plane.fleet.fence import advance_current, fence_out
 from control_plane.fleet.incarnations import Fleet
 from control_plane.reconciler.context import OpContext
 from control_plane.reconciler.planning import MovePlan
@@ -34,6 +39,7 @@ def fail_over(fleet: Fleet, ctx: OpContext, agent_id: str, node: str, declared_d
     lost_at_least = None if known_local is None else max(0, known_local - txid)
     fleet.set_agent(agent.tenant, agent.ordinal, state=AgentState.lost)
     fence_out(fleet.credentials, agent.tenant, agent.ordinal, old)
+    wait_out_lease(fleet, ctx, agent_id, agent.tenant, agent.ordinal, plan.generation)
     fleet.start(ctx, tenant, agent.ordinal, plan.generation, fleet.node(plan.node), old)
     window = None if synced_at is None else round(max(0.0, declared_down - synced_at), 3)
     ctx.mark_done(agent_id, restored_txid=txid, loss_window_s=window, lost_txids_at_least=lost_at_least)
@@ -45,6 +51,28 @@ def fail_over(fleet: Fleet, ctx: OpContext, agent_id: str, node: str, declared_d
         agent=agent.ordinal,
         restored_txid=txid,
         loss_window_s=window,
+    )
+
+
+def wait_out_lease(fleet: Fleet, ctx: OpContext, agent_id: str, tenant: str, ordinal: int, generation: int) -> None:
+    """Move CURRENT to `generation` (time T, recorded on the first run) and wait until T + lease + margin, so the
+    old agent's lease has run out before its successor can acknowledge anything. Re-running waits only for what is
+    left of the recorded deadline."""
+    advance_current(fleet.storage, tenant, ordinal, generation)
+    written_at = float(ctx.remember("current_written_at", time.time(), agent_id))
+    lease, margin = fleet.settings.agent_lease_timeout, fleet.settings.agent_lease_margin
+    remaining = written_at + lease + margin - time.time()
+    if remaining > 0:
+        time.sleep(remaining)
+    ctx.step(
+        "agent.lease_waited",
+        f"CURRENT moved to gen {generation}; waited out the old agent's {lease}s lease (+{margin}s) "
+        f"before starting it ({max(0.0, round(remaining, 3))}s left to wait)",
+        agent=ordinal,
+        generation=generation,
+        current_written_at=round(written_at, 3),
+        not_before=round(written_at + lease + margin, 3),
+        waited_s=max(0.0, round(remaining, 3)),
     )
 
 

@@ -32,12 +32,12 @@ def serve(db: Path, port: int, bundle: str = "tenants.hello", **env: str) -> sub
     )
 
 
-def wait_ready(port: int, proc: subprocess.Popen[str]) -> None:
+def wait_ready(port: int, proc: subprocess.Popen[str], headers: dict[str, str] | None = None) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1, headers=headers).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

@@ -13,9 +13,11 @@ import time
 from dataclasses import replace
 from typing import Any
 
+import httpx
+
 from control_plane.drivers.agent_http import Readiness
 from control_plane.drivers.agent_spec import AgentSpec
-from control_plane.drivers.fake import FakeDriver
+from control_plane.drivers.fake import FakeContainer, FakeDriver
 from control_plane.storage.credentials import TenantCredentials
 from control_plane.storage.replicas import Current, CurrentMoved
 
@@ -129,7 +131,9 @@ class FakeEngines:
         for url, driver in self.drivers.items():
             copied = twin(url)
             copied.reachable = driver.reachable
-            copied.containers = {name: replace(c) for name, c in driver.containers.items()}
+            copied.containers = {
+                name: replace(c, deliveries=list(c.deliveries)) for name, c in driver.containers.items()
+            }
         return twin
 
     def containers(self, tenant: str, agent: int) -> list[tuple[str, str, int]]:
@@ -149,20 +153,31 @@ class FakeAgents:
     def __init__(self, engines: FakeEngines) -> None:
         self.engines = engines
 
-    def readyz(self, url: str, timeout: float = 2.0) -> Readiness | None:
+    def _container(self, url: str) -> FakeContainer | None:
         engine_url, _, name = url.removeprefix("fake://").rpartition("/")
         driver = self.engines.drivers.get(engine_url)
         container = None if driver is None or not driver.reachable else driver.containers.get(name)
-        if container is None or container.status != "running":
+        return None if container is None or container.status != "running" else container
+
+    def readyz(self, url: str, token: str, timeout: float = 2.0) -> Readiness | None:
+        """As a real agent: no answer without its secrets, 401 (None here) for a token it was not given."""
+        container = self._container(url)
+        if container is None or not container.deliveries:
+            return None
+        given = container.deliveries[-1]
+        if token not in (given.agent_token, given.admin_token):
             return None
         spec = container.spec
         txid = self.engines.replicas.txids.get((spec.tenant, spec.agent, spec.generation), 0)
         return Readiness(ready=True, local_txid=txid, replica_txid=txid, lag_txids=0, seconds_since_sync=0.0)
 
-    def drain(self, url: str) -> int:
+    def drain(self, url: str, admin_token: str) -> int:
+        container = self._container(url)
+        if container is None or container.deliveries[-1].admin_token != admin_token:
+            raise httpx.HTTPStatusError("401", request=httpx.Request("POST", url), response=httpx.Response(401))
         return 0
 
-    def in_flight(self, url: str) -> int:
+    def in_flight(self, url: str, token: str) -> int:
         return 0
 
 

@@ -56,7 +56,9 @@ class World:
         wrap: Callable[[object], object] = crasher.wrap if crasher else (lambda port: port)
         return Fleet(
             self.engine,
-            Settings(move_parallelism=2, ready_timeout=5, drain_timeout=1),
+            Settings(
+                move_parallelism=2, ready_timeout=5, drain_timeout=1, agent_lease_timeout=0.05, agent_lease_margin=0
+            ),
             storage=wrap(self.replicas),  # type: ignore[arg-type]
             credentials=wrap(self.credentials),  # type: ignore[arg-type]
             make_driver=wrap(self.engines),  # type: ignore[arg-type]
@@ -249,6 +251,25 @@ def test_failover_converges_after_a_crash_at_every_point(engine: Engine) -> None
             moved = session.get(Agent, "acme/0")
             assert moved is not None and moved.node != "n1" and moved.generation == 2
         assert ("acme", 0, 1) not in world.credentials.issued, "the lost incarnation's key is revoked"
+        with Session(world.engine) as session:
+            row = session.get(Operation, op)
+            agents = session.exec(select(Agent)).all()
+            tenant = session.get(Tenant, "acme")
+            assert row is not None and tenant is not None and tenant.admin_token
+            for agent in agents:  # each incarnation got the tokens its row holds; one admin token per tenant
+                assert agent.admin_token == tenant.admin_token and agent.agent_token != tenant.admin_token
+                assert agent.node is not None
+                container = world.engines.drivers[f"fake-{agent.node}"].containers[
+                    f"lf-acme-{agent.ordinal}-g{agent.generation}"
+                ]
+                assert container.deliveries[-1].agent_token == agent.agent_token
+            # invariant 6: a new generation starts only after the old one's lease ran out from CURRENT's move
+            waited = [step for step in row.steps if step["step"] == "agent.lease_waited"]
+            started = [step for step in row.steps if step["step"] == "agent.started"]
+            assert waited and started
+            for step in started:
+                first_wait = min(w["not_before"] for w in waited if w["agent"] == step["agent"])
+                assert step["at"] >= first_wait
 
     crash_everywhere(engine, setup, check)
 
