@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
 
 from control_plane.api import ROUTERS
+from control_plane.dashboard import router as dashboard_router
 from control_plane.db.engine import make_engine, migrate
 from control_plane.drivers.docker import DockerDriver
 from control_plane.errors import FleetError
@@ -75,6 +76,7 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, background: bo
     app.state.probe_engine = probe_engine
     for router in ROUTERS:
         app.include_router(router)
+    app.include_router(dashboard_router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
