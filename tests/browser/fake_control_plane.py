@@ -1,0 +1,45 @@
+"""`python -m tests.browser.fake_control_plane`: the real control plane (API, dashboard, reconciler, health
+monitor, token from LITEFLEET_API_TOKEN) serving a fleet of fakes instead of Docker engines and object storage.
+Agents take LITEFLEET_FAKE_AGENT_DELAY seconds to start and to stop, so an operation's steps arrive over seconds
+and a browser can watch them come in."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import uvicorn
+
+from control_plane.app import create_app
+from control_plane.db.engine import make_engine
+from control_plane.drivers.agent_spec import AgentSpec
+from control_plane.settings import Settings
+from tests.unit.control_plane.fakes import FakeReplicas, fake_fleet
+
+
+class SlowReplicas(FakeReplicas):
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def agent_started(self, spec: AgentSpec) -> None:
+        time.sleep(self.delay)
+        super().agent_started(spec)
+
+    def agent_stopped(self, spec: AgentSpec) -> None:
+        time.sleep(self.delay)
+        super().agent_stopped(spec)
+
+
+def main() -> None:
+    settings = Settings()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    replicas = SlowReplicas(float(os.environ.get("LITEFLEET_FAKE_AGENT_DELAY", "0.5")))
+    fleet, _ = fake_fleet(make_engine(settings.fleet_database_url), settings, replicas)
+    app = create_app(settings, fleet)
+    app.state.probe_engine = lambda engine_url: None  # fake-* engine URLs: nothing to ping
+    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
