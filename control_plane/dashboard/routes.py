@@ -4,6 +4,7 @@ server-rendered page over `control_plane.services.overview`; the two live ones a
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +31,7 @@ T = TypeVar("T")
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 POLL_S = 0.5  # how often a stream looks for new rows
+SAMPLE_EVERY = 4  # a stream also samples every agent's lag for the lag charts at every 4th poll (2 s)
 MAX_LIFETIME_S = 300.0  # a stream ends after this; the browser's EventSource reconnects where it left off
 
 
@@ -198,6 +200,11 @@ def _downtime_chart(moves: list[tuple[str, dict[str, float]]]) -> Any:
 # -- live streams (server-sent events) ------------------------------------------------------------------------------
 
 
+async def _sample(engine: Engine, lag: LagHistory, tick: int) -> None:
+    if tick % SAMPLE_EVERY == 0:
+        lag.record(await _read(engine, overview.list_agents))
+
+
 def _sse(kind: str, data: Any, event_id: int | None = None) -> str:
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {kind}\ndata: {json.dumps(data, default=str)}\n\n"
@@ -217,7 +224,12 @@ def _stream(body: AsyncIterator[str]) -> StreamingResponse:
 
 @pages.get("/operations/{op_id}/stream")
 async def operation_stream(
-    op_id: str, request: Request, engine: EngineDep, after: int | None = None, lifetime: LifetimeQuery = 120
+    op_id: str,
+    request: Request,
+    engine: EngineDep,
+    lag: LagDep,
+    after: int | None = None,
+    lifetime: LifetimeQuery = 120,
 ) -> StreamingResponse:
     """The operation's steps after the `after`-th (or the Last-Event-ID the browser resends), as `step` events
     whose id is the step's position; `done` when the operation finished."""
@@ -227,7 +239,8 @@ async def operation_stream(
         count = _resume_from(request, after) or 0
         deadline = time.monotonic() + lifetime
         yield "retry: 1000\n\n"
-        while True:
+        for tick in itertools.count():
+            await _sample(engine, lag, tick)
             news = await _read(engine, partial(overview.steps_since, op_id=op_id, count=count))
             for index, step in enumerate(news.steps, start=count + 1):
                 yield _sse("step", step, index)
@@ -244,7 +257,7 @@ async def operation_stream(
 
 @pages.get("/events/stream")
 async def events_stream(
-    request: Request, engine: EngineDep, after: int | None = None, lifetime: LifetimeQuery = 120
+    request: Request, engine: EngineDep, lag: LagDep, after: int | None = None, lifetime: LifetimeQuery = 120
 ) -> StreamingResponse:
     """Fleet events after id `after` (default: from now on), oldest first, as `fleet` events with their ids."""
     start = _resume_from(request, after)
@@ -255,7 +268,8 @@ async def events_stream(
         newest = start
         deadline = time.monotonic() + lifetime
         yield "retry: 1000\n\n"
-        while True:
+        for tick in itertools.count():
+            await _sample(engine, lag, tick)
             found = await _read(engine, partial(overview.events_after, after_id=newest))
             for event in found:
                 yield _sse("fleet", event.model_dump(mode="json"), event.id)

@@ -66,13 +66,16 @@ class Overview:
     alerts: list[Alert]
 
 
+def list_agents(session: Session) -> list[AgentPublic]:
+    """Every agent with its last health probe, by tenant and ordinal."""
+    query = select(Agent).order_by(col(Agent.tenant), col(Agent.ordinal))
+    return [AgentPublic.model_validate(agent, from_attributes=True) for agent in session.exec(query)]
+
+
 def fleet_overview(session: Session, thresholds: Thresholds = Thresholds(), now: float | None = None) -> Overview:
     now = time.time() if now is None else now
     nodes = list_nodes(session)
-    agents = [
-        AgentPublic.model_validate(agent, from_attributes=True)
-        for agent in session.exec(select(Agent).order_by(col(Agent.tenant), col(Agent.ordinal)))
-    ]
+    agents = list_agents(session)
     tenants = []
     for tenant in session.exec(select(Tenant).order_by(col(Tenant.name))):
         by_state: dict[str, int] = {}

@@ -71,6 +71,7 @@ def plane(tmp_path: Path) -> Iterator[Plane]:
         "LITEFLEET_READY_TIMEOUT": "10",
         "LITEFLEET_DRAIN_TIMEOUT": "1",
         "LITEFLEET_FAKE_AGENT_DELAY": "0.5",
+        "LITEFLEET_FAKE_STALLED_TENANT": "globex",
     }
     env.pop("LITEFLEET_DATABASE_URL")
     log = tmp_path / "control-plane.log"
