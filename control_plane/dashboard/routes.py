@@ -31,6 +31,7 @@ T = TypeVar("T")
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 POLL_S = 0.5  # how often a stream looks for new rows
+KEEPALIVE_EVERY = 30  # a comment line after 15 s without events
 SAMPLE_EVERY = 4  # a stream also samples every agent's lag for the lag charts at every 4th poll (2 s)
 MAX_LIFETIME_S = 300.0  # a stream ends after this; the browser's EventSource reconnects where it left off
 
@@ -129,9 +130,13 @@ async def fleet(request: Request, engine: EngineDep, lag: LagDep) -> Response:
     view = await _read(engine, overview.fleet_overview)
     downtimes = await _read(engine, overview.move_downtimes)
     lag.record(view.agents)
+    running = {f"{agent.tenant}/{agent.ordinal}": agent.tenant for agent in view.agents if agent.state == "running"}
     alerts = list(view.alerts) + [
-        overview.Alert("lag_growing", key, f"{key}: replication lag grew at each of its last samples", None)
+        overview.Alert(
+            "lag_growing", key, f"{key}: lag grew at each of its last samples", f"/ui/tenants/{running[key]}"
+        )
         for key in lag.growing()
+        if key in running  # an agent that stopped keeps its last samples, but nothing is falling behind any more
     ]
     durations = [
         (f"{op.kind.value} {op.tenant or op.node or ''} {op.id[:6]}", op.finished_at - op.created_at)
@@ -277,6 +282,8 @@ async def events_stream(
             if time.monotonic() > deadline or await request.is_disconnected():
                 return
             if not found:
+                if tick % KEEPALIVE_EVERY == KEEPALIVE_EVERY - 1:
+                    yield ": keepalive\n\n"  # a quiet fleet: proxies and the browser see the stream is alive
                 await asyncio.sleep(POLL_S)
 
     return _stream(body())
