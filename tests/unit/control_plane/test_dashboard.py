@@ -266,3 +266,21 @@ def test_charts_escape_their_labels() -> None:
     lines = str(plots.line_chart({"a<b": [(0.0, 1.0), (1.0, 2.0)]}, unit="txids"))
     assert "a&lt;b" in lines and "<polyline" in lines
     assert "no samples" in str(plots.line_chart({}, unit="txids"))
+
+
+def test_growing_lag_is_an_alert_only_while_the_agent_runs(engine: Engine, tmp_path: Path) -> None:
+    with Session(engine) as session:
+        session.add(Tenant(name="acme", agents=2))
+        session.add(Agent(id="acme/0", tenant="acme", ordinal=0, state=AgentState.running))
+        session.add(Agent(id="acme/1", tenant="acme", ordinal=1, state=AgentState.retained))
+        session.commit()
+    with fleet_app(engine, tmp_path, token=None) as client:
+        history = LagHistory()
+        for step in range(5):
+            history.record([agent(step, float(step + 1))])
+            history.record([agent(step, float(step + 1)).model_copy(update={"ordinal": 1})])
+        client.app.state.lag_history = history  # type: ignore[attr-defined]
+        page = client.get("/ui")
+    assert "alert-lag_growing" in page.text
+    assert "acme/0: lag grew" in page.text and "acme/1: lag grew" not in page.text
+    assert "<polyline" in page.text  # the lag chart plots what was sampled
