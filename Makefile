@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
 
-.PHONY: setup demo demo-agent test test-fast test-e2e lint bench clean
+.PHONY: setup demo demo-agent test test-fast test-e2e test-browser lint bench clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,9 @@ test-fast: setup
 
 test-e2e: setup
 	$(PY) -m pytest -q tests/e2e
+
+test-browser: setup
+	$(PY) -m pytest -q -s tests/browser
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -13,12 +13,13 @@ import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from control_plane.api import ROUTERS
 from control_plane.api.deps import require_admin
+from control_plane.dashboard import router as dashboard_router
 from control_plane.db.engine import make_engine, migrate
 from control_plane.db.models import NodeCreate
 from control_plane.drivers.docker import DockerDriver
@@ -83,6 +84,7 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, background: bo
     app.state.probe_engine = engine_probe(settings)
     for router in ROUTERS:
         app.include_router(router)
+    app.include_router(dashboard_router)
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_admin)])
     def openapi() -> dict[str, Any]:
@@ -114,8 +116,12 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, background: bo
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         """Starlette's own refusals (an unknown path, a wrong method, a body nested too deep to parse) in the
         same envelope as ours."""
+        if exc.status_code < 400:  # a redirect raised as an exception (the dashboard's "sign in first")
+            return Response(status_code=exc.status_code, headers=exc.headers)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code)
+        return JSONResponse(
+            {"code": code, "message": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -13,6 +13,9 @@ FRESH_ROOT=/var/lib/litefleet-engines
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v debootstrap >/dev/null || need+=(debootstrap)
+# the dashboard's browser tests: headless Chromium driven by Selenium
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if ((${#need[@]})); then
   sudo_cmd=""
   [ "$(id -u)" = 0 ] || sudo_cmd="sudo"

@@ -225,3 +225,20 @@ class Crasher:
                 return crasher.wrap(target(*args, **kwargs))
 
         return Wrapped()
+
+
+def fake_fleet(engine: Any, settings: Any, replicas: FakeReplicas | None = None) -> tuple[Any, FakeEngines]:
+    """A Fleet over `engine` whose engines, object storage and agents are the fakes above (no Docker, no S3), and
+    its engines (to look at or break them)."""
+    from control_plane.fleet.incarnations import Fleet
+
+    engines = FakeEngines(replicas or FakeReplicas())
+    fleet = Fleet(
+        engine,
+        settings,
+        storage=engines.replicas,
+        credentials=FakeCredentials(),
+        make_driver=engines,
+        agents_api=FakeAgents(engines),
+    )
+    return fleet, engines

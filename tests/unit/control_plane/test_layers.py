@@ -16,7 +16,7 @@ PACKAGE = Path(control_plane.__file__).parent
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("entry points", ("control_plane.demo", "control_plane.cli", "control_plane.client")),
     ("composition root", ("control_plane.app",)),
-    ("api", ("control_plane.api",)),
+    ("api", ("control_plane.api", "control_plane.dashboard")),
     ("services", ("control_plane.services",)),
     ("reconciler", ("control_plane.reconciler",)),
     ("fleet", ("control_plane.fleet",)),
