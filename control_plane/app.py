@@ -113,7 +113,7 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, background: bo
         return JSONResponse({"code": exc.code, "message": str(exc)}, status_code=exc.status)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
         """Starlette's own refusals (an unknown path, a wrong method, a body nested too deep to parse) in the
         same envelope as ours."""
         if exc.status_code < 400:  # a redirect raised as an exception (the dashboard's "sign in first")
