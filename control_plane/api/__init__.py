@@ -2,6 +2,13 @@
 
 from control_plane.api import nodes, operations, tenants, workflows
 
-ROUTERS = (nodes.router, tenants.router, workflows.router, operations.router, operations.events_router)
+ROUTERS = (
+    nodes.router,
+    tenants.router,
+    workflows.router,
+    workflows.fleet_router,
+    operations.router,
+    operations.events_router,
+)
 
 __all__ = ["ROUTERS"]
