@@ -6,6 +6,7 @@ at `httpx.get`."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
+from typer.testing import CliRunner
 
 from control_plane.app import create_app
+from control_plane.cli import commands
+from control_plane.client import FleetClient
 from control_plane.db.models import AgentState
 from control_plane.observer import CopyUnreadable
 from control_plane.services import routing
@@ -173,3 +177,32 @@ def test_observer_failures_are_answers_with_a_code(
     broken = api(engine, tmp_path, observer).get("/v1/tenants/acme/workflows/w")
     assert (broken.status_code, broken.json()["code"]) == (503, "copy_unreadable")
     assert "malformed" in broken.json()["message"]
+
+
+class _InProcess(FleetClient):
+    """The /v1 client, sending through the test client instead of a socket."""
+
+    def __init__(self, client: TestClient) -> None:
+        super().__init__("http://testserver")
+        self._client = client
+
+    def send(self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any) -> httpx.Response:
+        return self._client.request(method, path, **kwargs)
+
+
+def test_inspect_shows_workflows_sources_and_the_errors_of_failed_ones(
+    engine: Engine, tmp_path: Path, agents: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    observer = scaled_down(engine, agents)
+    observer.copies[("acme", 2)] = (1, [info("sc-3"), info("sc-4", "ERROR", None, "count went negative")])
+    client = api(engine, tmp_path, observer)
+    monkeypatch.setattr(commands, "_client", lambda: _InProcess(client))
+    shown = CliRunner().invoke(commands.app, ["inspect", "acme"])
+    assert shown.exit_code == 0, shown.output
+    assert "sc-4" in shown.output and "count went negative" in shown.output
+    assert "workflow sc-4 (count) ERROR on agent 2 [snapshot of generation 1, txid 42]" in shown.output
+    as_json = CliRunner().invoke(commands.app, ["inspect", "acme", "--agent", "2", "--json"])
+    body = json.loads(as_json.output)
+    assert {w["id"] for w in body["workflows"]} == {"sc-3", "sc-4"} and body["details"][0]["id"] == "sc-4"
+    refused = CliRunner().invoke(commands.app, ["inspect", "acme", "--at", "2026-11-27T08:00:00Z", "--agent", "0"])
+    assert refused.exit_code == 2 and "no_state_at" in refused.output
