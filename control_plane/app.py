@@ -4,6 +4,7 @@ health monitor and the API. `litefleet serve` runs what `build_app` returns unde
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
 
+from control_plane import metrics
 from control_plane.api import ROUTERS
 from control_plane.db.engine import make_engine, migrate
 from control_plane.drivers.docker import DockerDriver
@@ -118,6 +120,12 @@ def create_app(
     app.state.token = settings.api_token.get_secret_value() if settings.api_token else None
     app.state.probe_engine = probe_engine
     app.state.observer = observer
+
+    def followers() -> dict[str, int]:
+        current: Observer | None = app.state.observer
+        return dict(Counter(state.kind.value for state in current.followed())) if current is not None else {}
+
+    app.state.metrics = metrics.registry(engine, followers)
     for router in ROUTERS:
         app.include_router(router)
 

@@ -23,7 +23,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("drivers", ("control_plane.drivers",)),
     ("observer", ("control_plane.observer",)),
     ("storage", ("control_plane.storage",)),
-    ("base", ("control_plane.db", "control_plane.settings", "control_plane.errors", "control_plane.timing")),
+    (
+        "base",
+        (
+            "control_plane.db",
+            "control_plane.settings",
+            "control_plane.errors",
+            "control_plane.timing",
+            "control_plane.metrics",
+        ),
+    ),
     ("package face", ("control_plane",)),
 ]
 
