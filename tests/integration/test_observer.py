@@ -368,3 +368,24 @@ def test_the_live_follower_moves_to_the_busier_agent_without_a_gap(
         assert quiet.runtime.list_workflows() == [] and observer.workflows("quiet", 0, 1).workflows == []
     finally:
         observer.close()
+
+
+def test_the_observer_reads_with_its_own_read_only_key(
+    store: EmbeddedStore, storage: ObjectStorage, host_agents: list[HostAgent], tmp_path: Path
+) -> None:
+    from control_plane.storage import SeaweedCredentials
+
+    agent = run_agent(host_agents, store, storage, tmp_path, "keyed")
+    agent.runtime.start(greet, ["kim"], id="kim").result(10)
+    agent.sync()
+    key = SeaweedCredentials(store, storage).issue_observer()
+    settings = ObserverSettings(cache_dir=tmp_path / "keyed-observer", follow_interval=0.1, tick=0.2)
+    with Observer(storage, settings, credentials=(key.access_key, key.secret_key)) as keyed:
+        keyed.start()
+        keyed.follow("keyed", 0, 1)
+        keyed.wait_ready("keyed", 0, 1, timeout=20)
+        assert [w.id for w in keyed.workflows("keyed", 0).workflows] == ["kim"]
+    reader = ObjectStorage(storage.endpoint, key.access_key, key.secret_key, storage.bucket)
+    assert reader.read_current("keyed", 0) is not None  # Read + List on fleet/tenants/*
+    with pytest.raises(Exception, match=r"AccessDenied|Forbidden|403"):
+        reader.s3.put_object(Bucket=storage.bucket, Key=storage.tenant_prefix("keyed") + "x", Body=b"no")
