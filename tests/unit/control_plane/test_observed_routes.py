@@ -197,6 +197,7 @@ def test_inspect_shows_workflows_sources_and_the_errors_of_failed_ones(
     observer.copies[("acme", 2)] = (1, [info("sc-3"), info("sc-4", "ERROR", None, "count went negative")])
     client = api(engine, tmp_path, observer)
     monkeypatch.setattr(commands, "_client", lambda: _InProcess(client))
+    monkeypatch.setattr(commands, "configure_logging", lambda: None)  # would log to the runner's closed stderr
     shown = CliRunner().invoke(commands.app, ["inspect", "acme"])
     assert shown.exit_code == 0, shown.output
     assert "sc-4" in shown.output and "count went negative" in shown.output
