@@ -4,6 +4,9 @@ a hibernated tenant), saying where the answer came from; and a tenant's state as
 from __future__ import annotations
 
 import datetime as dt
+import json
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -17,17 +20,6 @@ def get(plane: ControlPlane, path: str, **params: Any) -> dict[str, Any]:
     assert answer.status_code == 200, answer.text
     body: dict[str, Any] = answer.json()
     return body
-
-
-def eventually(check: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return check()
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1.0)
 
 
 def test_the_router_answers_retired_hibernated_and_past_workflows_from_the_observer(
@@ -80,4 +72,13 @@ def test_the_router_answers_retired_hibernated_and_past_workflows_from_the_obser
     for workflow_id in ("after", *on_agent):
         found = get(plane, f"/v1/tenants/{tenant}/workflows/{workflow_id}")
         assert (found["source"], found["status"]) == ("observer", "SUCCESS"), found
+    env = {**plane.env, "LITEFLEET_API_URL": plane.url}
+    inspect = [sys.executable, "-m", "control_plane.cli", "inspect", tenant]
+    shown = subprocess.run(inspect, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert "observer" in shown.stdout and all(w in shown.stdout for w in on_agent), shown.stdout
+    then = [*inspect, "--agent", "0", "--at", before.isoformat(), "--json"]
+    past_cli = subprocess.run(then, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert past_cli.returncode == 0, past_cli.stderr
+    assert json.loads(past_cli.stdout)["agents"][0]["freshness"]["generation"] == generation
     plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})
