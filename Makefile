@@ -11,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[control,dev,bench]'
+	$(PY) -m pip install -q -e '.[control,ssh,dev,bench]'
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 demo: setup

@@ -72,7 +72,7 @@ def baselines(store: EmbeddedStore, image: str, nodes: list[TestbedNode], runs: 
     starts, moves = [], []
     for _ in range(runs):
         tenant = "h" + secrets.token_hex(4)
-        clients = [docker.DockerClient(base_url=node.engine_url, timeout=120) for node in nodes]
+        clients = [node.client(timeout=120) for node in nodes]
 
         def spec(generation: int, node: TestbedNode, restore: int | None, tenant: str = tenant) -> AgentSpec:
             return AgentSpec(
@@ -121,12 +121,12 @@ def main() -> None:
             for node in nodes:  # copy the image once, outside the measurements
                 from control_plane.drivers import DockerDriver
 
-                DockerDriver(node.engine_url).ensure_image(image)
+                DockerDriver(node.engine_url, tls=node.tls).ensure_image(image)
             baselines(store, image, nodes, args.runs)
-            plane = ControlPlaneProcess.beside(store, image, Path(scratch))
+            plane = ControlPlaneProcess.beside(store, image, Path(scratch), pki_dir=str(bed.pki_dir))
             plane.start()
             for node in nodes:
-                plane.register(node.name, node.engine_url, node.ip)
+                plane.register(node.name, node.engine_url, node.ip, tls=node.tls_name)
             api = operations = plane.client
             provisions, evacuations, downtimes = [], [], []
             for _ in range(args.runs):

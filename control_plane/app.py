@@ -3,7 +3,6 @@ health monitor and the API. `litefleet serve` runs what `build_app` returns unde
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,24 +11,29 @@ from typing import Any
 import httpx
 import structlog
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy.engine import Engine
 
 from control_plane import metrics
 from control_plane.api import ROUTERS
+from control_plane.api.deps import require_admin
 from control_plane.db.engine import make_engine, migrate
+from control_plane.db.models import NodeCreate
 from control_plane.drivers.docker import DockerDriver
 from control_plane.errors import FleetError
 from control_plane.fleet.incarnations import Fleet
 from control_plane.observer import NoStateAt, Observer, ObserverError, ObserverSettings, ReplicaNotFound
 from control_plane.observer import WorkflowNotInCopy as ObservedWorkflowNotFound
 from control_plane.observer.fleet_sync import sync_followers
+from control_plane.pki import credential_set
 from control_plane.reconciler.health import HealthMonitor
 from control_plane.reconciler.runners import runners
 from control_plane.reconciler.worker import Reconciler
-from control_plane.settings import Settings, admin_secret
+from control_plane.services.nodes import EngineProbe
+from control_plane.settings import Settings, admin_secret, api_token
 from control_plane.storage.credentials import SeaweedCredentials
 from control_plane.storage.replicas import ObjectStorage
 from control_plane.storage.seaweed import embedded_store
@@ -38,16 +42,15 @@ from control_plane.timing import Periodic
 log = structlog.get_logger("control_plane.app")
 
 
-def probe_engine(engine_url: str) -> None:
-    """Ping a node's engine before it is registered (EngineUnreachable when it does not answer)."""
-    DockerDriver(engine_url, timeout=5).ping()
+def engine_probe(settings: Settings) -> EngineProbe:
+    """Pings a node's engine before it is registered, with the credentials it is registered with
+    (EngineUnreachable when it does not answer or its URL is refused)."""
 
+    def probe(node: NodeCreate) -> None:
+        tls = credential_set(settings.engine_pki_dir, node.tls)
+        DockerDriver(node.engine_url, timeout=5, tls=tls, insecure=node.insecure).ping()
 
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+    return probe
 
 
 def build_observer(settings: Settings, fleet: Fleet) -> Observer | None:
@@ -77,8 +80,7 @@ def create_app(
     """The API over the fleet DB at `settings.fleet_database_url`. With `background`, the reconciler, the
     node health monitor and the observer (following what the fleet DB says is placed) run inside the app's
     lifespan. `observer`: one made by the caller (tests); the app then neither starts nor closes it."""
-    if settings.api_token is None and not _loopback(settings.api_host):
-        raise ValueError(f"LITEFLEET_API_TOKEN must be set to serve on {settings.api_host} (not a loopback address)")
+    token = api_token(settings, create=True)  # never None: the API is always authenticated
     url = settings.fleet_database_url
     if url.startswith("sqlite"):
         settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -115,10 +117,12 @@ def create_app(
             owned.close()
             app.state.observer = None
 
-    app = FastAPI(title="litefleet", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="litefleet", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.engine = engine
-    app.state.token = settings.api_token.get_secret_value() if settings.api_token else None
-    app.state.probe_engine = probe_engine
+    app.state.token = token
+    app.state.probe_engine = engine_probe(settings)
     app.state.observer = observer
 
     def followers() -> dict[str, int]:
@@ -128,6 +132,14 @@ def create_app(
     app.state.metrics = metrics.registry(engine, followers)
     for router in ROUTERS:
         app.include_router(router)
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_admin)])
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(require_admin)])
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="litefleet API")
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -16,7 +16,8 @@ from typing import Any
 
 from control_plane.cli import local
 from control_plane.client import CliError, FleetClient, table
-from control_plane.settings import Settings
+from control_plane.pki import install_credential_set
+from control_plane.settings import Settings, api_token
 
 TESTBED_DIR = Path("/var/lib/litefleet-demo-testbed")
 
@@ -30,7 +31,7 @@ def main() -> None:
     say("== 1. litefleet up: agent image, object store, control plane, the local engine as a node")
     for line in local.up(settings):
         say("   " + line)
-    token = settings.api_token.get_secret_value() if settings.api_token else None
+    token = api_token(settings, create=False)
     api = FleetClient(settings.client_url, timeout=600, token=token)
 
     if os.geteuid() == 0:
@@ -39,9 +40,9 @@ def main() -> None:
         say("\n== 2. two more node engines, each in its own network namespace (infra/testbed.py)")
         bed = Testbed.load(TESTBED_DIR)
         for node in bed.up(2):
-            answer = api.send(
-                "POST", "/v1/nodes", json={"name": node.name, "engine_url": node.engine_url, "address": node.ip}
-            )
+            install_credential_set(settings.engine_pki_dir, node.tls_name, node.tls)  # the bed's client cert
+            body = {"name": node.name, "engine_url": node.engine_url, "address": node.ip, "tls": node.tls_name}
+            answer = api.send("POST", "/v1/nodes", json=body)
             if answer.status_code not in (201, 409):
                 sys.exit(f"could not register {node.name}: {answer.text}")
             say(f"   {node.name}: {node.engine_url}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -27,7 +28,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8700
     api_url: str | None = None  # where the CLI finds the control plane; None: http://API_HOST:API_PORT
-    api_token: SecretStr | None = None  # bearer token for /v1; required when API_HOST is not a loopback address
+    api_token: SecretStr | None = None  # admin bearer token; None: the token file (see `api_token`)
+    api_token_file: Path | None = None  # None: STATE_DIR/api-token, written 0600 on the control plane's first start
     image: str = "litefleet/agent:latest"
     drain_timeout: float = 60.0  # how long a scale-down waits for in-flight workflows before stopping the agent
     stop_timeout: float = 30.0  # SIGTERM -> final sync -> exit, before SIGKILL
@@ -42,6 +44,11 @@ class Settings(BaseSettings):
     observer_follow_interval: float = 1.0  # seconds between a follower's polls of its replica (S3 LISTs)
     observer_periodic_interval: float = 30.0  # seconds between full restores of followed agents beyond the cap
     observer_sync_interval: float = 5.0  # seconds between matching the followed agents to the fleet DB
+    pki_dir: Path | None = None  # engines' CA and client credential sets (control_plane/pki.py); None: STATE_DIR/pki
+
+    @property
+    def engine_pki_dir(self) -> Path:
+        return self.pki_dir or self.state_dir / "pki"
 
     @property
     def fleet_database_url(self) -> str:
@@ -62,6 +69,42 @@ class Settings(BaseSettings):
     @property
     def containers_s3_endpoint(self) -> str:
         return self.agent_s3_endpoint or self.store_endpoint
+
+
+MIN_TOKEN_LENGTH = 24
+
+
+class TokenRefused(ValueError):
+    code = "api_token_refused"
+
+
+def token_file(settings: Settings) -> Path:
+    return settings.api_token_file or settings.state_dir / "api-token"
+
+
+def api_token(settings: Settings, *, create: bool) -> str | None:
+    """The admin API token: LITEFLEET_API_TOKEN when set, else the token file. With `create` (the control plane
+    starting) a missing file is written with a new random token, mode 0600, so the API is never open; the CLI reads
+    the same file. An empty or short token is refused (TokenRefused) rather than accepted as a weak one."""
+    if settings.api_token is not None:
+        token = settings.api_token.get_secret_value()
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise TokenRefused(f"LITEFLEET_API_TOKEN must be at least {MIN_TOKEN_LENGTH} characters")
+        return token
+    path = token_file(settings)
+    if not path.exists():
+        if not create:
+            return None
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(secrets.token_urlsafe(32))
+    token = path.read_text().strip()
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise TokenRefused(f"the API token in {path} must be at least {MIN_TOKEN_LENGTH} characters")
+    return token
 
 
 def admin_secret(settings: Settings) -> str:

@@ -4,7 +4,13 @@
     python -m infra.testbed down             # removes everything it recorded, by its own recorded ids
 
 Needs root. Everything created is recorded in STATE_DIR/testbed.json first and removed by those ids only:
-namespaces, veths, the bridge, its iptables rule, dockerd processes, their data roots and cgroup parents.
+namespaces, veths, the bridge, its iptables rule, dockerd processes, their data roots and cgroup parents, and the
+test bed's CA (STATE_DIR/pki).
+
+Engines listen on tcp://IP:2376 with mutual TLS only (`--tlsverify`: a client must present a certificate from the
+test bed's CA; there is no plain 2375 listener), plus their unix socket /run/NAME.sock for root on this machine.
+The control plane's client credentials are the set `testbed` (STATE_DIR/pki/clients/testbed/{ca,cert,key}.pem):
+register nodes with `{"engine_url": node.engine_url, "tls": "testbed"}` and LITEFLEET_PKI_DIR=STATE_DIR/pki.
 (Recipe and pitfalls: ../shared/ENVIRONMENT.md, "Several independent nodes on one machine".)
 """
 
@@ -24,18 +30,46 @@ from pathlib import Path
 
 import docker
 
+from control_plane.drivers.engine_client import engine_client
+from control_plane.pki import EngineTLS, client_cert, engine_cert, init_ca
+
+CLIENT = "testbed"  # the client credential set every engine of a test bed accepts
+ENGINE_PORT = 2376
+
 
 @dataclass
 class TestbedNode:
+    __test__ = False  # not a pytest test class
+
     name: str  # also the netns name
     ip: str
     veth: str
     data_root: str
     pid: int | None = None
+    pki_dir: str = ""  # the test bed's CA directory
 
     @property
     def engine_url(self) -> str:
-        return f"tcp://{self.ip}:2375"
+        return f"tcp://{self.ip}:{ENGINE_PORT}"
+
+    @property
+    def socket_url(self) -> str:
+        """The engine's unix socket: root on this machine, no TLS (cleanup, debugging)."""
+        return f"unix:///run/{self.name}.sock"
+
+    @property
+    def tls_name(self) -> str:
+        """The client credential set to register this node with (`{"tls": node.tls_name}`)."""
+        return CLIENT
+
+    @property
+    def tls(self) -> EngineTLS:
+        """Client credentials for this engine (ca, cert, key paths)."""
+        return EngineTLS.from_dir(Path(self.pki_dir) / "clients" / CLIENT)
+
+    def client(self, timeout: float = 60.0) -> docker.DockerClient:
+        """A docker SDK client for this engine over mutual TLS, as the control plane connects."""
+        return engine_client(self.engine_url, tls=self.tls, timeout=timeout)
 
 
 @dataclass
@@ -61,6 +95,11 @@ class Testbed:
     @property
     def state_file(self) -> Path:
         return self.state_dir / "testbed.json"
+
+    @property
+    def pki_dir(self) -> Path:
+        """The test bed's CA, engine certificates and the control plane's credential set (LITEFLEET_PKI_DIR)."""
+        return self.state_dir / "pki"
 
     def save(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -92,6 +131,8 @@ class Testbed:
             _run("ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge)
             _run("ip", "link", "set", self.bridge, "up")
             _run("iptables", "-I", "FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT")
+        ca = init_ca(self.pki_dir, f"litefleet test bed {self.prefix} CA")  # an existing one is reused
+        client_cert(ca, CLIENT)
         for index in range(len(self.nodes), count):
             letter = "abcdefghij"[index]
             node = TestbedNode(
@@ -99,13 +140,15 @@ class Testbed:
                 ip=f"{self.subnet}.{11 + index}",
                 veth=f"{self.prefix}v-{letter}",
                 data_root=str(self.state_dir / f"node-{letter}"),
+                pki_dir=str(self.pki_dir),
             )
             self.nodes.append(node)
             self.save()
+            engine_cert(ca, node.name, [node.ip])
             self._start_node(node, index)
             self.save()
         for node in self.nodes:
-            _wait_engine(node.engine_url)
+            _wait_engine(node)
         return self.nodes
 
     def _start_node(self, node: TestbedNode, index: int) -> None:
@@ -119,6 +162,7 @@ class Testbed:
         root = Path(node.data_root)
         root.mkdir(parents=True, exist_ok=True)
         (root / "daemon.json").write_text("{}")
+        server = EngineTLS.from_dir(self.pki_dir / "engines" / node.name)
         log = open(root / "dockerd.log", "ab")  # noqa: SIM115 (the daemon keeps it)
         process = subprocess.Popen(
             [
@@ -127,8 +171,11 @@ class Testbed:
                 "--exec-root", f"/run/{node.name}",
                 "--pidfile", f"/run/{node.name}.pid",
                 "-H", f"unix:///run/{node.name}.sock",
-                "-H", f"tcp://{node.ip}:2375",
-                "--tls=false",
+                "-H", f"tcp://{node.ip}:{ENGINE_PORT}",
+                "--tlsverify",
+                "--tlscacert", str(server.ca),
+                "--tlscert", str(server.cert),
+                "--tlskey", str(server.key),
                 "--bip", f"172.30.{11 + index}.1/24",
                 "--default-address-pool", "base=172.31.0.0/16,size=24",
                 "--cgroup-parent", f"/{node.name}",
@@ -144,7 +191,7 @@ class Testbed:
         """Remove every recorded part. Safe to re-run: what is already gone is skipped."""
         for node in reversed(self.nodes):
             with contextlib.suppress(Exception):
-                client = docker.DockerClient(base_url=node.engine_url, timeout=10)
+                client = docker.DockerClient(base_url=node.socket_url, timeout=10)
                 for container in client.containers.list(all=True):
                     container.remove(force=True, v=True)
             if node.pid is not None:
@@ -163,6 +210,7 @@ class Testbed:
         if self.bridge_created:
             _quiet("iptables", "-D", "FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT")
             _quiet("ip", "link", "delete", self.bridge)
+        shutil.rmtree(self.pki_dir, ignore_errors=True)
         self.nodes, self.bridge_created = [], False
         self.state_file.unlink(missing_ok=True)
 
@@ -187,15 +235,17 @@ def _exists(*command: str) -> bool:
     return subprocess.run(command, capture_output=True, check=False).returncode == 0
 
 
-def _wait_engine(url: str, timeout: float = 60.0) -> None:
+def _wait_engine(node: TestbedNode, timeout: float = 60.0) -> None:
+    """Until the engine answers over mutual TLS, as the control plane will reach it."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            docker.DockerClient(base_url=url, timeout=3).ping()
+            with contextlib.closing(node.client(timeout=3)) as client:
+                client.ping()
             return
         except Exception:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"engine {url} did not come up in {timeout:.0f}s") from None
+                raise RuntimeError(f"engine {node.engine_url} did not come up in {timeout:.0f}s") from None
             time.sleep(0.2)
 
 
@@ -216,6 +266,11 @@ def _stop(pid: int, timeout: float = 30.0) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def _paths(node: TestbedNode) -> dict[str, str]:
+    tls = node.tls
+    return {"pki_dir": node.pki_dir, "tls_ca": str(tls.ca), "tls_cert": str(tls.cert), "tls_key": str(tls.key)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m infra.testbed")
     parser.add_argument("command", choices=["up", "down"])
@@ -227,7 +282,10 @@ def main() -> None:
     bed = Testbed.load(args.state_dir, args.prefix, args.subnet)
     if args.command == "up":
         nodes = bed.up(args.nodes)
-        print(json.dumps([{"name": n.name, "engine_url": n.engine_url, "address": n.ip} for n in nodes]))
+        described = [
+            {"name": n.name, "engine_url": n.engine_url, "address": n.ip, "tls": n.tls_name, **_paths(n)} for n in nodes
+        ]
+        print(json.dumps(described))
     else:
         bed.down()
     sys.exit(0)

@@ -24,10 +24,8 @@ def _session(request: Request) -> Iterator[Session]:
 
 
 def require_admin(request: Request) -> str:
-    """The caller, when the API has a token; every /v1 route depends on it."""
-    token: str | None = request.app.state.token
-    if token is None:
-        return "anonymous"
+    """The caller; every /v1 route depends on it (the API always has a token: settings.api_token)."""
+    token: str = request.app.state.token
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), token.encode()):
         raise Unauthorized("send Authorization: Bearer <LITEFLEET_API_TOKEN>")

@@ -13,7 +13,7 @@ from agent_image.logs import configure_logging
 from control_plane.cli import inspect as inspection
 from control_plane.client import EXIT_FAILED, CliError, FleetClient, table
 from control_plane.drivers import images
-from control_plane.settings import Settings
+from control_plane.settings import Settings, TokenRefused, api_token
 from control_plane.storage.seaweed import ObjectStoreError, embedded_store
 
 app = typer.Typer(no_args_is_help=True, help="litefleet: fleets of per-tenant agents, one SQLite file each.")
@@ -43,7 +43,10 @@ def _logging() -> None:
 
 def _client() -> FleetClient:
     settings = Settings()
-    token = settings.api_token.get_secret_value() if settings.api_token else None
+    try:
+        token = api_token(settings, create=False)  # LITEFLEET_API_TOKEN, else the file `litefleet up` wrote
+    except TokenRefused as exc:
+        raise CliError(str(exc), 2) from None
     return FleetClient(settings.client_url, token=token)
 
 
@@ -144,14 +147,20 @@ def nodes_add(
     address: Annotated[str, typer.Option(help="where agents' ports are published")] = "127.0.0.1",
     capacity: Annotated[int, typer.Option(help="agents this node may hold")] = 20,
     memory_mb: Annotated[int, typer.Option(help="memory agents may reserve")] = 8192,
+    tls: Annotated[str | None, typer.Option(help="tcp:// engines: credential set PKI_DIR/clients/NAME")] = None,
+    insecure: Annotated[bool, typer.Option(help="allow plain tcp:// to a non-loopback engine")] = False,
     as_json: JsonOption = False,
 ) -> None:
+    if insecure:
+        typer.echo("warning: --insecure: plain TCP, no TLS: whoever reaches this engine is root on its host", err=True)
     body = {
         "name": name,
         "engine_url": engine_url,
         "address": address,
         "capacity_agents": capacity,
         "capacity_memory_mb": memory_mb,
+        "tls": tls,
+        "insecure": insecure,
     }
     _show(_call("POST", "/v1/nodes", json_body=body), as_json, NODE_COLUMNS)
 

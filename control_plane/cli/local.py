@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -17,7 +18,7 @@ import docker
 from control_plane.client import CliError, FleetClient
 from control_plane.drivers import images
 from control_plane.drivers.host_address import local_host_address
-from control_plane.settings import Settings
+from control_plane.settings import Settings, api_token
 from control_plane.storage.seaweed import EmbeddedStore, embedded_store, exited
 from control_plane.timing import poll
 
@@ -56,6 +57,7 @@ class ControlPlaneProcess:
             "LITEFLEET_S3_ADMIN_KEY": store.admin[0],
             "LITEFLEET_S3_ADMIN_SECRET": store.admin[1],
             "LITEFLEET_API_PORT": str(port),
+            "LITEFLEET_API_TOKEN": secrets.token_urlsafe(32),
             "LITEFLEET_IMAGE": image,
             **{f"LITEFLEET_{name.upper()}": value for name, value in settings.items()},
         }
@@ -66,8 +68,8 @@ class ControlPlaneProcess:
         """A /v1 client for this control plane, with its API token when it has one."""
         return FleetClient(self.url, token=self.env.get("LITEFLEET_API_TOKEN"))
 
-    def register(self, name: str, engine_url: str, address: str) -> None:
-        body = {"name": name, "engine_url": engine_url, "address": address}
+    def register(self, name: str, engine_url: str, address: str, tls: str | None = None) -> None:
+        body = {"name": name, "engine_url": engine_url, "address": address, "tls": tls}
         answer = self.client.send("POST", "/v1/nodes", json=body, timeout=30)
         if answer.status_code != 201:
             raise UpError(f"could not register {name}: {answer.text}")
@@ -115,7 +117,7 @@ def up(settings: Settings) -> Iterator[str]:
     yield f"store     {store.address.endpoint} bucket={settings.bucket} (logs: {store.directory}/weed.log)"
     pid_file = settings.state_dir / "control-plane.pid"
     log_file = settings.state_dir / "control-plane.log"
-    token = settings.api_token.get_secret_value() if settings.api_token else None
+    token = api_token(settings, create=False)
     client = FleetClient(settings.client_url, token=token)
     if not client.healthy():
         env = {**os.environ, "LITEFLEET_STORE_IP": settings.store_ip, "LITEFLEET_IMAGE": built.tag}

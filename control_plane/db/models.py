@@ -34,7 +34,7 @@ class NodeState(StrEnum):
 
 class NodeBase(SQLModel):
     name: str = Field(max_length=40)
-    engine_url: str = Field(max_length=300, description="Docker engine: unix:///var/run/docker.sock, tcp://h:2375")
+    engine_url: str = Field(max_length=300, description="unix:///var/run/docker.sock, tcp://h:2376 (TLS), ssh://h")
     address: str = Field(
         default="127.0.0.1",
         max_length=100,
@@ -43,10 +43,13 @@ class NodeBase(SQLModel):
     capacity_agents: int = Field(default=20, ge=1, le=1000)
     capacity_memory_mb: int = Field(default=8192, ge=64)
     labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
+    tls: str | None = Field(default=None, max_length=40, description="tcp:// engines: client credential set name")
+    insecure: bool = Field(default=False, description="plain tcp:// to a non-loopback engine (root for anyone)")
 
 
 class NodeCreate(NodeBase):
     name: Name
+    tls: Name | None = None  # PKI_DIR/clients/<tls>/{ca,cert,key}.pem (control_plane/pki.py)
 
 
 class NodePublic(NodeBase):

@@ -17,6 +17,8 @@ import structlog
 
 from control_plane.drivers.agent_spec import LABEL, AgentSpec, agent_url, find_agent, run_agent
 from control_plane.drivers.base import EngineUnreachable, Incarnation
+from control_plane.drivers.engine_client import engine_client
+from control_plane.pki import EngineTLS
 from control_plane.timing import poll
 
 log = structlog.get_logger("control_plane.drivers")
@@ -33,20 +35,24 @@ def _engine(engine_url: str) -> Iterator[None]:
 
 
 class DockerDriver:
-    def __init__(self, engine_url: str, *, timeout: float = 60.0) -> None:
-        self.engine_url = engine_url
-        try:
-            self.client = docker.DockerClient(base_url=engine_url, timeout=int(timeout))
-        except docker.errors.DockerException as exc:
-            raise EngineUnreachable(f"cannot use engine {engine_url}: {exc}") from None
+    def __init__(
+        self, engine_url: str, *, timeout: float = 60.0, tls: EngineTLS | None = None, insecure: bool = False
+    ) -> None:
+        self.engine_url, self._tls, self._insecure = engine_url, tls, insecure
+        self.client = engine_client(engine_url, tls=tls, insecure=insecure, timeout=timeout)
 
     def ping(self, timeout: float = 3.0) -> None:
         """A heartbeat: a short timeout of its own, so an unreachable node costs seconds, not the API timeout."""
+        version = self.client.api.api_version  # negotiated once: a ping is one request
         try:
-            docker.APIClient(base_url=self.engine_url, timeout=int(timeout), version="auto").ping()
-        except Exception as exc:  # whatever the transport raises (ssh://, tcp+tls://): the node is unreachable
-            log.debug("engine.ping_failed", engine=self.engine_url, exc_info=True)
-            raise EngineUnreachable(f"engine {self.engine_url} does not answer: {type(exc).__name__}") from None
+            client = engine_client(
+                self.engine_url, tls=self._tls, insecure=self._insecure, timeout=timeout, version=version
+            )
+            with contextlib.closing(client):
+                client.ping()
+        except Exception as exc:  # whatever the transport raises (ssh://, TLS): the node is unreachable
+            log.debug("engine.ping_failed", engine=self.engine_url, error=type(exc).__name__, exc_info=True)
+            raise EngineUnreachable(f"engine {self.engine_url} does not answer") from None
 
     def ensure_image(self, image: str) -> float:
         """Make sure `image` is on this engine, copying it from the local engine if not (no registry here).

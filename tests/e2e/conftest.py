@@ -99,14 +99,15 @@ def control_plane(
         store,
         image,
         tmp_path_factory.mktemp("control-plane"),
+        pki_dir=str(testbed.pki_dir),  # the test bed's CA: its client credential set reaches the engines
         drain_timeout="5",
         lease_seconds="4",
         heartbeat_interval="2",
         **({"database_url": _own_schema(database)} if database else {}),
     )
-    plane.start()
+    plane.start(timeout=120)  # a busy shared machine took >30 s to import and migrate
     for node in testbed.nodes:
-        plane.register(node.name, node.engine_url, node.ip)
+        plane.register(node.name, node.engine_url, node.ip, tls=node.tls_name)
     yield plane
     plane.stop()
 
@@ -129,7 +130,9 @@ def admin(store: EmbeddedStore) -> ObjectStorage:
 
 def managed_containers(nodes: list[TestbedNode]) -> dict[str, list[str]]:
     """Every litefleet container on every node engine, running or not: {node: [names]}."""
-    return {node.name: sorted(i.name for i in DockerDriver(node.engine_url).list_managed()) for node in nodes}
+    return {
+        node.name: sorted(i.name for i in DockerDriver(node.engine_url, tls=node.tls).list_managed()) for node in nodes
+    }
 
 
 def tenant_name() -> str:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import apsw
-import docker
 import httpx
 import pytest
 
@@ -377,7 +376,7 @@ def test_secrets_stay_out_of_logs_errors_and_api_answers(control_plane: ControlP
     plane.done("POST", f"/v1/tenants/{tenant}/evacuate")
     secrets_in_use = [plane.env["LITEFLEET_S3_ADMIN_SECRET"]]
     for node in testbed.nodes:
-        client = docker.DockerClient(base_url=node.engine_url, timeout=30)
+        client = node.client(timeout=30)
         for container in client.containers.list(filters={"name": f"lf-{tenant}-"}):
             env = dict(line.split("=", 1) for line in container.attrs["Config"]["Env"])
             secrets_in_use.append(env["AWS_SECRET_ACCESS_KEY"])
@@ -400,7 +399,7 @@ def test_an_agent_stopped_behind_our_back_is_started_again(control_plane: Contro
     acknowledged = RoutedWriter.burst(plane, tenant, "s", 10)
     agent = running(plane, tenant)[0]
     node = next(node for node in testbed.nodes if node.name == agent["node"])
-    docker.DockerClient(base_url=node.engine_url).containers.get(f"lf-{tenant}-0-g1").stop(timeout=30)
+    node.client().containers.get(f"lf-{tenant}-0-g1").stop(timeout=30)
 
     deadline = time.monotonic() + 60
     repair: dict[str, Any] | None = None

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import socket
+import ssl
+import stat
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
+from control_plane import pki
 from control_plane.storage import CurrentMoved, ObjectStorage, SeaweedCredentials, TenantCredentials
 from control_plane.storage.seaweed import EmbeddedStore
 from tests.integration.conftest import BUCKET, start_store
@@ -139,3 +144,64 @@ def test_generations_and_purge(admin: ObjectStorage) -> None:
     assert admin.purge_tenant("umbrella") == 3
     assert admin.purge_tenant("umbrella") == 0
     assert admin.generations("umbrella", 3) == []
+
+
+@pytest.fixture(scope="module")
+def bridged_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStore]:
+    """A store on an address that is not 127.0.0.1, as containers see it on a bridge (127.0.0.2 stands in)."""
+    embedded = start_store(tmp_path_factory.mktemp("bridged"), "127.0.0.2")
+    yield embedded
+    embedded.down()
+    assert embedded.running_pid() is None
+
+
+def _connects(ip: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        return sock.connect_ex((ip, port)) == 0
+
+
+def test_only_s3_is_reachable_on_the_store_address(bridged_store: EmbeddedStore) -> None:
+    a = bridged_store.address
+    assert _connects(a.ip, a.s3_port)
+    for port in (a.master_port, a.volume_port, a.filer_port):  # and their gRPC twins: loopback only
+        assert not _connects(a.ip, port), f"port {port} answers on {a.ip}"
+        assert not _connects(a.ip, port + 10000), f"port {port + 10000} answers on {a.ip}"
+        assert _connects("127.0.0.1", port)
+
+
+def test_the_s3_grpc_port_refuses_a_client_without_the_stores_certificate(
+    bridged_store: EmbeddedStore, tmp_path: Path
+) -> None:
+    """Its `Configure` call replaces every S3 identity: only the store's own certificate may talk to it."""
+    a = bridged_store.address
+    context = ssl.create_default_context(cafile=str(bridged_store.directory / "pki" / "ca.pem"))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2  # the refusal arrives during the handshake
+    with pytest.raises(ssl.SSLError), socket.create_connection((a.ip, a.s3_port + 10000), timeout=5) as raw:
+        context.wrap_socket(raw, server_hostname=a.ip).close()
+    other = pki.client_cert(pki.init_ca(tmp_path / "other-ca"), "intruder")  # a certificate from another CA
+    context.load_cert_chain(other.cert, other.key)
+    with pytest.raises(ssl.SSLError), socket.create_connection((a.ip, a.s3_port + 10000), timeout=5) as raw:
+        context.wrap_socket(raw, server_hostname=a.ip).close()
+    own = pki.client_cert(pki.init_ca(bridged_store.directory / "pki"), "seaweed")
+    context.load_cert_chain(own.cert, own.key)
+    with socket.create_connection((a.ip, a.s3_port + 10000), timeout=5) as raw:
+        context.wrap_socket(raw, server_hostname=a.ip).close()
+
+
+def test_the_stores_state_is_private_and_weed_keeps_its_sockets_inside(bridged_store: EmbeddedStore) -> None:
+    directory = bridged_store.directory
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    for secret in ("s3.json", "security.toml"):
+        assert stat.S_IMODE((directory / secret).stat().st_mode) == 0o600, secret
+    assert stat.S_IMODE((directory / "pki" / "ca.key").stat().st_mode) == 0o600
+    assert list((directory / "tmp").glob("*.sock")), "weed's unix sockets belong in the store's own TMPDIR"
+
+
+def test_identities_are_managed_through_the_mutual_tls_shell(bridged_store: EmbeddedStore, tmp_path: Path) -> None:
+    admin = ObjectStorage(bridged_store.address.endpoint, *bridged_store.admin, BUCKET)
+    admin.ensure_bucket()
+    creds = SeaweedCredentials(bridged_store, admin).issue("initech")
+    key = admin.tenant_prefix("initech") + "agents/0/gen-1/x"
+    _as(bridged_store, creds).put_object(Bucket=BUCKET, Key=key, Body=b"ok")
+    assert admin.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"ok"

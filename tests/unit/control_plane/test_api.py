@@ -9,27 +9,47 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
 from control_plane.app import create_app
-from control_plane.settings import Settings
+from control_plane.settings import Settings, TokenRefused, api_token
 
 
 def client(engine: Engine, tmp_path: Path, **settings: object) -> TestClient:
+    """The API with the token it generated (or was given) sent on every request."""
     url = engine.url.render_as_string(hide_password=False)
-    return TestClient(create_app(Settings(state_dir=tmp_path, database_url=url, **settings), background=False))
+    config = Settings(state_dir=tmp_path, database_url=url, **settings)  # type: ignore[arg-type]
+    app = create_app(config, background=False)
+    return TestClient(app, headers={"authorization": f"Bearer {api_token(config, create=False)}"})
 
 
-def test_a_token_guards_every_v1_route_but_not_healthz(engine: Engine, tmp_path: Path) -> None:
-    api = client(engine, tmp_path, api_token="s3cret-token")
-    refused = api.get("/v1/nodes")
-    assert refused.status_code == 401 and refused.json()["code"] == "unauthorized"
-    assert "s3cret-token" not in refused.text
-    assert api.get("/v1/nodes", headers={"authorization": "Bearer wrong"}).status_code == 401
-    assert api.get("/v1/nodes", headers={"authorization": "Bearer s3cret-token"}).json() == []
-    assert api.get("/healthz").status_code == 200
+TOKEN = "s3cret-token-of-24-chars-or-more"
 
 
-def test_serving_beyond_loopback_needs_a_token(engine: Engine, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="LITEFLEET_API_TOKEN"):
-        client(engine, tmp_path, api_host="0.0.0.0")
+def test_a_token_guards_every_route_but_healthz(engine: Engine, tmp_path: Path) -> None:
+    api = client(engine, tmp_path, api_token=TOKEN)
+    for path in ("/v1/nodes", "/v1/tenants", "/v1/operations", "/docs", "/openapi.json"):
+        refused = api.get(path, headers={"authorization": ""})
+        assert refused.status_code == 401 and refused.json()["code"] == "unauthorized", path
+        assert TOKEN not in refused.text
+        assert api.get(path, headers={"authorization": "Bearer wrong"}).status_code == 401
+        assert api.get(path).status_code == 200, path
+    assert api.get("/v1/nodes").json() == []
+    assert api.get("/healthz", headers={"authorization": ""}).status_code == 200
+
+
+def test_without_a_token_the_api_makes_one_into_a_private_file(engine: Engine, tmp_path: Path) -> None:
+    api = client(engine, tmp_path)  # no LITEFLEET_API_TOKEN: never open, not even on loopback
+    assert api.get("/v1/nodes", headers={"authorization": ""}).status_code == 401
+    assert api.get("/v1/nodes").status_code == 200  # with the token read back from the file
+    token_file = tmp_path / "api-token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert len(token_file.read_text()) >= 24
+    again = client(engine, tmp_path)  # a restart keeps the same token
+    assert again.headers["authorization"] == api.headers["authorization"]
+
+
+@pytest.mark.parametrize("token", ["", "short", "x" * 23])
+def test_empty_or_short_tokens_are_refused_at_start(engine: Engine, tmp_path: Path, token: str) -> None:
+    with pytest.raises(TokenRefused, match="at least 24"):
+        client(engine, tmp_path, api_token=token, api_host="0.0.0.0")
 
 
 @pytest.mark.parametrize(
@@ -43,6 +63,16 @@ def test_serving_beyond_loopback_needs_a_token(engine: Engine, tmp_path: Path) -
         ("POST", "/v1/tenants/acme/scale", {"agents": -1}, 422, "invalid_request"),
         ("POST", "/v1/nodes/nowhere/drain", None, 404, "node_not_found"),
         ("POST", "/v1/nodes", {"name": "n1", "engine_url": "tcp://127.0.0.1:9"}, 422, "engine_unreachable"),
+        ("POST", "/v1/nodes", {"name": "n1", "engine_url": "tcp://10.1.2.3:2375"}, 422, "insecure_engine_url"),
+        ("POST", "/v1/nodes", {"name": "n1", "engine_url": "http://10.1.2.3:2375"}, 422, "engine_url_scheme"),
+        (
+            "POST",
+            "/v1/nodes",
+            {"name": "n1", "engine_url": "tcp://10.1.2.3:2376", "tls": "nope"},
+            422,
+            "engine_tls_invalid",
+        ),
+        ("POST", "/v1/nodes", {"name": "n1", "engine_url": "tcp://h:2376", "tls": "../../etc"}, 422, "invalid_request"),
         ("GET", "/v1/operations/nope", None, 404, "operation_not_found"),
         ("GET", "/v1/operations?state=exploded", None, 422, "invalid_request"),
         ("GET", "/v1/tenants/acme/workflows/w1", None, 404, "tenant_not_found"),

@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "control_plane.settings",
             "control_plane.errors",
             "control_plane.timing",
+            "control_plane.pki",
             "control_plane.metrics",
         ),
     ),

@@ -22,14 +22,15 @@ from control_plane.client import FleetClient
 from control_plane.db.models import AgentState
 from control_plane.observer import CopyUnreadable
 from control_plane.services import routing
-from control_plane.settings import Settings
+from control_plane.settings import Settings, api_token
 from tests.unit.control_plane.observed import T0, FakeObserver, add_tenant, info
 
 
 def api(engine: Engine, tmp_path: Path, observer: Any) -> TestClient:
     url = engine.url.render_as_string(hide_password=False)
     settings = Settings(state_dir=tmp_path, database_url=url)
-    return TestClient(create_app(settings, background=False, observer=observer))
+    app = create_app(settings, background=False, observer=observer)
+    return TestClient(app, headers={"authorization": f"Bearer {api_token(settings, create=False)}"})
 
 
 @pytest.fixture
