@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy.engine import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from control_plane import metrics
 from control_plane.api import ROUTERS
@@ -23,7 +24,7 @@ from control_plane.api.deps import require_admin
 from control_plane.db.engine import make_engine, migrate
 from control_plane.db.models import NodeCreate
 from control_plane.drivers.docker import DockerDriver
-from control_plane.errors import FleetError
+from control_plane.errors import BodyTooLarge, FleetError
 from control_plane.fleet.incarnations import Fleet
 from control_plane.observer import NoStateAt, Observer, ObserverError, ObserverSettings, ReplicaNotFound
 from control_plane.observer import WorkflowNotInCopy as ObservedWorkflowNotFound
@@ -40,6 +41,9 @@ from control_plane.storage.seaweed import embedded_store
 from control_plane.timing import Periodic
 
 log = structlog.get_logger("control_plane.app")
+
+_HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
+MAX_BODY_BYTES = 64 * 1024  # the largest body any route takes is a workflow start with its arguments
 
 
 def engine_probe(settings: Settings) -> EngineProbe:
@@ -145,6 +149,16 @@ def create_app(
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.middleware("http")
+    async def bounded_body(request: Request, call_next: Any) -> Any:
+        """No request body over MAX_BODY_BYTES: refused before it is read (a declared length) or parsed."""
+        declared = request.headers.get("content-length", "0")
+        chunked = "transfer-encoding" in request.headers  # a body of unknown length: refused, not streamed in
+        if chunked or not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
+            error = BodyTooLarge(f"a request body is at most {MAX_BODY_BYTES} bytes")
+            return JSONResponse({"code": error.code, "message": str(error)}, status_code=error.status)
+        return await call_next(request)
+
     @app.exception_handler(FleetError)
     async def fleet_error(_: Request, exc: FleetError) -> JSONResponse:
         return JSONResponse({"code": exc.code, "message": str(exc)}, status_code=exc.status)
@@ -153,6 +167,13 @@ def create_app(
     async def observer_error(_: Request, exc: ObserverError) -> JSONResponse:
         missing = isinstance(exc, (ReplicaNotFound, NoStateAt, ObservedWorkflowNotFound))
         return JSONResponse({"code": exc.code, "message": str(exc)}, status_code=404 if missing else 503)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own refusals (an unknown path, a wrong method, a body nested too deep to parse) in the
+        same envelope as ours."""
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

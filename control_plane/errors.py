@@ -12,6 +12,14 @@ class InvalidRequest(FleetError):
     status, code = 422, "invalid_request"
 
 
+class UnknownBundle(InvalidRequest):
+    code = "unknown_bundle"
+
+
+class BodyTooLarge(FleetError):
+    status, code = 413, "body_too_large"
+
+
 class Unauthorized(FleetError):
     status, code = 401, "unauthorized"
 

@@ -18,6 +18,7 @@ class Settings(BaseSettings):
     store_master_port: int = 9333
     store_volume_port: int = 8080
     store_filer_port: int = 8888
+    store_dir: Path | None = None  # the embedded store's directory (data, certificates); None: STATE_DIR/store
     bucket: str = "litefleet"
     s3_endpoint: str | None = None  # an external S3 (AWS, R2, MinIO); None: the embedded SeaweedFS
     s3_admin_key: str = "litefleet-admin"
@@ -45,6 +46,10 @@ class Settings(BaseSettings):
     observer_periodic_interval: float = 30.0  # seconds between full restores of followed agents beyond the cap
     observer_sync_interval: float = 5.0  # seconds between matching the followed agents to the fleet DB
     pki_dir: Path | None = None  # engines' CA and client credential sets (control_plane/pki.py); None: STATE_DIR/pki
+
+    @property
+    def embedded_store_dir(self) -> Path:
+        return self.store_dir or self.state_dir / "store"
 
     @property
     def engine_pki_dir(self) -> Path:
@@ -111,7 +116,7 @@ def admin_secret(settings: Settings) -> str:
     """The admin secret: from the environment, else generated once and kept in state_dir (mode 0600)."""
     if settings.s3_admin_secret.get_secret_value():
         return settings.s3_admin_secret.get_secret_value()
-    path = settings.state_dir / "store" / "admin-secret"
+    path = settings.embedded_store_dir / "admin-secret"
     if not path.exists():
         import secrets
 

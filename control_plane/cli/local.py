@@ -48,6 +48,7 @@ class ControlPlaneProcess:
         env = {
             **os.environ,
             "LITEFLEET_STATE_DIR": str(state_dir),
+            "LITEFLEET_STORE_DIR": str(store.directory),  # `weed shell` needs the store's gRPC client certificate
             "LITEFLEET_STORE_IP": address.ip,
             "LITEFLEET_STORE_S3_PORT": str(address.s3_port),
             "LITEFLEET_STORE_MASTER_PORT": str(address.master_port),

@@ -32,6 +32,15 @@ class NodeState(StrEnum):
     down = "down"  # the engine stopped answering past the grace period
 
 
+# where agents' ports are published: an IPv4/IPv6 address or a host name, nothing else (no scheme, port or path)
+_LABEL = r"[0-9A-Za-z]([0-9A-Za-z-]{0,61}[0-9A-Za-z])?"
+HOST_PATTERN = rf"^{_LABEL}(\.{_LABEL})*$|^[0-9a-fA-F:]{{2,39}}$"
+Host = Annotated[str, StringConstraints(pattern=HOST_PATTERN, max_length=100)]
+LabelKey = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9._/-]{0,61}[a-z0-9])?$", max_length=63)]
+LabelValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{0,63}$", max_length=63)]
+MAX_LABELS = 32
+
+
 class NodeBase(SQLModel):
     name: str = Field(max_length=40)
     engine_url: str = Field(max_length=300, description="unix:///var/run/docker.sock, tcp://h:2376 (TLS), ssh://h")
@@ -41,7 +50,7 @@ class NodeBase(SQLModel):
         description="where agents' ports are published, as the control plane sees it",
     )
     capacity_agents: int = Field(default=20, ge=1, le=1000)
-    capacity_memory_mb: int = Field(default=8192, ge=64)
+    capacity_memory_mb: int = Field(default=8192, ge=64, le=4_194_304)  # up to 4 TiB: bounded, never a DB overflow
     labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
     tls: str | None = Field(default=None, max_length=40, description="tcp:// engines: client credential set name")
     insecure: bool = Field(default=False, description="plain tcp:// to a non-loopback engine (root for anyone)")
@@ -49,6 +58,8 @@ class NodeBase(SQLModel):
 
 class NodeCreate(NodeBase):
     name: Name
+    address: Host = "127.0.0.1"
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=MAX_LABELS)
     tls: Name | None = None  # PKI_DIR/clients/<tls>/{ca,cert,key}.pem (control_plane/pki.py)
 
 

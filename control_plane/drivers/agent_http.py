@@ -22,12 +22,21 @@ class AgentExited(AgentNotReady):
     """The agent's container exited while it was being waited for."""
 
 
+MAX_TXID = 2**62  # what a BIGINT column holds with room to spare; an agent claiming more is lying
+
+
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """A txid or count from an agent: a JSON integer in [0, 2**62], else nothing (never a DB overflow)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TXID:
+        return value
+    return None
 
 
 def _float(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    """Seconds from an agent: a finite, non-negative JSON number below ten years, else nothing."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 3.2e8:
+        return float(value)
+    return None
 
 
 @dataclass(frozen=True)

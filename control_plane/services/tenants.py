@@ -3,6 +3,7 @@ request changes nothing; nothing here touches an engine or object storage."""
 
 from __future__ import annotations
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from control_plane.db.models import (
@@ -18,6 +19,7 @@ from control_plane.db.models import (
     TenantPublic,
     TenantState,
 )
+from control_plane.drivers.images import check_bundle
 from control_plane.errors import NoCapacityError, NodeNotReady, TenantBusy, TenantExists, TenantNotFound
 from control_plane.fleet.placement import NoCapacity, choose_node, node_loads
 from control_plane.services.nodes import find_node
@@ -53,10 +55,15 @@ def _check_capacity(session: Session, tenant: str, memory_mb: int, count: int) -
 def create_tenant(session: Session, body: TenantCreate) -> Operation:
     if session.get(Tenant, body.name) is not None:
         raise TenantExists(f"tenant {body.name!r} already exists")
+    check_bundle(body.bundle)
     _check_capacity(session, body.name, body.memory_mb, body.agents)
     session.add(Tenant.model_validate(body))
     op = queue(session, OperationKind.provision, tenant=body.name, agents=body.agents)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent create of the same name won the race: the same answer as a late one
+        session.rollback()
+        raise TenantExists(f"tenant {body.name!r} already exists") from None
     return op
 
 

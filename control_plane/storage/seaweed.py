@@ -277,5 +277,5 @@ def embedded_store(settings: Settings) -> EmbeddedStore:
         settings.store_filer_port,
     )
     return EmbeddedStore(
-        settings.state_dir / "store", address, settings.bucket, settings.s3_admin_key, admin_secret(settings)
+        settings.embedded_store_dir, address, settings.bucket, settings.s3_admin_key, admin_secret(settings)
     )

@@ -142,12 +142,13 @@ def test_superseded_agent_stops_and_its_last_writes_stay_out_of_the_new_generati
 ) -> None:
     # The scenario: generation 1 acknowledges writes *after* generation 2 restored. Generation 2 restores before it
     # answers /readyz, so every write acknowledged after that answer is one. Generation 1 checks its fence every
-    # 10 s, which leaves it several seconds of writing past that point; should a slow machine still let the fence
-    # fire first, the overlap is set up again (a new tenant) instead of asserting on a scenario that did not happen.
+    # 30 s (a loaded CI machine took more than 10 s from start to ready), which leaves it seconds of writing past
+    # that point; should a slow machine still let the fence fire first, the overlap is set up again (a new
+    # tenant) instead of asserting on a scenario that did not happen.
     for _attempt in range(3):
         tenant = agents.tenant()
         agents.advance(tenant, 1)
-        old = agents.start(agents.spec(tenant, 1, fence_interval=10.0))
+        old = agents.start(agents.spec(tenant, 1, fence_interval=30.0))
         writer = Writer(wait_ready(old), "old")
         writer.start()
         eventually(lambda w=writer: len(w.acknowledged) >= 20, timeout=30, interval=0.02)  # type: ignore[misc]
@@ -156,7 +157,7 @@ def test_superseded_agent_stops_and_its_last_writes_stay_out_of_the_new_generati
         new = agents.start(agents.spec(tenant, 2, restore_from=1))
         wait_ready(new)
         restored_by = len(writer.acknowledged)  # acknowledged from here on: after generation 2 restored
-        assert agents.wait_exit(old, timeout=30) == 0, logs(old)  # it noticed and stopped itself
+        assert agents.wait_exit(old, timeout=60) == 0, logs(old)  # it noticed and stopped itself
         writer.join(10)
         after_restore = writer.acknowledged[restored_by:]
         if after_restore:

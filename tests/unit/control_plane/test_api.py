@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
-from control_plane.app import create_app
+from control_plane.app import MAX_BODY_BYTES, create_app
 from control_plane.settings import Settings, TokenRefused, api_token
 
 
@@ -52,6 +53,9 @@ def test_empty_or_short_tokens_are_refused_at_start(engine: Engine, tmp_path: Pa
         client(engine, tmp_path, api_token=token, api_host="0.0.0.0")
 
 
+NODE = {"name": "n1", "engine_url": "unix:///x"}
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "code"),
     [
@@ -73,6 +77,51 @@ def test_empty_or_short_tokens_are_refused_at_start(engine: Engine, tmp_path: Pa
             "engine_tls_invalid",
         ),
         ("POST", "/v1/nodes", {"name": "n1", "engine_url": "tcp://h:2376", "tls": "../../etc"}, 422, "invalid_request"),
+        ("POST", "/v1/tenants", {"name": "acme", "bundle": "os"}, 422, "unknown_bundle"),
+        ("POST", "/v1/tenants", {"name": "acme", "bundle": "/etc/passwd"}, 422, "unknown_bundle"),
+        (
+            "POST",
+            "/v1/nodes",
+            {**NODE, "capacity_memory_mb": 2**63},
+            422,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/nodes",
+            {**NODE, "capacity_agents": 2**63},
+            422,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/nodes",
+            {**NODE, "address": "http://h/x"},
+            422,
+            "invalid_request",
+        ),
+        ("POST", "/v1/nodes", {**NODE, "address": "a" * 101}, 422, "invalid_request"),
+        (
+            "POST",
+            "/v1/nodes",
+            {**NODE, "labels": {f"k{i}": "v" for i in range(33)}},
+            422,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/nodes",
+            {**NODE, "labels": {"Bad Key": "v"}},
+            422,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/nodes",
+            {**NODE, "labels": {"k": "x" * 64}},
+            422,
+            "invalid_request",
+        ),
         ("GET", "/v1/operations/nope", None, 404, "operation_not_found"),
         ("GET", "/v1/operations?state=exploded", None, 422, "invalid_request"),
         ("GET", "/v1/tenants/acme/workflows/w1", None, 404, "tenant_not_found"),
@@ -87,3 +136,29 @@ def test_bad_requests_get_a_code_and_a_message_and_change_nothing(
     assert answer.json()["message"] and "Traceback" not in answer.text
     assert api.get("/v1/tenants").json() == [] and api.get("/v1/nodes").json() == []
     assert api.get("/v1/operations").json() == []
+
+
+def test_bodies_past_the_limit_and_bodies_that_are_not_json_get_the_envelope(engine: Engine, tmp_path: Path) -> None:
+    api = client(engine, tmp_path)
+    huge = api.post("/v1/tenants", content=b"{" + b" " * (MAX_BODY_BYTES + 1) + b"}")
+    assert (huge.status_code, huge.json()["code"]) == (413, "body_too_large")
+    for raw in (b"\xff\xfe not utf-8", b'{"name": "acme"', b"[" * 5000):
+        answer = api.post("/v1/tenants", content=raw, headers={"content-type": "application/json"})
+        assert answer.status_code in (400, 422) and answer.json()["code"] == "invalid_request", answer.text
+    assert api.get("/v1/tenants").json() == []
+    unknown = api.get("/v1/no-such-thing")
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "not_found")
+    wrong_method = api.put("/v1/tenants")
+    assert (wrong_method.status_code, wrong_method.json()["code"]) == (405, "method_not_allowed")
+
+
+def test_parallel_creates_of_one_tenant_answer_one_operation_and_conflicts(engine: Engine, tmp_path: Path) -> None:
+    api = client(engine, tmp_path)
+    api.app.state.probe_engine = lambda node: None  # type: ignore[attr-defined]
+    assert api.post("/v1/nodes", json={"name": "n1", "engine_url": "unix:///x"}).status_code == 201
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda _: api.post("/v1/tenants", json={"name": "acme", "agents": 1}), range(20)))
+    codes = sorted(answer.status_code for answer in answers)
+    assert codes == [202] + [409] * 19, [answer.text for answer in answers if answer.status_code not in (202, 409)]
+    assert {answer.json()["code"] for answer in answers if answer.status_code == 409} == {"tenant_exists"}
+    assert len(api.get("/v1/operations").json()) == 1
