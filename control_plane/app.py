@@ -3,6 +3,7 @@ health monitor and the API. `litefleet serve` runs what `build_app` returns unde
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,6 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from control_plane import metrics
 from control_plane.api import ROUTERS
 from control_plane.api.deps import require_admin
 from control_plane.dashboard import router as dashboard_router
@@ -25,6 +27,9 @@ from control_plane.db.models import NodeCreate
 from control_plane.drivers.docker import DockerDriver
 from control_plane.errors import BodyTooLarge, FleetError
 from control_plane.fleet.incarnations import Fleet
+from control_plane.observer import NoStateAt, Observer, ObserverError, ObserverSettings, ReplicaNotFound
+from control_plane.observer import WorkflowNotInCopy as ObservedWorkflowNotFound
+from control_plane.observer.fleet_sync import sync_followers
 from control_plane.pki import credential_set
 from control_plane.reconciler.health import HealthMonitor
 from control_plane.reconciler.runners import runners
@@ -34,6 +39,7 @@ from control_plane.settings import Settings, admin_secret, api_token
 from control_plane.storage.credentials import SeaweedCredentials
 from control_plane.storage.replicas import ObjectStorage
 from control_plane.storage.seaweed import embedded_store
+from control_plane.timing import Periodic
 
 log = structlog.get_logger("control_plane.app")
 
@@ -52,9 +58,33 @@ def engine_probe(settings: Settings) -> EngineProbe:
     return probe
 
 
-def create_app(settings: Settings, fleet: Fleet | None = None, *, background: bool = True) -> FastAPI:
-    """The API over the fleet DB at `settings.fleet_database_url`. With `background`, the reconciler and the
-    node health monitor run inside the app's lifespan."""
+def build_observer(settings: Settings, fleet: Fleet) -> Observer | None:
+    """The observer over the fleet's object storage, reading with a Read+List key of its own where the store can
+    issue one (the embedded SeaweedFS), else with the storage's key. None when disabled or the storage is not S3."""
+    if not settings.observer or not isinstance(fleet.storage, ObjectStorage):
+        return None
+    key: tuple[str, str] | None = None
+    if isinstance(fleet.credentials, SeaweedCredentials):
+        try:
+            issued = fleet.credentials.issue_observer()
+            key = (issued.access_key, issued.secret_key)
+        except Exception as exc:  # the storage's own key still works: degrade, do not refuse to start
+            log.warning("observer.key_failed", error=str(exc))
+    config = ObserverSettings(
+        cache_dir=settings.observer_cache_dir,
+        max_followers=settings.observer_max_followers,
+        follow_interval=settings.observer_follow_interval,
+        periodic_interval=settings.observer_periodic_interval,
+    )
+    return Observer(fleet.storage, config, credentials=key)
+
+
+def create_app(
+    settings: Settings, fleet: Fleet | None = None, *, background: bool = True, observer: Observer | None = None
+) -> FastAPI:
+    """The API over the fleet DB at `settings.fleet_database_url`. With `background`, the reconciler, the
+    node health monitor and the observer (following what the fleet DB says is placed) run inside the app's
+    lifespan. `observer`: one made by the caller (tests); the app then neither starts nor closes it."""
     token = api_token(settings, create=True)  # never None: the API is always authenticated
     url = settings.fleet_database_url
     if url.startswith("sqlite"):
@@ -65,16 +95,32 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, background: bo
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         workers: list[Any] = []
+        owned: Observer | None = None
         if background and fleet is not None:
             reconciler = Reconciler(engine, runners(fleet), workers=settings.workers, lease=settings.lease_seconds)
             monitor = HealthMonitor(engine, fleet, settings)
             workers = [reconciler, monitor]
+            if app.state.observer is None:
+                owned = app.state.observer = build_observer(settings, fleet)
+            if app.state.observer is not None:
+                watched: Observer = app.state.observer
+                watched.start()
+
+                def sync() -> None:
+                    sync_followers(watched, engine)
+
+                workers.append(
+                    Periodic("litefleet-observer-sync", settings.observer_sync_interval, sync, first_at_once=True)
+                )
             for worker in workers:
                 worker.start()
         log.info("control_plane.started", database=url.split("@")[-1], workers=settings.workers)
         yield
         for worker in workers:
             worker.stop()
+        if owned is not None:
+            owned.close()
+            app.state.observer = None
 
     app = FastAPI(
         title="litefleet", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
@@ -82,6 +128,13 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, background: bo
     app.state.engine = engine
     app.state.token = token
     app.state.probe_engine = engine_probe(settings)
+    app.state.observer = observer
+
+    def followers() -> dict[str, int]:
+        current: Observer | None = app.state.observer
+        return dict(Counter(state.kind.value for state in current.followed())) if current is not None else {}
+
+    app.state.metrics = metrics.registry(engine, followers)
     for router in ROUTERS:
         app.include_router(router)
     app.include_router(dashboard_router)
@@ -111,6 +164,11 @@ def create_app(settings: Settings, fleet: Fleet | None = None, *, background: bo
     @app.exception_handler(FleetError)
     async def fleet_error(_: Request, exc: FleetError) -> JSONResponse:
         return JSONResponse({"code": exc.code, "message": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(ObserverError)
+    async def observer_error(_: Request, exc: ObserverError) -> JSONResponse:
+        missing = isinstance(exc, (ReplicaNotFound, NoStateAt, ObservedWorkflowNotFound))
+        return JSONResponse({"code": exc.code, "message": str(exc)}, status_code=404 if missing else 503)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:

@@ -82,3 +82,7 @@ class NoAgentRunning(FleetError):
 
 class OperationFailed(Exception):
     """Raised inside an operation: it ends `failed` with this message (the fleet is left as the log says)."""
+
+
+class ObserverUnavailable(FleetError):
+    status, code = 503, "observer_unavailable"

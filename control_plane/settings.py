@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     lease_seconds: float = 6.0  # an operation's claim expires this long after its worker stops renewing it
     heartbeat_interval: float = 5.0
     node_grace_heartbeats: int = 3  # missed heartbeats before a node is marked down (one miss is not death)
+    observer: bool = True  # keep read-only copies of agents' databases (history, lookups of stopped agents)
+    observer_max_followers: int = 32  # live `litestream restore -f` processes; agents beyond are restored periodically
+    observer_follow_interval: float = 1.0  # seconds between a follower's polls of its replica (S3 LISTs)
+    observer_periodic_interval: float = 30.0  # seconds between full restores of followed agents beyond the cap
+    observer_sync_interval: float = 5.0  # seconds between matching the followed agents to the fleet DB
     pki_dir: Path | None = None  # engines' CA and client credential sets (control_plane/pki.py); None: STATE_DIR/pki
 
     @property
@@ -58,6 +63,10 @@ class Settings(BaseSettings):
     @property
     def fleet_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.state_dir / 'fleet.db').resolve()}"
+
+    @property
+    def observer_cache_dir(self) -> Path:
+        return self.state_dir / "observer"
 
     @property
     def client_url(self) -> str:

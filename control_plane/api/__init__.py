@@ -1,7 +1,15 @@
 """The HTTP API (`/v1`): one router per resource, each route one sentence over `control_plane.services`."""
 
-from control_plane.api import nodes, operations, tenants, workflows
+from control_plane.api import metrics, nodes, operations, tenants, workflows
 
-ROUTERS = (nodes.router, tenants.router, workflows.router, operations.router, operations.events_router)
+ROUTERS = (
+    nodes.router,
+    tenants.router,
+    workflows.router,
+    workflows.fleet_router,
+    operations.router,
+    operations.events_router,
+    metrics.router,
+)
 
 __all__ = ["ROUTERS"]

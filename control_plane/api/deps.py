@@ -13,6 +13,7 @@ from sqlmodel import Session
 
 from control_plane.db.models import Operation
 from control_plane.errors import Unauthorized
+from control_plane.observer import Observer
 from control_plane.services import operations
 from control_plane.services.nodes import EngineProbe
 
@@ -36,7 +37,13 @@ def _probe(request: Request) -> EngineProbe:
     return probe
 
 
+def _observer(request: Request) -> Observer | None:
+    observer: Observer | None = request.app.state.observer
+    return observer
+
+
 SessionDep = Annotated[Session, Depends(_session)]
+ObserverDep = Annotated[Observer | None, Depends(_observer)]
 ProbeDep = Annotated[EngineProbe, Depends(_probe)]
 WaitQuery = Annotated[bool, Query(description="wait for the operation to finish")]
 TimeoutQuery = Annotated[float, Query(ge=0, le=3600, description="seconds to wait with wait=true")]

@@ -1,16 +1,24 @@
-"""`/v1/tenants/{name}/workflows`: start a workflow on one of the tenant's agents, or find one by id."""
+"""`/v1/tenants/{name}/workflows`: start a workflow on one of the tenant's agents, find one by id, list them (what
+no running agent holds comes from the observer); `/v1/tenants/{name}/history`: the tenant as of a past time;
+`/v1/workflows/problems`: ERROR and BLOCKED workflows across the fleet."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import JSONResponse
 
-from control_plane.api.deps import SessionDep, require_admin
-from control_plane.services import routing
+from control_plane.api.deps import ObserverDep, SessionDep, require_admin
+from control_plane.services import observed, routing
 
 router = APIRouter(prefix="/v1/tenants", tags=["workflows"], dependencies=[Depends(require_admin)])
+fleet_router = APIRouter(prefix="/v1/workflows", tags=["workflows"], dependencies=[Depends(require_admin)])
+
+AtQuery = Annotated[dt.datetime, Query(description="ISO 8601 time; without a zone: UTC")]
+AgentQuery = Annotated[int | None, Query(ge=0, le=63, description="one agent ordinal; default: all")]
+LimitQuery = Annotated[int, Query(ge=1, le=1000)]
 
 
 @router.post("/{name}/workflows/{workflow}")
@@ -23,6 +31,46 @@ def start_workflow(
 
 @router.get("/{name}/workflows/{workflow_id}")
 def find_workflow(
-    name: str, workflow_id: str, session: SessionDep, wait: Annotated[float, Query(ge=0, le=300)] = 0
+    name: str,
+    workflow_id: str,
+    session: SessionDep,
+    observer: ObserverDep,
+    wait: Annotated[float, Query(ge=0, le=300)] = 0,
 ) -> dict[str, Any]:
-    return routing.find_workflow(session, name, workflow_id, wait)
+    return routing.find_workflow(session, name, workflow_id, wait, observer)
+
+
+@router.get("/{name}/workflows")
+def list_workflows(
+    name: str, session: SessionDep, observer: ObserverDep, status: str | None = None, limit: LimitQuery = 100
+) -> dict[str, Any]:
+    return routing.list_workflows(session, name, status, limit, observer)
+
+
+@router.get("/{name}/history")
+def history(
+    name: str,
+    at: AtQuery,
+    session: SessionDep,
+    observer: ObserverDep,
+    agent: AgentQuery = None,
+    limit: LimitQuery = 100,
+) -> dict[str, Any]:
+    return observed.history(session, observer, name, at, agent, limit)
+
+
+@router.get("/{name}/history/{workflow_id}")
+def history_workflow(
+    name: str,
+    workflow_id: str,
+    session: SessionDep,
+    observer: ObserverDep,
+    at: Annotated[dt.datetime | None, Query(description="ISO 8601; default: the newest state")] = None,
+    agent: AgentQuery = None,
+) -> dict[str, Any]:
+    return observed.history_workflow(session, observer, name, workflow_id, at, agent)
+
+
+@fleet_router.get("/problems")
+def problems(observer: ObserverDep, limit_per_agent: LimitQuery = 100) -> dict[str, Any]:
+    return observed.problems(observer, limit_per_agent)

@@ -10,6 +10,7 @@ import docker.errors
 import typer
 
 from agent_image.logs import configure_logging
+from control_plane.cli import inspect as inspection
 from control_plane.client import EXIT_FAILED, CliError, FleetClient, table
 from control_plane.drivers import images
 from control_plane.settings import Settings, TokenRefused, api_token
@@ -316,6 +317,27 @@ def wf_start(
 @wf_app.command("get")
 def wf_get(tenant: str, workflow_id: str, wait: Annotated[float, typer.Option(help="seconds to wait")] = 0) -> None:
     typer.echo(json.dumps(_call("GET", f"/v1/tenants/{tenant}/workflows/{workflow_id}", wait=wait), indent=2))
+
+
+@app.command("inspect")
+def inspect(
+    tenant: str,
+    agent: Annotated[int | None, typer.Option(help="one agent ordinal; default: all")] = None,
+    at: Annotated[str | None, typer.Option(help="a past time, ISO 8601 (UTC without a zone); default: now")] = None,
+    workflow: Annotated[str | None, typer.Option(help="show this workflow's steps, events and errors")] = None,
+    details: Annotated[int, typer.Option(help="show steps/events/errors of up to N ERROR/BLOCKED workflows")] = 5,
+    as_json: JsonOption = False,
+) -> None:
+    """A tenant's workflows as the observer sees them (also while agents are down, hibernated or moved)."""
+    try:
+        found = inspection.collect(_client(), tenant, agent=agent, at=at, workflow=workflow, details=details)
+    except CliError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+    else:
+        inspection.render(found, tenant, typer.echo)
 
 
 @app.command("up")

@@ -34,6 +34,7 @@ from control_plane.drivers.agent_http import Readiness
 from control_plane.drivers.agent_spec import incarnation_name
 from control_plane.drivers.base import EngineUnreachable, Incarnation
 from control_plane.fleet.incarnations import Fleet
+from control_plane.metrics import HEARTBEAT_SECONDS, PROBE_SECONDS
 from control_plane.reconciler.claims import UNFINISHED
 from control_plane.settings import Settings
 from control_plane.timing import Periodic
@@ -71,11 +72,13 @@ class HealthMonitor:
         with Session(self.engine) as session:
             nodes = list(session.exec(select(Node)).all())
         for node in nodes:
+            started = time.monotonic()
             try:
                 self.fleet.driver(node).ping()
                 alive = True
             except EngineUnreachable:
                 alive = False
+            HEARTBEAT_SECONDS.labels("ok" if alive else "unreachable").observe(time.monotonic() - started)
             self._record_heartbeat(node.name, alive)
             if alive:
                 self._queue_cleanups(node)
@@ -117,8 +120,9 @@ class HealthMonitor:
         for agent in agents:
             if not agent.url or not agent.agent_token:
                 continue
-            probed_at = time.time()
+            probed_at, started = time.time(), time.monotonic()
             readiness = self.fleet.agents_api.readyz(agent.url, agent.agent_token, timeout=2)
+            PROBE_SECONDS.labels("ok" if readiness is not None else "no_answer").observe(time.monotonic() - started)
             values: dict[str, Any] = {"probed_at": probed_at, "ready": False}
             if readiness is not None:
                 values = {"probed_at": probed_at, **_health(readiness)}

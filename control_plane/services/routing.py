@@ -1,4 +1,6 @@
-"""Workflow routing: a workflow id lives on one of the tenant's running agents, found by its hash first.
+"""Workflow routing: a workflow id lives on one of the tenant's running agents, found by its hash first. What no
+running agent holds (retired ordinals, a hibernated tenant, an agent being moved or not answering) is answered
+from the observer's read-only copies, saying so (`source`, `freshness`).
 
 Every call carries the agent's own token (its row's `agent_token`), and every id or name that goes into an agent's
 URL is quoted as one path segment: `../../v1/workflows?limit=1000&` stays an (unknown) id, not another route."""
@@ -15,15 +17,17 @@ from sqlmodel import Session, col, select
 
 from control_plane.db.models import Agent, AgentState
 from control_plane.errors import InvalidRequest, NoAgentRunning, WorkflowNotFound
+from control_plane.observer import NoStateAt, Observer, ReplicaNotFound
+from control_plane.services.observed import agent_listing, observed_workflow
 from control_plane.services.tenants import find_tenant
 
 
-def _running_agents(session: Session, name: str) -> list[Agent]:
+def _running_agents(session: Session, name: str, *, required: bool = True) -> list[Agent]:
     find_tenant(session, name)
     agents = session.exec(
         select(Agent).where(Agent.tenant == name).where(Agent.state == AgentState.running).order_by(col(Agent.ordinal))
     ).all()
-    if not agents:
+    if not agents and required:
         raise NoAgentRunning(f"tenant {name} has no running agent (hibernated, or still starting)")
     return list(agents)
 
@@ -63,14 +67,82 @@ def start_workflow(session: Session, tenant: str, name: str, body: dict[str, Any
     return answer.status_code, {**answer.json(), "agent": ordered[0].ordinal}
 
 
-def find_workflow(session: Session, tenant: str, workflow_id: str, wait: float) -> dict[str, Any]:
-    for agent in _home(_running_agents(session, tenant), workflow_id):
-        found = httpx.get(
-            f"{agent.url}/v1/workflows/{_segment(workflow_id)}",
-            params={"wait": wait} if wait else None,
-            headers=_headers(agent),
-            timeout=wait + 10,
-        )
+def find_workflow(
+    session: Session, tenant: str, workflow_id: str, wait: float, observer: Observer | None = None
+) -> dict[str, Any]:
+    """Ask the running agents (the id's hash's agent first); then, when none holds it, the observer's copies of
+    every ordinal with a replica. Without an observer a tenant with no running agent is `no_agent_running`."""
+    running = _running_agents(session, tenant, required=observer is None)
+    unreachable = False
+    for agent in _home(running, workflow_id) if running else []:
+        try:
+            found = httpx.get(
+                f"{agent.url}/v1/workflows/{_segment(workflow_id)}",
+                params={"wait": wait} if wait else None,
+                headers=_headers(agent),
+                timeout=wait + 10,
+            )
+        except httpx.HTTPError:
+            if observer is None:
+                raise
+            unreachable = True
+            continue
         if found.status_code == 200:
-            return {**found.json(), "agent": agent.ordinal}
+            return {**found.json(), "agent": agent.ordinal, "source": "agent"}
+    if observer is not None:
+        detail = observer.find_workflow(tenant, workflow_id)
+        if detail is not None:
+            return observed_workflow(detail)
+        silent = " (some agents did not answer)" if unreachable else ""
+        raise WorkflowNotFound(f"no agent of {tenant} holds workflow {workflow_id!r}, nor does any replica{silent}")
     raise WorkflowNotFound(f"no agent of {tenant} holds workflow {workflow_id!r}")
+
+
+def list_workflows(
+    session: Session, tenant: str, status: str | None, limit: int, observer: Observer | None = None
+) -> dict[str, Any]:
+    """The tenant's workflows, per agent ordinal: running agents answer themselves (`source: agent`); ordinals
+    with a replica but no running agent (retired, hibernated, being moved) or a running agent that does not
+    answer come from the observer (`source: observer` with `freshness`). Ordinals nobody can answer for are
+    listed under `unavailable`, never silently left out."""
+    running = _running_agents(session, tenant, required=observer is None)
+    agents: list[dict[str, Any]] = []
+    unavailable: list[dict[str, Any]] = []
+    missing: list[int] = []
+    params: dict[str, Any] = {"limit": limit, **({"status": status} if status else {})}
+    for agent in running:
+        try:
+            answer = httpx.get(f"{agent.url}/v1/workflows", params=params, headers=_headers(agent), timeout=10)
+            answer.raise_for_status()
+            body = answer.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            if observer is None:
+                raise
+            missing.append(agent.ordinal)
+            unavailable.append({"agent": agent.ordinal, "source": "agent", "reason": f"agent did not answer: {exc}"})
+            continue
+        workflows = [{**w, "agent": agent.ordinal} for w in body.get("workflows", [])]
+        agents.append(
+            {"agent": agent.ordinal, "source": "agent", "counts": body.get("counts", {}), "workflows": workflows}
+        )
+    if observer is not None:
+        served = {agent.ordinal for agent in running} - set(missing)
+        for ordinal in sorted(set(observer.agents(tenant)) - served):
+            try:
+                agents.append(agent_listing(observer.workflows(tenant, ordinal, status=status, limit=limit)))
+            except (NoStateAt, ReplicaNotFound) as exc:
+                unavailable.append({"agent": ordinal, "source": "observer", "reason": str(exc)})
+            else:
+                unavailable = [u for u in unavailable if u["agent"] != ordinal]
+    counts: dict[str, int] = {}
+    for entry in agents:
+        for key, value in entry["counts"].items():
+            counts[key] = counts.get(key, 0) + int(value)
+    workflows = sorted((w for entry in agents for w in entry["workflows"]), key=lambda w: -float(w["created_at"]))
+    return {
+        "tenant": tenant,
+        "counts": counts,
+        "workflows": workflows[:limit],
+        "agents": [{k: v for k, v in entry.items() if k != "workflows"} for entry in agents],
+        "unavailable": unavailable,
+    }

@@ -42,6 +42,11 @@ class SeaweedCredentials:
         # adding this key to it keeps the same scope, so one shell session is enough.
         return self._configure(tenant, self._incarnation_user(tenant, agent, generation), scopes, replace=False)
 
+    def issue_observer(self) -> TenantCredentials:
+        """A read-only key for the observer: Read + List on every tenant's prefix, no Write (rotates on re-run)."""
+        scope = f"{self.storage.bucket}/{self.storage.root}/tenants/*"
+        return self._configure("*", "litefleet-observer", {"Read": scope, "List": scope})
+
     def revoke(self, tenant: str) -> None:
         """Remove the tenant's identity. Safe to re-run: deleting a missing user is not an error."""
         self._delete(f"litefleet-tenant-{tenant}")

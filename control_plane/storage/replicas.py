@@ -60,6 +60,12 @@ class ObjectStorage:
             ),
         )
 
+    @property
+    def credentials(self) -> tuple[str, str]:
+        """The (access key, secret key) this client signs with: for child processes (litestream) that must
+        reach the same store as the same identity."""
+        return self._credentials
+
     # -- names ------------------------------------------------------------------------------------------------------
 
     def tenant_prefix(self, tenant: str) -> str:

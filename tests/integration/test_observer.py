@@ -200,13 +200,12 @@ def test_a_workflow_started_after_follow_shows_up_within_seconds(
     observer.wait_ready("fresh", 0, 1, timeout=20)
     assert observer.workflows("fresh", 0).workflows == []
 
-    started = time.monotonic()
     agent.runtime.start(greet, ["late"], id="late").result(10)
-    eventually(lambda: [w.id for w in observer.workflows("fresh", 0).workflows] == ["late"], timeout=5, interval=0.05)
-    seen_after = time.monotonic() - started
+    # the agent's 0.1 s sync + the follower's poll: about a second on a quiet machine (bench/observer.py measures
+    # staleness); the bound leaves room for a CI machine at load 10
+    eventually(lambda: [w.id for w in observer.workflows("fresh", 0).workflows] == ["late"], timeout=15, interval=0.05)
     listing = observer.workflows("fresh", 0)
     assert listing.workflows[0].status == "SUCCESS" and listing.workflows[0].result == "Hello, late!"
-    assert seen_after < 5
 
 
 def test_point_in_time_snapshot_shows_the_state_as_of_then(
@@ -368,3 +367,24 @@ def test_the_live_follower_moves_to_the_busier_agent_without_a_gap(
         assert quiet.runtime.list_workflows() == [] and observer.workflows("quiet", 0, 1).workflows == []
     finally:
         observer.close()
+
+
+def test_the_observer_reads_with_its_own_read_only_key(
+    store: EmbeddedStore, storage: ObjectStorage, host_agents: list[HostAgent], tmp_path: Path
+) -> None:
+    from control_plane.storage import SeaweedCredentials
+
+    agent = run_agent(host_agents, store, storage, tmp_path, "keyed")
+    agent.runtime.start(greet, ["kim"], id="kim").result(10)
+    agent.sync()
+    key = SeaweedCredentials(store, storage).issue_observer()
+    settings = ObserverSettings(cache_dir=tmp_path / "keyed-observer", follow_interval=0.1, tick=0.2)
+    with Observer(storage, settings, credentials=(key.access_key, key.secret_key)) as keyed:
+        keyed.start()
+        keyed.follow("keyed", 0, 1)
+        keyed.wait_ready("keyed", 0, 1, timeout=20)
+        assert [w.id for w in keyed.workflows("keyed", 0).workflows] == ["kim"]
+    reader = ObjectStorage(storage.endpoint, key.access_key, key.secret_key, storage.bucket)
+    assert reader.read_current("keyed", 0) is not None  # Read + List on fleet/tenants/*
+    with pytest.raises(Exception, match=r"AccessDenied|Forbidden|403"):
+        reader.s3.put_object(Bucket=storage.bucket, Key=storage.tenant_prefix("keyed") + "x", Body=b"no")

@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "control_plane.errors",
             "control_plane.timing",
             "control_plane.pki",
+            "control_plane.metrics",
         ),
     ),
     ("package face", ("control_plane",)),
