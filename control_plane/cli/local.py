@@ -118,7 +118,7 @@ def up(settings: Settings) -> Iterator[str]:
     yield f"store     {store.address.endpoint} bucket={settings.bucket} (logs: {store.directory}/weed.log)"
     pid_file = settings.state_dir / "control-plane.pid"
     log_file = settings.state_dir / "control-plane.log"
-    token = api_token(settings, create=False)
+    token = api_token(settings, create=True)  # made here, before the control plane starts and reads the same file
     client = FleetClient(settings.client_url, token=token)
     if not client.healthy():
         env = {**os.environ, "LITEFLEET_STORE_IP": settings.store_ip, "LITEFLEET_IMAGE": built.tag}
