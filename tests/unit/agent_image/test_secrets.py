@@ -128,14 +128,7 @@ def test_entrypoint_without_secrets_exits_6_in_one_line(tmp_path: Path) -> None:
         contract.DATA_DIR: str(tmp_path / "data"),
         contract.RUN_DIR: str(tmp_path / "run"),
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "agent_image.container.entrypoint"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO,
-    )
+    done = run_entrypoint(env)
     assert done.returncode == contract.EXIT_NO_SECRETS == 6
     refusals = [line for line in done.stderr.splitlines() if line.startswith("litefleet-agent:")]
     assert "agent.waiting_for_secrets" in done.stderr  # the structured log says what it waits for
@@ -169,16 +162,15 @@ def test_entrypoint_without_a_usable_run_dir_exits_2_in_one_line(tmp_path: Path)
     """No tmpfs at /run/litefleet under a read-only root: say so before waiting for secrets that cannot land."""
     (tmp_path / "file").write_text("")
     env = {**GOOD, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), contract.RUN_DIR: str(tmp_path / "file" / "run")}
-    done = subprocess.run(
-        [sys.executable, "-m", "agent_image.container.entrypoint"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO,
-    )
+    done = run_entrypoint(env)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"litefleet-agent: bad_identity: LITEFLEET_RUN_DIR={tmp_path / 'file' / 'run'} is unusable (Not a directory): "
         "mount a tmpfs there owned by the agent (see agent_image/SECURITY-NOTES.md)"
     ]
+
+
+def run_entrypoint(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The container's entrypoint as a subprocess of this test, with `env` as its whole environment."""
+    command = [sys.executable, "-m", "agent_image.container.entrypoint"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=30, cwd=REPO, check=False)
