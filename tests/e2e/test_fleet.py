@@ -33,7 +33,8 @@ class RoutedWriter(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        with httpx.Client(base_url=self.plane.url, timeout=10) as client:
+        headers = bearer(self.plane.env["LITEFLEET_API_TOKEN"])
+        with httpx.Client(base_url=self.plane.url, headers=headers, timeout=10) as client:
             while not self.stop.is_set():
                 workflow_id = f"{self.prefix}-{len(self.acknowledged)}"
                 try:
