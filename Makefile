@@ -43,6 +43,7 @@ bench: setup
 	$(PY) bench/runtime.py
 	$(PY) bench/agent_container.py
 	$(PY) bench/fleet.py
+	$(PY) bench/observer.py --agents 100 --modes follow,periodic
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
