@@ -71,7 +71,7 @@ class EmbeddedStore:
     this class recorded."""
 
     def __init__(self, directory: Path, address: StoreAddress, bucket: str, admin_key: str, admin_secret: str) -> None:
-        self.directory = directory
+        self.directory = directory.resolve()  # weed runs with the store as its cwd: every path it gets is absolute
         self.address = address
         self.bucket = bucket
         self._admin = (admin_key, admin_secret)

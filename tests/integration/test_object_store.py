@@ -205,3 +205,14 @@ def test_identities_are_managed_through_the_mutual_tls_shell(bridged_store: Embe
     key = admin.tenant_prefix("initech") + "agents/0/gen-1/x"
     _as(bridged_store, creds).put_object(Bucket=BUCKET, Key=key, Body=b"ok")
     assert admin.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"ok"
+
+
+def test_a_store_given_a_relative_directory_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`litefleet up` keeps the store in `var/store` (relative): weed runs with the store as its working directory,
+    so every path it is given must be absolute (the demo failed on this once)."""
+    monkeypatch.chdir(tmp_path)
+    store = start_store(Path("var/store"), "127.0.0.1")
+    try:
+        assert store.directory.is_absolute() and store.running_pid() is not None
+    finally:
+        store.down()
