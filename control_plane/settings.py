@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -102,30 +104,28 @@ def api_token(settings: Settings, *, create: bool) -> str | None:
             raise TokenRefused(f"LITEFLEET_API_TOKEN must be at least {MIN_TOKEN_LENGTH} characters")
         return token
     path = token_file(settings)
-    if not path.exists():
-        if not create:
-            return None
-        import secrets
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            out.write(secrets.token_urlsafe(32))
-    token = path.read_text().strip()
+    if not path.exists() and not create:
+        return None
+    token = secret_in(path)
     if len(token) < MIN_TOKEN_LENGTH:
         raise TokenRefused(f"the API token in {path} must be at least {MIN_TOKEN_LENGTH} characters")
     return token
 
 
+def secret_in(path: Path) -> str:
+    """The secret kept in `path`, written there first (a random token, created 0600: never readable by others, not
+    even briefly) when the file does not exist yet. Safe to call again: an existing file is only read."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # another process made it first: read theirs
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as out:
+                out.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
 def admin_secret(settings: Settings) -> str:
-    """The admin secret: from the environment, else generated once and kept in state_dir (mode 0600)."""
+    """The admin secret: from the environment, else generated once and kept in the store's directory (0600)."""
     if settings.s3_admin_secret.get_secret_value():
         return settings.s3_admin_secret.get_secret_value()
-    path = settings.embedded_store_dir / "admin-secret"
-    if not path.exists():
-        import secrets
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return secret_in(settings.embedded_store_dir / "admin-secret")
