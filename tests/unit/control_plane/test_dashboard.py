@@ -48,8 +48,9 @@ def fleet_app(engine: Engine, tmp_path: Path, token: str | None = TOKEN) -> Test
         drain_timeout=1,
         heartbeat_interval=0.2,
     )
-    fleet, _ = fake_fleet(engine, settings)
+    fleet, engines = fake_fleet(engine, settings)
     app = create_app(settings, fleet)
+    app.state.fake_engines = engines  # tests reach the fake engines through the app (e.g. to take one down)
     app.state.probe_engine = lambda engine_url: None
     return TestClient(app)
 
@@ -189,7 +190,9 @@ def test_the_overview_page_shows_alerts(engine: Engine, tmp_path: Path) -> None:
     with Session(engine) as session:
         session.add(Node(name="n9", engine_url="fake-n9", state=NodeState.down))
         session.commit()
-    with fleet_app(engine, tmp_path) as client:
+    client = fleet_app(engine, tmp_path)
+    client.app.state.fake_engines("fake-n9").reachable = False  # type: ignore[attr-defined]  # it stays down
+    with client:
         page = client.get("/ui", headers=AUTH)
     assert "node n9 is down" in page.text and "alert-node_down" in page.text
 
