@@ -10,6 +10,14 @@ set -euo pipefail
 
 FRESH_ROOT=/var/lib/litefleet-engines
 
+remove_tree() {  # unmount whatever is mounted under $1, deepest first, then remove it
+  awk -v root="$1/" 'index($2, root) == 1 || $2 == substr(root, 1, length(root) - 1) {print $2}' /proc/self/mounts \
+    | sort -r | while read -r target; do
+      umount "$target" 2>/dev/null || umount -l "$target" 2>/dev/null || true
+    done
+  rm -rf "$1" 2>/dev/null || echo "note: could not remove the old engine root $1; left in place" >&2
+}
+
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v debootstrap >/dev/null || need+=(debootstrap)
@@ -28,11 +36,13 @@ if docker info >/dev/null 2>&1; then
 else
   args=()
   if [ "${LITEFLEET_FRESH_ENGINE:-0}" = 1 ]; then
-    # no engine answers, so no earlier fresh engine is using its data root any more
-    for old in "$FRESH_ROOT"/*/; do
+    # no engine answers, so no earlier fresh engine is using its roots any more. A killed dockerd leaves its data
+    # root bind-mounted on itself and its containers' overlays mounted: unmount everything under an old root
+    # (deepest first) before removing it. A root that still cannot be removed is reported, never fatal: the new
+    # engine gets its own directories either way.
+    for old in "$FRESH_ROOT"/*/ /run/litefleet-engine-*/; do
       [ -d "$old" ] || continue
-      umount -R "$old" 2>/dev/null || true
-      rm -rf "$old"
+      remove_tree "${old%/}"
     done
     run="$(date +%Y%m%d-%H%M%S)-$$"
     mkdir -p "$FRESH_ROOT/$run"
