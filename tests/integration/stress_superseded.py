@@ -75,16 +75,6 @@ def one_run(agents: Agents, work: Path, fence: float) -> dict[str, Any]:
             result[f"restore{generation}"] = "ok"
         except Exception as exc:
             result[f"restore{generation}"] = str(exc)
-    prefix = agents.storage.replica_prefix(tenant, 0, 1)
-    sizes = sorted(
-        (
-            (entry["Size"], entry["Key"][len(prefix) :])
-            for entry in agents.storage.objects(prefix)
-            if entry["Key"][len(prefix) :].split("/")[-2:-1] == ["0"]
-        ),
-        reverse=True,
-    )
-    result["l0_largest"] = [f"{name.rsplit('/', 1)[1][:33]}={size}" for size, name in sizes[:3]]
     bad = result["local"] != "ok" or result["restore1"] != "ok" or result["restore2"] != "ok"
     if bad:
         keys = agents.storage.keys(agents.storage.replica_prefix(tenant, 0, 1))
