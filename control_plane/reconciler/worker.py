@@ -65,7 +65,8 @@ class Reconciler:
             renewer.stop()
             return
         except OperationFailed as exc:
-            error = str(exc)
+            error = str(exc) if exc.code == OperationFailed.code else f"{exc.code}: {exc}"
+            ctx.result["error_code"] = exc.code
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             ctx.log.error("operation.crashed", error=error, traceback=traceback.format_exc(limit=5))
