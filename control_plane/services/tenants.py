@@ -123,7 +123,14 @@ def evacuate_tenant(session: Session, name: str, body: EvacuateRequest) -> Opera
             raise NodeNotReady(f"node {target.name} is {target.state.value}; evacuate to a ready node")
     if body.from_node is not None:
         find_node(session, body.from_node)
-    op = queue(session, OperationKind.evacuate, tenant=name, to_node=body.to_node, from_node=body.from_node)
+    op = queue(
+        session,
+        OperationKind.evacuate,
+        tenant=name,
+        to_node=body.to_node,
+        from_node=body.from_node,
+        **({"max_unavailable": body.max_unavailable} if body.max_unavailable is not None else {}),
+    )
     session.commit()
     return op
 
