@@ -224,6 +224,9 @@ class Fleet:
             with contextlib.suppress(EngineUnreachable):
                 self.driver(self.node(where)).remove(incarnation_name(tenant.name, ordinal, successor))
             fence_out(self.credentials, tenant.name, ordinal, successor)
+            # it never served (never `running`): its replica holds nothing the old one lacks, and a retry that
+            # reuses its number must restore the old generation, not this one (the entrypoint tries its own first)
+            self.storage.purge_generation(tenant.name, ordinal, successor)
             retreat_current(self.storage, tenant.name, ordinal, successor, generation)
         agent = self.agent(tenant.name, ordinal)
         if agent.generation != generation:  # the row names the successor, with its keys: forget them

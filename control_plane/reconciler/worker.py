@@ -77,6 +77,9 @@ class Reconciler:
                 return
             if claimed is None:
                 return
+            if self._stopping.is_set():  # claimed as stop() began: hand it straight back
+                release(self.engine, claimed[0].id, claimed[1])
+                return
             self.run(*claimed)
 
     def run(self, op: Operation, token: str) -> None:
