@@ -32,6 +32,7 @@ from control_plane.fleet.incarnations import Fleet
 from control_plane.reconciler import OpContext, Reconciler, claim
 from control_plane.reconciler.runners import runners
 from control_plane.reconciler.stuck import Finding, sweep
+from control_plane.services import nodes as node_services
 from control_plane.services import tenants
 from control_plane.settings import Settings
 from tests.unit.control_plane import test_crash_operations as crash
@@ -355,6 +356,18 @@ def test_an_evacuation_never_has_more_than_max_unavailable_agents_down(engine: E
     assert most_down_at_once(world) == (limit or 1)
     assert_serving(world, 3)
     assert [s["step"] for s in op.steps].count("agent.moved") == 3, "every agent's lines are in the step list"
+
+
+def test_a_drain_moves_at_most_one_agent_of_each_tenant_at_a_time(engine: Engine) -> None:
+    world = provisioned(engine, agents=4)  # spread over n1..n3: two of them on n1
+    on_n1 = [a.ordinal for a in agents(world) if a.node == "n1"]
+    assert len(on_n1) == 2
+    op = run(world, world.queue(lambda s: node_services.drain_node(s, "n1")))
+    assert op.state == OperationState.succeeded, op.error
+    assert most_down_at_once(world) == 1
+    assert sorted(stops(world)) == sorted(f"lf-acme-{i}-g1" for i in on_n1)
+    assert_serving(world, 4)
+    assert all(a.node != "n1" for a in agents(world))
 
 
 def test_a_failed_move_stops_the_rollout(engine: Engine) -> None:
