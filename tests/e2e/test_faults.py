@@ -89,7 +89,7 @@ def test_evacuation_while_the_store_is_frozen_keeps_the_tenant_serving_and_loses
     before = {(a["ordinal"], a["node"], a["generation"]) for a in running(plane, tenant)}
     writer = CountingWriter(plane, tenant, "z")
     writer.start()
-    wait_for_writes(writer, 20)
+    wait_for_writes(writer, 5)
 
     # 1. the store is frozen before the evacuation: it is refused before anything stops
     errors_before = Counter(writer.errors)
@@ -110,11 +110,11 @@ def test_evacuation_while_the_store_is_frozen_keeps_the_tenant_serving_and_loses
     assert not errors_while_frozen, f"the router failed writes while the evacuation was refused: {errors_while_frozen}"
 
     # 2. the store is back: the same request succeeds, one agent at a time
-    wait_for_writes(writer, len(writer.acknowledged) + 10)
+    wait_for_writes(writer, len(writer.acknowledged) + 3)
     moved = evacuate(plane, tenant)
     assert moved["state"] == "succeeded", moved["error"]
     assert moved["result"]["moved"] == 2
-    wait_for_writes(writer, len(writer.acknowledged) + 10)  # and the new generation acknowledges writes
+    wait_for_writes(writer, len(writer.acknowledged) + 3)  # and the new generation acknowledges writes
     writer.stop.set()
     writer.join(15)
 
@@ -131,4 +131,47 @@ def test_evacuation_while_the_store_is_frozen_keeps_the_tenant_serving_and_loses
     assert not [code for code in writer.errors if "no_agent_running" in code], writer.errors
     mine = [n for names in managed_containers(testbed.nodes).values() for n in names if n.startswith(f"lf-{tenant}-")]
     assert sorted(mine) == [f"lf-{tenant}-0-g2", f"lf-{tenant}-1-g2"]
+    plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})
+
+
+def test_a_move_whose_new_generation_cannot_start_rolls_back_and_a_retry_succeeds(
+    control_plane: ControlPlane, testbed: Testbed
+) -> None:
+    """A real failure after the old incarnation stopped: the target is a node whose engine answers (the preflight
+    passes) but whose publish address exists nowhere, so the new generation's container cannot start. The old
+    incarnation starts again in place (same generation, node, volume), the other agent is never stopped, and
+    after the broken node is gone the same evacuation succeeds with every acknowledged workflow."""
+    plane = control_plane
+    tenant = tenant_name()
+    plane.done("POST", "/v1/tenants", json={"name": tenant, "agents": 2, "sync_interval": 0.2})
+    before = {(a["ordinal"], a["node"], a["generation"]) for a in running(plane, tenant)}
+    engine_of = testbed.nodes[1]
+    broken = f"broken-{tenant}"
+    plane.register(broken, engine_of.engine_url, engine_of.ip.rsplit(".", 1)[0] + ".250", tls=engine_of.tls_name)
+    writer = CountingWriter(plane, tenant, "b")
+    writer.start()
+    try:
+        wait_for_writes(writer, 5)
+        failed: dict[str, Any] = plane.client.wait(
+            "POST", f"/v1/tenants/{tenant}/evacuate", json_body={"to_node": broken}, timeout=240
+        )
+        assert failed["state"] == "failed" and failed["result"]["error_code"] == "rolled_back", failed["error"]
+        steps = [step["step"] for step in failed["steps"]]
+        assert steps.count("agent.stopped") == 1, "the rollout stopped at the first failure"
+        assert steps.index("agent.rolling_back") < steps.index("agent.rolled_back"), steps
+        assert {(a["ordinal"], a["node"], a["generation"]) for a in running(plane, tenant)} == before
+        wait_for_writes(writer, len(writer.acknowledged) + 3)  # the rolled-back agent serves again
+    finally:
+        assert plane.call("DELETE", f"/v1/nodes/{broken}").status_code == 204
+    moved = evacuate(plane, tenant)
+    assert moved["state"] == "succeeded", moved["error"]
+    wait_for_writes(writer, len(writer.acknowledged) + 3)
+    writer.stop.set()
+    writer.join(15)
+    agents = running(plane, tenant)
+    held = set().union(*(workflow_ids_on(plane, agent) for agent in agents))
+    lost = set(writer.acknowledged) - held
+    assert not lost, f"{len(lost)} of {len(writer.acknowledged)} acknowledged workflows lost"
+    print(f"rolled back: {failed['error']}; router errors: {dict(writer.errors)}")
+    assert not [code for code in writer.errors if "no_agent_running" in code], writer.errors
     plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})

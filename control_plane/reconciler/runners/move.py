@@ -119,6 +119,8 @@ def move(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent) -> None:
         fleet.reinstate(ctx, tenant, agent.ordinal, agent.generation, fleet.node(agent.node))
         ctx.step("agent.reinstated", f"gen {agent.generation} serves again on {agent.node}", agent=agent.ordinal)
         agent = fleet.agent(agent.tenant, agent.ordinal)
+    # the new generation served already (an earlier run got that far): never roll back past its writes
+    served = agent.generation == plan.generation and agent.state == AgentState.running
     try:
         if agent.generation == plan.from_generation and agent.state != AgentState.retained:
             ctx.remember("stopped_at", time.time(), agent.id)
@@ -128,7 +130,7 @@ def move(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent) -> None:
     except LostLease:
         raise
     except Exception as exc:
-        if ctx.recalled("stopped_at", agent.id) is None:
+        if ctx.recalled("stopped_at", agent.id) is None or served:
             raise
         roll_back(fleet, ctx, tenant, agent.ordinal, plan, exc)
     ready_at = float(ctx.remember("ready_at", time.time(), agent.id))

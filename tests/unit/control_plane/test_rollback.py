@@ -6,6 +6,7 @@ hands its operations back at once."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -323,6 +324,32 @@ def test_a_rollback_that_cannot_finish_marks_the_agent_failed_and_a_retry_starts
             assert retry.state == OperationState.succeeded, retry.error
             assert (agents(world)[0].generation, agents(world)[0].node) == (1, home), "in place"
         assert_serving(world, 2)
+
+
+def test_a_resumed_move_never_rolls_back_past_a_generation_that_served(engine: Engine) -> None:
+    """Killed after the new generation became `running` (the router may have sent it writes), the re-run fails:
+    the move must not give CURRENT back and restart the old incarnation (its writes would be lost)."""
+    for point in range(1, 200):
+        world = provisioned(engine, agents=1)
+        op_id = evacuate(world)
+        with contextlib.suppress(crash.Crash):
+            world.run(op_id, crash.Crasher(crash_at=point))
+        moving = agents(world)[0]
+        if (moving.generation, moving.state) == (2, AgentState.running):
+            break
+    else:
+        pytest.fail("no crash point left gen 2 running before the move finished")
+    crash._PROVISIONED.clear()
+    with Session(engine) as session:
+        session.execute(update(Operation).where(col(Operation.id) == op_id).values(locked_until=0.0))
+        session.commit()
+    faulty = Faulty(at=4)  # after the preflight's 3 calls (2 pings, 1 store read): inside the new start
+    op = run(world, op_id, faulty)
+    assert faulty.fired and op.state == OperationState.failed
+    assert "agent.rolling_back" not in [s["step"] for s in op.steps]
+    assert (agents(world)[0].generation, agents(world)[0].state) == (2, AgentState.running)
+    current = world.replicas.read_current("acme", 0)
+    assert current is not None and current.generation == 2
 
 
 @pytest.mark.parametrize("state", [AgentState.stopping, AgentState.starting])
