@@ -115,7 +115,7 @@ def schemathesis(url: str, token: str, seconds: int, seed: int, tally: Path, rep
         str(Path(sys.executable).with_name("schemathesis")), "run", f"{url}/openapi.json",
         "--header", f"Authorization: Bearer {token}",
         "--checks", "no_server_error,ignored_auth",
-        "--max-time", str(seconds), "--seed", str(seed), "--workers", "2",
+        "--max-time", str(seconds), "--seed", str(seed), "--workers", "1",
         "--request-timeout", "20", "--suppress-health-check", "all", "--no-color",
         "--report", "junit", "--report-junit-path", str(report),
     ]  # fmt: skip
