@@ -60,8 +60,8 @@ def _unusable(text: str) -> bool:
 
 
 async def _unusable_text(request: Request) -> bool:
-    """Whether the path, the query or any string (key or value) of a JSON body is `_unusable`. Found by fuzzing
-    (tests/fuzz): such text reached the fleet DB or an agent URL and answered 500. A body that is not JSON is left
+    """Whether the path, the query or any string (key or value) of a JSON body is `_unusable`. Such text reached
+    the fleet DB or an agent URL and answered 500 (tests/fuzz/test_findings.py). A body that is not JSON is left
     to the route, which refuses it."""
     if _unusable(request.url.path) or any(
         _unusable(key) or _unusable(value) for key, value in request.query_params.multi_items()

@@ -1,4 +1,5 @@
-"""What fuzzing found, kept as regression tests on SQLite and PostgreSQL: text the fleet DB or an agent URL cannot
+"""500s found by hand next to the fuzz run (it runs on SQLite and never sent such text past validation), kept as
+regression tests on SQLite and PostgreSQL: text the fleet DB or an agent URL cannot
 take (a NUL character: PostgreSQL refuses it; an unpaired surrogate: UTF-8 cannot encode it) answered 500. It is
 now refused at the edge, 422 `invalid_request`, for the path, the query and every string of a JSON body."""
 
