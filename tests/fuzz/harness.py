@@ -119,8 +119,12 @@ def schemathesis(url: str, token: str, seconds: int, seed: int, tally: Path, rep
         "--request-timeout", "20", "--suppress-health-check", "all", "--no-color",
         "--report", "junit", "--report-junit-path", str(report),
     ]  # fmt: skip
-    env = os.environ | {"SCHEMATHESIS_HOOKS": "tests.fuzz.hooks", "LITEFLEET_FUZZ_TALLY": str(tally)}
-    return subprocess.run(command, cwd=REPO, env=env, check=False).returncode
+    env = os.environ | {
+        "SCHEMATHESIS_HOOKS": "tests.fuzz.hooks",
+        "LITEFLEET_FUZZ_TALLY": str(tally),
+        "PYTHONPATH": str(REPO),  # the hooks module; the run's cwd is the work dir, where schemathesis keeps a cache
+    }
+    return subprocess.run(command, cwd=tally.parent, env=env, check=False).returncode
 
 
 def main() -> None:
