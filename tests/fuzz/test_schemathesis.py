@@ -21,7 +21,7 @@ def test_fuzzing_the_api_finds_no_server_error_and_leaves_the_fleet_db_consisten
     result = run(tmp_path, SECONDS, SEED, timeout=SECONDS + 240)
     print(json.dumps(result, indent=2))  # shown with -s, and in the report when it fails
     assert len(result["isolation"]) == 3
-    assert result["requests"] > 200, result  # ~1,200 in 120 s on a quiet 2-vCPU machine
+    assert result["requests"] > SECONDS, result  # a sanity floor: 324 in 90 s on this machine at load 20
     assert result["server_errors"].keys() <= {"503 no_agent_running", "502 agent_unreachable"}, result
     assert result["schemathesis_rc"] == 0, (tmp_path / "harness.log").read_text()[-6000:]
     assert result["api_exceptions"] == 0, (tmp_path / "state" / "control-plane.log").read_text()[-6000:]
