@@ -24,6 +24,10 @@ class Unauthorized(FleetError):
     status, code = 401, "unauthorized"
 
 
+class Forbidden(FleetError):
+    status, code = 403, "forbidden"
+
+
 class NotFound(FleetError):
     status, code = 404, "not_found"
 
@@ -42,6 +46,10 @@ class OperationNotFound(NotFound):
 
 class WorkflowNotFound(NotFound):
     code = "workflow_not_found"
+
+
+class TokenNotFound(NotFound):
+    code = "token_not_found"
 
 
 class Conflict(FleetError):

@@ -1,21 +1,21 @@
-"""What every route depends on: a session, the caller (a bearer token when the API has one), the engine probe,
+"""What every route depends on: a session, the caller (the admin, or one tenant: `CurrentPrincipal`), the engine probe,
 and the one way a long action answers (`202` with the operation, or `200` once it finished with `?wait=true`)."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
 from control_plane.db.models import Operation
-from control_plane.errors import Unauthorized
 from control_plane.observer import Observer
-from control_plane.services import operations
+from control_plane.services import operations, tokens
 from control_plane.services.nodes import EngineProbe
+from control_plane.services.tokens import Principal
 
 
 def _session(request: Request) -> Iterator[Session]:
@@ -23,13 +23,36 @@ def _session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def require_admin(request: Request) -> str:
-    """The caller; every /v1 route depends on it (the API always has a token: settings.api_token)."""
-    token: str = request.app.state.token
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), token.encode()):
-        raise Unauthorized("send Authorization: Bearer <LITEFLEET_API_TOKEN>")
-    return "admin"
+SessionDep = Annotated[Session, Depends(_session)]
+
+
+# declared in the OpenAPI spec (every route but /healthz needs it); parsed here, checked by services/tokens.py
+_bearer = HTTPBearer(auto_error=False, description="the admin token, or a tenant's API token (`lft_...`)")
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def current_principal(request: Request, session: SessionDep, bearer: BearerDep) -> Principal:
+    """The caller (401 without a valid token): the admin token (settings.api_token) or one tenant's API token, looked
+    up on every request, so a revoked token is refused from the next request on."""
+    return tokens.authenticate(session, bearer.credentials if bearer else "", request.app.state.token)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+def require_admin(principal: CurrentPrincipal) -> Principal:
+    """Admin routes (every router's default): a tenant token gets 403."""
+    return tokens.require_admin(principal)
+
+
+def require_tenant(name: Annotated[str, Path()], principal: CurrentPrincipal) -> Principal:
+    """Routes of one tenant (`/v1/tenants/{name}/...`): the admin or a token of that tenant; another tenant's token
+    gets 404, the answer for a tenant that does not exist."""
+    return tokens.require_tenant(principal, name)
+
+
+AdminPrincipal = Annotated[Principal, Depends(require_admin)]
+TenantPrincipal = Annotated[Principal, Depends(require_tenant)]
 
 
 def _probe(request: Request) -> EngineProbe:
@@ -42,7 +65,6 @@ def _observer(request: Request) -> Observer | None:
     return observer
 
 
-SessionDep = Annotated[Session, Depends(_session)]
 ObserverDep = Annotated[Observer | None, Depends(_observer)]
 ProbeDep = Annotated[EngineProbe, Depends(_probe)]
 WaitQuery = Annotated[bool, Query(description="wait for the operation to finish")]

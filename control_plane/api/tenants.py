@@ -7,11 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
-from control_plane.api.deps import SessionDep, TimeoutQuery, WaitQuery, accepted, require_admin
+from control_plane.api.deps import SessionDep, TimeoutQuery, WaitQuery, accepted, require_admin, require_tenant
 from control_plane.db.models import EvacuateRequest, OperationPublic, ScaleRequest, TenantCreate, TenantPublic
 from control_plane.services import tenants
 
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"], dependencies=[Depends(require_admin)])
+# what a tenant's own API token may read (control_plane/api/deps.py require_tenant)
+tenant_router = APIRouter(prefix="/v1/tenants", tags=["tenants"], dependencies=[Depends(require_tenant)])
 
 
 @router.post("", status_code=202, response_model=OperationPublic)
@@ -26,7 +28,7 @@ def list_tenants(session: SessionDep) -> list[TenantPublic]:
     return tenants.list_tenants(session)
 
 
-@router.get("/{name}")
+@tenant_router.get("/{name}")
 def get_tenant(name: str, session: SessionDep) -> TenantPublic:
     return tenants.get_tenant(session, name)
 

@@ -10,10 +10,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import JSONResponse
 
-from control_plane.api.deps import ObserverDep, SessionDep, require_admin
+from control_plane.api.deps import ObserverDep, SessionDep, require_admin, require_tenant
 from control_plane.services import observed, routing
 
-router = APIRouter(prefix="/v1/tenants", tags=["workflows"], dependencies=[Depends(require_admin)])
+# a tenant's own API token may use every route here (control_plane/api/deps.py require_tenant)
+router = APIRouter(prefix="/v1/tenants", tags=["workflows"], dependencies=[Depends(require_tenant)])
 fleet_router = APIRouter(prefix="/v1/workflows", tags=["workflows"], dependencies=[Depends(require_admin)])
 
 AtQuery = Annotated[dt.datetime, Query(description="ISO 8601 time; without a zone: UTC")]

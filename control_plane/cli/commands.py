@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import docker
 import docker.errors
@@ -29,6 +30,10 @@ ops_app = typer.Typer(no_args_is_help=True, help="Operations: what the control p
 app.add_typer(ops_app, name="ops")
 wf_app = typer.Typer(no_args_is_help=True, help="Workflows, routed to the tenant's agents.")
 app.add_typer(wf_app, name="wf")
+tokens_app = typer.Typer(
+    no_args_is_help=True, help="A tenant's API tokens: they reach only that tenant and its workflows."
+)
+app.add_typer(tokens_app, name="tokens")
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="print the API's JSON instead of a table")]
@@ -133,6 +138,7 @@ def image_build(
 NODE_COLUMNS = ["name", "state", "engine_url", "address", "agents", "capacity_agents", "memory_mb_used", "last_seen_at"]
 TENANT_COLUMNS = ["name", "state", "agents", "bundle", "memory_mb", "sync_interval"]
 OP_COLUMNS = ["id", "kind", "tenant", "node", "state", "attempts", "created_at", "error"]
+TOKEN_COLUMNS = ["id", "tenant", "name", "created_at", "revoked_at"]
 
 
 @nodes_app.command("ls")
@@ -317,6 +323,33 @@ def wf_start(
 @wf_app.command("get")
 def wf_get(tenant: str, workflow_id: str, wait: Annotated[float, typer.Option(help="seconds to wait")] = 0) -> None:
     typer.echo(json.dumps(_call("GET", f"/v1/tenants/{tenant}/workflows/{workflow_id}", wait=wait), indent=2))
+
+
+@tokens_app.command("create")
+def tokens_create(
+    tenant: str,
+    name: Annotated[str, typer.Option(help="a label: what the token is for")] = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Make a token for TENANT and print its secret: shown this once, the control plane keeps only its hash."""
+    created = _call("POST", f"/v1/tenants/{quote(tenant, safe='')}/tokens", json_body={"name": name})
+    if as_json:
+        typer.echo(json.dumps(created, indent=2))
+        return
+    typer.echo(f"token {created['id']} for tenant {created['tenant']} (shown once, keep it now):", err=True)
+    typer.echo(created["token"])
+
+
+@tokens_app.command("list")
+def tokens_list(tenant: str, as_json: JsonOption = False) -> None:
+    _show(_call("GET", f"/v1/tenants/{quote(tenant, safe='')}/tokens"), as_json, TOKEN_COLUMNS)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(tenant: str, token_id: str) -> None:
+    """Revoke a token by its id (`litefleet tokens list`): refused from the next request on."""
+    _call("DELETE", f"/v1/tenants/{quote(tenant, safe='')}/tokens/{quote(token_id, safe='')}")
+    typer.echo(f"token {token_id} of tenant {tenant} revoked")
 
 
 @app.command("inspect")

@@ -264,4 +264,36 @@ class Event(SQLModel, table=True):
     message: str = ""
 
 
+# -- API tokens of tenants -------------------------------------------------------------------------------------------
+
+
+class ApiTokenCreate(SQLModel):
+    name: str = Field(default="", max_length=60, description="a label for people (what the token is for)")
+
+
+class ApiTokenPublic(SQLModel):
+    id: str = Field(description="the token's public id: its first part, shown in listings and used to revoke it")
+    tenant: str
+    name: str
+    created_at: float
+    revoked_at: float | None = None
+
+
+class ApiTokenCreated(ApiTokenPublic):
+    token: str = Field(description="the secret: shown once, here; the control plane keeps only its SHA-256")
+
+
+class ApiToken(SQLModel, table=True):
+    """A tenant's API token. Only the SHA-256 of the secret is kept: the fleet DB (or a backup of it) does not
+    give anyone a working token."""
+
+    __tablename__ = "api_token"
+    id: str = Field(primary_key=True, max_length=40)
+    tenant: str = Field(index=True, max_length=40)
+    name: str = Field(default="", max_length=60)
+    secret_sha256: str = Field(max_length=64, repr=False)
+    created_at: float = Field(default_factory=_now)
+    revoked_at: float | None = None
+
+
 TenantPublic.model_rebuild()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from sqlmodel import Session, col, delete
 
-from control_plane.db.models import PLACED_STATES, Agent, AgentState, Tenant, TenantState
+from control_plane.db.models import PLACED_STATES, Agent, AgentState, ApiToken, Tenant, TenantState
 from control_plane.errors import OperationFailed, PreflightFailed
 from control_plane.fleet import preflight
 from control_plane.fleet.incarnations import Fleet
@@ -42,4 +42,5 @@ def run_delete(fleet: Fleet, ctx: OpContext) -> None:
         row = session.get(Tenant, tenant)
         if row is not None and row.state == TenantState.deleting:
             session.delete(row)
+            session.exec(delete(ApiToken).where(col(ApiToken.tenant) == tenant))  # refused since the delete began
         session.commit()
