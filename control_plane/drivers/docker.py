@@ -131,6 +131,7 @@ class DockerDriver:
         """Remove the container and its volume. Docker may still be busy with it (a removal in progress, a
         volume in use by a container being removed): it answers 409 and we try again, for up to a minute."""
         busy: docker.errors.APIError | None = None
+        labels: dict[str, str] | None = None  # kept across retries: the container may be gone by the second try
         with _engine(self.engine_url):
             for _ in poll(60, 0.2):
                 try:
@@ -141,8 +142,10 @@ class DockerDriver:
                             container.remove(force=True)
                     with contextlib.suppress(docker.errors.NotFound):
                         self.client.volumes.get(name).remove(force=True)
-                    if container is not None:
+                    if labels is not None:
                         self._release_isolation(labels)
+                    else:  # removed by an earlier call that stopped before the release: finish it
+                        self._release_leftover_networks(name)
                     return
                 except docker.errors.APIError as exc:
                     if exc.status_code != 409:
@@ -180,6 +183,19 @@ class DockerDriver:
         if ISOLATION_LABEL in labels:
             network = TenantNetwork(labels.get(f"{LABEL}.fleet", ""), labels.get(f"{LABEL}.tenant", ""))
             release_tenant_network(self.client, network, self._helper())
+
+    def _release_leftover_networks(self, name: str) -> None:
+        """Release the networks of the tenant named in `name` (`lf-<tenant>-<agent>-g<gen>`) that no container of
+        theirs uses any more. Only networks litefleet created carry these labels; a name of another shape is skipped."""
+        parts = name.split("-")
+        if len(parts) < 4 or parts[0] != "lf":
+            return
+        tenant = "-".join(parts[1:-2])
+        labels = [f"{LABEL}.managed-network=true", f"{LABEL}.tenant={tenant}"]
+        for found in self.client.networks.list(filters={"label": labels}):
+            network = TenantNetwork(found.attrs.get("Labels", {}).get(f"{LABEL}.fleet", ""), tenant)
+            if network.name == found.name:
+                release_tenant_network(self.client, network, self._helper())
 
     def _helper(self) -> str:
         """The network helper image on this node: built on the local engine once, copied like the agent image."""
