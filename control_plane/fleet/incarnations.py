@@ -24,7 +24,7 @@ from control_plane.drivers.agent_http import AgentApi, AgentHttp, AgentNotReady,
 from control_plane.drivers.agent_spec import AgentSpec, SecretsNotDelivered, incarnation_name
 from control_plane.drivers.base import Driver, EngineUnreachable, Incarnation
 from control_plane.drivers.docker import DockerDriver
-from control_plane.drivers.network import tenant_isolation
+from control_plane.drivers.network import IsolationFailed, tenant_isolation
 from control_plane.errors import OperationFailed
 from control_plane.fleet.fence import advance_current, fence_out
 from control_plane.fleet.placement import choose_node, node_loads
@@ -150,7 +150,7 @@ class Fleet:
             else:
                 # running: a re-run of this start, maybe after a crash between `run` and the delivery (same bytes)
                 driver.restart(name, spec.secrets())
-        except SecretsNotDelivered as exc:
+        except (SecretsNotDelivered, IsolationFailed) as exc:
             raise OperationFailed(str(exc)) from None
         url = self._wait_ready(driver, incarnation, agent_token)
         seconds = round(time.monotonic() - started, 3)
