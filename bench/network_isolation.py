@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import shutil
 import statistics
 import sys
 import tempfile
@@ -102,6 +103,7 @@ def main() -> None:
         )
     finally:
         bed.down()
+        shutil.rmtree(bed.state_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
