@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     observer_follow_interval: float = 1.0  # seconds between a follower's polls of its replica (S3 LISTs)
     observer_periodic_interval: float = 30.0  # seconds between full restores of followed agents beyond the cap
     observer_sync_interval: float = 5.0  # seconds between matching the followed agents to the fleet DB
+    # one Docker network per tenant on each node, with firewall rules that leave its containers only the store's S3
+    # port and public addresses (control_plane/drivers/network.py); off only for engines where that cannot work
+    tenant_networks: bool = True
     pki_dir: Path | None = None  # engines' CA and client credential sets (control_plane/pki.py); None: STATE_DIR/pki
 
     @property

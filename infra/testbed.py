@@ -35,6 +35,7 @@ from control_plane.pki import EngineTLS, client_cert, engine_cert, init_ca
 
 CLIENT = "testbed"  # the client credential set every engine of a test bed accepts
 ENGINE_PORT = 2376
+METADATA_IP = "169.254.169.254"
 
 
 @dataclass
@@ -47,6 +48,7 @@ class TestbedNode:
     data_root: str
     pid: int | None = None
     pki_dir: str = ""  # the test bed's CA directory
+    metadata_pid: int | None = None  # the fake metadata service on 169.254.169.254 in this node (`metadata_service`)
 
     @property
     def engine_url(self) -> str:
@@ -187,9 +189,42 @@ class Testbed:
         )  # fmt: skip
         node.pid = process.pid
 
+    def metadata_service(self, node: TestbedNode, port: int = 80) -> str:
+        """A stand-in for a cloud metadata service inside `node`'s namespace: METADATA_IP on the loopback there (so
+        no packet for it can leave the machine, whether the isolation works or not) and an HTTP listener on it.
+        Returns its URL. Safe to re-run: an existing one is kept."""
+        url = f"http://{METADATA_IP}:{port}/"
+        if node.metadata_pid is not None and _alive(node.metadata_pid):
+            return url
+        if METADATA_IP not in _output("ip", "-n", node.name, "-4", "addr", "show", "dev", "lo"):
+            # on the namespace's loopback: this kernel has no `dummy` link type, and a local address is what
+            # matters (its packets are delivered inside the node, never routed out)
+            _run("ip", "-n", node.name, "addr", "add", f"{METADATA_IP}/32", "dev", "lo")
+        served = Path(node.data_root) / "metadata"
+        (served / "latest").mkdir(parents=True, exist_ok=True)
+        (served / "latest" / "meta-data").write_text("instance-id: i-testbed\n")
+        process = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{node.name}", sys.executable, "-m", "http.server", str(port)]
+            + ["--bind", METADATA_IP, "--directory", str(served)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        node.metadata_pid = process.pid
+        self.save()
+        check = f"import socket; socket.create_connection(({METADATA_IP!r}, {port}), timeout=1).close()"
+        deadline = time.monotonic() + 15
+        while not _exists("nsenter", f"--net=/run/netns/{node.name}", sys.executable, "-c", check):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the metadata stand-in in {node.name} did not answer in 15 s")
+            time.sleep(0.2)
+        return url
+
     def down(self) -> None:
         """Remove every recorded part. Safe to re-run: what is already gone is skipped."""
         for node in reversed(self.nodes):
+            if node.metadata_pid is not None:
+                _stop(node.metadata_pid, timeout=5)
             with contextlib.suppress(Exception):
                 client = docker.DockerClient(base_url=node.socket_url, timeout=10)
                 for container in client.containers.list(all=True):
@@ -231,6 +266,10 @@ def _quiet(*command: str) -> None:
     subprocess.run(command, capture_output=True, check=False)
 
 
+def _output(*command: str) -> str:
+    return subprocess.run(command, capture_output=True, text=True, check=False).stdout
+
+
 def _exists(*command: str) -> bool:
     return subprocess.run(command, capture_output=True, check=False).returncode == 0
 
@@ -247,6 +286,14 @@ def _wait_engine(node: TestbedNode, timeout: float = 60.0) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"engine {node.engine_url} did not come up in {timeout:.0f}s") from None
             time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _stop(pid: int, timeout: float = 30.0) -> None:

@@ -20,10 +20,12 @@ import docker.errors
 from agent_image.contract import AgentSecrets, ContainerEnv
 from control_plane.drivers import agent_http
 from control_plane.drivers.agent_http import AgentExited, AgentNotReady
+from control_plane.drivers.network import Isolation
 from control_plane.storage.credentials import TenantCredentials
 
 AGENT_PORT = 8080
 LABEL = "io.litefleet"
+ISOLATION_LABEL = f"{LABEL}.isolation"
 SECRETS_WRITER = ["/opt/litefleet/bin/python3", "-m", "agent_image.container.secrets_in"]
 TMPFS = {
     "/tmp": "rw,size=16m,mode=1777",
@@ -64,7 +66,8 @@ class AgentSpec:
     cpus: float = 1.0
     pids: int = 256
     publish_ip: str = "127.0.0.1"
-    network: str | None = None
+    network: str | None = None  # set by the driver to the tenant's own network when `isolation` is given
+    isolation: Isolation | None = None  # None: the engine's default bridge, no rules (tests, a local engine)
     fleet: str = "litefleet"  # which control plane owns it (its bucket): another fleet's containers are not ours
 
     @property
@@ -102,13 +105,16 @@ class AgentSpec:
         )
 
     def labels(self) -> dict[str, str]:
-        return {
+        labels = {
             f"{LABEL}.managed": "true",
             f"{LABEL}.fleet": self.fleet,
             f"{LABEL}.tenant": self.tenant,
             f"{LABEL}.agent": str(self.agent),
             f"{LABEL}.generation": str(self.generation),
         }
+        if self.isolation is not None:  # a restart or removal finds what to ensure or release from the container
+            labels[ISOLATION_LABEL] = self.isolation.to_label()
+        return labels
 
 
 def run_agent(client: Any, spec: AgentSpec) -> Any:

@@ -6,6 +6,7 @@ incarnation that already exists returns it, stopping a stopped one or removing a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,9 +17,24 @@ import requests
 import structlog
 
 from agent_image.contract import AgentSecrets
-from control_plane.drivers.agent_spec import LABEL, AgentSpec, agent_url, deliver_secrets, find_agent, run_agent
+from control_plane.drivers.agent_spec import (
+    ISOLATION_LABEL,
+    LABEL,
+    AgentSpec,
+    agent_url,
+    deliver_secrets,
+    find_agent,
+    run_agent,
+)
 from control_plane.drivers.base import EngineUnreachable, Incarnation
 from control_plane.drivers.engine_client import engine_client
+from control_plane.drivers.network import (
+    Isolation,
+    TenantNetwork,
+    build_helper_image,
+    ensure_tenant_network,
+    release_tenant_network,
+)
 from control_plane.pki import EngineTLS
 from control_plane.timing import poll
 
@@ -76,7 +92,9 @@ class DockerDriver:
         exited one is reported, not restarted: the caller decides)."""
         with _engine(self.engine_url):
             existing = find_agent(self.client, spec)
-            return _incarnation(existing if existing is not None else run_agent(self.client, spec))
+            if existing is not None:
+                return _incarnation(existing)
+            return _incarnation(run_agent(self.client, self._isolated(spec)))
 
     def inspect(self, name: str) -> Incarnation | None:
         with _engine(self.engine_url):
@@ -92,6 +110,7 @@ class DockerDriver:
             if container is None:
                 return None
             if container.status != "running":
+                self._ensure_isolation(container.labels)  # a rebooted node kept the network, not the rules
                 container.start()
             deliver_secrets(self.client, container.id, secrets)
             return _incarnation(container)
@@ -112,15 +131,21 @@ class DockerDriver:
         """Remove the container and its volume. Docker may still be busy with it (a removal in progress, a
         volume in use by a container being removed): it answers 409 and we try again, for up to a minute."""
         busy: docker.errors.APIError | None = None
+        labels: dict[str, str] | None = None  # kept across retries: the container may be gone by the second try
         with _engine(self.engine_url):
             for _ in poll(60, 0.2):
                 try:
                     container = self._get(name)
                     if container is not None:
+                        labels = container.labels
                         with contextlib.suppress(docker.errors.NotFound):
                             container.remove(force=True)
                     with contextlib.suppress(docker.errors.NotFound):
                         self.client.volumes.get(name).remove(force=True)
+                    if labels is not None:
+                        self._release_isolation(labels)
+                    else:  # removed by an earlier call that stopped before the release: finish it
+                        self._release_leftover_networks(name)
                     return
                 except docker.errors.APIError as exc:
                     if exc.status_code != 409:
@@ -135,6 +160,48 @@ class DockerDriver:
             labels = [f"{LABEL}.managed=true"] + ([f"{LABEL}.fleet={fleet}"] if fleet else [])
             containers = self.client.containers.list(all=True, filters={"label": labels})
             return [_incarnation(container) for container in containers]
+
+    # -- tenant network isolation (control_plane/drivers/network.py) ----------------------------------------------
+
+    def _isolated(self, spec: AgentSpec) -> AgentSpec:
+        """`spec` attached to its tenant's own network, after that network and its rules are in place on this node
+        (unchanged when it asks for no isolation)."""
+        if spec.isolation is None:
+            return spec
+        network = TenantNetwork(spec.fleet, spec.tenant)
+        ensure_tenant_network(self.client, network, spec.isolation, self._helper())
+        return dataclasses.replace(spec, network=network.name)
+
+    def _ensure_isolation(self, labels: dict[str, str]) -> None:
+        raw = labels.get(ISOLATION_LABEL)
+        if raw is not None:
+            network = TenantNetwork(labels.get(f"{LABEL}.fleet", ""), labels.get(f"{LABEL}.tenant", ""))
+            ensure_tenant_network(self.client, network, Isolation.from_label(raw), self._helper())
+
+    def _release_isolation(self, labels: dict[str, str]) -> None:
+        """After a removal: the tenant's network and rules go when this was its last container on the node."""
+        if ISOLATION_LABEL in labels:
+            network = TenantNetwork(labels.get(f"{LABEL}.fleet", ""), labels.get(f"{LABEL}.tenant", ""))
+            release_tenant_network(self.client, network, self._helper())
+
+    def _release_leftover_networks(self, name: str) -> None:
+        """Release the networks of the tenant named in `name` (`lf-<tenant>-<agent>-g<gen>`) that no container of
+        theirs uses any more. Only networks litefleet created carry these labels; a name of another shape is skipped."""
+        parts = name.split("-")
+        if len(parts) < 4 or parts[0] != "lf":
+            return
+        tenant = "-".join(parts[1:-2])
+        labels = [f"{LABEL}.managed-network=true", f"{LABEL}.tenant={tenant}"]
+        for found in self.client.networks.list(filters={"label": labels}):
+            network = TenantNetwork(found.attrs.get("Labels", {}).get(f"{LABEL}.fleet", ""), tenant)
+            if network.name == found.name:
+                release_tenant_network(self.client, network, self._helper())
+
+    def _helper(self) -> str:
+        """The network helper image on this node: built on the local engine once, copied like the agent image."""
+        tag = build_helper_image(docker.from_env(timeout=600))
+        self.ensure_image(tag)
+        return tag
 
     def _get(self, name: str) -> Any | None:
         try:

@@ -25,6 +25,7 @@ from control_plane.drivers.agent_http import AgentApi, AgentHttp, AgentNotReady,
 from control_plane.drivers.agent_spec import AgentSpec, SecretsNotDelivered, incarnation_name
 from control_plane.drivers.base import Driver, EngineUnreachable, Incarnation
 from control_plane.drivers.docker import DockerDriver
+from control_plane.drivers.network import IsolationFailed, tenant_isolation
 from control_plane.errors import OperationFailed
 from control_plane.fleet.fence import advance_current, fence_out, retreat_current
 from control_plane.fleet.placement import choose_node, node_loads
@@ -150,7 +151,7 @@ class Fleet:
             else:
                 # running: a re-run of this start, maybe after a crash between `run` and the delivery (same bytes)
                 driver.restart(name, spec.secrets())
-        except SecretsNotDelivered as exc:
+        except (SecretsNotDelivered, IsolationFailed) as exc:
             raise OperationFailed(str(exc)) from None
         url = self._wait_ready(driver, incarnation, agent_token)
         seconds = round(time.monotonic() - started, 3)
@@ -296,6 +297,7 @@ class Fleet:
         agent_token: str,
         admin_token: str,
     ) -> AgentSpec:
+        s3_endpoint = node.labels.get("litefleet.s3-endpoint", self.settings.containers_s3_endpoint)
         return AgentSpec(
             tenant=tenant.name,
             agent=ordinal,
@@ -306,7 +308,7 @@ class Fleet:
             restore_from_url=None
             if restore_from is None
             else self.storage.replica_url(tenant.name, ordinal, restore_from),
-            s3_endpoint=node.labels.get("litefleet.s3-endpoint", self.settings.containers_s3_endpoint),
+            s3_endpoint=s3_endpoint,
             credentials=creds,
             agent_token=agent_token,
             admin_token=admin_token,
@@ -317,6 +319,7 @@ class Fleet:
             memory_mb=tenant.memory_mb,
             cpus=tenant.cpus,
             publish_ip=node.address,
+            isolation=tenant_isolation(s3_endpoint, node.address) if self.settings.tenant_networks else None,
             fleet=self.storage.bucket,
         )
 
