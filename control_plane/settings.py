@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     observer_follow_interval: float = 1.0  # seconds between a follower's polls of its replica (S3 LISTs)
     observer_periodic_interval: float = 30.0  # seconds between full restores of followed agents beyond the cap
     observer_sync_interval: float = 5.0  # seconds between matching the followed agents to the fleet DB
+    # replication measured against the store (control_plane/observer/lag.py): seconds without a confirmed sync
+    # before an agent is `lagging`, then `stalled` (a healthy agent's is about its probe interval + heartbeat_interval)
+    replication_lagging_after: float = 20.0
+    replication_stalled_after: float = 45.0
+    lag_sample_interval: float = 2.0  # seconds between reads of the running agents' replica positions (one LIST each)
     pki_dir: Path | None = None  # engines' CA and client credential sets (control_plane/pki.py); None: STATE_DIR/pki
 
     @property
