@@ -196,8 +196,11 @@ async def events(request: Request, engine: EngineDep) -> Response:
 def _lag_chart(lag: LagHistory, prefix: str) -> Any:
     series = lag.series(prefix)
     return plots.line_chart(
-        {key: [(sample.at, float(sample.lag_txids)) for sample in samples] for key, samples in series.items()},
-        unit="txids behind",
+        {
+            key: [(sample.at, sample.lag_seconds) for sample in samples if sample.lag_seconds is not None]
+            for key, samples in series.items()
+        },
+        unit="s since the store confirmed a sync",
     )
 
 

@@ -52,6 +52,7 @@ class Report:
     local_txid: int | None
     probed_at: float | None
     since_sync: float | None
+    ready: bool | None = None  # False: the last probe got no answer (the other fields are older) or not ready
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ def confirmed_at(report: Report, store_txid: int) -> float | None:
     """The moment before which every write of the agent is in a replica listing `store_txid`, or None when this
     report proves nothing (no report yet, or the replica does not hold the reported local txid)."""
     if report.local_txid is None or report.probed_at is None or report.since_sync is None:
+        return None
+    if report.ready is False:  # an unanswered probe moves probed_at but leaves the rest as it was: prove nothing
         return None
     if store_txid < report.local_txid:
         return None
@@ -156,7 +159,7 @@ class LagSampler:
         writes: list[tuple[str, int, dict[str, Any]]] = []
         for row in rows:
             agent_id, tenant, ordinal, generation = row.id, row.tenant, row.ordinal, row.generation
-            report = Report(row.local_txid, row.probed_at, row.seconds_since_sync)
+            report = Report(row.local_txid, row.probed_at, row.seconds_since_sync, row.ready)
             watched = self._watch(row, now)
             self._collect(agent_id, watched, report)
             if watched.pending is None:

@@ -261,7 +261,7 @@ def test_a_stream_answers_404_for_an_unknown_operation(api: TestClient) -> None:
 def agent(lag: int, at: float) -> AgentPublic:
     return AgentPublic(
         tenant="acme", ordinal=0, generation=1, node="n1", state=AgentState.running, url=None, updated_at=at,
-        probed_at=at, lag_txids=lag, seconds_since_sync=1.0,
+        probed_at=at, lag_txids=lag, lag_seconds=2.0 + lag, seconds_since_sync=1.0,
     )  # fmt: skip
 
 

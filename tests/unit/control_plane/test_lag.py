@@ -173,5 +173,6 @@ def test_assess_and_confirmed_at_edges() -> None:
     assert confirmed_at(Report(10, 50.0, 3.0), 9) is None  # the replica does not hold what the agent reported
     assert confirmed_at(Report(10, 50.0, 3.0), 10) == 47.0
     assert confirmed_at(Report(10, 50.0, None), 10) is None  # the agent never saw itself caught up
+    assert confirmed_at(Report(10, 50.0, 3.0, ready=False), 10) is None  # an unanswered probe: older fields
     with pytest.raises(ValueError):
         LagThresholds(lagging_after=50, stalled_after=10)
