@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sqlmodel import Session  # noqa: E402
+from sqlmodel import Session, update  # noqa: E402
 
 from control_plane.db.engine import make_engine, migrate  # noqa: E402
 from control_plane.db.models import Agent, AgentState  # noqa: E402
@@ -57,7 +57,6 @@ def main() -> None:
             url = f"sqlite:///{root / 'fleet.db'}"
             migrate(url)
             engine = make_engine(url)
-            now = time.time()
             with Session(engine) as session:
                 for i in range(args.agents):
                     tenant = f"lag{i:04d}"
@@ -73,7 +72,6 @@ def main() -> None:
                             generation=1,
                             state=AgentState.running,
                             local_txid=42,
-                            probed_at=now,
                             seconds_since_sync=1.0,
                         )
                     )
@@ -81,6 +79,9 @@ def main() -> None:
             sampler = LagSampler(engine, storage, LagThresholds(), concurrency=args.concurrency)
             rounds: list[dict[str, float]] = []
             for _ in range(args.rounds):
+                with Session(engine) as session:  # the health monitor's probes: every agent reported just now
+                    session.execute(update(Agent).values(probed_at=time.time()))
+                    session.commit()
                 started, cpu0 = time.perf_counter(), cpu()
                 sampler.tick()
                 sampler.wait(60)

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from control_plane.db.models import Agent, AgentState, ReplicationState
 from control_plane.storage.ports import ReplicaStore
@@ -233,18 +233,23 @@ class LagSampler:
         return txid, self._clock()
 
     def _write(self, writes: list[tuple[str, int, dict[str, Any]]], now: float) -> None:
+        """All of a tick's changes in one statement executed for many rows (one transaction)."""
         if not writes:
             return
-        with Session(self.engine) as session:
-            for agent_id, generation, values in writes:
-                session.execute(
-                    update(Agent)
-                    .where(col(Agent.id) == agent_id)
-                    .where(col(Agent.generation) == generation)
-                    .where(col(Agent.state) == AgentState.running)
-                    .values(**values, lag_sampled_at=now)
-                )
-            session.commit()
+        table = Agent.__table__  # type: ignore[attr-defined]
+        statement = (
+            update(table)
+            .where(table.c.id == bindparam("_id"))
+            .where(table.c.generation == bindparam("_generation"))
+            .where(table.c.state == AgentState.running)
+            .values({name: bindparam(name) for name in (*_COLUMNS, "lag_sampled_at")})
+        )
+        rows = [
+            {"_id": agent_id, "_generation": generation, **values, "lag_sampled_at": now}
+            for agent_id, generation, values in writes
+        ]
+        with self.engine.begin() as connection:
+            connection.execute(statement, rows)
 
 
 _COLUMNS = ("store_txid", "store_checked_at", "synced_at", "replication", "replication_note")
