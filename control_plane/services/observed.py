@@ -238,8 +238,10 @@ def tenant_workflows(
     for agent in agents:
         if agent.state != AgentState.running or agent.generation < 1:
             continue
-        if observer.follow_state(tenant, agent.ordinal, agent.generation) is None:
-            found.unavailable.append({"agent": agent.ordinal, "reason": f"gen {agent.generation} not followed yet"})
+        state = observer.follow_state(tenant, agent.ordinal, agent.generation)
+        if state is None or not state.ready:  # no copy to read yet: never a restore while a page renders
+            why = "not followed yet" if state is None else "its copy is not restored yet"
+            found.unavailable.append({"agent": agent.ordinal, "reason": f"gen {agent.generation} {why}"})
             continue
         try:
             listing = observer.workflows(
