@@ -45,6 +45,7 @@ bench: setup
 	$(PY) bench/durability.py
 	$(PY) bench/fleet.py
 	$(PY) bench/observer.py --agents 100 --modes follow,periodic
+	$(PY) bench/lag.py --agents 100
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

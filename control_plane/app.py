@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -28,7 +28,15 @@ from control_plane.db.models import NodeCreate
 from control_plane.drivers.docker import DockerDriver
 from control_plane.errors import BodyTooLarge, FleetError
 from control_plane.fleet.incarnations import Fleet
-from control_plane.observer import NoStateAt, Observer, ObserverError, ObserverSettings, ReplicaNotFound
+from control_plane.observer import (
+    LagSampler,
+    LagThresholds,
+    NoStateAt,
+    Observer,
+    ObserverError,
+    ObserverSettings,
+    ReplicaNotFound,
+)
 from control_plane.observer import WorkflowNotInCopy as ObservedWorkflowNotFound
 from control_plane.observer.fleet_sync import sync_followers
 from control_plane.pki import credential_set
@@ -118,6 +126,12 @@ def build_observer(settings: Settings, fleet: Fleet) -> Observer | None:
     return Observer(fleet.storage, config, credentials=key)
 
 
+def lag_sampler(settings: Settings, fleet: Fleet) -> LagSampler:
+    """Replication lag of every running agent, measured against the store (written on the agents' rows)."""
+    thresholds = LagThresholds(settings.replication_lagging_after, settings.replication_stalled_after)
+    return LagSampler(fleet.engine, fleet.storage, thresholds)
+
+
 def create_app(
     settings: Settings, fleet: Fleet | None = None, *, background: bool = True, observer: Observer | None = None
 ) -> FastAPI:
@@ -134,6 +148,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         workers: list[Any] = []
+        closers: list[Callable[[], None]] = []
         owned: Observer | None = None
         if background and fleet is not None:
             reconciler = Reconciler(
@@ -158,12 +173,21 @@ def create_app(
                 workers.append(
                     Periodic("litefleet-observer-sync", settings.observer_sync_interval, sync, first_at_once=True)
                 )
+            sampler = lag_sampler(settings, fleet)
+            closers.append(sampler.close)
+
+            def sample() -> None:
+                sampler.tick()
+
+            workers.append(Periodic("litefleet-lag", settings.lag_sample_interval, sample, first_at_once=True))
             for worker in workers:
                 worker.start()
         log.info("control_plane.started", database=url.split("@")[-1], workers=settings.workers)
         yield
         for worker in workers:
             worker.stop()
+        for close in closers:
+            close()
         if owned is not None:
             owned.close()
             app.state.observer = None

@@ -15,7 +15,16 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from control_plane.db.models import Agent, AgentState, Node, NodeState, Operation, OperationState
+from control_plane.db.models import (
+    Agent,
+    AgentPublic,
+    AgentState,
+    Node,
+    NodeState,
+    Operation,
+    OperationState,
+    ReplicationState,
+)
 
 # Measured in this process, shared by every app built in it.
 INSTRUMENTS = CollectorRegistry(auto_describe=True)
@@ -49,11 +58,10 @@ class FleetCollector(Collector):
         with Session(self.engine) as session:
             nodes = dict(session.exec(select(Node.state, func.count()).group_by(col(Node.state))).all())
             agents = dict(session.exec(select(Agent.state, func.count()).group_by(col(Agent.state))).all())
-            running = session.exec(
-                select(Agent.tenant, Agent.ordinal, Agent.lag_txids, Agent.seconds_since_sync).where(
-                    Agent.state == AgentState.running
-                )
-            ).all()
+            running = [
+                AgentPublic.model_validate(agent)
+                for agent in session.exec(select(Agent).where(Agent.state == AgentState.running))
+            ]
             operations = session.exec(
                 select(Operation.kind, Operation.state, func.count()).group_by(
                     col(Operation.kind), col(Operation.state)
@@ -102,24 +110,55 @@ def _by_label(name: str, doc: str, label: str, values: Iterable[object], counts:
     return family
 
 
-def _lag(running: Iterable[tuple[str, int, int | None, float | None]]) -> Iterator[Metric]:
+def _lag(running: Iterable[AgentPublic]) -> Iterator[Metric]:
+    """Per running agent, from the store-side measurement (control_plane/observer/lag.py). Labels: tenant and
+    agent ordinal (bounded by the fleet's size), and the replication state (four values)."""
+    labels = ["tenant", "agent"]
     txids = GaugeMetricFamily(
         "litefleet_agent_replication_lag_txids",
-        "Transactions a running agent has committed but not yet replicated (its last /readyz).",
-        labels=["tenant", "agent"],
+        "Transactions the agent reported committing that the replica in object storage does not list yet.",
+        labels=labels,
     )
     seconds = GaugeMetricFamily(
-        "litefleet_agent_seconds_since_sync",
-        "Seconds since a running agent's last successful replica sync (its last /readyz).",
-        labels=["tenant", "agent"],
+        "litefleet_agent_replication_lag_seconds",
+        "Seconds since the newest moment known to be covered by the replica (writes after it may be missing).",
+        labels=labels,
     )
-    for tenant, ordinal, lag, since in running:
-        if lag is not None:
-            txids.add_metric([tenant, str(ordinal)], lag)
-        if since is not None:
-            seconds.add_metric([tenant, str(ordinal)], since)
+    replica = GaugeMetricFamily(
+        "litefleet_agent_replica_txid", "Newest transaction id the replica lists in object storage.", labels=labels
+    )
+    state = GaugeMetricFamily(
+        "litefleet_agent_replication_state",
+        "1 for the agent's replication state measured against the store (ok, lagging, stalled, unknown).",
+        labels=[*labels, "state"],
+    )
+    since = GaugeMetricFamily(
+        "litefleet_agent_seconds_since_sync",
+        "Seconds since the agent's last successful replica sync, as the agent itself reports it (its /readyz).",
+        labels=labels,
+    )
+    by_state = {value.value: 0 for value in ReplicationState}
+    for agent in running:
+        key = [agent.tenant, str(agent.ordinal)]
+        if agent.lag_txids is not None:
+            txids.add_metric(key, agent.lag_txids)
+        if agent.lag_seconds is not None:
+            seconds.add_metric(key, agent.lag_seconds)
+        if agent.replica_txid is not None:
+            replica.add_metric(key, agent.replica_txid)
+        if agent.seconds_since_sync is not None:
+            since.add_metric(key, agent.seconds_since_sync)
+        for value in ReplicationState:
+            state.add_metric([*key, value.value], 1 if agent.replication == value else 0)
+        by_state[agent.replication.value] += 1
     yield txids
     yield seconds
+    yield replica
+    yield state
+    yield since
+    yield _by_label(
+        "litefleet_agents_by_replication", "Running agents by replication state.", "state", ReplicationState, by_state
+    )
 
 
 def _operations(

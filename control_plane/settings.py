@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     # one Docker network per tenant on each node, with firewall rules that leave its containers only the store's S3
     # port and public addresses (control_plane/drivers/network.py); off only for engines where that cannot work
     tenant_networks: bool = True
+    # replication measured against the store (control_plane/observer/lag.py): seconds without a confirmed sync
+    # before an agent is `lagging`, then `stalled` (a healthy agent's is about its probe interval + heartbeat_interval)
+    replication_lagging_after: float = 20.0
+    replication_stalled_after: float = 45.0
+    lag_sample_interval: float = 2.0  # seconds between reads of the running agents' replica positions (one LIST each)
     pki_dir: Path | None = None  # engines' CA and client credential sets (control_plane/pki.py); None: STATE_DIR/pki
 
     @property

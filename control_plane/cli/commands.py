@@ -205,7 +205,8 @@ def tenants_get(name: str, as_json: JsonOption = False) -> None:
         return
     _show(tenant, False, TENANT_COLUMNS)
     typer.echo("")
-    columns = ["ordinal", "generation", "node", "state", "ready", "lag_txids", "seconds_since_sync", "url", "probed_at"]
+    columns = ["ordinal", "generation", "node", "state", "ready", "replication", "lag_txids", "lag_seconds"]
+    columns += ["url", "probed_at"]
     typer.echo(table(tenant["placements"], columns))
 
 

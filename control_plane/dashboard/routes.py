@@ -24,7 +24,7 @@ from sqlmodel import Session
 from control_plane.dashboard import plots
 from control_plane.dashboard.auth import COOKIE, require_viewer, safe_next, session_value, token_matches
 from control_plane.dashboard.history import LagHistory
-from control_plane.services import overview
+from control_plane.services import observed, overview
 from control_plane.services.operations import get_operation
 
 T = TypeVar("T")
@@ -157,12 +157,16 @@ async def fleet(request: Request, engine: EngineDep, lag: LagDep) -> Response:
 async def tenant(name: str, request: Request, engine: EngineDep, lag: LagDep) -> Response:
     history = await _read(engine, lambda session: overview.tenant_history(session, name))
     lag.record(history.tenant.placements)
+    workflows = await run_in_threadpool(
+        observed.tenant_workflows, request.app.state.observer, name, history.tenant.placements
+    )
     moves = [(op.id, op.downtime_s) for op in history.operations if op.downtime_s]
     durations = [
         (f"{op.kind} {op.id[:6]}", op.duration_s) for op in history.operations[-15:] if op.duration_s is not None
     ]
     context = {
         "history": history,
+        "workflows": workflows,
         "lag_chart": _lag_chart(lag, f"{name}/"),
         "durations_chart": plots.bar_chart(durations, unit="s"),
         "downtime_chart": _downtime_chart(moves[-10:]),
@@ -192,8 +196,11 @@ async def events(request: Request, engine: EngineDep) -> Response:
 def _lag_chart(lag: LagHistory, prefix: str) -> Any:
     series = lag.series(prefix)
     return plots.line_chart(
-        {key: [(sample.at, float(sample.lag_txids)) for sample in samples] for key, samples in series.items()},
-        unit="txids behind",
+        {
+            key: [(sample.at, sample.lag_seconds) for sample in samples if sample.lag_seconds is not None]
+            for key, samples in series.items()
+        },
+        unit="s since the store confirmed a sync",
     )
 
 

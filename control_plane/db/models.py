@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import StringConstraints
+from pydantic import StringConstraints, computed_field, model_validator
 from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -107,6 +108,12 @@ class TenantPublic(TenantBase):
     created_at: float
     placements: list[AgentPublic] = []
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def replication(self) -> ReplicationState:
+        """The worst replication state of the tenant's running agents (ok when none runs)."""
+        return worst_replication(a.replication for a in self.placements if a.state == AgentState.running)
+
 
 class Tenant(TenantBase, table=True):
     name: str = Field(primary_key=True, max_length=40)
@@ -147,8 +154,28 @@ class AgentState(StrEnum):
 PLACED_STATES = (AgentState.running, AgentState.starting, AgentState.stopping)
 
 
+class ReplicationState(StrEnum):
+    """Replication measured against the store (see `AgentLag`), worst last."""
+
+    ok = "ok"
+    unknown = "unknown"  # not running, or nothing measured yet
+    lagging = "lagging"
+    stalled = "stalled"
+
+
+REPLICATION_ORDER = (ReplicationState.ok, ReplicationState.unknown, ReplicationState.lagging, ReplicationState.stalled)
+
+
+def worst_replication(states: Iterable[ReplicationState | None]) -> ReplicationState:
+    """The worst of `states` (ok < unknown < lagging < stalled); ok when there are none."""
+    found = [state or ReplicationState.unknown for state in states]
+    return max(found, key=REPLICATION_ORDER.index, default=ReplicationState.ok)
+
+
 class AgentHealth(SQLModel):
-    """The agent's own view of its replication, from its last `/readyz` probe by the health monitor."""
+    """The agent's own view of its replication, from its last `/readyz` probe by the health monitor. Its
+    `replica_txid` and `lag_txids` are what the agent believes (they stay put while the store is frozen); the API
+    shows the store-side measurement (`AgentLag`) instead."""
 
     probed_at: float | None = None
     ready: bool | None = None
@@ -158,7 +185,25 @@ class AgentHealth(SQLModel):
     seconds_since_sync: float | None = None
 
 
-class AgentPublic(AgentHealth):
+class AgentLag(SQLModel):
+    """Replication measured against the store by the lag sampler (control_plane/observer/lag.py): the replica's
+    newest txid as listed in object storage, and `synced_at`, the newest moment known to be covered by it (every
+    write the agent acknowledged before it is in the replica). Written only by the sampler."""
+
+    store_txid: int | None = Field(default=None, sa_type=BigInteger)
+    store_checked_at: float | None = None  # the last successful read of the replica's position
+    synced_at: float | None = None
+    replication: str | None = Field(default=None, max_length=10)  # a ReplicationState value
+    replication_note: str | None = Field(default=None, max_length=300)
+    lag_sampled_at: float | None = None
+
+
+class AgentPublic(SQLModel):
+    """An agent as the API shows it. Replication is the store-side measurement: `replica_txid` is the replica's
+    newest txid in object storage, `local_txid` the last one the agent reported committing, `lag_txids` the
+    difference, `lag_seconds` how long ago `synced_at` was (writes acknowledged after it may not be in the
+    replica), `replication` ok / lagging / stalled / unknown. `seconds_since_sync` is the agent's own view."""
+
     tenant: str
     ordinal: int
     generation: int
@@ -166,9 +211,44 @@ class AgentPublic(AgentHealth):
     state: AgentState
     url: str | None
     updated_at: float
+    probed_at: float | None = None
+    ready: bool | None = None
+    local_txid: int | None = None
+    replica_txid: int | None = None
+    lag_txids: int | None = None
+    lag_seconds: float | None = None
+    synced_at: float | None = None
+    replica_checked_at: float | None = None
+    replication: ReplicationState = ReplicationState.unknown
+    replication_note: str | None = None
+    seconds_since_sync: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_row(cls, data: Any) -> Any:
+        if not isinstance(data, Agent):
+            return data
+        now = time.time()
+        running = data.state == AgentState.running
+        local, store = data.local_txid, data.store_txid
+        return {
+            **{name: getattr(data, name) for name in ("tenant", "ordinal", "generation", "node", "state", "url")},
+            "updated_at": data.updated_at,
+            "probed_at": data.probed_at,
+            "ready": data.ready,
+            "local_txid": local,
+            "replica_txid": store,
+            "lag_txids": None if local is None or store is None else max(0, local - store),
+            "lag_seconds": None if data.synced_at is None else round(max(0.0, now - data.synced_at), 3),
+            "synced_at": data.synced_at,
+            "replica_checked_at": data.store_checked_at,
+            "replication": ReplicationState(data.replication or "unknown") if running else ReplicationState.unknown,
+            "replication_note": data.replication_note if running else None,
+            "seconds_since_sync": data.seconds_since_sync,
+        }
 
 
-class Agent(AgentHealth, table=True):
+class Agent(AgentHealth, AgentLag, table=True):
     __table_args__ = (UniqueConstraint("tenant", "ordinal"),)
     id: str = Field(primary_key=True, max_length=60)  # "{tenant}/{ordinal}"
     tenant: str = Field(index=True, max_length=40)

@@ -6,9 +6,11 @@ processes   litestream configs, `restore -f` followers, one-off restores, the re
 copies      followed agents: live followers up to the cap, periodic restores beyond, upkeep and rebalance
 snapshots   point-in-time restores, cached
 facade      Observer: the one object the control plane holds
+lag         LagSampler: replication lag measured against the store (written on the agents' rows)
 """
 
 from control_plane.observer.facade import Observer
+from control_plane.observer.lag import LagSampler, LagThresholds
 from control_plane.observer.models import (
     PROBLEM_STATUSES,
     AgentRef,
@@ -43,6 +45,8 @@ __all__ = [
     "EventRecord",
     "FollowState",
     "Freshness",
+    "LagSampler",
+    "LagThresholds",
     "LogEntry",
     "NoStateAt",
     "Observer",

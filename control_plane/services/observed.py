@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlmodel import Session
 
+from control_plane.db.models import AgentPublic, AgentState
 from control_plane.errors import ObserverUnavailable, WorkflowNotFound
 from control_plane.observer import (
     PROBLEM_STATUSES,
@@ -210,3 +213,46 @@ def problems(observer: Observer | None, limit_per_agent: int = 100) -> dict[str,
             for u in report.unavailable
         ],
     }
+
+
+@dataclass
+class TenantWorkflows:
+    """A tenant's workflows by status, summed over its running agents' followed copies, with the ERROR and
+    BLOCKED ones listed (newest first). Agents without a readable copy are named in `unavailable`, never counted
+    as empty."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    unavailable: list[dict[str, Any]] = field(default_factory=list)
+
+
+def tenant_workflows(
+    observer: Observer | None, tenant: str, agents: Iterable[AgentPublic], limit_per_agent: int = 50
+) -> TenantWorkflows:
+    """From the followed copies only (a dashboard page never waits for a restore). Read-only."""
+    found = TenantWorkflows()
+    if observer is None:
+        found.unavailable.append({"agent": None, "reason": "the observer is not running"})
+        return found
+    for agent in agents:
+        if agent.state != AgentState.running or agent.generation < 1:
+            continue
+        state = observer.follow_state(tenant, agent.ordinal, agent.generation)
+        if state is None or not state.ready:  # no copy to read yet: never a restore while a page renders
+            why = "not followed yet" if state is None else "its copy is not restored yet"
+            found.unavailable.append({"agent": agent.ordinal, "reason": f"gen {agent.generation} {why}"})
+            continue
+        try:
+            listing = observer.workflows(
+                tenant, agent.ordinal, agent.generation, status=PROBLEM_STATUSES, limit=limit_per_agent
+            )
+        except ObserverError as exc:
+            found.unavailable.append({"agent": agent.ordinal, "reason": str(exc)})
+            continue
+        for status, count in listing.counts.items():
+            found.counts[status] = found.counts.get(status, 0) + count
+        found.sources.append(freshness_json(listing.source))
+        found.problems.extend({**workflow_json(w), "agent": agent.ordinal} for w in listing.workflows)
+    found.problems.sort(key=lambda w: w["updated_at"], reverse=True)
+    return found

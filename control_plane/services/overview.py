@@ -22,27 +22,29 @@ from control_plane.db.models import (
     Operation,
     OperationKind,
     OperationState,
+    ReplicationState,
     Tenant,
     TenantPublic,
+    worst_replication,
 )
 from control_plane.services.nodes import list_nodes
 from control_plane.services.operations import get_operation, list_operations
 from control_plane.services.tenants import find_tenant, tenant_public
 
 TRANSIENT_STATES = (AgentState.starting, AgentState.stopping)
+BEHIND = (ReplicationState.stalled, ReplicationState.lagging)  # measured against the store (observer/lag.py)
 MOVES = (OperationKind.evacuate, OperationKind.drain, OperationKind.failover)
 
 
 @dataclass(frozen=True)
 class Thresholds:
     stuck_after_s: float = 120.0  # an agent starting or stopping longer than this is stuck
-    stalled_after_s: float = 30.0  # a running agent whose last sync is older than this is not replicating
     failed_within_s: float = 24 * 3600.0  # failed operations this recent are shown as alerts
 
 
 @dataclass(frozen=True)
 class Alert:
-    kind: str  # node_down, replication_stalled, agent_stuck, operation_failed, lag_growing
+    kind: str  # node_down, replication_stalled, replication_lagging, agent_stuck, operation_failed, lag_growing
     subject: str  # what it is about: a node, tenant/ordinal, or an operation id
     message: str
     link: str | None = None  # a dashboard path
@@ -54,6 +56,7 @@ class TenantSummary:
     state: str
     desired: int
     by_state: dict[str, int]
+    replication: str = ReplicationState.ok.value  # the worst of its running agents'
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,10 @@ def fleet_overview(session: Session, thresholds: Thresholds = Thresholds(), now:
         for agent in agents:
             if agent.tenant == tenant.name:
                 by_state[agent.state.value] = by_state.get(agent.state.value, 0) + 1
-        tenants.append(TenantSummary(tenant.name, tenant.state.value, tenant.agents, by_state))
+        worst = worst_replication(
+            a.replication for a in agents if a.tenant == tenant.name and a.state == AgentState.running
+        )
+        tenants.append(TenantSummary(tenant.name, tenant.state.value, tenant.agents, by_state, worst.value))
     operations = list(list_operations(session, None, None, 50))
     return Overview(now, nodes, tenants, agents, operations, _alerts(nodes, agents, operations, thresholds, now))
 
@@ -111,24 +117,23 @@ def _alerts(
                     link,
                 )
             )
-        if (
-            agent.state == AgentState.running
-            and agent.seconds_since_sync is not None
-            and agent.seconds_since_sync > thresholds.stalled_after_s
-        ):
-            alerts.append(
-                Alert(
-                    "replication_stalled",
-                    subject,
-                    f"{subject} last synced {agent.seconds_since_sync:.0f}s ago ({agent.lag_txids} txids behind)",
-                    link,
-                )
-            )
+        if agent.state == AgentState.running and agent.replication in BEHIND:
+            alerts.append(Alert(f"replication_{agent.replication.value}", subject, _behind(subject, agent), link))
     for op in operations:
         if op.state == OperationState.failed and now - (op.finished_at or op.updated_at) < thresholds.failed_within_s:
             what = f"{op.kind.value} of {op.tenant or op.node}"
             alerts.append(Alert("operation_failed", op.id, f"{what} failed: {op.error}", f"/ui/operations/{op.id}"))
     return alerts
+
+
+def _behind(subject: str, agent: AgentPublic) -> str:
+    since = (
+        "no sync ever confirmed" if agent.lag_seconds is None else f"last confirmed sync {agent.lag_seconds:.0f}s ago"
+    )
+    where = f"replica at txid {agent.replica_txid}, agent reported {agent.local_txid}"
+    return f"{subject} replication {agent.replication.value}: {since} ({where}); {agent.replication_note or ''}".rstrip(
+        "; "
+    )
 
 
 # -- a tenant's history ---------------------------------------------------------------------------------------------

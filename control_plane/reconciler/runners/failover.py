@@ -2,7 +2,8 @@
 
 Nothing on the dead node can be stopped or proven: CURRENT moves to g+1 first and g's key is revoked, so a
 zombie that comes back can neither keep its fence nor write; what it had not replicated is lost, and the result
-says how much (the replica's txid and the age of its last sync when the node was declared down). Re-running is
+says what the store can prove (`loss_report`: the replica's last txid and its time, and "writes acknowledged
+after T may be lost", T being the last sync the store confirmed). Re-running is
 safe for the same reasons as a move: the plan is recorded, starting reuses the container, done agents are skipped.
 
 The new generation starts only after the old agent's lease ran out (DESIGN invariant 6, issue 11): CURRENT moves
@@ -12,9 +13,11 @@ acknowledged is in the replica g+1 restores from, or inside the reported replica
 
 from __future__ import annotations
 
+import datetime as dt
 import time
+from typing import Any
 
-from control_plane.db.models import AgentState
+from control_plane.db.models import Agent, AgentState
 from control_plane.errors import OperationFailed
 from control_plane.fleet.fence import advance_current, fence_out
 from control_plane.fleet.incarnations import Fleet
@@ -33,25 +36,61 @@ def fail_over(fleet: Fleet, ctx: OpContext, agent_id: str, node: str, declared_d
     if not isinstance(plan, MovePlan):
         raise OperationFailed(f"no fail-over planned for agent {agent_id}")
     old = plan.from_generation
-    txid, synced_at = fleet.storage.replica_position(agent.tenant, agent.ordinal, old)
-    # the agent's last reported local txid, if it was probed as this generation: a lower bound of the loss
-    known_local = agent.local_txid if agent.generation == old and agent.local_txid is not None else None
-    lost_at_least = None if known_local is None else max(0, known_local - txid)
+    # measured before anything changes (the row is still gen `old`'s) and kept, so a re-run reports the same
+    loss = ctx.remember("loss", loss_report(fleet, agent, old, declared_down), agent_id)
     fleet.set_agent(agent.tenant, agent.ordinal, state=AgentState.lost)
     fence_out(fleet.credentials, agent.tenant, agent.ordinal, old)
     wait_out_lease(fleet, ctx, agent_id, agent.tenant, agent.ordinal, plan.generation)
     fleet.start(ctx, tenant, agent.ordinal, plan.generation, fleet.node(plan.node), old)
-    window = None if synced_at is None else round(max(0.0, declared_down - synced_at), 3)
-    ctx.mark_done(agent_id, restored_txid=txid, loss_window_s=window, lost_txids_at_least=lost_at_least)
+    txid, window = loss["last_replicated_txid"], loss["loss_window_s"]
+    ctx.mark_done(agent_id, restored_txid=txid, loss_window_s=window, loss=loss)
     ctx.step(
         "agent.failed_over",
         f"{node} is down: gen {plan.generation} on {plan.node} from gen {old}'s replica at txid {txid}; "
-        f"writes in the last {window}s before the node was declared down may be lost "
-        f"(its last probe saw local txid {known_local})",
+        f"{loss['statement']}",
         agent=agent.ordinal,
         restored_txid=txid,
         loss_window_s=window,
+        may_be_lost_after=loss["may_be_lost_after"],
     )
+
+
+def loss_report(fleet: Fleet, agent: Agent, old: int, declared_down: float) -> dict[str, Any]:
+    """What a fail-over of generation `old` can prove about its loss, from the store:
+
+    - `last_replicated_txid` / `last_replicated_at`: the replica's newest transaction and when the store received
+      it (what the new generation restores);
+    - `confirmed_synced_at`: the store-side lag measurement's last confirmed sync (control_plane/observer/lag.py),
+      before which every write the agent acknowledged is in that replica; None when never confirmed;
+    - `may_be_lost_after`: writes acknowledged after this moment may be lost (the confirmed sync, else, unproven,
+      the store's time of the newest replica file), and `loss_window_s` from it to the node's declared death;
+    - `lost_txids_at_least`: only when the agent reported committing more than the replica holds (a proven loss);
+      nothing is claimed when it cannot be known.
+    Reads only: safe to call again (the fail-over records the first answer)."""
+    txid, written_at = fleet.storage.replica_position(agent.tenant, agent.ordinal, old)
+    measured = agent.generation == old
+    confirmed = agent.synced_at if measured and agent.synced_at is not None else None
+    local = agent.local_txid if measured else None
+    after = confirmed if confirmed is not None else written_at
+    report: dict[str, Any] = {
+        "last_replicated_txid": txid,
+        "last_replicated_at": written_at,
+        "confirmed_synced_at": confirmed,
+        "may_be_lost_after": after,
+        "loss_window_s": None if after is None else round(max(0.0, declared_down - after), 3),
+        "agent_reported_txid": local,
+    }
+    if local is not None and local > txid:
+        report["lost_txids_at_least"] = local - txid
+    if after is None:
+        report["statement"] = "the replica has no transaction: everything the agent acknowledged may be lost"
+    else:
+        moment = dt.datetime.fromtimestamp(after, dt.UTC).isoformat(timespec="milliseconds")
+        proof = "the last sync the store confirmed" if confirmed is not None else "unconfirmed: the newest replica file"
+        report["statement"] = f"writes acknowledged after {moment} may be lost ({proof})"
+        if "lost_txids_at_least" in report:
+            report["statement"] += f"; at least {report['lost_txids_at_least']} txids the agent reported are not in it"
+    return report
 
 
 def wait_out_lease(fleet: Fleet, ctx: OpContext, agent_id: str, tenant: str, ordinal: int, generation: int) -> None:

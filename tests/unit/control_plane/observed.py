@@ -139,6 +139,10 @@ class FakeObserver:
             del self.follows[ref]
         return len(refs)
 
+    def follow_state(self, tenant: str, agent: int, generation: int) -> FollowState | None:
+        ref = AgentRef(tenant, agent, generation)
+        return self._follow_state(ref) if ref in self.follows else None
+
     def followed(self) -> list[FollowState]:
         return [self._follow_state(ref) for ref in sorted(self.follows)]
 

@@ -270,6 +270,10 @@ def test_failover_converges_after_a_crash_at_every_point(engine: Engine) -> None
             for step in started:
                 first_wait = min(w["not_before"] for w in waited if w["agent"] == step["agent"])
                 assert step["at"] >= first_wait
+            # the loss report, measured once before anything changed, survives every re-run
+            for agent_id, loss in row.result["loss"].items():
+                assert loss["last_replicated_txid"] == row.result["restored_txid"][agent_id] >= 1
+                assert "may be lost" in loss["statement"] and "lost_txids_at_least" not in loss
 
     crash_everywhere(engine, setup, check)
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col, update
 
 from control_plane.app import create_app
 from control_plane.dashboard import plots
@@ -29,9 +30,11 @@ from control_plane.db.models import (
     OperationState,
     Tenant,
 )
+from control_plane.observer import AgentRef, CopyKind
 from control_plane.services import overview
 from control_plane.settings import Settings
 from tests.unit.control_plane.fakes import fake_fleet
+from tests.unit.control_plane.observed import FakeObserver, add_tenant, info
 
 TOKEN = "dash-s3cret-of-24-characters"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -160,10 +163,15 @@ def test_alerts_name_down_nodes_stuck_agents_stalled_replication_and_failed_oper
         session.add(Node(name="n1", engine_url="fake-n1", state=NodeState.down, last_seen_at=now - 60))
         session.add(Tenant(name="acme", agents=3))
         session.add(Agent(id="acme/0", tenant="acme", ordinal=0, state=AgentState.starting, updated_at=now - 600))
+        # acme/1's own view says all is well; the store-side measurement says stalled
+        stalled = {"seconds_since_sync": 1, "lag_txids": 0, "local_txid": 9, "store_txid": 2, "synced_at": now - 90}
         session.add(
-            Agent(id="acme/1", tenant="acme", ordinal=1, state=AgentState.running, seconds_since_sync=90, lag_txids=7)
+            Agent(id="acme/1", tenant="acme", ordinal=1, state=AgentState.running, replication="stalled", **stalled)
         )
-        session.add(Agent(id="acme/2", tenant="acme", ordinal=2, state=AgentState.running, seconds_since_sync=1))
+        session.add(
+            Agent(id="acme/2", tenant="acme", ordinal=2, state=AgentState.running, replication="ok", synced_at=now)
+        )
+        session.add(Agent(id="acme/3", tenant="acme", ordinal=3, state=AgentState.retained, replication="stalled"))
         session.add(
             Operation(
                 id="op1",
@@ -183,7 +191,9 @@ def test_alerts_name_down_nodes_stuck_agents_stalled_replication_and_failed_oper
         ("replication_stalled", "acme/1"),
         ("operation_failed", "op1"),
     }
-    assert view.tenants[0].by_state == {"starting": 1, "running": 2}
+    message = next(alert.message for alert in view.alerts if alert.kind == "replication_stalled")
+    assert re.search(r"last confirmed sync 9\ds ago", message) and "replica at txid 2, agent reported 9" in message
+    assert view.tenants[0].by_state == {"starting": 1, "running": 2, "retained": 1}
 
 
 def test_the_overview_page_shows_alerts(engine: Engine, tmp_path: Path) -> None:
@@ -251,7 +261,7 @@ def test_a_stream_answers_404_for_an_unknown_operation(api: TestClient) -> None:
 def agent(lag: int, at: float) -> AgentPublic:
     return AgentPublic(
         tenant="acme", ordinal=0, generation=1, node="n1", state=AgentState.running, url=None, updated_at=at,
-        probed_at=at, lag_txids=lag, seconds_since_sync=1.0,
+        probed_at=at, lag_txids=lag, lag_seconds=2.0 + lag, seconds_since_sync=1.0,
     )  # fmt: skip
 
 
@@ -290,3 +300,44 @@ def test_growing_lag_is_an_alert_only_while_the_agent_runs(engine: Engine, tmp_p
     assert "alert-lag_growing" in page.text
     assert "acme/0: lag grew" in page.text and "acme/1: lag grew" not in page.text
     assert "<polyline" in page.text  # the lag chart plots what was sampled
+
+
+# -- a tenant's workflows (from the observer) and replication -------------------------------------------------------
+
+
+def test_tenant_page_workflows_by_status_and_store_side_replication(engine: Engine, tmp_path: Path) -> None:
+    add_tenant(engine, "acme", {0: (AgentState.running, 1), 1: (AgentState.running, 2), 2: (AgentState.running, 1)})
+    with Session(engine) as session:
+        session.execute(
+            update(Agent)
+            .where(col(Agent.id) == "acme/0")
+            .values(replication="stalled", local_txid=50, store_txid=41, synced_at=time.time() - 70)
+        )
+        session.execute(update(Agent).where(col(Agent.id) == "acme/1").values(replication="ok"))
+        session.commit()
+    observer = FakeObserver(
+        copies={
+            ("acme", 0): (1, [info("a"), info("b"), info("bad", "ERROR", error="boom")]),
+            ("acme", 1): (2, [info("c"), info("stuck", "BLOCKED")]),
+            ("acme", 2): (1, [info("not-counted")]),  # its generation is not followed: named, not counted
+        }
+    )
+    observer.follows = {AgentRef("acme", 0, 1): CopyKind.follow, AgentRef("acme", 1, 2): CopyKind.periodic}
+    url = engine.url.render_as_string(hide_password=False)
+    settings = Settings(state_dir=tmp_path, database_url=url, api_token=TOKEN)
+    with TestClient(create_app(settings, background=False, observer=observer)) as client:  # type: ignore[arg-type]
+        page = client.get("/ui/tenants/acme", headers=AUTH)
+        tenant = client.get("/v1/tenants/acme", headers=AUTH).json()
+    assert page.status_code == 200
+    workflows = page.text.split('id="workflows"')[1]
+    for badge in ("3 SUCCESS", "1 ERROR", "1 BLOCKED"):
+        assert badge in workflows
+    problems = workflows.split('id="problem-workflows"')[1]
+    assert "bad" in problems and "ValueError: boom" in problems and "stuck" in problems and ">a<" not in problems
+    assert "agent 2: gen 1 not followed yet" in workflows
+    assert 'id="tenant-replication">replication stalled' in page.text
+    assert tenant["replication"] == "stalled"
+    placements = {agent["ordinal"]: agent for agent in tenant["placements"]}
+    assert (placements[0]["replica_txid"], placements[0]["local_txid"], placements[0]["lag_txids"]) == (41, 50, 9)
+    assert placements[0]["lag_seconds"] >= 70 and placements[1]["replication"] == "ok"
+    assert placements[2]["replication"] == "unknown"

@@ -3,6 +3,7 @@ own parser; the same token as /v1; label values bounded (no workflow ids)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from sqlmodel import Session, col, update
 from control_plane.app import create_app
 from control_plane.db.models import Agent, AgentState, Node, NodeState, Operation, OperationKind, OperationState
 from control_plane.fleet.incarnations import Fleet
-from control_plane.observer import AgentRef, CopyKind
+from control_plane.observer import AgentRef, CopyKind, LagSampler, LagThresholds
 from control_plane.reconciler.health import HealthMonitor
 from control_plane.settings import Settings
 from tests.unit.control_plane.fakes import FakeCredentials, FakeReplicas
@@ -51,8 +52,16 @@ def test_metrics_are_the_fleet_db_at_scrape_time(engine: Engine, tmp_path: Path)
         session.commit()
     add_tenant(engine, "acme", {0: (AgentState.running, 1), 1: (AgentState.running, 2), 2: (AgentState.retained, 1)})
     with Session(engine) as session:
-        session.execute(update(Agent).where(col(Agent.id) == "acme/0").values(lag_txids=7, seconds_since_sync=1.5))
+        # the agent believes it is caught up (lag 0); the store lists txid 3 of the 10 it reported
+        report = {"local_txid": 10, "replica_txid": 10, "lag_txids": 0, "seconds_since_sync": 1.5}
+        session.execute(update(Agent).where(col(Agent.id) == "acme/0").values(probed_at=time.time(), **report))
         session.commit()
+    replicas = FakeReplicas()
+    replicas.txids[("acme", 0, 1)] = 3
+    sampler = LagSampler(engine, replicas, LagThresholds())
+    sampler.tick()
+    sampler.wait()
+    sampler.tick()
 
     observer = FakeObserver(copies={("acme", 0): (1, [info("w")])})
     observer.follows = {AgentRef("acme", 0, 1): CopyKind.follow, AgentRef("acme", 1, 2): CopyKind.periodic}
@@ -71,9 +80,17 @@ def test_metrics_are_the_fleet_db_at_scrape_time(engine: Engine, tmp_path: Path)
     assert value("litefleet_nodes", state="ready") == 2 and value("litefleet_nodes", state="down") == 1
     assert value("litefleet_nodes", state="draining") == 0
     assert value("litefleet_agents", state="running") == 2 and value("litefleet_agents", state="retained") == 1
-    assert value("litefleet_agent_replication_lag_txids", tenant="acme", agent=0) == 7
-    assert value("litefleet_agent_seconds_since_sync", tenant="acme", agent=0) == 1.5
+    assert value("litefleet_agent_replication_lag_txids", tenant="acme", agent=0) == 7  # store-side
+    assert value("litefleet_agent_replica_txid", tenant="acme", agent=0) == 3
+    assert value("litefleet_agent_seconds_since_sync", tenant="acme", agent=0) == 1.5  # the agent's own view
+    assert value("litefleet_agent_replication_state", tenant="acme", agent=0, state="unknown") == 1  # just watched
+    assert value("litefleet_agent_replication_state", tenant="acme", agent=0, state="ok") == 0
+    assert value("litefleet_agents_by_replication", state="unknown") == 2
     assert ("litefleet_agent_replication_lag_txids", (("agent", "1"), ("tenant", "acme"))) not in found  # unknown
+    assert (
+        "litefleet_agent_replication_lag_seconds",
+        (("agent", "0"), ("tenant", "acme")),
+    ) not in found  # never synced
     assert value("litefleet_operations_total", kind="scale", state="succeeded") == 2
     assert value("litefleet_operations_total", kind="evacuate", state="failed") == 1
     assert value("litefleet_reconciler_queue_depth") == 1
