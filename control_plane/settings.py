@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     lease_seconds: float = 6.0  # an operation's claim expires this long after its worker stops renewing it
     heartbeat_interval: float = 5.0
     node_grace_heartbeats: int = 3  # missed heartbeats before a node is marked down (one miss is not death)
+    heartbeat_timeout: float = 3.0  # a ping not answered within this counts as missed (down: interval x grace + this)
+    health_parallelism: int = 64  # nodes pinged / agents probed at once by the health monitor
     observer: bool = True  # keep read-only copies of agents' databases (history, lookups of stopped agents)
     observer_max_followers: int = 32  # live `litestream restore -f` processes; agents beyond are restored periodically
     observer_follow_interval: float = 1.0  # seconds between a follower's polls of its replica (S3 LISTs)
