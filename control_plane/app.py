@@ -150,7 +150,7 @@ def create_app(
         return get_swagger_ui_html(openapi_url="/openapi.json", title="litefleet API")
 
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:  # on the event loop: never queued behind the worker threads
         return {"status": "ok"}
 
     @app.middleware("http")
