@@ -81,6 +81,13 @@ class NoAgentRunning(FleetError):
     status, code = 503, "no_agent_running"
 
 
+class AgentUnavailable(FleetError):
+    """The agents that could take or answer the request do not answer now (frozen, moving, or gone)."""
+
+    status, code = 503, "agent_unavailable"
+    retry_after: int | None = 2
+
+
 class TooManyWaits(FleetError):
     """Past the cap on concurrent waits (settings.max_waits): retry, or poll without waiting."""
 
