@@ -46,6 +46,7 @@ bench: setup
 	$(PY) bench/fleet.py
 	$(PY) bench/observer.py --agents 100 --modes follow,periodic
 	$(PY) bench/lag.py --agents 100
+	$(PY) bench/control_plane_start.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -44,6 +44,7 @@ from control_plane.reconciler.health import HealthMonitor
 from control_plane.reconciler.runners import runners
 from control_plane.reconciler.worker import Reconciler
 from control_plane.services.nodes import EngineProbe
+from control_plane.services.waits import Waits
 from control_plane.settings import Settings, admin_secret, api_token
 from control_plane.storage.credentials import SeaweedCredentials
 from control_plane.storage.replicas import ObjectStorage
@@ -199,6 +200,7 @@ def create_app(
     app.state.token = token
     app.state.probe_engine = engine_probe(settings)
     app.state.observer = observer
+    app.state.waits = Waits(engine, limit=settings.max_waits, interval=settings.wait_poll_interval)
 
     def followers() -> dict[str, int]:
         current: Observer | None = app.state.observer
@@ -218,7 +220,7 @@ def create_app(
         return get_swagger_ui_html(openapi_url="/openapi.json", title="litefleet API")
 
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:  # on the event loop: never queued behind the worker threads
         return {"status": "ok"}
 
     @app.middleware("http")
@@ -236,7 +238,8 @@ def create_app(
 
     @app.exception_handler(FleetError)
     async def fleet_error(_: Request, exc: FleetError) -> JSONResponse:
-        return JSONResponse({"code": exc.code, "message": str(exc)}, status_code=exc.status)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return JSONResponse({"code": exc.code, "message": str(exc)}, status_code=exc.status, headers=headers)
 
     @app.exception_handler(ObserverError)
     async def observer_error(_: Request, exc: ObserverError) -> JSONResponse:

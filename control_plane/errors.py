@@ -6,6 +6,7 @@ from __future__ import annotations
 class FleetError(Exception):
     status = 400
     code = "bad_request"
+    retry_after: int | None = None  # seconds, sent as Retry-After (a refusal worth retrying soon)
 
 
 class InvalidRequest(FleetError):
@@ -86,6 +87,20 @@ class EngineUnreachableError(FleetError):
 
 class NoAgentRunning(FleetError):
     status, code = 503, "no_agent_running"
+
+
+class AgentUnavailable(FleetError):
+    """The agents that could take or answer the request do not answer now (frozen, moving, or gone)."""
+
+    status, code = 503, "agent_unavailable"
+    retry_after: int | None = 2
+
+
+class TooManyWaits(FleetError):
+    """Past the cap on concurrent waits (settings.max_waits): retry, or poll without waiting."""
+
+    status, code = 429, "too_many_waits"
+    retry_after: int | None = 1
 
 
 class OperationFailed(Exception):

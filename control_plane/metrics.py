@@ -35,6 +35,12 @@ HEARTBEAT_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
     registry=INSTRUMENTS,
 )
+HEARTBEAT_ROUND_SECONDS = Histogram(
+    "litefleet_heartbeat_round_seconds",
+    "Time one heartbeat round took (every node pinged at once, results written).",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=INSTRUMENTS,
+)
 PROBE_SECONDS = Histogram(
     "litefleet_agent_probe_seconds",
     "Time an agent took to answer its /readyz probe (no answer included).",

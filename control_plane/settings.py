@@ -50,8 +50,12 @@ class Settings(BaseSettings):
     agent_lease_timeout: float = 15.0
     agent_lease_margin: float = 1.0  # added to that wait, for the agents' clock rates
     lease_seconds: float = 6.0  # an operation's claim expires this long after its worker stops renewing it
+    max_waits: int = 100  # `?wait=` requests waiting at once per control plane; past it: 429 too_many_waits
+    wait_poll_interval: float = 0.2  # seconds between the one poll of every awaited operation's state
     heartbeat_interval: float = 5.0
     node_grace_heartbeats: int = 3  # missed heartbeats before a node is marked down (one miss is not death)
+    heartbeat_timeout: float = 3.0  # a ping not answered within this counts as missed (down: interval x grace + this)
+    health_parallelism: int = 64  # nodes pinged / agents probed at once by the health monitor
     observer: bool = True  # keep read-only copies of agents' databases (history, lookups of stopped agents)
     observer_max_followers: int = 32  # live `litestream restore -f` processes; agents beyond are restored periodically
     observer_follow_interval: float = 1.0  # seconds between a follower's polls of its replica (S3 LISTs)

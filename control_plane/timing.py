@@ -31,13 +31,26 @@ def poll(timeout: float, interval: float) -> Iterator[float]:
 
 class Periodic:
     """A daemon thread that runs `work` every `interval` seconds (first after one interval) until `stop()`, or
-    until `work` returns False. A failing round is logged with its traceback and the next one runs as planned."""
+    until `work` returns False. A failing round is logged with its traceback and the next one runs as planned.
 
-    def __init__(self, name: str, interval: float, work: Callable[[], bool | None], *, first_at_once: bool = False):
+    By default the pause is `interval` after each round ends. With `fixed_rate`, rounds start every `interval`
+    whatever they took (a round that overran starts the next one at once, never a burst of missed ones): what a
+    heartbeat needs for a detection bound that does not grow with the time its rounds take."""
+
+    def __init__(
+        self,
+        name: str,
+        interval: float,
+        work: Callable[[], bool | None],
+        *,
+        first_at_once: bool = False,
+        fixed_rate: bool = False,
+    ):
         self.name = name
         self.interval = interval
         self._work = work
         self._first_at_once = first_at_once
+        self._fixed_rate = fixed_rate
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
@@ -62,10 +75,12 @@ class Periodic:
         if not self._first_at_once and self._stop.wait(self.interval):
             return
         while True:
+            started = time.monotonic()
             try:
                 if self._work() is False:
                     return
             except Exception:
                 log.exception("periodic.round_failed", thread=self.name)
-            if self._stop.wait(self.interval):
+            pause = self.interval - (time.monotonic() - started) if self._fixed_rate else self.interval
+            if self._stop.wait(max(0.0, pause)):
                 return

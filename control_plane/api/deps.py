@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
+from control_plane.api.waiting import OperationWait, wait_slot
 from control_plane.db.models import Operation
 from control_plane.observer import Observer
 from control_plane.services import operations, tokens
@@ -67,14 +68,15 @@ def _observer(request: Request) -> Observer | None:
 
 ObserverDep = Annotated[Observer | None, Depends(_observer)]
 ProbeDep = Annotated[EngineProbe, Depends(_probe)]
-WaitQuery = Annotated[bool, Query(description="wait for the operation to finish")]
+WaitQuery = Annotated[bool, Depends(wait_slot)]  # a slot of the capped waits (429 past it), taken before the route
 TimeoutQuery = Annotated[float, Query(ge=0, le=3600, description="seconds to wait with wait=true")]
 
 
 def accepted(session: Session, op: Operation, wait: bool, timeout: float) -> JSONResponse:
+    """202 with the queued operation; with `wait`, a response that waits for it on the event loop (200 once it
+    finished), the session closed first so that no connection is held while it waits."""
     if wait:
-        op = operations.wait_operation(session, op.id, timeout)
-        status = 200 if op.state.value in ("succeeded", "failed") else 202
-    else:
-        status = 202
-    return JSONResponse(operations.operation_public(op).model_dump(mode="json"), status_code=status)
+        op_id = op.id
+        session.close()
+        return OperationWait(op_id, timeout)
+    return JSONResponse(operations.operation_public(op).model_dump(mode="json"), status_code=202)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
 
 from control_plane.api.deps import SessionDep, TimeoutQuery, WaitQuery, require_admin
+from control_plane.api.waiting import operation_after_wait, read_operation
 from control_plane.db.models import EventPublic, OperationPublic
 from control_plane.services import operations
 
@@ -24,11 +27,14 @@ def list_operations(
 
 
 @router.get("/{op_id}")
-def get_operation(
-    op_id: str, session: SessionDep, wait: WaitQuery = False, timeout: TimeoutQuery = 600
-) -> OperationPublic:
-    op = operations.wait_operation(session, op_id, timeout) if wait else operations.get_operation(session, op_id)
-    return operations.operation_public(op)
+async def get_operation(request: Request, op_id: str, wait: WaitQuery = False, timeout: TimeoutQuery = 600) -> Any:
+    """With `wait`, answered once the operation finished or `timeout` ran out, waiting on the event loop: no DB
+    connection and no worker thread is held meanwhile."""
+    if wait:
+        _, body = await operation_after_wait(request, op_id, timeout)
+    else:
+        _, body = await asyncio.to_thread(read_operation, request.app.state.engine, op_id)
+    return JSONResponse(body)
 
 
 events_router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[Depends(require_admin)])

@@ -7,10 +7,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.engine import Engine
 
 from control_plane.api.deps import ObserverDep, SessionDep, require_admin, require_tenant
+from control_plane.api.waiting import wait_seconds_slot
 from control_plane.services import observed, routing
 
 # a tenant's own API token may use every route here (control_plane/api/deps.py require_tenant)
@@ -22,30 +24,38 @@ AgentQuery = Annotated[int | None, Query(ge=0, le=63, description="one agent ord
 LimitQuery = Annotated[int, Query(ge=1, le=1000)]
 
 
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+EngineDep = Annotated[Engine, Depends(_engine)]
+WaitSeconds = Annotated[float, Depends(wait_seconds_slot)]  # a slot of the capped waits when > 0 (429 past it)
+
+# The routes that call agents run on the event loop (routing is async): a frozen agent holds no worker thread
+# and no DB connection, only its own request.
+
+
 @router.post("/{name}/workflows/{workflow}")
-def start_workflow(
-    name: str, workflow: str, session: SessionDep, body: Annotated[dict[str, Any] | None, Body()] = None
+async def start_workflow(
+    name: str, workflow: str, engine: EngineDep, body: Annotated[dict[str, Any] | None, Body()] = None
 ) -> JSONResponse:
-    status, answer = routing.start_workflow(session, name, workflow, body or {})
+    status, answer = await routing.start_workflow(engine, name, workflow, body or {})
     return JSONResponse(answer, status_code=status)
 
 
 @router.get("/{name}/workflows/{workflow_id}")
-def find_workflow(
-    name: str,
-    workflow_id: str,
-    session: SessionDep,
-    observer: ObserverDep,
-    wait: Annotated[float, Query(ge=0, le=300)] = 0,
+async def find_workflow(
+    name: str, workflow_id: str, engine: EngineDep, observer: ObserverDep, wait: WaitSeconds = 0
 ) -> dict[str, Any]:
-    return routing.find_workflow(session, name, workflow_id, wait, observer)
+    return await routing.find_workflow(engine, name, workflow_id, wait, observer)
 
 
 @router.get("/{name}/workflows")
-def list_workflows(
-    name: str, session: SessionDep, observer: ObserverDep, status: str | None = None, limit: LimitQuery = 100
+async def list_workflows(
+    name: str, engine: EngineDep, observer: ObserverDep, status: str | None = None, limit: LimitQuery = 100
 ) -> dict[str, Any]:
-    return routing.list_workflows(session, name, status, limit, observer)
+    return await routing.list_workflows(engine, name, status, limit, observer)
 
 
 @router.get("/{name}/history")

@@ -3,13 +3,13 @@ sessions, and Alembic migrations run at startup."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import create_engine as plain_engine
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
@@ -32,8 +32,45 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
+_REVISION = re.compile(r"^(down_)?revision\b[^=]*=\s*['\"]([^'\"]+)['\"]", re.MULTILINE)
+
+
+def _head() -> str | None:
+    """The newest migration's revision read from the scripts' text (None unless there is exactly one head)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in (MIGRATIONS / "versions").glob("*.py"):
+        for down, revision in _REVISION.findall(script.read_text()):
+            (parents if down else revisions).add(revision)
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _at_head(url: str) -> bool:
+    """Whether the DB already carries the newest revision (then starting needs no Alembic at all: importing and
+    running it is a good part of a control plane's start)."""
+    head = _head()
+    if head is None:
+        return False
+    engine = plain_engine(url)
+    try:
+        with engine.connect() as connection:
+            current = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    except Exception:  # no table yet, no DB yet: let Alembic say what is missing
+        return False
+    finally:
+        engine.dispose()
+    return current == [head]
+
+
 def migrate(url: str) -> None:
-    """Bring the schema to the newest revision. Safe to re-run: Alembic applies only what is missing."""
+    """Bring the schema to the newest revision. Safe to re-run: Alembic applies only what is missing (and is not
+    even loaded when the DB is at the newest revision already)."""
+    if _at_head(url):
+        return
+    from alembic import command
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))

@@ -8,6 +8,7 @@ call has a short timeout of its own (one hostile or frozen agent slows only itse
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -83,12 +84,27 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+_pooled: httpx.Client | None = None
+_pooled_lock = threading.Lock()
+
+
+def pooled_client() -> httpx.Client:
+    """One connection pool for every probe of this process (thread-safe): a health round of thousands of agents
+    reuses keep-alive connections instead of paying a new client and handshake per agent."""
+    global _pooled
+    with _pooled_lock:
+        if _pooled is None:
+            limits = httpx.Limits(max_connections=256, max_keepalive_connections=128)
+            _pooled = httpx.Client(limits=limits)
+        return _pooled
+
+
 class AgentHttp:
     def readyz(self, url: str, token: str, timeout: float = 2.0) -> Readiness | None:
         """The agent's `/readyz`, or None when it does not answer (or answers something that is not JSON, or
         refuses the token: a 401 is not readiness)."""
         try:
-            answer = httpx.get(f"{url}/readyz", headers=bearer(token), timeout=timeout)
+            answer = pooled_client().get(f"{url}/readyz", headers=bearer(token), timeout=timeout)
             if answer.status_code in (401, 403):
                 return None
             return Readiness.parse(answer.status_code, answer.json())

@@ -8,15 +8,17 @@
   leftovers of an interrupted move) get a `cleanup` of their tenant on that node, which runs in the tenant's turn,
   never beside another operation of the same tenant.
 
-Pings, probes and listings happen outside any transaction; each finding is written in a short one of its own."""
+Pings, probes and listings run in parallel (a bounded pool) outside any transaction; a round's findings are written
+in one short transaction afterwards."""
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import structlog
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -34,12 +36,14 @@ from control_plane.drivers.agent_http import Readiness
 from control_plane.drivers.agent_spec import incarnation_name
 from control_plane.drivers.base import EngineUnreachable, Incarnation
 from control_plane.fleet.incarnations import Fleet
-from control_plane.metrics import HEARTBEAT_SECONDS, PROBE_SECONDS
+from control_plane.metrics import HEARTBEAT_ROUND_SECONDS, HEARTBEAT_SECONDS, PROBE_SECONDS
 from control_plane.reconciler.claims import UNFINISHED
 from control_plane.settings import Settings
 from control_plane.timing import Periodic
 
 log = structlog.get_logger("control_plane.health")
+
+PROBE_TIMEOUT = 2.0  # seconds an agent's /readyz may take before it counts as no answer
 
 
 def is_stale(incarnation: Incarnation, agent: Agent | None, node: str) -> bool:
@@ -54,90 +58,148 @@ def is_stale(incarnation: Incarnation, agent: Agent | None, node: str) -> bool:
 
 
 class HealthMonitor:
+    """Two fixed-rate loops: heartbeats (every node pinged at once, each ping bounded by `heartbeat_timeout`, all
+    results written in one short transaction) and probes (stale containers, every running agent's `/readyz` at
+    once through one pooled client, all results written in one short transaction). Neither holds a transaction
+    while it waits on the network, and neither waits on the other: a slow probe round never delays the
+    heartbeats a down node is detected by, which is then at most `heartbeat_interval x node_grace_heartbeats +
+    heartbeat_timeout` after it froze."""
+
     def __init__(self, engine: Engine, fleet: Fleet, settings: Settings) -> None:
         self.engine = engine
         self.fleet = fleet
         self.settings = settings
-        self._periodic = Periodic("litefleet-health", settings.heartbeat_interval, self.beat)
+        # two pools: probes of many agents never queue a heartbeat behind them
+        self._pings = ThreadPoolExecutor(max_workers=settings.health_parallelism, thread_name_prefix="litefleet-ping")
+        self._probes = ThreadPoolExecutor(max_workers=settings.health_parallelism, thread_name_prefix="litefleet-probe")
+        interval = settings.heartbeat_interval
+        self._periodic = [
+            Periodic("litefleet-heartbeat", interval, self.heartbeat, fixed_rate=True),
+            Periodic("litefleet-probe", interval, self.probe, fixed_rate=True),
+        ]
 
     def start(self) -> None:
-        self._periodic.start()
+        for periodic in self._periodic:
+            periodic.start()
 
     def stop(self) -> None:
-        self._periodic.stop()
+        for periodic in self._periodic:
+            periodic.stop()
+        for pool in (self._pings, self._probes):
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def beat(self) -> None:
-        """One round of pings. Safe to run at any time: it records what each engine answered and queues work,
-        never more than one unfinished operation per finding."""
+        """One heartbeat round, then one probe round (what the two loops do, in one call)."""
+        self.heartbeat()
+        self.probe()
+
+    def heartbeat(self) -> None:
+        """Ping every node at once; a node that has not answered within `heartbeat_timeout` missed this beat.
+        Safe to run at any time: it records what each engine answered and queues at most one fail-over per node
+        going down."""
         with Session(self.engine) as session:
             nodes = list(session.exec(select(Node)).all())
-        for node in nodes:
-            started = time.monotonic()
-            try:
-                self.fleet.driver(node).ping()
-                alive = True
-            except EngineUnreachable:
-                alive = False
-            HEARTBEAT_SECONDS.labels("ok" if alive else "unreachable").observe(time.monotonic() - started)
-            self._record_heartbeat(node.name, alive)
-            if alive:
-                self._queue_cleanups(node)
-                self._probe_agents(node)
+        if not nodes:
+            return
+        started = time.monotonic()
+        pings = {self._pings.submit(self._ping, node): node.name for node in nodes}
+        done, _ = wait(pings, timeout=self.settings.heartbeat_timeout)
+        alive = {pings[future]: future in done and future.result() for future in pings}
+        for _ in range(list(alive.values()).count(False)):
+            HEARTBEAT_SECONDS.labels("unreachable").observe(time.monotonic() - started)
+        self._record_heartbeats(alive)
+        HEARTBEAT_ROUND_SECONDS.observe(time.monotonic() - started)
 
-    def _record_heartbeat(self, name: str, alive: bool) -> None:
+    def _ping(self, node: Node) -> bool:
+        started = time.monotonic()
+        try:
+            self.fleet.driver(node).ping()
+        except EngineUnreachable:
+            return False
+        except Exception as exc:  # a driver that fails in any other way did not answer either
+            log.warning("node.ping_failed", node=node.name, error=type(exc).__name__)
+            return False
+        HEARTBEAT_SECONDS.labels("ok").observe(time.monotonic() - started)
+        return True
+
+    def _record_heartbeats(self, alive: dict[str, bool]) -> None:
+        """One short transaction for the whole round (rows removed meanwhile are skipped)."""
+        now = time.time()
         with Session(self.engine) as session:
-            node = session.get(Node, name)
-            if node is None:  # removed meanwhile
-                return
-            if alive:
-                node.last_seen_at, node.missed_heartbeats = time.time(), 0
-                if node.state == NodeState.down:
-                    node.state = NodeState.ready
-                    session.add(Event(kind="node.up", node=node.name, message="engine answers again"))
-            else:
-                node.missed_heartbeats += 1
-                down = node.missed_heartbeats >= self.settings.node_grace_heartbeats
-                if down and node.state != NodeState.down:
-                    node.state = NodeState.down
-                    message = f"no answer to {node.missed_heartbeats} heartbeats: failing its agents over"
-                    op = Operation(
-                        kind=OperationKind.failover, node=node.name, params={"declared_down_at": time.time()}
-                    )
-                    session.add(op)
-                    session.add(Event(kind="node.down", node=node.name, operation=op.id, message=message))
-                    log.warning("node.down", node=node.name, missed=node.missed_heartbeats, op=op.id)
-            session.add(node)
+            for node in session.exec(select(Node).where(col(Node.name).in_(list(alive)))).all():
+                if alive[node.name]:
+                    node.last_seen_at, node.missed_heartbeats = now, 0
+                    if node.state == NodeState.down:
+                        node.state = NodeState.ready
+                        session.add(Event(kind="node.up", node=node.name, message="engine answers again"))
+                else:
+                    node.missed_heartbeats += 1
+                    down = node.missed_heartbeats >= self.settings.node_grace_heartbeats
+                    if down and node.state != NodeState.down:
+                        node.state = NodeState.down
+                        message = f"no answer to {node.missed_heartbeats} heartbeats: failing its agents over"
+                        op = Operation(kind=OperationKind.failover, node=node.name, params={"declared_down_at": now})
+                        session.add(op)
+                        session.add(Event(kind="node.down", node=node.name, operation=op.id, message=message))
+                        log.warning("node.down", node=node.name, missed=node.missed_heartbeats, op=op.id)
+                session.add(node)
             session.commit()
 
-    def _probe_agents(self, node: Node) -> None:
-        """Record each running agent's own view of its replication (its `/readyz`) on its row."""
+    def probe(self) -> None:
+        """Queue cleanups of stale containers and record every running agent's `/readyz` on the nodes that answer
+        heartbeats (all listings and probes at once). Safe to run at any time: it only records what agents
+        answered and queues at most one unfinished operation per finding."""
         with Session(self.engine) as session:
+            nodes = list(session.exec(select(Node).where(Node.state != NodeState.down)).all())
             agents = list(
                 session.exec(
-                    select(Agent).where(Agent.node == node.name).where(Agent.state == AgentState.running)
+                    select(Agent)
+                    .where(col(Agent.node).in_([node.name for node in nodes]))
+                    .where(Agent.state == AgentState.running)
                 ).all()
             )
-        for agent in agents:
-            if not agent.url or not agent.agent_token:
-                continue
-            probed_at, started = time.time(), time.monotonic()
-            readiness = self.fleet.agents_api.readyz(agent.url, agent.agent_token, timeout=2)
-            PROBE_SECONDS.labels("ok" if readiness is not None else "no_answer").observe(time.monotonic() - started)
-            values: dict[str, Any] = {"probed_at": probed_at, "ready": False}
-            if readiness is not None:
-                values = {"probed_at": probed_at, **_health(readiness)}
-            with Session(self.engine) as session:
-                # only the incarnation that was probed: an operation may have moved the agent meanwhile
-                session.execute(
-                    update(Agent)
-                    .where(col(Agent.id) == agent.id)
-                    .where(col(Agent.generation) == agent.generation)
-                    .where(col(Agent.node) == node.name)
-                    .values(**values)
-                )
-                session.commit()
+        by_name = {node.name: node for node in nodes}
+        listings = [self._probes.submit(self._queue_cleanups, node) for node in nodes]
+        probed = [agent for agent in agents if agent.url and agent.agent_token]
+        answers = list(self._probes.map(self._probe, probed))
+        self._record_probes(list(zip(probed, answers, strict=True)))
+        silent = [
+            (by_name[agent.node], agent)
+            for agent, (_, readiness) in zip(probed, answers, strict=True)
+            if readiness is None and agent.node in by_name
+        ]
+        repairs = [self._probes.submit(self._repair_if_stopped, node, agent) for node, agent in silent]
+        for future in [*listings, *repairs]:
+            future.result()
+
+    def _probe(self, agent: Agent) -> tuple[float, Readiness | None]:
+        probed_at, started = time.time(), time.monotonic()
+        readiness = self.fleet.agents_api.readyz(agent.url or "", agent.agent_token or "", timeout=PROBE_TIMEOUT)
+        PROBE_SECONDS.labels("ok" if readiness is not None else "no_answer").observe(time.monotonic() - started)
+        return probed_at, readiness
+
+    def _record_probes(self, results: list[tuple[Agent, tuple[float, Readiness | None]]]) -> None:
+        """Each agent's own view of its replication on its row, all in one short transaction (two statements run
+        with many parameter sets); only on the incarnation that was probed (an operation may have moved the
+        agent meanwhile)."""
+        answered: list[dict[str, Any]] = []
+        silent: list[dict[str, Any]] = []
+        for agent, (probed_at, readiness) in results:
+            where = {"b_id": agent.id, "b_generation": agent.generation, "b_node": agent.node, "probed_at": probed_at}
             if readiness is None:
-                self._repair_if_stopped(node, agent)
+                silent.append({**where, "ready": False})
+            else:
+                answered.append({**where, **_health(readiness)})
+        table = Agent.__table__  # type: ignore[attr-defined]
+        match = update(table).where(
+            table.c.id == bindparam("b_id"),
+            table.c.generation == bindparam("b_generation"),
+            table.c.node == bindparam("b_node"),
+        )
+        with self.engine.begin() as connection:
+            for rows in (answered, silent):
+                if rows:
+                    connection.execute(match.values({key: bindparam(key) for key in rows[0] if key[:2] != "b_"}), rows)
 
     def _repair_if_stopped(self, node: Node, agent: Agent) -> None:
         """An agent that should run but whose container stopped gets a `scale` to the tenant's own count, which

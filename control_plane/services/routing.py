@@ -3,33 +3,98 @@ running agent holds (retired ordinals, a hibernated tenant, an agent being moved
 from the observer's read-only copies, saying so (`source`, `freshness`).
 
 Every call carries the agent's own token (its row's `agent_token`), and every id or name that goes into an agent's
-URL is quoted as one path segment: `../../v1/workflows?limit=1000&` stays an (unknown) id, not another route."""
+URL is quoted as one path segment: `../../v1/workflows?limit=1000&` stays an (unknown) id, not another route.
+
+One frozen agent never stalls its tenant: calls run on the event loop through one pooled client with short
+timeouts of their own, lookups ask every agent at once (the first that holds the id answers), and each
+incarnation has a circuit breaker (services/breakers.py): after a few failures in a row it is skipped for a
+cool-down, then probed once in the background. A new workflow goes to the first agent in its id's hash order
+whose breaker is closed, and to the next one when that agent cannot even be connected to (nothing was sent).
+Trade-off: a client-given id first started on an agent that no longer answers may start again on another one
+(availability first); a generated id cannot."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import secrets
+import weakref
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from control_plane.db.models import Agent, AgentState
-from control_plane.errors import InvalidRequest, NoAgentRunning, WorkflowNotFound
+from control_plane.errors import AgentUnavailable, InvalidRequest, NoAgentRunning, WorkflowNotFound
 from control_plane.observer import NoStateAt, Observer, ReplicaNotFound
+from control_plane.services.breakers import Breakers
 from control_plane.services.observed import agent_listing, observed_workflow
 from control_plane.services.tenants import find_tenant
 
+CONNECT_TIMEOUT = 1.0  # an agent that does not accept a connection within this is not answering
+LOOKUP_TIMEOUT = 3.0  # one workflow's status (plus its `wait`, when long-polling)
+START_TIMEOUT = 10.0  # starting a workflow (an agent answers once the start is durable)
+LIST_TIMEOUT = 5.0
 
-def _running_agents(session: Session, name: str, *, required: bool = True) -> list[Agent]:
-    find_tenant(session, name)
-    agents = session.exec(
-        select(Agent).where(Agent.tenant == name).where(Agent.state == AgentState.running).order_by(col(Agent.ordinal))
-    ).all()
-    if not agents and required:
-        raise NoAgentRunning(f"tenant {name} has no running agent (hibernated, or still starting)")
-    return list(agents)
+BREAKERS = Breakers(threshold=3, cooldown=5.0)  # this process's view of each incarnation
+_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
+
+
+def _client() -> httpx.AsyncClient:
+    """One pooled client per event loop (a client's connections belong to the loop that opened them)."""
+    loop = asyncio.get_running_loop()
+    client = _CLIENTS.get(loop)
+    if client is None:
+        limits = httpx.Limits(max_connections=512, max_keepalive_connections=128)
+        client = _CLIENTS[loop] = httpx.AsyncClient(limits=limits)
+    return client
+
+
+def _timeout(read: float) -> httpx.Timeout:
+    return httpx.Timeout(read, connect=CONNECT_TIMEOUT)
+
+
+def _key(agent: Agent) -> str:
+    return f"{agent.id}@{agent.generation}"
+
+
+_TRIALS: set[asyncio.Task[None]] = set()  # referenced until done (the loop keeps only weak references)
+
+
+def _usable(agent: Agent) -> bool:
+    """Whether to send `agent` a request now: yes while its breaker is closed. Past an open breaker's
+    cool-down a probe of its own (`/healthz`) is the trial, in the background: a user's request never waits on
+    an agent that was not answering."""
+    verdict = BREAKERS.check(_key(agent))
+    if verdict == "trial":
+        task = asyncio.ensure_future(_trial(agent))
+        _TRIALS.add(task)
+        task.add_done_callback(_TRIALS.discard)
+    return verdict == "call"
+
+
+async def _trial(agent: Agent) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        await _call(agent, "GET", "/healthz", LOOKUP_TIMEOUT)
+
+
+def _running_agents(engine: Engine, name: str, *, required: bool = True) -> list[Agent]:
+    """The tenant's running agents, read in one short session (none is held while agents are asked)."""
+    with Session(engine) as session:
+        find_tenant(session, name)
+        agents = session.exec(
+            select(Agent)
+            .where(Agent.tenant == name)
+            .where(Agent.state == AgentState.running)
+            .order_by(col(Agent.ordinal))
+        ).all()
+        if not agents and required:
+            raise NoAgentRunning(f"tenant {name} has no running agent (hibernated, or still starting)")
+        return list(agents)
 
 
 def _headers(agent: Agent) -> dict[str, str]:
@@ -49,77 +114,147 @@ def _home(agents: list[Agent], workflow_id: str) -> list[Agent]:
     return agents[first:] + agents[:first]
 
 
-def start_workflow(session: Session, tenant: str, name: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """Start on one agent, chosen by the workflow id's hash. With an id that already exists anywhere, that agent's
-    answer is returned (idempotent start by id, as on one agent)."""
-    agents = _running_agents(session, tenant)
-    workflow_id = body.get("id") or secrets.token_hex(8)
+async def _call(agent: Agent, method: str, path: str, read_timeout: float, **kwargs: Any) -> httpx.Response:
+    """One call to `agent`, counted by its breaker: an answer (any status) is a success, no answer a failure."""
+    try:
+        answer = await _client().request(
+            method, f"{agent.url}{path}", headers=_headers(agent), timeout=_timeout(read_timeout), **kwargs
+        )
+    except httpx.HTTPError:
+        BREAKERS.failed(_key(agent))
+        raise
+    BREAKERS.succeeded(_key(agent))
+    return answer
+
+
+async def _first_holder(
+    agents: list[Agent], workflow_id: str, wait: float
+) -> tuple[Agent | None, dict[str, Any], bool]:
+    """Ask `agents` at once for `workflow_id`; the first that answers 200 wins (the others are cancelled): (that
+    agent, its answer, _). Else (None, {}, whether some agent did not answer or was skipped by its breaker)."""
+    silent = False
+    asked: dict[asyncio.Task[httpx.Response], Agent] = {}
+    for agent in agents:
+        if not _usable(agent):
+            silent = True
+            continue
+        call: Awaitable[httpx.Response] = _call(
+            agent,
+            "GET",
+            f"/v1/workflows/{_segment(workflow_id)}",
+            LOOKUP_TIMEOUT + wait,
+            params={"wait": wait} if wait else None,
+        )
+        asked[asyncio.ensure_future(call)] = agent
+    pending = set(asked)
+    try:
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in sorted(done, key=lambda t: agents.index(asked[t])):
+                if task.exception() is not None:
+                    silent = True
+                    continue
+                found = task.result()
+                if found.status_code == 200:
+                    try:
+                        return asked[task], found.json(), silent
+                    except ValueError:
+                        silent = True
+    finally:
+        for task in pending:
+            task.cancel()
+    return None, {}, silent
+
+
+async def start_workflow(engine: Engine, tenant: str, name: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Start on one agent, chosen by the workflow id's hash among those whose breaker lets calls through. With a
+    given id that already exists on an agent that answers, that agent's answer is returned (idempotent start by
+    id, as on one agent); a generated id is new by construction and asks nobody first."""
+    agents = await asyncio.to_thread(_running_agents, engine, tenant)
+    given = body.get("id")
+    workflow_id = given or secrets.token_hex(8)
     if not isinstance(workflow_id, str):
         raise InvalidRequest("id must be a string")
     body = {**body, "id": workflow_id}
     ordered = _home(agents, workflow_id)
-    for agent in ordered[1:]:
-        found = httpx.get(f"{agent.url}/v1/workflows/{_segment(workflow_id)}", headers=_headers(agent), timeout=10)
-        if found.status_code == 200:
-            return 200, {**found.json(), "agent": agent.ordinal}
-    home = ordered[0]
-    answer = httpx.post(f"{home.url}/v1/workflows/{_segment(name)}", json=body, headers=_headers(home), timeout=30)
-    return answer.status_code, {**answer.json(), "agent": ordered[0].ordinal}
-
-
-def find_workflow(
-    session: Session, tenant: str, workflow_id: str, wait: float, observer: Observer | None = None
-) -> dict[str, Any]:
-    """Ask the running agents (the id's hash's agent first); then, when none holds it, the observer's copies of
-    every ordinal with a replica. Without an observer a tenant with no running agent is `no_agent_running`."""
-    running = _running_agents(session, tenant, required=observer is None)
-    unreachable = False
-    for agent in _home(running, workflow_id) if running else []:
-        try:
-            found = httpx.get(
-                f"{agent.url}/v1/workflows/{_segment(workflow_id)}",
-                params={"wait": wait} if wait else None,
-                headers=_headers(agent),
-                timeout=wait + 10,
-            )
-        except httpx.HTTPError:
-            if observer is None:
-                raise
-            unreachable = True
+    if given:
+        holder, found, _ = await _first_holder(ordered[1:], workflow_id, 0)
+        if holder is not None:
+            return 200, {**found, "agent": holder.ordinal}
+    tried: list[str] = []
+    for agent in ordered:
+        if not _usable(agent):
+            tried.append(f"{agent.ordinal} (skipped: not answering lately)")
             continue
-        if found.status_code == 200:
-            return {**found.json(), "agent": agent.ordinal, "source": "agent"}
+        try:
+            answer = await _call(agent, "POST", f"/v1/workflows/{_segment(name)}", START_TIMEOUT, json=body)
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            tried.append(f"{agent.ordinal} (no connection)")
+            continue  # nothing was sent: the next agent may take it
+        except httpx.HTTPError as exc:
+            # sent, but no answer: it may have started there; retrying with the same id finds it or starts it
+            raise AgentUnavailable(
+                f"agent {agent.ordinal} of {tenant} took the start of {workflow_id!r} but did not answer "
+                f"({type(exc).__name__}); retry with the same id"
+            ) from None
+        try:
+            return answer.status_code, {**answer.json(), "agent": agent.ordinal}
+        except ValueError:
+            raise AgentUnavailable(f"agent {agent.ordinal} of {tenant} answered something that is not JSON") from None
+    raise AgentUnavailable(f"no agent of {tenant} takes workflows now: {', '.join(tried)}")
+
+
+async def find_workflow(
+    engine: Engine, tenant: str, workflow_id: str, wait: float, observer: Observer | None = None
+) -> dict[str, Any]:
+    """Ask the running agents at once (the id's hash's agent first when several answer); then, when none holds
+    it, the observer's copies of every ordinal with a replica. Without an observer a tenant with no running agent
+    is `no_agent_running`, and agents that did not answer make it `agent_unavailable`, not a false not-found."""
+    running = await asyncio.to_thread(_running_agents, engine, tenant, required=observer is None)
+    holder, found, unreachable = await _first_holder(_home(running, workflow_id) if running else [], workflow_id, wait)
+    if holder is not None:
+        return {**found, "agent": holder.ordinal, "source": "agent"}
     if observer is not None:
-        detail = observer.find_workflow(tenant, workflow_id)
+        detail = await asyncio.to_thread(observer.find_workflow, tenant, workflow_id)
         if detail is not None:
             return observed_workflow(detail)
         silent = " (some agents did not answer)" if unreachable else ""
         raise WorkflowNotFound(f"no agent of {tenant} holds workflow {workflow_id!r}, nor does any replica{silent}")
+    if unreachable:
+        raise AgentUnavailable(f"no answering agent of {tenant} holds {workflow_id!r}; some agents did not answer")
     raise WorkflowNotFound(f"no agent of {tenant} holds workflow {workflow_id!r}")
 
 
-def list_workflows(
-    session: Session, tenant: str, status: str | None, limit: int, observer: Observer | None = None
+async def _listing(agent: Agent, params: dict[str, Any]) -> dict[str, Any]:
+    if not _usable(agent):
+        raise AgentUnavailable("skipped: not answering lately")
+    answer = await _call(agent, "GET", "/v1/workflows", LIST_TIMEOUT, params=params)
+    answer.raise_for_status()
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+async def list_workflows(
+    engine: Engine, tenant: str, status: str | None, limit: int, observer: Observer | None = None
 ) -> dict[str, Any]:
-    """The tenant's workflows, per agent ordinal: running agents answer themselves (`source: agent`); ordinals
-    with a replica but no running agent (retired, hibernated, being moved) or a running agent that does not
-    answer come from the observer (`source: observer` with `freshness`). Ordinals nobody can answer for are
-    listed under `unavailable`, never silently left out."""
-    running = _running_agents(session, tenant, required=observer is None)
+    """The tenant's workflows, per agent ordinal: running agents answer themselves (all asked at once,
+    `source: agent`); ordinals with a replica but no running agent (retired, hibernated, being moved) or a running
+    agent that does not answer come from the observer (`source: observer` with `freshness`). Ordinals nobody can
+    answer for are listed under `unavailable`, never silently left out."""
+    running = await asyncio.to_thread(_running_agents, engine, tenant, required=observer is None)
     agents: list[dict[str, Any]] = []
     unavailable: list[dict[str, Any]] = []
     missing: list[int] = []
     params: dict[str, Any] = {"limit": limit, **({"status": status} if status else {})}
-    for agent in running:
-        try:
-            answer = httpx.get(f"{agent.url}/v1/workflows", params=params, headers=_headers(agent), timeout=10)
-            answer.raise_for_status()
-            body = answer.json()
-        except (httpx.HTTPError, ValueError) as exc:
+    answers = await asyncio.gather(*(_listing(agent, params) for agent in running), return_exceptions=True)
+    for agent, body in zip(running, answers, strict=True):
+        if isinstance(body, BaseException):
+            if not isinstance(body, (httpx.HTTPError, ValueError, AgentUnavailable)):
+                raise body
             if observer is None:
-                raise
+                raise AgentUnavailable(f"agent {agent.ordinal} of {tenant} did not answer: {body}")
             missing.append(agent.ordinal)
-            unavailable.append({"agent": agent.ordinal, "source": "agent", "reason": f"agent did not answer: {exc}"})
+            unavailable.append({"agent": agent.ordinal, "source": "agent", "reason": f"agent did not answer: {body}"})
             continue
         workflows = [{**w, "agent": agent.ordinal} for w in body.get("workflows", [])]
         agents.append(
@@ -129,7 +264,8 @@ def list_workflows(
         served = {agent.ordinal for agent in running} - set(missing)
         for ordinal in sorted(set(observer.agents(tenant)) - served):
             try:
-                agents.append(agent_listing(observer.workflows(tenant, ordinal, status=status, limit=limit)))
+                listing = await asyncio.to_thread(observer.workflows, tenant, ordinal, status=status, limit=limit)
+                agents.append(agent_listing(listing))
             except (NoStateAt, ReplicaNotFound) as exc:
                 unavailable.append({"agent": ordinal, "source": "observer", "reason": str(exc)})
             else:

@@ -1,7 +1,7 @@
 """Routes answered from the observer: workflows no running agent holds (retired ordinals, hibernated tenants,
 agents not answering), a tenant's history at a past time, fleet-wide problems; and how observer failures map to
 `{code, message}` answers. The observer is a stand-in (tests/unit/control_plane/observed.py); agents are faked
-at `httpx.get`."""
+at the router's HTTP client."""
 
 from __future__ import annotations
 
@@ -38,19 +38,21 @@ def agents(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[dict[str, Any]]]:
     """Running agents by URL -> the workflows they hold; any other URL does not answer."""
     held: dict[str, list[dict[str, Any]]] = {}
 
-    def get(url: str, **_: Any) -> httpx.Response:
+    def get(request: httpx.Request) -> httpx.Response:
+        url = str(request.url.copy_with(query=None))
         base, _, path = url.partition("/v1/workflows")
         if base not in held:
             raise httpx.ConnectError("connection refused")
         if not path:
             listing = {"workflows": held[base], "counts": {"SUCCESS": len(held[base])}}
-            return httpx.Response(200, json=listing, request=httpx.Request("GET", url))
+            return httpx.Response(200, json=listing)
         for workflow in held[base]:
             if workflow["id"] == path.strip("/"):
                 return httpx.Response(200, json=workflow)
         return httpx.Response(404, json={"code": "workflow_not_found", "message": "no"})
 
-    monkeypatch.setattr(routing.httpx, "get", get)
+    monkeypatch.setattr(routing, "_client", lambda: httpx.AsyncClient(transport=httpx.MockTransport(get)))
+    monkeypatch.setattr(routing, "BREAKERS", routing.Breakers())
     return held
 
 
