@@ -86,3 +86,7 @@ class OperationFailed(Exception):
 
 class ObserverUnavailable(FleetError):
     status, code = 503, "observer_unavailable"
+
+
+class InvalidCursor(InvalidRequest):
+    code = "invalid_cursor"

@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from control_plane.api.deps import SessionDep, TimeoutQuery, WaitQuery, require_admin
-from control_plane.db.models import EventPublic, OperationPublic
+from control_plane.api.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery
+from control_plane.db.models import EventPublic, OperationPublic, Page
 from control_plane.services import operations
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"], dependencies=[Depends(require_admin)])
@@ -18,9 +19,10 @@ def list_operations(
     session: SessionDep,
     tenant: str | None = None,
     state: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-) -> list[OperationPublic]:
-    return [operations.operation_public(op) for op in operations.list_operations(session, tenant, state, limit)]
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+) -> Page[OperationPublic]:
+    return operations.list_operations(session, tenant, state, limit, cursor)
 
 
 @router.get("/{op_id}")
@@ -42,5 +44,6 @@ def list_events(
     kind: str | None = None,
     since: float | None = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 200,
-) -> list[EventPublic]:
-    return operations.list_events(session, tenant, node, kind, since, limit)
+    cursor: CursorQuery = None,
+) -> Page[EventPublic]:
+    return operations.list_events(session, tenant, node, kind, since, limit, cursor)

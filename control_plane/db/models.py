@@ -7,10 +7,10 @@ from __future__ import annotations
 import time
 import uuid
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import StringConstraints
-from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint
+from pydantic import BaseModel, StringConstraints
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
@@ -222,6 +222,12 @@ class OperationPublic(SQLModel):
 
 
 class Operation(SQLModel, table=True):
+    # lists sort newest first (created_at, id), alone or within one tenant; the claim scans unfinished ones by age
+    __table_args__ = (
+        Index("ix_operation_created_at_id", "created_at", "id"),
+        Index("ix_operation_tenant_created_at", "tenant", "created_at"),
+        Index("ix_operation_state_created_at", "state", "created_at"),
+    )
     id: str = Field(default_factory=lambda: uuid.uuid4().hex[:16], primary_key=True)
     kind: OperationKind
     tenant: str | None = Field(default=None, index=True, max_length=40)
@@ -251,6 +257,7 @@ class EventPublic(SQLModel):
 
 
 class Event(SQLModel, table=True):
+    __table_args__ = (Index("ix_event_node_id", "node", "id"),)  # a node's events, newest first
     id: int | None = Field(default=None, primary_key=True)
     at: float = Field(default_factory=_now, index=True)
     kind: str = Field(max_length=60)
@@ -259,6 +266,19 @@ class Event(SQLModel, table=True):
     agent: int | None = None
     operation: str | None = Field(default=None, max_length=16)
     message: str = ""
+
+
+# -- pages of a list -------------------------------------------------------------------------------------------------
+
+Item = TypeVar("Item")
+
+
+class Page(BaseModel, Generic[Item]):
+    """One page of a list route: `items` in the route's order, and `next_cursor` (opaque) to pass back as
+    `?cursor=` for the next page; null on the last page."""
+
+    items: list[Item]
+    next_cursor: str | None = None
 
 
 TenantPublic.model_rebuild()
