@@ -97,7 +97,13 @@ def create_app(
         workers: list[Any] = []
         owned: Observer | None = None
         if background and fleet is not None:
-            reconciler = Reconciler(engine, runners(fleet), workers=settings.workers, lease=settings.lease_seconds)
+            reconciler = Reconciler(
+                engine,
+                runners(fleet),
+                workers=settings.workers,
+                lease=settings.lease_seconds,
+                node_workers=settings.node_workers,
+            )
             monitor = HealthMonitor(engine, fleet, settings)
             workers = [reconciler, monitor]
             if app.state.observer is None:

@@ -6,6 +6,7 @@ dies, its leases run out and any replica claims the operations again."""
 from __future__ import annotations
 
 import traceback
+from functools import partial
 
 import structlog
 from sqlalchemy.engine import Engine
@@ -13,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from control_plane.db.models import Operation, OperationKind
 from control_plane.errors import OperationFailed
-from control_plane.reconciler.claims import LostLease, claim, finish, renew
+from control_plane.reconciler.claims import LostLease, Only, claim, finish, renew
 from control_plane.reconciler.context import OpContext, Runner
 from control_plane.timing import Periodic
 
@@ -22,13 +23,33 @@ log = structlog.get_logger("control_plane.reconciler")
 
 class Reconciler:
     """`workers` threads, each: claim -> run -> finish, renewing the lease every lease/3 seconds meanwhile.
-    `workers=0` runs nothing by itself: `run` is then called by hand (tests)."""
+    `workers=0` runs nothing by itself: `run` is then called by hand (tests).
 
-    def __init__(self, engine: Engine, runners: dict[OperationKind, Runner], *, workers: int, lease: float) -> None:
+    With `node_workers`, node-wide operations (fail-overs, drains) run on those threads only, up to that many at
+    once (`claim`'s bound, across control planes), and the `workers` take tenant operations only: a mass node
+    outage fails nodes over in parallel and never holds a tenant's scale behind a queue of fail-overs. Without,
+    the `workers` take both, but leave one of them to tenant operations (at most workers - 1 node-wide at once)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        runners: dict[OperationKind, Runner],
+        *,
+        workers: int,
+        lease: float,
+        node_workers: int = 0,
+    ) -> None:
         self.engine = engine
         self.runners = runners
         self.lease = lease
-        self._workers = [Periodic(f"litefleet-op-{i}", 0.2, self._work, first_at_once=True) for i in range(workers)]
+        shared: Only | None = "tenant" if node_workers else None
+        self.node_wide_limit = node_workers or max(1, workers - 1)
+        self._workers = [
+            Periodic(f"litefleet-op-{i}", 0.2, partial(self._work, shared), first_at_once=True) for i in range(workers)
+        ] + [
+            Periodic(f"litefleet-node-op-{i}", 0.2, partial(self._work, "node"), first_at_once=True)
+            for i in range(node_workers)
+        ]
 
     def start(self) -> None:
         for worker in self._workers:
@@ -38,11 +59,11 @@ class Reconciler:
         for worker in self._workers:
             worker.stop()
 
-    def _work(self) -> None:
+    def _work(self, only: Only | None) -> None:
         """Run due operations one after another until none is due (the thread then waits 0.2 s)."""
         while not any(worker.stopping for worker in self._workers):
             try:
-                claimed = claim(self.engine, self.lease)
+                claimed = claim(self.engine, self.lease, only=only, node_wide_limit=self.node_wide_limit)
             except SQLAlchemyError as exc:  # the database blinked: try again shortly
                 log.warning("reconciler.claim_failed", error=str(exc), exc_info=True)
                 return
