@@ -44,6 +44,7 @@ bench: setup
 	$(PY) bench/agent_container.py
 	$(PY) bench/fleet.py
 	$(PY) bench/observer.py --agents 100 --modes follow,periodic
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
