@@ -451,6 +451,7 @@ def main() -> None:
     parser.add_argument("url", nargs="?", help="generate: the fleet DB to fill (migrated first)")
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--small", action="store_true", help="a tenth of the sizes (a quick look)")
+    parser.add_argument("--no-api", action="store_true", help="only the in-process figures (no server)")
     args = parser.parse_args()
     scale = 10 if args.small else 1
     sizes = {
@@ -470,7 +471,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="litefleet-scale-") as tmp:
             url = fresh_database(backend, Path(tmp))
             emit(backend, "generate_s", seconds=round(generate(url, **sizes), 2), **sizes)
-            bench_api(backend, url, Path(tmp), sizes)
+            if not args.no_api:
+                bench_api(backend, url, Path(tmp), sizes)
             bench_in_process(backend, url)
 
 
