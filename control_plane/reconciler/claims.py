@@ -49,7 +49,11 @@ def claim(
             .where(col(Operation.state).in_(UNFINISHED))
             .order_by(col(Operation.created_at), col(Operation.id))
         ).all()
-        scopes = _scopes(session, [(op_id, node) for op_id, kind, _, node, _ in unfinished if kind in NODE_WIDE])
+        scopes = _scopes(
+            session,
+            [(op_id, node) for op_id, kind, _, node, _ in unfinished if kind in NODE_WIDE],
+            {tenant for _, kind, tenant, _, _ in unfinished if kind not in NODE_WIDE and tenant is not None},
+        )
         node_wide_held = sum(1 for _, kind, _, _, until in unfinished if kind in NODE_WIDE and _held(until, now))
         tenant_ops_ahead: set[str | None] = set()  # tenants with an unfinished tenant operation ahead
         node_wide_tenants: set[str] = set()  # tenants whose agents a node-wide operation ahead touches
@@ -108,22 +112,33 @@ def _take(session: Session, op_id: str, now: float, lease: float) -> tuple[Opera
     return None if op is None else (op, token)
 
 
-def _scopes(session: Session, node_wide: list[tuple[str, str | None]]) -> dict[str, set[str] | None]:
-    """Operation id -> the agent ids ("tenant/ordinal") a node-wide operation touches: the agents on its node now,
-    and those its recorded plan moves (an agent a fail-over already placed elsewhere is still its own until it is
-    done). None for one without a node: the whole fleet. Two queries whatever the number of operations."""
-    nodes = {node for _, node in node_wide if node is not None}
-    on_node: dict[str, set[str]] = {}
-    if nodes:
-        for agent_id, node in session.exec(select(Agent.id, Agent.node).where(col(Agent.node).in_(nodes))):
-            on_node.setdefault(str(node), set()).add(agent_id)
-    planned: dict[str, set[str]] = {}
+def _scopes(
+    session: Session, node_wide: list[tuple[str, str | None]], queued_tenants: set[str]
+) -> dict[str, set[str] | None]:
+    """Operation id -> the agent ids ("tenant/ordinal") a node-wide operation touches, as far as any other
+    unfinished operation can conflict with them: its node's agents of `queued_tenants` (the tenants with a tenant
+    operation queued: no other tenant can conflict) and of any node-wide operation's recorded plan (two node-wide
+    operations can share an agent only through a plan: an agent a fail-over already placed elsewhere is still its
+    own until it is done), plus its own plan. None for one without a node: the whole fleet. Two small queries
+    whatever the size of the fleet (not every agent of every failing node at every claim)."""
     ids = [op_id for op_id, node in node_wide if node is not None]
+    planned: dict[str, set[str]] = {}
     if ids:
         started = select(Operation.id, Operation.params).where(col(Operation.id).in_(ids)).where(Operation.attempts > 0)
         for op_id, params in session.exec(started):
             plan = params.get("plan") if isinstance(params, dict) else None
             planned[op_id] = set(plan) if isinstance(plan, dict) else set()
+    in_plans = set().union(*planned.values()) if planned else set()
+    nodes = {node for _, node in node_wide if node is not None}
+    on_node: dict[str, set[str]] = {}
+    if nodes and (queued_tenants or in_plans):
+        query = (
+            select(Agent.id, Agent.node)
+            .where(col(Agent.node).in_(nodes))
+            .where(or_(col(Agent.tenant).in_(queued_tenants), col(Agent.id).in_(in_plans)))
+        )
+        for agent_id, node in session.exec(query):
+            on_node.setdefault(str(node), set()).add(agent_id)
     return {
         op_id: None if node is None else on_node.get(node, set()) | planned.get(op_id, set())
         for op_id, node in node_wide
