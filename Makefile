@@ -47,6 +47,7 @@ bench: setup
 	$(PY) bench/observer.py --agents 100 --modes follow,periodic
 	$(PY) bench/lag.py --agents 100
 	$(PY) bench/control_plane_start.py
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -159,6 +159,7 @@ def create_app(
                 lease=settings.lease_seconds,
                 stuck_after=settings.stuck_after,
                 stuck_interval=settings.stuck_interval,
+                node_workers=settings.node_workers,
             )
             monitor = HealthMonitor(engine, fleet, settings)
             workers = [reconciler, monitor]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -54,6 +54,20 @@ class FleetClient:
                 message = f"HTTP {answer.status_code}"
             raise CliError(message, EXIT_REFUSED if answer.status_code < 500 else EXIT_FAILED)
         return answer.json() if answer.content else None
+
+    def pages(self, path: str, **params: Any) -> Iterator[dict[str, Any]]:
+        """Each page of a list route (`{"items": [...], "next_cursor": ...}`), following `next_cursor` to the end."""
+        cursor = params.pop("cursor", None)
+        while True:
+            page: dict[str, Any] = self.request("GET", path, cursor=cursor, **params)
+            yield page
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def all(self, path: str, **params: Any) -> list[dict[str, Any]]:
+        """Every item of a list route, page after page (`limit` sets the page size)."""
+        return [item for page in self.pages(path, **params) for item in page["items"]]
 
     def healthy(self) -> bool:
         """The control plane answers `/healthz`."""

@@ -46,7 +46,11 @@ def main() -> None:
             if answer.status_code not in (201, 409):
                 sys.exit(f"could not register {node.name}: {answer.text}")
             say(f"   {node.name}: {node.engine_url}")
-    say(table(api.send("GET", "/v1/nodes").json(), ["name", "state", "engine_url", "agents", "capacity_agents"]))
+    say(
+        table(
+            api.send("GET", "/v1/nodes").json()["items"], ["name", "state", "engine_url", "agents", "capacity_agents"]
+        )
+    )
 
     def run(method: str, path: str, what: str, json_body: Any = None, **params: Any) -> dict[str, Any]:
         say(f"\n-- {what}")

@@ -143,3 +143,7 @@ class RollbackFailed(OperationFailed):
 
 class ObserverUnavailable(FleetError):
     status, code = 503, "observer_unavailable"
+
+
+class InvalidCursor(InvalidRequest):
+    code = "invalid_cursor"

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     stop_timeout: float = 30.0  # SIGTERM -> final sync -> exit, before SIGKILL
     ready_timeout: float = 180.0  # container start -> /readyz and the first replica (restores of big DBs count)
     workers: int = 4  # operations run in parallel (never two of one tenant)
+    node_workers: int = 8  # fail-overs and drains of different nodes run at once, on threads of their own
     move_parallelism: int = 4  # agents an evacuation, drain or fail-over moves at once
     max_unavailable: int = 1  # a tenant's agents an evacuation or drain takes down at once (per-operation param too)
     preflight_timeout: float = 3.0  # each check before an operation stops anything (store, engines) answers in this

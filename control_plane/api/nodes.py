@@ -6,7 +6,8 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from control_plane.api.deps import ProbeDep, SessionDep, TimeoutQuery, WaitQuery, accepted, require_admin
-from control_plane.db.models import NodeCreate, NodePublic, NodeState, OperationPublic
+from control_plane.api.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery
+from control_plane.db.models import NodeCreate, NodePublic, NodeState, OperationPublic, Page
 from control_plane.services import nodes
 
 router = APIRouter(prefix="/v1/nodes", tags=["nodes"], dependencies=[Depends(require_admin)])
@@ -18,8 +19,8 @@ def register_node(body: NodeCreate, session: SessionDep, probe: ProbeDep) -> Nod
 
 
 @router.get("")
-def list_nodes(session: SessionDep) -> list[NodePublic]:
-    return nodes.list_nodes(session)
+def list_nodes(session: SessionDep, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None) -> Page[NodePublic]:
+    return nodes.list_nodes(session, limit, cursor)
 
 
 @router.get("/{name}")

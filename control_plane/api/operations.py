@@ -9,8 +9,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from control_plane.api.deps import SessionDep, TimeoutQuery, WaitQuery, require_admin
+from control_plane.api.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery
 from control_plane.api.waiting import operation_after_wait, read_operation
-from control_plane.db.models import EventPublic, OperationPublic
+from control_plane.db.models import EventPublic, OperationPublic, Page
 from control_plane.services import operations
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"], dependencies=[Depends(require_admin)])
@@ -21,9 +22,10 @@ def list_operations(
     session: SessionDep,
     tenant: str | None = None,
     state: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-) -> list[OperationPublic]:
-    return [operations.operation_public(op) for op in operations.list_operations(session, tenant, state, limit)]
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+) -> Page[OperationPublic]:
+    return operations.list_operations(session, tenant, state, limit, cursor)
 
 
 @router.get("/{op_id}")
@@ -48,5 +50,6 @@ def list_events(
     kind: str | None = None,
     since: float | None = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 200,
-) -> list[EventPublic]:
-    return operations.list_events(session, tenant, node, kind, since, limit)
+    cursor: CursorQuery = None,
+) -> Page[EventPublic]:
+    return operations.list_events(session, tenant, node, kind, since, limit, cursor)

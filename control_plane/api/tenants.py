@@ -8,7 +8,8 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
 from control_plane.api.deps import SessionDep, TimeoutQuery, WaitQuery, accepted, require_admin, require_tenant
-from control_plane.db.models import EvacuateRequest, OperationPublic, ScaleRequest, TenantCreate, TenantPublic
+from control_plane.api.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery
+from control_plane.db.models import EvacuateRequest, OperationPublic, Page, ScaleRequest, TenantCreate, TenantPublic
 from control_plane.services import tenants
 
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"], dependencies=[Depends(require_admin)])
@@ -24,8 +25,10 @@ def create_tenant(
 
 
 @router.get("")
-def list_tenants(session: SessionDep) -> list[TenantPublic]:
-    return tenants.list_tenants(session)
+def list_tenants(
+    session: SessionDep, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
+) -> Page[TenantPublic]:
+    return tenants.list_tenants(session, limit, cursor)
 
 
 @tenant_router.get("/{name}")

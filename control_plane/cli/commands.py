@@ -39,6 +39,9 @@ app.add_typer(tokens_app, name="tokens")
 JsonOption = Annotated[bool, typer.Option("--json", help="print the API's JSON instead of a table")]
 WaitOption = Annotated[bool, typer.Option("--wait/--no-wait", help="follow the operation until it finishes")]
 TimeoutOption = Annotated[float, typer.Option(help="seconds to follow an operation")]
+LimitOption = Annotated[int | None, typer.Option(help="rows per page (the API's default: 100, at most 1000)")]
+CursorOption = Annotated[str | None, typer.Option(help="next page: the cursor the previous one printed")]
+AllOption = Annotated[bool, typer.Option("--all", help="every page, following cursors")]
 
 
 @app.callback()
@@ -61,6 +64,26 @@ def _call(method: str, path: str, *, json_body: Any = None, **params: Any) -> An
     except CliError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
+
+
+def _list(path: str, all_pages: bool, as_json: bool, columns: list[str], **params: Any) -> None:
+    """One page of a list route (`--limit`, `--cursor`; the next page's command on stderr), or with `--all`
+    every page, followed by cursor."""
+    try:
+        if all_pages:
+            params.pop("cursor", None)
+            _show(_client().all(path, **params), as_json, columns)
+            return
+        page = _client().request("GET", path, **params)
+    except CliError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    if as_json:
+        typer.echo(json.dumps(page, indent=2))
+        return
+    _show(page["items"], False, columns)
+    if page.get("next_cursor"):
+        typer.echo(f"more: --cursor {page['next_cursor']} (or --all)", err=True)
 
 
 def _show(data: Any, as_json: bool, columns: list[str]) -> None:
@@ -142,8 +165,10 @@ TOKEN_COLUMNS = ["id", "tenant", "name", "created_at", "revoked_at"]
 
 
 @nodes_app.command("ls")
-def nodes_ls(as_json: JsonOption = False) -> None:
-    _show(_call("GET", "/v1/nodes"), as_json, NODE_COLUMNS)
+def nodes_ls(
+    limit: LimitOption = None, cursor: CursorOption = None, all_pages: AllOption = False, as_json: JsonOption = False
+) -> None:
+    _list("/v1/nodes", all_pages, as_json, NODE_COLUMNS, limit=limit, cursor=cursor)
 
 
 @nodes_app.command("add")
@@ -193,8 +218,10 @@ def nodes_rm(name: str) -> None:
 
 
 @tenants_app.command("ls")
-def tenants_ls(as_json: JsonOption = False) -> None:
-    _show(_call("GET", "/v1/tenants"), as_json, TENANT_COLUMNS)
+def tenants_ls(
+    limit: LimitOption = None, cursor: CursorOption = None, all_pages: AllOption = False, as_json: JsonOption = False
+) -> None:
+    _list("/v1/tenants", all_pages, as_json, TENANT_COLUMNS, limit=limit, cursor=cursor)
 
 
 @tenants_app.command("get")
@@ -282,9 +309,12 @@ def tenants_delete(
 def ops_ls(
     tenant: Annotated[str | None, typer.Option(help="only this tenant's")] = None,
     state: Annotated[str | None, typer.Option(help="pending, running, succeeded, failed")] = None,
+    limit: LimitOption = None,
+    cursor: CursorOption = None,
+    all_pages: AllOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    _show(_call("GET", "/v1/operations", tenant=tenant, state=state), as_json, OP_COLUMNS)
+    _list("/v1/operations", all_pages, as_json, OP_COLUMNS, tenant=tenant, state=state, limit=limit, cursor=cursor)
 
 
 @ops_app.command("get")
@@ -298,11 +328,12 @@ def events(
     node: Annotated[str | None, typer.Option(help="only this node's")] = None,
     kind: Annotated[str | None, typer.Option(help="kinds starting with this, e.g. agent. or node.down")] = None,
     limit: Annotated[int, typer.Option(help="newest N")] = 50,
+    cursor: CursorOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """What happened in the fleet, newest first."""
-    found = _call("GET", "/v1/events", tenant=tenant, node=node, kind=kind, limit=limit)
-    _show(found, as_json, ["at", "kind", "tenant", "node", "agent", "operation", "message"])
+    columns = ["at", "kind", "tenant", "node", "agent", "operation", "message"]
+    _list("/v1/events", False, as_json, columns, tenant=tenant, node=node, kind=kind, limit=limit, cursor=cursor)
 
 
 @wf_app.command("start")

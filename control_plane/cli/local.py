@@ -128,7 +128,7 @@ def up(settings: Settings) -> Iterator[str]:
         pid_file.write_text(str(plane.process.pid))
     yield f"control   {settings.client_url} (database {settings.fleet_database_url}; logs: {log_file})"
     try:
-        nodes = client.request("GET", "/v1/nodes", http_timeout=10)
+        nodes = client.request("GET", "/v1/nodes", http_timeout=10)["items"]
         if not nodes:
             body = {
                 "name": "local",

@@ -8,10 +8,10 @@ import time
 import uuid
 from collections.abc import Iterable
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import StringConstraints, computed_field, model_validator
-from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint
+from pydantic import BaseModel, StringConstraints, computed_field, model_validator
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
@@ -305,6 +305,12 @@ class OperationPublic(SQLModel):
 
 
 class Operation(SQLModel, table=True):
+    # lists sort newest first (created_at, id), alone or within one tenant; the claim scans unfinished ones by age
+    __table_args__ = (
+        Index("ix_operation_created_at_id", "created_at", "id"),
+        Index("ix_operation_tenant_created_at", "tenant", "created_at"),
+        Index("ix_operation_state_created_at", "state", "created_at"),
+    )
     id: str = Field(default_factory=lambda: uuid.uuid4().hex[:16], primary_key=True)
     kind: OperationKind
     tenant: str | None = Field(default=None, index=True, max_length=40)
@@ -334,6 +340,7 @@ class EventPublic(SQLModel):
 
 
 class Event(SQLModel, table=True):
+    __table_args__ = (Index("ix_event_node_id", "node", "id"),)  # a node's events, newest first
     id: int | None = Field(default=None, primary_key=True)
     at: float = Field(default_factory=_now, index=True)
     kind: str = Field(max_length=60)
@@ -374,6 +381,17 @@ class ApiToken(SQLModel, table=True):
     secret_sha256: str = Field(max_length=64, repr=False)
     created_at: float = Field(default_factory=_now)
     revoked_at: float | None = None
+# -- pages of a list -------------------------------------------------------------------------------------------------
+
+Item = TypeVar("Item")
+
+
+class Page(BaseModel, Generic[Item]):
+    """One page of a list route: `items` in the route's order, and `next_cursor` (opaque) to pass back as
+    `?cursor=` for the next page; null on the last page."""
+
+    items: list[Item]
+    next_cursor: str | None = None
 
 
 TenantPublic.model_rebuild()

@@ -6,7 +6,8 @@ from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
-from sqlmodel import Session, col, select
+from sqlalchemy import case
+from sqlmodel import Session, col, func, select
 
 from control_plane.db.models import PLACED_STATES, Agent, Node, NodeState, Tenant
 
@@ -28,13 +29,23 @@ class NodeLoad:
 
 
 def node_loads(session: Session, tenant: str) -> dict[str, NodeLoad]:
-    """Every node's load from the fleet DB: its placed agents, their memory, and how many are `tenant`'s."""
+    """Every node's load from the fleet DB: its placed agents, their memory, and how many are `tenant`'s. One
+    grouped query (not a row per agent: 40,000 agents took seconds to load as objects)."""
     loads = {node.name: NodeLoad(node, 0, 0, 0) for node in session.exec(select(Node))}
-    for agent, owner in session.exec(
-        select(Agent, Tenant).where(col(Agent.tenant) == col(Tenant.name)).where(col(Agent.state).in_(PLACED_STATES))
-    ):
-        if agent.node in loads:
-            loads[agent.node] = loads[agent.node].plus(owner.memory_mb, agent.tenant == tenant)
+    query = (
+        select(
+            Agent.node,
+            func.count(),
+            func.coalesce(func.sum(Tenant.memory_mb), 0),
+            func.coalesce(func.sum(case((col(Agent.tenant) == tenant, 1), else_=0)), 0),
+        )
+        .join(Tenant, col(Agent.tenant) == col(Tenant.name))
+        .where(col(Agent.state).in_(PLACED_STATES))
+        .group_by(col(Agent.node))
+    )
+    for name, agents, memory_mb, mine in session.exec(query):
+        if name in loads:
+            loads[name] = NodeLoad(loads[name].node, int(agents), int(memory_mb), int(mine))
     return loads
 
 

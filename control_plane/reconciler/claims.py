@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from sqlalchemy import or_, update
+from sqlalchemy import select as columns  # sqlmodel's select takes at most four columns
 from sqlalchemy.engine import CursorResult, Engine, Result
 from sqlmodel import Session, col, select
 
-from control_plane.db.models import Operation, OperationKind, OperationState
+from control_plane.db.models import Agent, Operation, OperationKind, OperationState
 
 UNFINISHED = (OperationState.pending, OperationState.running)
-_NODE_WIDE = (OperationKind.drain, OperationKind.failover)  # they touch many tenants: they run alone
+NODE_WIDE = (OperationKind.drain, OperationKind.failover)  # they move the agents of one node, of many tenants
+Only = Literal["tenant", "node"]  # claim only tenant operations, or only node-wide ones
 
 
 class LostLease(Exception):
@@ -28,42 +30,124 @@ class Stopping(LostLease):
     any replica resume it from the recorded plans at once."""
 
 
-def claim(engine: Engine, lease: float) -> tuple[Operation, str] | None:
-    """Take the oldest due operation whose tenant (or, for drains, whose fleet) has no other operation ahead of it,
-    stamping a fresh lock token. None when nothing is due."""
+def claim(
+    engine: Engine, lease: float, *, only: Only | None = None, node_wide_limit: int = 1
+) -> tuple[Operation, str] | None:
+    """Take the oldest due operation that nothing ahead of it conflicts with, stamping a fresh lock token; None when
+    nothing is due. Operations conflict, the older one going first, when they touch the same things:
+    - a tenant's operations: one at a time, in order;
+    - a node-wide one (drain, fail-over) touches the agents placed on its node, and those its recorded plan moves
+      (`_scopes`): it waits for the operations of those agents' tenants asked before it, and they wait for it;
+    - two node-wide ones conflict only when they share an agent (fail-overs of two nodes move disjoint agents,
+      so they run side by side, at most `node_wide_limit` held at once across every control plane).
+    A node-wide operation without a node is fleet-wide and runs alone, as every node-wide one used to."""
     now = time.time()
     with Session(engine) as session:
-        unfinished = session.exec(
-            select(Operation).where(col(Operation.state).in_(UNFINISHED)).order_by(col(Operation.created_at))
+        unfinished = session.execute(
+            columns(
+                col(Operation.id),
+                col(Operation.kind),
+                col(Operation.tenant),
+                col(Operation.node),
+                col(Operation.locked_until),
+            )
+            .where(col(Operation.state).in_(UNFINISHED))
+            .order_by(col(Operation.created_at), col(Operation.id))
         ).all()
-        blocked_tenants: set[str | None] = set()
-        drain_ahead = False
-        for op in unfinished:
-            held = op.locked_until is not None and op.locked_until > now
-            runnable = not held and not drain_ahead and op.tenant not in blocked_tenants
-            if op.kind in _NODE_WIDE and blocked_tenants:
-                runnable = False  # a drain waits for what was asked before it
-            if runnable:
-                token = secrets.token_hex(8)
-                claimed = session.execute(
-                    update(Operation)
-                    .where(col(Operation.id) == op.id)
-                    .where(or_(col(Operation.locked_until).is_(None), col(Operation.locked_until) < now))
-                    .values(
-                        lock_token=token,
-                        locked_until=now + lease,
-                        state=OperationState.running,
-                        attempts=Operation.attempts + 1,
-                        updated_at=now,
-                    )
+        scopes = _scopes(
+            session,
+            [(op_id, node) for op_id, kind, _, node, _ in unfinished if kind in NODE_WIDE],
+            {tenant for _, kind, tenant, _, _ in unfinished if kind not in NODE_WIDE and tenant is not None},
+        )
+        node_wide_held = sum(1 for _, kind, _, _, until in unfinished if kind in NODE_WIDE and _held(until, now))
+        tenant_ops_ahead: set[str | None] = set()  # tenants with an unfinished tenant operation ahead
+        node_wide_tenants: set[str] = set()  # tenants whose agents a node-wide operation ahead touches
+        node_wide_agents: set[str] = set()
+        anything_ahead = fleet_wide_ahead = False
+        for op_id, kind, tenant, _, until in unfinished:
+            scope = scopes.get(op_id)
+            if kind in NODE_WIDE:
+                tenants = {agent.partition("/")[0] for agent in scope or ()}
+                free = (
+                    (not anything_ahead)
+                    if scope is None
+                    else not (fleet_wide_ahead or tenants & tenant_ops_ahead or scope & node_wide_agents)
                 )
-                session.commit()
-                if _rows(claimed) == 1:
-                    session.refresh(op)
-                    return op, token
-            blocked_tenants.add(op.tenant)
-            drain_ahead = drain_ahead or op.kind in _NODE_WIDE
+                wanted = only != "tenant" and node_wide_held < node_wide_limit
+            else:
+                free = not fleet_wide_ahead and tenant not in tenant_ops_ahead and tenant not in node_wide_tenants
+                wanted = only != "node"
+            if free and wanted and not _held(until, now):
+                taken = _take(session, op_id, now, lease)
+                if taken is not None:
+                    return taken
+            anything_ahead = True
+            if kind not in NODE_WIDE:
+                tenant_ops_ahead.add(tenant)
+            elif scope is None:
+                fleet_wide_ahead = True
+            else:
+                node_wide_agents |= scope
+                node_wide_tenants |= tenants
     return None
+
+
+def _held(locked_until: float | None, now: float) -> bool:
+    return locked_until is not None and locked_until > now
+
+
+def _take(session: Session, op_id: str, now: float, lease: float) -> tuple[Operation, str] | None:
+    token = secrets.token_hex(8)
+    claimed = session.execute(
+        update(Operation)
+        .where(col(Operation.id) == op_id)
+        .where(or_(col(Operation.locked_until).is_(None), col(Operation.locked_until) < now))
+        .values(
+            lock_token=token,
+            locked_until=now + lease,
+            state=OperationState.running,
+            attempts=Operation.attempts + 1,
+            updated_at=now,
+        )
+    )
+    session.commit()
+    if _rows(claimed) != 1:  # another worker took it between our read and our update
+        return None
+    op = session.get(Operation, op_id)
+    return None if op is None else (op, token)
+
+
+def _scopes(
+    session: Session, node_wide: list[tuple[str, str | None]], queued_tenants: set[str]
+) -> dict[str, set[str] | None]:
+    """Operation id -> the agent ids ("tenant/ordinal") a node-wide operation touches, as far as any other
+    unfinished operation can conflict with them: its node's agents of `queued_tenants` (the tenants with a tenant
+    operation queued: no other tenant can conflict) and of any node-wide operation's recorded plan (two node-wide
+    operations can share an agent only through a plan: an agent a fail-over already placed elsewhere is still its
+    own until it is done), plus its own plan. None for one without a node: the whole fleet. Two small queries
+    whatever the size of the fleet (not every agent of every failing node at every claim)."""
+    ids = [op_id for op_id, node in node_wide if node is not None]
+    planned: dict[str, set[str]] = {}
+    if ids:
+        started = select(Operation.id, Operation.params).where(col(Operation.id).in_(ids)).where(Operation.attempts > 0)
+        for op_id, params in session.exec(started):
+            plan = params.get("plan") if isinstance(params, dict) else None
+            planned[op_id] = set(plan) if isinstance(plan, dict) else set()
+    in_plans = set().union(*planned.values()) if planned else set()
+    nodes = {node for _, node in node_wide if node is not None}
+    on_node: dict[str, set[str]] = {}
+    if nodes and (queued_tenants or in_plans):
+        query = (
+            select(Agent.id, Agent.node)
+            .where(col(Agent.node).in_(nodes))
+            .where(or_(col(Agent.tenant).in_(queued_tenants), col(Agent.id).in_(in_plans)))
+        )
+        for agent_id, node in session.exec(query):
+            on_node.setdefault(str(node), set()).add(agent_id)
+    return {
+        op_id: None if node is None else on_node.get(node, set()) | planned.get(op_id, set())
+        for op_id, node in node_wide
+    }
 
 
 def finish(engine: Engine, op_id: str, token: str, error: str | None, result: dict[str, Any]) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+from functools import partial
 
 import structlog
 from sqlalchemy.engine import Engine
@@ -16,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from control_plane.db.models import Operation, OperationKind
 from control_plane.errors import OperationFailed
 from control_plane.reconciler import stuck
-from control_plane.reconciler.claims import LostLease, Stopping, claim, finish, release, renew
+from control_plane.reconciler.claims import LostLease, Only, Stopping, claim, finish, release, renew
 from control_plane.reconciler.context import OpContext, Runner
 from control_plane.timing import Periodic
 
@@ -24,9 +25,15 @@ log = structlog.get_logger("control_plane.reconciler")
 
 
 class Reconciler:
-    """`workers` threads, each: claim -> run -> finish, renewing the lease every lease/3 seconds meanwhile; with
-    `stuck_after`, one more thread sweeps for stuck agents every `stuck_interval` (`stuck.sweep`).
-    `workers=0` runs nothing by itself: `run` is then called by hand (tests)."""
+    """`workers` threads, each: claim -> run -> finish, renewing the lease every lease/3 seconds meanwhile.
+    `workers=0` runs nothing by itself: `run` is then called by hand (tests).
+
+    With `node_workers`, node-wide operations (fail-overs, drains) run on those threads only, up to that many at
+    once (`claim`'s bound, across control planes), and the `workers` take tenant operations only: a mass node
+    outage fails nodes over in parallel and never holds a tenant's scale behind a queue of fail-overs. Without,
+    the `workers` take both, but leave one of them to tenant operations (at most workers - 1 node-wide at once).
+
+    With `stuck_after`, one more thread sweeps for stuck agents every `stuck_interval` (`stuck.sweep`)."""
 
     def __init__(
         self,
@@ -37,12 +44,20 @@ class Reconciler:
         lease: float,
         stuck_after: float | None = None,
         stuck_interval: float = 15.0,
+        node_workers: int = 0,
     ) -> None:
         self.engine = engine
         self.runners = runners
         self.lease = lease
         self._stopping = threading.Event()
-        self._workers = [Periodic(f"litefleet-op-{i}", 0.2, self._work, first_at_once=True) for i in range(workers)]
+        shared: Only | None = "tenant" if node_workers else None
+        self.node_wide_limit = node_workers or max(1, workers - 1)
+        self._workers = [
+            Periodic(f"litefleet-op-{i}", 0.2, partial(self._work, shared), first_at_once=True) for i in range(workers)
+        ] + [
+            Periodic(f"litefleet-node-op-{i}", 0.2, partial(self._work, "node"), first_at_once=True)
+            for i in range(node_workers)
+        ]
         if stuck_after is not None:
             after = stuck_after
             self._workers.append(Periodic("litefleet-stuck", stuck_interval, lambda: self._sweep(after)))
@@ -67,11 +82,11 @@ class Reconciler:
         except SQLAlchemyError as exc:  # the database blinked: the next sweep looks again
             log.warning("reconciler.sweep_failed", error=str(exc))
 
-    def _work(self) -> None:
+    def _work(self, only: Only | None) -> None:
         """Run due operations one after another until none is due (the thread then waits 0.2 s)."""
         while not self._stopping.is_set():
             try:
-                claimed = claim(self.engine, self.lease)
+                claimed = claim(self.engine, self.lease, only=only, node_wide_limit=self.node_wide_limit)
             except SQLAlchemyError as exc:  # the database blinked: try again shortly
                 log.warning("reconciler.claim_failed", error=str(exc), exc_info=True)
                 return

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from control_plane.db.models import (
     PLACED_STATES,
@@ -18,11 +18,13 @@ from control_plane.db.models import (
     NodeState,
     Operation,
     OperationKind,
+    Page,
     Tenant,
 )
 from control_plane.drivers.base import EngineUnreachable
 from control_plane.errors import EngineUnreachableError, NodeExists, NodeNotEmpty, NodeNotFound, NodeNotReady
 from control_plane.services.operations import event, queue
+from control_plane.services.paging import DEFAULT_LIMIT, decode, encode
 
 EngineProbe = Callable[[NodeCreate], None]  # pings the engine with the node's own URL and credentials
 """Pings the engine at a URL; raises EngineUnreachable when it does not answer."""
@@ -36,17 +38,26 @@ def find_node(session: Session, name: str) -> Node:
 
 
 def node_public(session: Session, node: Node) -> NodePublic:
-    placed = session.exec(
-        select(Agent, Tenant)
-        .where(col(Agent.tenant) == col(Tenant.name))
-        .where(Agent.node == node.name)
+    return _public(node, _loads(session, [node.name]).get(node.name, (0, 0)))
+
+
+def _public(node: Node, load: tuple[int, int]) -> NodePublic:
+    return NodePublic(**node.model_dump(exclude={"missed_heartbeats"}), agents=load[0], memory_mb_used=load[1])
+
+
+def _loads(session: Session, names: list[str] | None) -> dict[str, tuple[int, int]]:
+    """(agents placed, memory MiB they reserve) per node (of `names`, or every node), in one grouped query."""
+    if names == []:
+        return {}
+    query = (
+        select(Agent.node, func.count(), func.coalesce(func.sum(Tenant.memory_mb), 0))
+        .join(Tenant, col(Agent.tenant) == col(Tenant.name))
         .where(col(Agent.state).in_(PLACED_STATES))
-    ).all()
-    return NodePublic(
-        **node.model_dump(exclude={"missed_heartbeats"}),
-        agents=len(placed),
-        memory_mb_used=sum(tenant.memory_mb for _, tenant in placed),
+        .group_by(col(Agent.node))
     )
+    if names is not None:
+        query = query.where(col(Agent.node).in_(names))
+    return {str(node): (int(count), int(memory)) for node, count, memory in session.exec(query)}
 
 
 def register_node(session: Session, body: NodeCreate, probe: EngineProbe) -> NodePublic:
@@ -69,8 +80,26 @@ def register_node(session: Session, body: NodeCreate, probe: EngineProbe) -> Nod
     return node_public(session, node)
 
 
-def list_nodes(session: Session) -> list[NodePublic]:
-    return [node_public(session, node) for node in session.exec(select(Node).order_by(col(Node.name)))]
+def list_nodes(session: Session, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> Page[NodePublic]:
+    """Nodes by name, `limit` at a time, with their load: two queries whatever the page size."""
+    after = decode(cursor, "nodes", str)
+    query = select(Node).order_by(col(Node.name)).limit(limit + 1)
+    if after is not None:
+        query = query.where(col(Node.name) > after[0])
+    rows = session.exec(query).all()
+    page = rows[:limit]
+    loads = _loads(session, [node.name for node in page])
+    return Page(
+        items=[_public(node, loads.get(node.name, (0, 0))) for node in page],
+        next_cursor=encode("nodes", page[-1].name) if len(rows) > limit else None,
+    )
+
+
+def all_nodes(session: Session) -> list[NodePublic]:
+    """Every node with its load, for the dashboard's overview (two queries)."""
+    nodes = session.exec(select(Node).order_by(col(Node.name))).all()
+    loads = _loads(session, None)
+    return [_public(node, loads.get(node.name, (0, 0))) for node in nodes]
 
 
 def get_node(session: Session, name: str) -> NodePublic:

@@ -27,8 +27,8 @@ from control_plane.db.models import (
     TenantPublic,
     worst_replication,
 )
-from control_plane.services.nodes import list_nodes
-from control_plane.services.operations import get_operation, list_operations
+from control_plane.services.nodes import all_nodes
+from control_plane.services.operations import get_operation, recent_operations
 from control_plane.services.tenants import find_tenant, tenant_public
 
 TRANSIENT_STATES = (AgentState.starting, AgentState.stopping)
@@ -77,19 +77,26 @@ def list_agents(session: Session) -> list[AgentPublic]:
 
 def fleet_overview(session: Session, thresholds: Thresholds = Thresholds(), now: float | None = None) -> Overview:
     now = time.time() if now is None else now
-    nodes = list_nodes(session)
+    nodes = all_nodes(session)
     agents = list_agents(session)
-    tenants = []
-    for tenant in session.exec(select(Tenant).order_by(col(Tenant.name))):
-        by_state: dict[str, int] = {}
-        for agent in agents:
-            if agent.tenant == tenant.name:
-                by_state[agent.state.value] = by_state.get(agent.state.value, 0) + 1
-        worst = worst_replication(
-            a.replication for a in agents if a.tenant == tenant.name and a.state == AgentState.running
+    counts: dict[str, dict[str, int]] = {}
+    running: dict[str, list[ReplicationState]] = {}
+    for agent in agents:
+        by_state = counts.setdefault(agent.tenant, {})
+        by_state[agent.state.value] = by_state.get(agent.state.value, 0) + 1
+        if agent.state == AgentState.running:
+            running.setdefault(agent.tenant, []).append(agent.replication)
+    tenants = [
+        TenantSummary(
+            tenant.name,
+            tenant.state.value,
+            tenant.agents,
+            counts.get(tenant.name, {}),
+            worst_replication(running.get(tenant.name, [])).value,
         )
-        tenants.append(TenantSummary(tenant.name, tenant.state.value, tenant.agents, by_state, worst.value))
-    operations = list(list_operations(session, None, None, 50))
+        for tenant in session.exec(select(Tenant).order_by(col(Tenant.name)))
+    ]
+    operations = list(recent_operations(session, None, None, 50))
     return Overview(now, nodes, tenants, agents, operations, _alerts(nodes, agents, operations, thresholds, now))
 
 
@@ -186,7 +193,7 @@ def tenant_history(session: Session, name: str, limit: int = 200) -> TenantHisto
     """Every generation of every agent the tenant's operations started (where, when, until when), and the
     operations themselves, from the operations' step logs."""
     history = TenantHistory(tenant_public(session, find_tenant(session, name)))
-    ops = list(reversed(list_operations(session, name, None, limit)))
+    ops = list(reversed(recent_operations(session, name, None, limit)))
     seen: dict[tuple[int, int], Generation] = {}
     for op in ops:
         history.operations.append(operation_summary(op))

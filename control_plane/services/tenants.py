@@ -16,6 +16,7 @@ from control_plane.db.models import (
     NodeState,
     Operation,
     OperationKind,
+    Page,
     Tenant,
     TenantCreate,
     TenantPublic,
@@ -26,6 +27,7 @@ from control_plane.errors import NoCapacityError, NodeNotReady, TenantBusy, Tena
 from control_plane.fleet.placement import NoCapacity, choose_node, node_loads
 from control_plane.services.nodes import find_node
 from control_plane.services.operations import queue
+from control_plane.services.paging import DEFAULT_LIMIT, decode, encode
 
 
 def find_tenant(session: Session, name: str) -> Tenant:
@@ -36,11 +38,24 @@ def find_tenant(session: Session, name: str) -> Tenant:
 
 
 def tenant_public(session: Session, tenant: Tenant) -> TenantPublic:
-    agents = session.exec(select(Agent).where(Agent.tenant == tenant.name).order_by(col(Agent.ordinal))).all()
+    return _public(tenant, _agents_of(session, [tenant.name]).get(tenant.name, []))
+
+
+def _public(tenant: Tenant, agents: list[Agent]) -> TenantPublic:
     return TenantPublic(
-        **tenant.model_dump(exclude={"wake_agents"}),
+        **tenant.model_dump(exclude={"wake_agents", "admin_token"}),
         placements=[AgentPublic.model_validate(agent, from_attributes=True) for agent in agents],
     )
+
+
+def _agents_of(session: Session, names: list[str]) -> dict[str, list[Agent]]:
+    """The agents of these tenants by ordinal, in one query."""
+    found: dict[str, list[Agent]] = {}
+    if names:
+        query = select(Agent).where(col(Agent.tenant).in_(names)).order_by(col(Agent.tenant), col(Agent.ordinal))
+        for agent in session.exec(query):
+            found.setdefault(agent.tenant, []).append(agent)
+    return found
 
 
 def _check_capacity(session: Session, tenant: str, memory_mb: int, count: int) -> None:
@@ -69,8 +84,19 @@ def create_tenant(session: Session, body: TenantCreate) -> Operation:
     return op
 
 
-def list_tenants(session: Session) -> list[TenantPublic]:
-    return [tenant_public(session, tenant) for tenant in session.exec(select(Tenant).order_by(col(Tenant.name)))]
+def list_tenants(session: Session, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> Page[TenantPublic]:
+    """Tenants by name, `limit` at a time, each with its agents: two queries whatever the page size."""
+    after = decode(cursor, "tenants", str)
+    query = select(Tenant).order_by(col(Tenant.name)).limit(limit + 1)
+    if after is not None:
+        query = query.where(col(Tenant.name) > after[0])
+    rows = session.exec(query).all()
+    page = rows[:limit]
+    agents = _agents_of(session, [tenant.name for tenant in page])
+    return Page(
+        items=[_public(tenant, agents.get(tenant.name, [])) for tenant in page],
+        next_cursor=encode("tenants", page[-1].name) if len(rows) > limit else None,
+    )
 
 
 def get_tenant(session: Session, name: str) -> TenantPublic:

@@ -261,8 +261,8 @@ def test_bad_input_is_refused_and_changes_nothing(control_plane: ControlPlane, t
     tenant = tenant_name()
     plane.done("POST", "/v1/tenants", json={"name": tenant, "agents": 1})
     plane.call("POST", f"/v1/nodes/{testbed.nodes[1].name}/cordon")
-    before = (plane.call("GET", "/v1/tenants").json(), plane.call("GET", "/v1/nodes").json())
-    ops_before = len(plane.call("GET", "/v1/operations", params={"limit": 1000}).json())
+    before = (plane.call("GET", "/v1/tenants").json()["items"], plane.call("GET", "/v1/nodes").json()["items"])
+    ops_before = len(plane.call("GET", "/v1/operations", params={"limit": 1000}).json()["items"])
 
     cases = [
         ("POST", "/v1/tenants/no-such-tenant/scale", {"agents": 1}, 404, "tenant_not_found"),
@@ -280,15 +280,15 @@ def test_bad_input_is_refused_and_changes_nothing(control_plane: ControlPlane, t
         assert answer.json()["message"]
 
     plane.call("POST", f"/v1/nodes/{testbed.nodes[1].name}/uncordon")
-    after_nodes = plane.call("GET", "/v1/nodes").json()
+    after_nodes = plane.call("GET", "/v1/nodes").json()["items"]
     for node in before[1]:
         node.pop("last_seen_at")
         node["state"] = "ready"
     for node in after_nodes:
         node.pop("last_seen_at")
-    assert without_probes(plane.call("GET", "/v1/tenants").json()) == without_probes(before[0])
+    assert without_probes(plane.call("GET", "/v1/tenants").json()["items"]) == without_probes(before[0])
     assert after_nodes == before[1]
-    assert len(plane.call("GET", "/v1/operations", params={"limit": 1000}).json()) == ops_before
+    assert len(plane.call("GET", "/v1/operations", params={"limit": 1000}).json()["items"]) == ops_before
     plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})
 
 
@@ -318,7 +318,7 @@ def test_a_partitioned_node_fails_over_and_its_zombie_is_removed_when_it_returns
         while failover is None or failover["state"] not in ("succeeded", "failed"):
             assert time.monotonic() < deadline, f"no fail-over finished: {failover}"
             time.sleep(0.5)
-            ops = plane.call("GET", "/v1/operations", params={"limit": 50}).json()
+            ops = plane.call("GET", "/v1/operations", params={"limit": 50}).json()["items"]
             failover = next((op for op in ops if op["kind"] == "failover" and op["node"] == lost.name), None)
         assert failover["state"] == "succeeded", failover["error"]
         assert plane.call("GET", f"/v1/nodes/{lost.name}").json()["state"] == "down"
@@ -469,7 +469,7 @@ def test_an_agent_stopped_behind_our_back_is_started_again(control_plane: Contro
     while repair is None or repair["state"] not in ("succeeded", "failed"):
         assert time.monotonic() < deadline, f"no repair: {repair}"
         time.sleep(0.5)
-        ops = plane.call("GET", "/v1/operations", params={"tenant": tenant}).json()
+        ops = plane.call("GET", "/v1/operations", params={"tenant": tenant}).json()["items"]
         repair = next((op for op in ops if op["params"].get("repair")), None)
     assert repair["state"] == "succeeded", repair["error"]
     assert "agent.restarted" in [step["step"] for step in repair["steps"]]

@@ -32,7 +32,7 @@ def test_a_token_guards_every_route_but_healthz(engine: Engine, tmp_path: Path) 
         assert TOKEN not in refused.text
         assert api.get(path, headers={"authorization": "Bearer wrong"}).status_code == 401
         assert api.get(path).status_code == 200, path
-    assert api.get("/v1/nodes").json() == []
+    assert api.get("/v1/nodes").json() == {"items": [], "next_cursor": None}
     assert api.get("/healthz", headers={"authorization": ""}).status_code == 200
 
 
@@ -134,8 +134,8 @@ def test_bad_requests_get_a_code_and_a_message_and_change_nothing(
     answer = api.request(method, path, json=body)
     assert (answer.status_code, answer.json()["code"]) == (status, code), answer.text
     assert answer.json()["message"] and "Traceback" not in answer.text
-    assert api.get("/v1/tenants").json() == [] and api.get("/v1/nodes").json() == []
-    assert api.get("/v1/operations").json() == []
+    assert api.get("/v1/tenants").json()["items"] == [] and api.get("/v1/nodes").json()["items"] == []
+    assert api.get("/v1/operations").json()["items"] == []
 
 
 def test_bodies_past_the_limit_and_bodies_that_are_not_json_get_the_envelope(engine: Engine, tmp_path: Path) -> None:
@@ -145,7 +145,7 @@ def test_bodies_past_the_limit_and_bodies_that_are_not_json_get_the_envelope(eng
     for raw in (b"\xff\xfe not utf-8", b'{"name": "acme"', b"[" * 5000):
         answer = api.post("/v1/tenants", content=raw, headers={"content-type": "application/json"})
         assert answer.status_code in (400, 422) and answer.json()["code"] == "invalid_request", answer.text
-    assert api.get("/v1/tenants").json() == []
+    assert api.get("/v1/tenants").json()["items"] == []
     unknown = api.get("/v1/no-such-thing")
     assert (unknown.status_code, unknown.json()["code"]) == (404, "not_found")
     wrong_method = api.put("/v1/tenants")
@@ -161,4 +161,4 @@ def test_parallel_creates_of_one_tenant_answer_one_operation_and_conflicts(engin
     codes = sorted(answer.status_code for answer in answers)
     assert codes == [202] + [409] * 19, [answer.text for answer in answers if answer.status_code not in (202, 409)]
     assert {answer.json()["code"] for answer in answers if answer.status_code == 409} == {"tenant_exists"}
-    assert len(api.get("/v1/operations").json()) == 1
+    assert len(api.get("/v1/operations").json()["items"]) == 1

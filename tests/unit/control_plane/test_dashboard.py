@@ -148,7 +148,7 @@ def test_the_tenant_page_shows_each_generation_where_it_ran_and_the_downtime(api
 
 def test_the_operation_and_events_pages_render_their_logs(api: TestClient) -> None:
     sign_in(api)
-    ops = api.get("/v1/operations?tenant=acme", headers=AUTH).json()
+    ops = api.get("/v1/operations?tenant=acme", headers=AUTH).json()["items"]
     evacuation = next(op for op in ops if op["kind"] == "evacuate")
     page = api.get(f"/ui/operations/{evacuation['id']}")
     assert page.status_code == 200 and "agent.moved" in page.text and "succeeded" in page.text
@@ -228,7 +228,7 @@ def read_events(client: TestClient, url: str, until: str) -> list[tuple[str, dic
 
 def test_the_operation_stream_sends_its_steps_then_done(api: TestClient) -> None:
     sign_in(api)
-    ops = api.get("/v1/operations?tenant=acme", headers=AUTH).json()
+    ops = api.get("/v1/operations?tenant=acme", headers=AUTH).json()["items"]
     evacuation = next(op for op in ops if op["kind"] == "evacuate")
     found = read_events(api, f"/ui/operations/{evacuation['id']}/stream?lifetime=5", until="done")
     steps = [data["step"] for kind, data in found if kind == "step"]
