@@ -381,6 +381,8 @@ class ApiToken(SQLModel, table=True):
     secret_sha256: str = Field(max_length=64, repr=False)
     created_at: float = Field(default_factory=_now)
     revoked_at: float | None = None
+
+
 # -- pages of a list -------------------------------------------------------------------------------------------------
 
 Item = TypeVar("Item")
