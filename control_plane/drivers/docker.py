@@ -19,6 +19,7 @@ from agent_image.contract import AgentSecrets
 from control_plane.drivers.agent_spec import LABEL, AgentSpec, agent_url, deliver_secrets, find_agent, run_agent
 from control_plane.drivers.base import EngineUnreachable, Incarnation
 from control_plane.drivers.engine_client import engine_client
+from control_plane.drivers.runtimes import Runtime, engine_runtimes, reap_failed_start
 from control_plane.pki import EngineTLS
 from control_plane.timing import poll
 
@@ -55,6 +56,11 @@ class DockerDriver:
             log.debug("engine.ping_failed", engine=self.engine_url, error=type(exc).__name__, exc_info=True)
             raise EngineUnreachable(f"engine {self.engine_url} does not answer") from None
 
+    def runtimes(self) -> list[str]:
+        """The OCI runtimes this engine offers (`docker info` Runtimes): what placement matches tenants against."""
+        with _engine(self.engine_url):
+            return engine_runtimes(self.client.info())
+
     def ensure_image(self, image: str) -> float:
         """Make sure `image` is on this engine, copying it from the local engine if not (no registry here).
         Returns the seconds spent copying (0 when it was there)."""
@@ -76,7 +82,10 @@ class DockerDriver:
         exited one is reported, not restarted: the caller decides)."""
         with _engine(self.engine_url):
             existing = find_agent(self.client, spec)
-            return _incarnation(existing if existing is not None else run_agent(self.client, spec))
+            if existing is not None:
+                return _incarnation(existing)
+            with self._reaping(spec.runtime, spec.name, spec.image):
+                return _incarnation(run_agent(self.client, spec))
 
     def inspect(self, name: str) -> Incarnation | None:
         with _engine(self.engine_url):
@@ -92,7 +101,8 @@ class DockerDriver:
             if container is None:
                 return None
             if container.status != "running":
-                container.start()
+                with self._reaping(_runtime_of(container), name, container.attrs["Config"]["Image"]):
+                    container.start()
             deliver_secrets(self.client, container.id, secrets)
             return _incarnation(container)
 
@@ -136,11 +146,26 @@ class DockerDriver:
             containers = self.client.containers.list(all=True, filters={"label": labels})
             return [_incarnation(container) for container in containers]
 
+    @contextlib.contextmanager
+    def _reaping(self, runtime: str, name: str, image: str) -> Iterator[None]:
+        """A runsc start the engine refused leaks the sandbox on the node (drivers/runtimes.py): reap it, and
+        remove the never-started container (the caller's retry creates it afresh), then raise the engine's error."""
+        try:
+            yield
+        except docker.errors.APIError:
+            if runtime == Runtime.runsc and reap_failed_start(self.client, name, image):
+                log.warning("runsc.start_failed", container=name, engine=self.engine_url, reaped=True)
+            raise
+
     def _get(self, name: str) -> Any | None:
         try:
             return self.client.containers.get(name)
         except docker.errors.NotFound:
             return None
+
+
+def _runtime_of(container: Any) -> str:
+    return str(container.attrs.get("HostConfig", {}).get("Runtime") or Runtime.runc.value)
 
 
 def _exit_code(container: Any) -> int | None:

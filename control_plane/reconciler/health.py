@@ -40,6 +40,7 @@ from control_plane.settings import Settings
 from control_plane.timing import Periodic
 
 log = structlog.get_logger("control_plane.health")
+RUNTIMES_REFRESH = 60.0  # seconds between reads of a node's runtimes (`docker info`)
 
 
 def is_stale(incarnation: Incarnation, agent: Agent | None, node: str) -> bool:
@@ -59,6 +60,7 @@ class HealthMonitor:
         self.fleet = fleet
         self.settings = settings
         self._periodic = Periodic("litefleet-health", settings.heartbeat_interval, self.beat)
+        self._runtimes_read: dict[str, float] = {}  # node -> when its engine's runtimes were last read
 
     def start(self) -> None:
         self._periodic.start()
@@ -81,6 +83,7 @@ class HealthMonitor:
             HEARTBEAT_SECONDS.labels("ok" if alive else "unreachable").observe(time.monotonic() - started)
             self._record_heartbeat(node.name, alive)
             if alive:
+                self._refresh_runtimes(node)
                 self._queue_cleanups(node)
                 self._probe_agents(node)
 
@@ -108,6 +111,26 @@ class HealthMonitor:
                     log.warning("node.down", node=node.name, missed=node.missed_heartbeats, op=op.id)
             session.add(node)
             session.commit()
+
+    def _refresh_runtimes(self, node: Node) -> None:
+        """Record the runtimes the node's engine offers (an engine restarted with runsc registered, or without it),
+        at most once per `RUNTIMES_REFRESH` seconds per node: `docker info` costs more than a ping."""
+        now = time.monotonic()
+        if now - self._runtimes_read.get(node.name, -RUNTIMES_REFRESH) < RUNTIMES_REFRESH:
+            return
+        try:
+            runtimes = self.fleet.driver(node).runtimes()
+        except EngineUnreachable:
+            return
+        self._runtimes_read[node.name] = now
+        if runtimes == node.runtimes:
+            return
+        with Session(self.engine) as session:
+            session.execute(update(Node).where(col(Node.name) == node.name).values(runtimes=runtimes))
+            message = f"engine offers {', '.join(runtimes)} (was {', '.join(node.runtimes or [])})"
+            session.add(Event(kind="node.runtimes", node=node.name, message=message))
+            session.commit()
+        log.info("node.runtimes", node=node.name, runtimes=runtimes)
 
     def _probe_agents(self, node: Node) -> None:
         """Record each running agent's own view of its replication (its `/readyz`) on its row."""
