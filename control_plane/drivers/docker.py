@@ -113,7 +113,8 @@ class DockerDriver:
             if container is None:
                 return None
             if container.status in ("running", "restarting", "paused"):
-                container.update(restart_policy={"Name": "no"})  # a stop must not come back by itself
+                if _restart_policy(container) != "no":  # a stop must not come back by itself
+                    container.update(restart_policy={"Name": "no"})  # (never needed for runsc: it has no `update`)
                 container.stop(timeout=int(timeout))
                 container.wait(timeout=int(timeout) + 30)
             return _incarnation(container)
@@ -162,6 +163,10 @@ class DockerDriver:
             return self.client.containers.get(name)
         except docker.errors.NotFound:
             return None
+
+
+def _restart_policy(container: Any) -> str:
+    return str((container.attrs.get("HostConfig", {}).get("RestartPolicy") or {}).get("Name") or "no")
 
 
 def _runtime_of(container: Any) -> str:
