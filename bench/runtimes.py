@@ -6,8 +6,8 @@
 Rounds alternate runc and runsc, so drift on a shared machine hits both alike. Figures (one JSON line each; p50/p90
 of the runs, and the runsc/runc ratio of the medians):
   start_to_readyz_s   `run_agent` (create, start, secrets) of a fresh agent to /readyz 200 and its first replica
-  idle_memory_mib     one ready, idle agent after 10 s: rss + shmem of its cgroup (anon + shmem). Not usage minus
-                      cache: gVisor's guest memory is shared memory, which `docker stats` counts as cache
+  idle_memory_mib     one ready, idle agent after 10 s: rss + shmem of its cgroup (memory.stat). Not usage minus
+                      cache: gVisor's guest memory is shared memory, which counts as cache
   steps_per_s         one `count(--steps)` workflow (each step a checkpointed SQLite commit), start to result
   workflows_per_s     --workflows `count(1)` started one after another, each acknowledged once replicated
                       (sync interval 0.1 s) and waited for its result
@@ -69,7 +69,7 @@ class Agents:
 
     def start(self, runtime: str) -> tuple[Any, AgentSpec, float]:
         """A fresh agent under `runtime`, ready and replicating; returns it, its spec and the seconds it took."""
-        tenant = runtime[-1] + secrets.token_hex(4)
+        tenant = ("g" if runtime == "runsc" else "r") + secrets.token_hex(4)
         spec = AgentSpec(
             tenant=tenant, agent=0, generation=1, bundle="tenants.hello", image=self.image,
             replica_url=self.storage.replica_url(tenant, 0, 1), s3_endpoint=self.store.address.endpoint,
@@ -93,10 +93,15 @@ class Agents:
                 self.client.volumes.get(container.name).remove(force=True)
 
 
-def rss_and_shmem_mib(container: Any) -> float:
-    stats = container.stats(stream=False)["memory_stats"].get("stats", {})
-    anon = stats.get("anon", stats.get("rss", 0))  # cgroup v2 / v1
-    return float(anon + stats.get("shmem", 0)) / 2**20
+def rss_and_shmem_mib(container: Any, node: TestbedNode) -> float:
+    """rss + shmem of the container's cgroup, read from the cgroup itself: the engine is on this machine, and
+    Docker's stats leave `shmem` out under cgroup v1 (where gVisor's guest memory is)."""
+    for root in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/memory")):  # v2, v1
+        stat = root / node.name / container.id / "memory.stat"
+        if stat.exists():
+            values = {key: int(value) for key, value in (line.split() for line in stat.read_text().splitlines())}
+            return (values.get("anon", values.get("rss", 0)) + values.get("shmem", 0)) / 2**20
+    raise SystemExit(f"no memory.stat for {container.name} under /sys/fs/cgroup[/memory]/{node.name}")
 
 
 def throughput(container: Any, spec: AgentSpec, steps: int, workflows: int) -> tuple[float, float]:
@@ -145,7 +150,7 @@ def main() -> None:
                     idle[runtime].append((container, spec))
             emit("start_to_readyz_s", starts)
             time.sleep(10)  # idle: recovery done, first syncs done, Python and Go settled
-            emit("idle_memory_mib", {rt: [rss_and_shmem_mib(c) for c, _ in idle[rt]] for rt in RUNTIMES})
+            emit("idle_memory_mib", {rt: [rss_and_shmem_mib(c, node) for c, _ in idle[rt]] for rt in RUNTIMES})
             steps: dict[str, list[float]] = {runtime: [] for runtime in RUNTIMES}
             workflows: dict[str, list[float]] = {runtime: [] for runtime in RUNTIMES}
             for round_ in range(min(3, args.starts)):
