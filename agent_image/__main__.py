@@ -22,7 +22,7 @@ from agent_image._store import SYNCHRONOUS_MODES
 from agent_image.logs import configure_logging
 
 if TYPE_CHECKING:
-    from agent_image import Runtime
+    from agent_image import Bundle, Runtime
     from agent_image.server._auth import Tokens
 
 
@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     configure_logging()
-    from agent_image import AgentError, Runtime, load_bundle
+    from agent_image import AgentError, load_bundle
     from agent_image.server import AgentServer, create_app
 
     try:
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"litefleet-agent: cannot load bundle: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     try:  # open before serving, so a second agent on the same file fails in one line, not a traceback
-        runtime = Runtime(args.db, bundle, synchronous=args.synchronous)
+        runtime = open_runtime(args, bundle)
     except AgentError as exc:
         print(f"litefleet-agent: {exc.code}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -78,6 +78,14 @@ def main(argv: list[str] | None = None) -> None:
         # re-raise the signal).
         raise SystemExit(0 if server.started else 1)
     raise SystemExit(_serve_replicated(runtime, args))
+
+
+def open_runtime(args: argparse.Namespace, bundle: Bundle) -> Runtime:
+    """The agent's runtime over `--db`. Replicated, Litestream alone checkpoints the WAL: a checkpoint of ours
+    makes it ship a snapshot of a file we keep changing, a corrupt replica (see `agent_image._store`)."""
+    from agent_image import Runtime
+
+    return Runtime(args.db, bundle, synchronous=args.synchronous, checkpoints=not args.replicated)
 
 
 def _standalone_tokens(host: str, secrets_file: str | None) -> Tokens | None:

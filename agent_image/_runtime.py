@@ -53,12 +53,15 @@ class Runtime:
     """One durable runtime over one SQLite file and one bundle.
 
     `Runtime(path, bundle)` opens the file (creating and migrating it); `recover()` resumes what was running;
-    `close()` parks running workflows at their next step boundary and closes the file.
+    `close()` parks running workflows at their next step boundary and closes the file. `checkpoints=False` under
+    Litestream: see `Store`.
     """
 
-    def __init__(self, path: str, bundle: Bundle | ModuleType, *, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, path: str, bundle: Bundle | ModuleType, *, synchronous: str = "FULL", checkpoints: bool = True
+    ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.from_module(bundle)
-        self.store = Store(path, synchronous=synchronous)
+        self.store = Store(path, synchronous=synchronous, checkpoints=checkpoints)
         self._lock = threading.Lock()
         self._active: dict[str, Execution] = {}
         self._workers = Workers("workflow")

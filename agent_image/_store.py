@@ -3,8 +3,15 @@ and group commit.
 
 Writes go through one writer thread that folds whatever is queued into a single transaction (group commit):
 64 workflows finishing a step at once cost one fsync, not 64. Reads use a small pool of read connections; in WAL
-mode they never block the writer. The WAL belongs to Litestream: this module never truncates or deletes it and
-only lets SQLite run its default passive auto-checkpoints.
+mode they never block the writer. The WAL belongs to Litestream: this module never truncates or deletes it.
+
+Checkpoints: standalone, SQLite's default passive auto-checkpoints. Under Litestream (`checkpoints=False`), none
+at all, not even when the last connection closes: a checkpoint Litestream did not run copies frames it may not have
+shipped into the database file and lets the next write restart the WAL over them. Litestream then sees "wal
+overwritten by another process" and ships a full snapshot read from the live database file, which this process
+keeps changing (writes, and its next auto-checkpoint) while the snapshot is read: a replica that restores into a
+database failing `PRAGMA integrity_check` ("wrong # of entries in index ..."), though the local file is fine.
+Litestream checkpoints itself (1000 pages, passive, holding the write lock while it does), so the WAL stays bounded.
 """
 
 from __future__ import annotations
@@ -52,9 +59,11 @@ _STOP = object()
 
 
 class Store:
-    """The runtime's SQLite file. Open it once per process; a second process gets `DatabaseInUse`."""
+    """The runtime's SQLite file. Open it once per process; a second process gets `DatabaseInUse`.
 
-    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+    `checkpoints=False` when Litestream replicates the file: this process then never checkpoints its WAL."""
+
+    def __init__(self, path: str, *, synchronous: str = "FULL", checkpoints: bool = True) -> None:
         synchronous = synchronous.upper()
         if synchronous not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, not {synchronous!r}")
@@ -65,6 +74,7 @@ class Store:
             )
         self.path = os.path.realpath(path)  # the real file: a symlink to it must meet the same lock
         self.synchronous = synchronous
+        self.checkpoints = checkpoints
         self._lock_file = _take_process_lock(self.path)
         try:
             self._write_conn = self._connect()
@@ -89,6 +99,9 @@ class Store:
             raise RuntimeStorageError(f"{self.path}: could not switch to WAL mode (got {journal!r})")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
+        if not self.checkpoints:  # Litestream owns the WAL (module docstring)
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
         return conn
 
     def _migrate(self) -> None:

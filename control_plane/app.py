@@ -99,7 +99,14 @@ def create_app(
         workers: list[Any] = []
         owned: Observer | None = None
         if background and fleet is not None:
-            reconciler = Reconciler(engine, runners(fleet), workers=settings.workers, lease=settings.lease_seconds)
+            reconciler = Reconciler(
+                engine,
+                runners(fleet),
+                workers=settings.workers,
+                lease=settings.lease_seconds,
+                stuck_after=settings.stuck_after,
+                stuck_interval=settings.stuck_interval,
+            )
             monitor = HealthMonitor(engine, fleet, settings)
             workers = [reconciler, monitor]
             if app.state.observer is None:

@@ -89,7 +89,41 @@ class NoAgentRunning(FleetError):
 
 
 class OperationFailed(Exception):
-    """Raised inside an operation: it ends `failed` with this message (the fleet is left as the log says)."""
+    """Raised inside an operation: it ends `failed` with this message (the fleet is left as the log says) and its
+    `code` (the operation's `result["error_code"]`; the error reads `code: message` for the subclasses below)."""
+
+    code = "operation_failed"
+
+
+class PreflightFailed(OperationFailed):
+    """Something an operation needs is missing; nothing was stopped yet (refused before acting)."""
+
+    code = "preflight_failed"
+
+
+class StoreUnreachable(PreflightFailed):
+    code = "store_unreachable"
+
+
+class NodeUnreachable(PreflightFailed):
+    code = "node_unreachable"
+
+
+class NoCapacityLeft(PreflightFailed):
+    code = "no_capacity"
+
+
+class RolledBack(OperationFailed):
+    """A move failed after it stopped an agent; the old incarnation serves again (same generation, volume, node)."""
+
+    code = "rolled_back"
+
+
+class RollbackFailed(OperationFailed):
+    """A move failed and its old incarnation could not be started again: the agent is marked `failed` for the
+    stuck-state detector and the next operation (which reinstates it before anything else)."""
+
+    code = "rollback_failed"
 
 
 class ObserverUnavailable(FleetError):

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     ready_timeout: float = 180.0  # container start -> /readyz and the first replica (restores of big DBs count)
     workers: int = 4  # operations run in parallel (never two of one tenant)
     move_parallelism: int = 4  # agents an evacuation, drain or fail-over moves at once
+    max_unavailable: int = 1  # a tenant's agents an evacuation or drain takes down at once (per-operation param too)
+    preflight_timeout: float = 3.0  # each check before an operation stops anything (store, engines) answers in this
+    rollback_timeout: float = 120.0  # how long a failed move keeps trying to start its old incarnation again
+    stuck_after: float = 300.0  # an agent starting/stopping this long with no operation of its tenant is stuck
+    stuck_interval: float = 15.0  # how often the reconciler looks for stuck agents
     fence_interval: float = 5.0  # how often an agent reads its CURRENT marker (LITEFLEET_FENCE_INTERVAL of each agent)
     # seconds an agent keeps acknowledging writes without a confirmed CURRENT (each agent's LITEFLEET_LEASE_TIMEOUT,
     # passed explicitly); a fail-over waits this long (+1 s) after moving CURRENT before the new generation starts

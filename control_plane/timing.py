@@ -48,6 +48,12 @@ class Periodic:
     def stop(self) -> None:
         self._stop.set()
 
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end (after `stop()`); True when it did (or never started)."""
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()

@@ -146,6 +146,9 @@ class ScaleRequest(SQLModel):
 class EvacuateRequest(SQLModel):
     to_node: str | None = Field(default=None, description="target node; default: placement picks")
     from_node: str | None = Field(default=None, description="only agents on this node; default: all")
+    max_unavailable: int | None = Field(
+        default=None, ge=1, le=64, description="agents of the tenant moved (down) at once; default: the setting (1)"
+    )
 
 
 # -- agents (tenant x ordinal) and their incarnations ---------------------------------------------------------------

@@ -3,6 +3,7 @@ is enforced here, and only here:
 
 - `advance_current`: CURRENT names the one generation allowed to run; it only ever moves forward, and it moves
   before that generation starts (a zombie sees another generation in CURRENT and stops itself);
+- `retreat_current`: the one step back, when a move rolls back before its new generation ever served;
 - `stopped_before_start`: a new generation of an agent starts only once the old one is no longer placed;
 - `fence_out`: an incarnation's scoped key is revoked, so a zombie cannot write even to its own dead path.
 """
@@ -24,6 +25,26 @@ def advance_current(storage: ReplicaStore, tenant: str, ordinal: int, generation
             return
         if current is not None and current.generation > generation:
             raise OperationFailed(f"CURRENT of {tenant}/{ordinal} is {current.generation}, past {generation}")
+        try:
+            storage.advance_current(tenant, ordinal, generation, current)
+            return
+        except CurrentMoved:
+            continue
+    raise OperationFailed(f"CURRENT of {tenant}/{ordinal} keeps moving")
+
+
+def retreat_current(storage: ReplicaStore, tenant: str, ordinal: int, abandoned: int, generation: int) -> None:
+    """Give CURRENT back to `generation` from `abandoned` (its successor, which a failed move started but never
+    routed to, and whose container and key are gone first: see `Fleet.reinstate`). Only that one step back is
+    allowed: a CURRENT already at `generation` is left alone, one past `abandoned` fails the operation. The write
+    is conditional, so a generation that moves CURRENT meanwhile wins. Re-running is safe for those reasons."""
+    for _ in range(5):
+        current = storage.read_current(tenant, ordinal)
+        if current is not None and current.generation == generation:
+            return
+        if current is None or current.generation != abandoned:
+            named = None if current is None else current.generation
+            raise OperationFailed(f"CURRENT of {tenant}/{ordinal} is {named}: cannot give it back to {generation}")
         try:
             storage.advance_current(tenant, ordinal, generation, current)
             return

@@ -6,6 +6,7 @@ and the old container goes only after the new one is ready."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 import time
@@ -25,7 +26,7 @@ from control_plane.drivers.agent_spec import AgentSpec, SecretsNotDelivered, inc
 from control_plane.drivers.base import Driver, EngineUnreachable, Incarnation
 from control_plane.drivers.docker import DockerDriver
 from control_plane.errors import OperationFailed
-from control_plane.fleet.fence import advance_current, fence_out
+from control_plane.fleet.fence import advance_current, fence_out, retreat_current
 from control_plane.fleet.placement import choose_node, node_loads
 from control_plane.fleet.steps import StepLog
 from control_plane.pki import credential_set
@@ -203,6 +204,40 @@ class Fleet:
             txid=record["txid"],
         )
         return record
+
+    def reinstate(
+        self,
+        ctx: StepLog,
+        tenant: Tenant,
+        ordinal: int,
+        generation: int,
+        node: Node,
+        abandoned: tuple[int, str] | None = None,
+    ) -> float:
+        """Start generation `generation` again in place: the same container and volume on `node` (its database
+        holds everything it committed, replicated or not), after the `abandoned` (generation, node) successor a
+        failed move may have begun is removed, its key revoked and CURRENT given back. Returns seconds to ready.
+
+        Re-running is safe: removing a removed container and revoking a revoked key are no-ops, CURRENT steps back
+        only from the abandoned generation, and `start` reuses the existing container."""
+        if abandoned is not None and abandoned[0] != generation:
+            successor, where = abandoned
+            # a successor left running on an engine that does not answer sees CURRENT move away, has no key: it stops
+            with contextlib.suppress(EngineUnreachable):
+                self.driver(self.node(where)).remove(incarnation_name(tenant.name, ordinal, successor))
+            fence_out(self.credentials, tenant.name, ordinal, successor)
+            # it never served (never `running`): its replica holds nothing the old one lacks, and a retry that
+            # reuses its number must restore the old generation, not this one (the entrypoint tries its own first)
+            self.storage.purge_generation(tenant.name, ordinal, successor)
+            retreat_current(self.storage, tenant.name, ordinal, successor, generation)
+        agent = self.agent(tenant.name, ordinal)
+        if agent.generation != generation:  # the row names the successor, with its keys: forget them
+            self.set_agent(
+                tenant.name, ordinal, generation=generation, access_key=None, secret_key=None, agent_token=None
+            )
+        self.set_agent(tenant.name, ordinal, node=node.name)
+        # a container that is gone restores its own replica first, else its predecessor's (the entrypoint's order)
+        return self.start(ctx, tenant, ordinal, generation, node, generation - 1 or None)
 
     def remove(self, ctx: StepLog, tenant: str, ordinal: int, generation: int, node_name: str) -> None:
         """Remove an incarnation's container and volume and revoke its key. Re-running is a no-op."""

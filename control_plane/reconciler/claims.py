@@ -23,6 +23,11 @@ class LostLease(Exception):
     """Another worker owns the operation now; stop without writing anything."""
 
 
+class Stopping(LostLease):
+    """This control plane is stopping: leave the operation at this step, release its lease (`release`) and let
+    any replica resume it from the recorded plans at once."""
+
+
 def claim(engine: Engine, lease: float) -> tuple[Operation, str] | None:
     """Take the oldest due operation whose tenant (or, for drains, whose fleet) has no other operation ahead of it,
     stamping a fresh lock token. None when nothing is due."""
@@ -81,6 +86,20 @@ def finish(engine: Engine, op_id: str, token: str, error: str | None, result: di
         )
         session.commit()
         return _rows(done) == 1
+
+
+def release(engine: Engine, op_id: str, token: str) -> bool:
+    """Give the operation back unfinished (still `running`, no lock): the next `claim` anywhere takes it at once
+    and re-runs it from the top. Safe to call twice: the second call finds the token gone."""
+    with Session(engine) as session:
+        released = session.execute(
+            update(Operation)
+            .where(col(Operation.id) == op_id)
+            .where(col(Operation.lock_token) == token)
+            .values(lock_token=None, locked_until=None, updated_at=time.time())
+        )
+        session.commit()
+        return _rows(released) == 1
 
 
 def renew(engine: Engine, op_id: str, token: str, lease: float) -> bool:

@@ -18,15 +18,16 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from control_plane.db.models import Event, Operation, OperationKind
-from control_plane.reconciler.claims import LostLease
+from control_plane.reconciler.claims import LostLease, Stopping
 from control_plane.reconciler.planning import Plan, from_json, to_json
 
 log = structlog.get_logger("control_plane.reconciler")
 
 
 class OpContext:
-    def __init__(self, engine: Engine, op: Operation, token: str) -> None:
+    def __init__(self, engine: Engine, op: Operation, token: str, stopping: Callable[[], bool] = lambda: False) -> None:
         self.engine = engine
+        self._stopping = stopping
         self.id = op.id
         self.kind: OperationKind = op.kind
         self.tenant = op.tenant
@@ -141,6 +142,8 @@ class OpContext:
             return copy.deepcopy(answer)
 
     def _owned(self, session: Session) -> Operation:
+        if self._stopping():  # every step is a point where the operation can be handed over intact
+            raise Stopping(self.id)
         op = session.get(Operation, self.id, with_for_update=True)
         if op is None or op.lock_token != self.token:
             raise LostLease(self.id)

@@ -64,13 +64,14 @@ def plan_start(
     """How to make `agent` run.
 
     - running as recorded: keep it when its container runs (`alive()`), else start the same generation again;
-    - an earlier attempt died while starting (or failed) an incarnation: finish starting that one (its own
-      replica, if it made one, wins over the older generation's in the entrypoint);
+    - an earlier attempt died while starting, stopping (or failed) an incarnation: start that one again in place
+      (its volume holds what it committed; a missing container's own replica, if it made one, wins over the older
+      generation's in the entrypoint). A new generation would refuse to start beside it (`stopped_before_start`);
     - otherwise a new generation past both the row's and CURRENT's (`current()`), restoring the newest replica,
       on the node `place()` picks."""
     if agent.state == AgentState.running and agent.node is not None:
         return StartPlan(agent.generation, agent.node, None, keep=alive())
-    if agent.state in (AgentState.starting, AgentState.failed) and agent.generation and agent.node:
+    if agent.state in (AgentState.starting, AgentState.stopping, AgentState.failed) and agent.generation and agent.node:
         return StartPlan(agent.generation, agent.node, agent.generation - 1 or None)
     last = max(agent.generation, current() or 0)
     return StartPlan(last + 1, place(), last or None)

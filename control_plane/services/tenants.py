@@ -3,6 +3,8 @@ request changes nothing; nothing here touches an engine or object storage."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -138,7 +140,10 @@ def evacuate_tenant(session: Session, name: str, body: EvacuateRequest) -> Opera
             )
     if body.from_node is not None:
         find_node(session, body.from_node)
-    op = queue(session, OperationKind.evacuate, tenant=name, to_node=body.to_node, from_node=body.from_node)
+    params: dict[str, Any] = {"to_node": body.to_node, "from_node": body.from_node}
+    if body.max_unavailable is not None:
+        params["max_unavailable"] = body.max_unavailable
+    op = queue(session, OperationKind.evacuate, tenant=name, **params)
     session.commit()
     return op
 

@@ -163,6 +163,15 @@ class ObjectStorage:
             self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
         return len(keys)
 
+    def purge_generation(self, tenant: str, agent: int, generation: int) -> int:
+        """Delete one generation's replica (a successor a rolled-back move abandoned before it served: a later
+        attempt reuses its number and must not restore it). Safe to re-run: a second run finds nothing."""
+        keys = self.keys(self.replica_prefix(tenant, agent, generation))
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[start : start + 1000]]
+            self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+        return len(keys)
+
     def restore(self, replica_url: str, output: Path, *, integrity_check: str = "full") -> Path:
         """Restore a replica into a local file for inspection or verification (never over an existing file)."""
         if output.exists():

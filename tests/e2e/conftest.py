@@ -130,6 +130,7 @@ def control_plane(
         heartbeat_interval="2",
         fence_interval="2",  # agents read CURRENT every 2 s; a fail-over waits out their 6 s lease (+1 s)
         agent_lease_timeout="6",
+        preflight_timeout="2",  # a frozen store is refused in ~2 s, inside the agents' lease (they keep serving)
         **({"database_url": _own_schema(database)} if database else {}),
     )
     plane.start(timeout=120)  # a busy shared machine took >30 s to import and migrate

@@ -5,6 +5,9 @@ whatever was acknowledged must be in the replica after a graceful stop."""
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -14,6 +17,10 @@ import apsw
 import httpx
 import pytest
 
+from agent_image import load_bundle
+from agent_image.__main__ import _parser, open_runtime
+from agent_image._store import Store
+from agent_image.container import litestream
 from control_plane.drivers.agent_http import bearer
 from tests.integration.conftest import Agents, eventually
 
@@ -176,3 +183,85 @@ def test_superseded_agent_stops_and_its_last_writes_stay_out_of_the_new_generati
     seen_by_new = sorted((int(i.split("-")[1]) for i in new_ids), reverse=True)
     assert seen_by_new, "generation 2 restored nothing"
     assert set(seen_by_new) == set(range(seen_by_new[0] + 1))  # a prefix of generation 1's history, no later writes
+
+
+ROWS_PER_ROUND = 300  # 3 KB rows: ~1,000 WAL pages a round, SQLite's auto-checkpoint threshold
+
+
+def test_the_replicated_runtime_never_checkpoints_behind_litestreams_back(tmp_path: Path) -> None:
+    """The cause of a restored generation failing "wrong # of entries in index workflow_state_status": the
+    runtime's own auto-checkpoint (every 1,000 WAL pages) restarted the WAL under Litestream, which then shipped a
+    full snapshot read from the live database file while the runtime kept writing and checkpointing it. The agent
+    runs the runtime exactly as `serve --replicated` opens it; Litestream (its real binary, a file replica) syncs
+    only when asked, after each round of writes. With checkpoints left to SQLite, every round after the first
+    forced a snapshot ("wal overwritten by another process"); the replicated runtime must cause none."""
+    db = tmp_path / "agent.db"
+    Store(str(db)).close()  # the entrypoint creates the schema before Litestream starts
+    args = _parser().parse_args(["serve", "--replicated", "--bundle", "tenants.hello", "--db", str(db)])
+    runtime = open_runtime(args, load_bundle("tenants.hello"))
+    socket, log = tmp_path / "ls.sock", tmp_path / "litestream.log"
+    document = {
+        "logging": {"level": "debug"},  # the only place Litestream says why it snapshots
+        "dbs": [{"path": str(db), "monitor-interval": "1h", "replica": {"url": f"file://{tmp_path / 'replica'}"}}],
+        "socket": {"enabled": True, "path": str(socket)},
+    }
+    document["dbs"][0]["replica"]["sync-interval"] = "1h"  # type: ignore[index]
+    config = tmp_path / "litestream.json"
+    config.write_text(json.dumps(document))
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [litestream.binary(), "replicate", "-config", str(config)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=litestream.environment(),
+        )
+    try:
+        eventually(lambda: socket.exists(), timeout=10)
+        assert litestream.sync_wait(socket, db).caught_up  # the first sync: Litestream's one snapshot
+        runtime.store.write(lambda c: c.execute("CREATE TABLE rows (id INTEGER PRIMARY KEY, status TEXT, body BLOB)"))
+        written = 0
+        for _round in range(6):
+            for _ in range(ROWS_PER_ROUND):
+                written += 1
+                runtime.store.write(
+                    lambda c, n=written: c.execute(  # type: ignore[misc]
+                        "INSERT INTO rows VALUES (?, 'PENDING', randomblob(3000));"
+                        "UPDATE rows SET status = 'SUCCESS' WHERE id = ? - 1",
+                        (n, n),
+                    )
+                )
+            assert litestream.sync_wait(socket, db).caught_up
+        runtime.close()
+        assert litestream.sync_wait(socket, db).caught_up
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    syncs = [line for line in log.read_text().splitlines() if "msg=sync " in line]
+    snapshots = [line for line in syncs if "snap=true" in line]
+    assert len(syncs) > 4 and len(snapshots) == 1, "\n".join(snapshots[1:])
+    restored = restore_file(tmp_path / "replica", tmp_path / "restored.db")
+    connection = apsw.Connection(str(restored), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        assert connection.execute("SELECT count(*) FROM rows").fetchone() == (written,)
+    finally:
+        connection.close()
+
+
+def restore_file(replica: Path, into: Path) -> Path:
+    """Restore a file replica with a full integrity check (raises when it fails)."""
+    command = [litestream.binary(), "restore", "-integrity-check", "full", "-o", str(into), f"file://{replica}"]
+    done = subprocess.run(command, capture_output=True, text=True, env=litestream.environment(), check=False)
+    assert done.returncode == 0, done.stderr
+    return into
+
+
+def test_only_a_replicated_runtime_leaves_checkpoints_to_litestream(tmp_path: Path) -> None:
+    for flags, expected in (([], 1000), (["--replicated"], 0)):  # SQLite's default: 1,000 pages
+        db = tmp_path / f"{len(flags)}.db"
+        args = _parser().parse_args(["serve", *flags, "--bundle", "tenants.hello", "--db", str(db)])
+        runtime = open_runtime(args, load_bundle("tenants.hello"))
+        try:
+            assert runtime.store.read(lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()) == (expected,)
+            assert runtime.store.write(lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()) == (expected,)
+        finally:
+            runtime.close()

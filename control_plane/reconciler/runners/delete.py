@@ -7,14 +7,23 @@ from __future__ import annotations
 
 from sqlmodel import Session, col, delete
 
-from control_plane.db.models import Agent, AgentState, Tenant, TenantState
-from control_plane.errors import OperationFailed
+from control_plane.db.models import PLACED_STATES, Agent, AgentState, Tenant, TenantState
+from control_plane.errors import OperationFailed, PreflightFailed
+from control_plane.fleet import preflight
 from control_plane.fleet.incarnations import Fleet
 from control_plane.reconciler.context import OpContext
 
 
 def run_delete(fleet: Fleet, ctx: OpContext) -> None:
     tenant = str(ctx.tenant)
+    placed = [a for a in fleet.agents(tenant) if a.node is not None and a.generation and a.state in PLACED_STATES]
+    if placed:  # preflight: their final syncs need the store, their stops their engines
+        try:
+            preflight.nodes_reachable(fleet, {str(a.node) for a in placed})
+            preflight.store_reachable(fleet, tenant)
+        except PreflightFailed as refused:
+            ctx.step("operation.refused", str(refused), code=refused.code)
+            raise
     for agent in fleet.agents(tenant):
         if agent.node is not None and agent.generation:
             try:

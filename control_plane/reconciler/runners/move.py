@@ -6,19 +6,24 @@ again from its shutdown record, starting one that runs reuses it, removing a rem
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from typing import NoReturn
 
 from sqlmodel import Session, col, select
 
 from control_plane.db.models import PLACED_STATES, Agent, AgentState, Node, NodeState, Tenant
-from control_plane.errors import OperationFailed
+from control_plane.errors import OperationFailed, PreflightFailed, RollbackFailed, RolledBack
+from control_plane.fleet import preflight
 from control_plane.fleet.incarnations import Fleet
+from control_plane.reconciler.claims import LostLease
 from control_plane.reconciler.context import OpContext
 from control_plane.reconciler.planning import MovePlan, plan_move
 from control_plane.reconciler.runners.placing import place, split
+from control_plane.timing import poll
 
 
 def plan_moves(fleet: Fleet, ctx: OpContext, agent_ids: set[str], target: str | None) -> None:
@@ -39,28 +44,95 @@ def _next_place(
     return plan_move(agent, target=target, place=lambda: place(fleet, tenant, {str(agent.node)}, reserved))
 
 
-def in_parallel(fleet: Fleet, agent_ids: set[str], one: Callable[[str], None]) -> None:
-    """Run `one` for up to `move_parallelism` agents at a time. The first failure fails the operation after the
-    others finished: a re-run resumes from the recorded plans."""
+def max_unavailable(fleet: Fleet, ctx: OpContext) -> int:
+    """How many of one tenant's agents the operation may take down at once: its `max_unavailable` parameter, else
+    the setting (at least 1)."""
+    return max(1, int(ctx.params.get("max_unavailable") or fleet.settings.max_unavailable))
+
+
+def in_parallel(fleet: Fleet, agent_ids: set[str], one: Callable[[str], None], limit: int | None = None) -> None:
+    """Run `one` for up to `move_parallelism` agents at a time and, with `limit`, never for more than `limit`
+    agents of one tenant at once (a rolling move: the router keeps serving on the others). After the first
+    failure no further agent begins (those not begun keep running); the operation then fails with it, preferring
+    a failed rollback over a completed one. A re-run resumes from the recorded plans."""
+    tenants = {split(agent_id)[0] for agent_id in agent_ids}
+    gates = {tenant: threading.BoundedSemaphore(limit or len(agent_ids) or 1) for tenant in tenants}
+    failed = threading.Event()
+
+    def gated(agent_id: str) -> None:
+        with gates[split(agent_id)[0]]:
+            if failed.is_set():
+                return
+            try:
+                one(agent_id)
+            except BaseException:
+                if limit is not None:
+                    failed.set()
+                raise
+
+    # ordinal first: one tenant's agents are spread over the queue, so waiting on its gate holds few threads
+    ordered = sorted(agent_ids, key=lambda agent_id: (split(agent_id)[1], agent_id))
     with ThreadPoolExecutor(max_workers=max(1, fleet.settings.move_parallelism)) as pool:
-        failures = [f.exception() for f in [pool.submit(one, agent_id) for agent_id in sorted(agent_ids)]]
-    for failure in failures:
-        if failure is not None:
-            raise failure
+        failures = [f.exception() for f in [pool.submit(gated, agent_id) for agent_id in ordered]]
+    found = [failure for failure in failures if failure is not None]
+    if found:
+        raise next((failure for failure in found if isinstance(failure, RollbackFailed)), found[0])
+
+
+def moved_rolling(fleet: Fleet, ctx: OpContext, agent_ids: set[str], one: Callable[[str], None]) -> None:
+    """Preflight, then move `agent_ids` with at most `max_unavailable` of one tenant down at once.
+
+    The preflight runs after every agent is placed (no capacity fails first): the store and the engines of every
+    node a move leaves or goes to must answer in time. When a check fails nothing new is stopped: only agents an
+    earlier run of this operation left mid-move are moved on (each finishes or rolls back), then the operation
+    fails with the check's code."""
+    limit = max_unavailable(fleet, ctx)
+    plans = [plan for a in agent_ids if not ctx.is_done(a) and isinstance(plan := ctx.plan_of(a), MovePlan)]
+    if plans:
+        nodes = {p.from_node for p in plans} | {p.node for p in plans}
+        try:
+            preflight.nodes_reachable(fleet, nodes)
+            preflight.store_reachable(fleet, split(min(agent_ids))[0])
+        except PreflightFailed as refused:
+            ctx.step("operation.refused", str(refused), code=refused.code)
+            pending = {a for a in agent_ids if ctx.recalled("stopped_at", a) is not None and not ctx.is_done(a)}
+            if pending:
+                in_parallel(fleet, pending, one, limit)
+            raise
+        ctx.step("operation.preflight", f"the store and {len(nodes)} engines answer; every agent has a place")
+    in_parallel(fleet, agent_ids, one, limit)
 
 
 def move(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent) -> None:
-    """Stop-before-start move of one agent to its planned generation and node; records its downtime."""
+    """Stop-before-start move of one agent to its planned generation and node; records its downtime.
+
+    When anything fails after the old incarnation began to stop (its final sync, the new generation's start), the
+    move rolls back (`roll_back`): the old incarnation serves again and the operation fails saying why. An agent a
+    failed attempt left down (`failed`) is first started again in place: only a running incarnation can prove
+    its final sync."""
     plan = ctx.plan_of(agent.id)
     if not isinstance(plan, MovePlan):
         raise OperationFailed(f"no move planned for agent {agent.id}")
     if ctx.is_done(agent.id):
         return
-    if agent.generation == plan.from_generation:
-        ctx.remember("stopped_at", time.time(), agent.id)
-        fleet.stop(ctx, agent, drain=False)
-        fleet.set_agent(agent.tenant, agent.ordinal, state=AgentState.retained, url=None)
-    fleet.start(ctx, tenant, agent.ordinal, plan.generation, fleet.node(plan.node), plan.from_generation)
+    if agent.state == AgentState.failed and agent.node is not None:
+        fleet.reinstate(ctx, tenant, agent.ordinal, agent.generation, fleet.node(agent.node))
+        ctx.step("agent.reinstated", f"gen {agent.generation} serves again on {agent.node}", agent=agent.ordinal)
+        agent = fleet.agent(agent.tenant, agent.ordinal)
+    # the new generation served already (an earlier run got that far): never roll back past its writes
+    served = agent.generation == plan.generation and agent.state == AgentState.running
+    try:
+        if agent.generation == plan.from_generation and agent.state != AgentState.retained:
+            ctx.remember("stopped_at", time.time(), agent.id)
+            fleet.stop(ctx, agent, drain=False)
+            fleet.set_agent(agent.tenant, agent.ordinal, state=AgentState.retained, url=None)
+        fleet.start(ctx, tenant, agent.ordinal, plan.generation, fleet.node(plan.node), plan.from_generation)
+    except LostLease:
+        raise
+    except Exception as exc:
+        if ctx.recalled("stopped_at", agent.id) is None or served:
+            raise
+        roll_back(fleet, ctx, tenant, agent.ordinal, plan, exc)
     ready_at = float(ctx.remember("ready_at", time.time(), agent.id))
     fleet.remove(ctx, agent.tenant, agent.ordinal, plan.from_generation, plan.from_node)
     downtime = round(ready_at - float(ctx.recalled("stopped_at", agent.id)), 3)
@@ -73,15 +145,57 @@ def move(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent) -> None:
     )
 
 
+def roll_back(fleet: Fleet, ctx: OpContext, tenant: Tenant, ordinal: int, plan: MovePlan, cause: Exception) -> NoReturn:
+    """Put the old incarnation back: remove whatever the new generation left, give CURRENT back, start the old
+    container again (same generation, volume and node), retrying until `rollback_timeout` (a frozen store may come
+    back). Always raises: RolledBack when it serves again, RollbackFailed (the agent marked `failed`) when not.
+
+    Re-running is safe: `Fleet.reinstate` is (see there)."""
+    agent_id = f"{tenant.name}/{ordinal}"
+    why = str(cause) if isinstance(cause, OperationFailed) else f"{type(cause).__name__}: {cause}"
+    g, home = plan.from_generation, plan.from_node
+    ctx.step(
+        "agent.rolling_back",
+        f"move to {plan.node} failed ({why}): starting gen {g} again on {home}",
+        agent=ordinal,
+        cause=getattr(cause, "code", type(cause).__name__),
+    )
+    last: Exception | None = None
+    for _ in poll(fleet.settings.rollback_timeout, 1.0):
+        try:
+            fleet.reinstate(ctx, tenant, ordinal, g, fleet.node(home), (plan.generation, plan.node))
+            break
+        except LostLease:
+            raise
+        except Exception as exc:
+            last = exc
+            ctx.log.warning("agent.rollback_retry", agent=ordinal, error=f"{type(exc).__name__}: {exc}")
+    else:
+        fleet.set_agent(tenant.name, ordinal, state=AgentState.failed, url=None)
+        detail = "no attempt finished" if last is None else f"{type(last).__name__}: {last}"
+        ctx.step("agent.rollback_failed", f"gen {g} could not be started again on {home}: {detail}", agent=ordinal)
+        raise RollbackFailed(
+            f"{agent_id}: move to {plan.node} failed ({why}), and gen {g} did not start again on {home} within "
+            f"{fleet.settings.rollback_timeout:g}s ({detail}); it is marked failed, a retry starts it first"
+        )
+    ctx.step("agent.rolled_back", f"gen {g} serves again on {home}", agent=ordinal, generation=g, node=home)
+    raise RolledBack(f"{agent_id}: move to {plan.node} failed ({why}); rolled back: gen {g} serves again on {home}")
+
+
 def run_evacuate(fleet: Fleet, ctx: OpContext) -> None:
     tenant = fleet.tenant(str(ctx.tenant))
     to_node, from_node = ctx.params.get("to_node"), ctx.params.get("from_node")
     chosen = ctx.planned()
     for agent in fleet.agents(tenant.name):
-        if agent.state == AgentState.running and agent.node != to_node and from_node in (None, agent.node):
+        left_down = agent.state == AgentState.failed and agent.node is not None and agent.ordinal < tenant.agents
+        if (
+            (agent.state == AgentState.running or left_down)
+            and agent.node != to_node
+            and from_node in (None, agent.node)
+        ):
             chosen.add(agent.id)
     plan_moves(fleet, ctx, chosen, to_node)
-    in_parallel(fleet, chosen, lambda agent_id: move(fleet, ctx, tenant, fleet.agent(*split(agent_id))))
+    moved_rolling(fleet, ctx, chosen, lambda agent_id: move(fleet, ctx, tenant, fleet.agent(*split(agent_id))))
     ctx.set_result("moved", len(ctx.planned()))
 
 
@@ -101,7 +215,7 @@ def run_drain(fleet: Fleet, ctx: OpContext) -> None:
         move(fleet, ctx, fleet.tenant(agent.tenant), agent)
 
     plan_moves(fleet, ctx, planned, None)
-    in_parallel(fleet, planned, one)
+    moved_rolling(fleet, ctx, planned, one)
     with Session(fleet.engine) as session:
         row = session.get(Node, node)
         if row is not None:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 
 from control_plane.db.models import Tenant
-from control_plane.errors import OperationFailed
+from control_plane.errors import NoCapacityLeft
 from control_plane.fleet.incarnations import Fleet
 from control_plane.fleet.placement import NoCapacity
 
@@ -17,7 +17,7 @@ def place(
     try:
         return fleet.place(tenant, exclude, reserved).name
     except NoCapacity as exc:
-        raise OperationFailed(str(exc)) from None
+        raise NoCapacityLeft(str(exc)) from None
 
 
 def split(agent_id: str) -> tuple[str, int]:

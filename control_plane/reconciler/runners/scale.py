@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from control_plane.db.models import PLACED_STATES, Agent, AgentState, Tenant
 from control_plane.drivers.agent_spec import incarnation_name
-from control_plane.errors import OperationFailed
+from control_plane.errors import OperationFailed, PreflightFailed
+from control_plane.fleet import preflight
 from control_plane.fleet.fence import stopped_before_start
 from control_plane.fleet.incarnations import Fleet
 from control_plane.reconciler.context import OpContext
@@ -51,8 +52,25 @@ def retire(fleet: Fleet, ctx: OpContext, agent: Agent) -> None:
     fleet.set_agent(agent.tenant, agent.ordinal, state=AgentState.retained, node=None, url=None)
 
 
+def check(fleet: Fleet, tenant: Tenant, target: int) -> None:
+    """Preflight: what a scale touches answers before anything is stopped or started. The store always (CURRENT
+    moves, final syncs are proven in it), and the engines of the agents it retires (their final sync). Capacity
+    for new agents was checked by the API and is placed agent by agent (a scale-up stops nothing)."""
+    agents = fleet.agents(tenant.name)
+    retiring = [a for a in agents if a.ordinal >= target and a.state in PLACED_STATES and a.node is not None]
+    preflight.nodes_reachable(fleet, {str(a.node) for a in retiring})
+    preflight.store_reachable(fleet, tenant.name)
+
+
 def scale_to(fleet: Fleet, ctx: OpContext, target: int) -> None:
+    """Retire the ordinals past `target` one at a time (the highest first: never more than one of them down at
+    once), then make `0..target-1` run."""
     tenant = fleet.tenant(str(ctx.tenant))
+    try:
+        check(fleet, tenant, target)
+    except PreflightFailed as refused:
+        ctx.step("operation.refused", str(refused), code=refused.code)
+        raise
     for agent in sorted(fleet.agents(tenant.name), key=lambda a: -a.ordinal):
         if agent.ordinal >= target and agent.state != AgentState.retained:
             retire(fleet, ctx, agent)

@@ -15,8 +15,10 @@ from typing import Any
 
 import httpx
 
+from agent_image.contract import AgentSecrets
 from control_plane.drivers.agent_http import Readiness
 from control_plane.drivers.agent_spec import AgentSpec
+from control_plane.drivers.base import Incarnation
 from control_plane.drivers.fake import FakeContainer, FakeDriver
 from control_plane.storage.credentials import TenantCredentials
 from control_plane.storage.replicas import Current, CurrentMoved
@@ -24,10 +26,22 @@ from control_plane.storage.replicas import Current, CurrentMoved
 BUCKET = "litefleet"
 
 
+class StoreFrozen(Exception):
+    """What a frozen store answers (boto3 raises ReadTimeoutError after its retries; any exception will do)."""
+
+
 class FakeReplicas:
-    """CURRENT markers (conditional writes, as S3's If-Match), replicas as their newest txid, shutdown records."""
+    """CURRENT markers (conditional writes, as S3's If-Match), replicas as their newest txid, shutdown records.
+
+    `frozen = True` plays a SIGSTOPped store: every call raises StoreFrozen, and an agent stopped meanwhile cannot
+    make its final sync (no shutdown record)."""
 
     bucket = BUCKET
+    frozen = False
+
+    def _check(self) -> None:
+        if self.frozen:
+            raise StoreFrozen("the store does not answer (fake: frozen)")
 
     def __init__(self) -> None:
         self.current: dict[tuple[str, int], Current] = {}
@@ -40,9 +54,11 @@ class FakeReplicas:
         return f"s3://{BUCKET}/fleet/tenants/{tenant}/agents/{agent}/gen-{generation}/"
 
     def read_current(self, tenant: str, agent: int) -> Current | None:
+        self._check()
         return self.current.get((tenant, agent))
 
     def advance_current(self, tenant: str, agent: int, generation: int, expected: Current | None) -> Current:
+        self._check()
         with self._lock:
             if self.current.get((tenant, agent)) != expected:
                 raise CurrentMoved(f"CURRENT of {tenant}/{agent} moved since it was read")
@@ -51,9 +67,11 @@ class FakeReplicas:
             return written
 
     def read_shutdown(self, tenant: str, agent: int, generation: int) -> dict[str, Any] | None:
+        self._check()
         return self.shutdowns.get((tenant, agent, generation))
 
     def replica_position(self, tenant: str, agent: int, generation: int) -> tuple[int, float | None]:
+        self._check()
         txid = self.txids.get((tenant, agent, generation), 0)
         return txid, (time.time() if txid else None)
 
@@ -61,6 +79,7 @@ class FakeReplicas:
         return self.replica_position(tenant, agent, generation)[0]
 
     def purge_tenant(self, tenant: str) -> int:
+        self._check()
         with self._lock:
             keys = [key for key in self.txids if key[0] == tenant]
             for key in keys:
@@ -68,6 +87,13 @@ class FakeReplicas:
             for marker in [key for key in self.current if key[0] == tenant]:
                 del self.current[marker]
             return len(keys)
+
+    def purge_generation(self, tenant: str, agent: int, generation: int) -> int:
+        self._check()
+        with self._lock:
+            found = self.txids.pop((tenant, agent, generation), None)
+            self.shutdowns.pop((tenant, agent, generation), None)
+            return 0 if found is None else 1
 
     def copy(self) -> FakeReplicas:
         twin = FakeReplicas()
@@ -91,7 +117,8 @@ class FakeReplicas:
     def agent_stopped(self, spec: AgentSpec) -> None:
         """A clean stop: the final sync, then the shutdown record naming the last transaction."""
         own = (spec.tenant, spec.agent, spec.generation)
-        self.shutdowns[own] = {"proven": True, "txid": self.txids.get(own, 0)}
+        if not self.frozen:  # else the final sync fails: no record, the container is killed at the stop timeout
+            self.shutdowns[own] = {"proven": True, "txid": self.txids.get(own, 0)}
 
 
 class FakeCredentials:
@@ -111,17 +138,48 @@ class FakeCredentials:
         return twin
 
 
+class RecordingDriver(FakeDriver):
+    """A FakeDriver that appends each verb that changes a container to its engines' shared `history`:
+    (engine URL, verb, container name), in the order they happened across all engines."""
+
+    def __init__(self, engine_url: str, history: list[tuple[str, str, str]], **hooks: Any) -> None:
+        super().__init__(engine_url, **hooks)
+        self.history = history
+
+    def run(self, spec: AgentSpec) -> Incarnation:
+        with self._lock:
+            self.history.append((self.engine_url, "run", spec.name))
+            return super().run(spec)
+
+    def restart(self, name: str, secrets: AgentSecrets) -> Incarnation | None:
+        with self._lock:
+            self.history.append((self.engine_url, "restart", name))
+            return super().restart(name, secrets)
+
+    def stop(self, name: str, timeout: float) -> Incarnation | None:
+        with self._lock:
+            self.history.append((self.engine_url, "stop", name))
+            return super().stop(name, timeout)
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self.history.append((self.engine_url, "remove", name))
+            super().remove(name)
+
+
 class FakeEngines:
-    """One FakeDriver per engine URL (the fleet's `make_driver`), with the replicas playing the agents."""
+    """One FakeDriver per engine URL (the fleet's `make_driver`), with the replicas playing the agents; `history`
+    lists every container change on any of them, in order."""
 
     def __init__(self, replicas: FakeReplicas) -> None:
         self.replicas = replicas
         self.drivers: dict[str, FakeDriver] = {}
+        self.history: list[tuple[str, str, str]] = []
 
     def __call__(self, engine_url: str) -> FakeDriver:
         if engine_url not in self.drivers:
-            self.drivers[engine_url] = FakeDriver(
-                engine_url, on_run=self.replicas.agent_started, on_stop=self.replicas.agent_stopped
+            self.drivers[engine_url] = RecordingDriver(
+                engine_url, self.history, on_run=self.replicas.agent_started, on_stop=self.replicas.agent_stopped
             )
         return self.drivers[engine_url]
 
