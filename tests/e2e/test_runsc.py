@@ -109,6 +109,7 @@ def test_a_failed_runsc_start_leaves_no_sandbox_behind(control_plane: ControlPla
         admin_token="a",
         runtime="runsc",
     )
+    raw_id: str | None = None
     try:
         # first without the reaper (the raw engine): this is the leak the driver has to clean
         with pytest.raises(docker.errors.APIError, match="starting sandbox"):
@@ -128,6 +129,8 @@ def test_a_failed_runsc_start_leaves_no_sandbox_behind(control_plane: ControlPla
         reap_sandbox(client, raw_id, image)
         assert _leftovers(node, raw_id) == set()
     finally:
+        if raw_id is not None:  # a failure above must not leave the raw leak behind (reaping twice is harmless)
+            reap_sandbox(client, raw_id, image)
         for name in (spec.name, f"{spec.name}-raw"):
             driver.remove(name)
         client.images.remove(broken, force=True)
