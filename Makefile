@@ -42,6 +42,7 @@ lint: setup
 bench: setup
 	$(PY) bench/runtime.py
 	$(PY) bench/agent_container.py
+	$(PY) bench/runtimes.py
 	$(PY) bench/durability.py
 	$(PY) bench/fleet.py
 	$(PY) bench/observer.py --agents 100 --modes follow,periodic

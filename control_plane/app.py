@@ -96,12 +96,14 @@ async def _unusable_text(request: Request) -> bool:
 
 
 def engine_probe(settings: Settings) -> EngineProbe:
-    """Pings a node's engine before it is registered, with the credentials it is registered with
-    (EngineUnreachable when it does not answer or its URL is refused)."""
+    """Pings a node's engine before it is registered, with the credentials it is registered with, and reads the
+    runtimes it offers (EngineUnreachable when it does not answer or its URL is refused)."""
 
-    def probe(node: NodeCreate) -> None:
+    def probe(node: NodeCreate) -> list[str]:
         tls = credential_set(settings.engine_pki_dir, node.tls)
-        DockerDriver(node.engine_url, timeout=5, tls=tls, insecure=node.insecure).ping()
+        driver = DockerDriver(node.engine_url, timeout=5, tls=tls, insecure=node.insecure)
+        driver.ping()
+        return driver.runtimes()
 
     return probe
 

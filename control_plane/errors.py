@@ -81,6 +81,14 @@ class NoCapacityError(FleetError):
     status, code = 409, "no_capacity"
 
 
+class RuntimeUnavailableError(NoCapacityError):
+    code = "runtime_unavailable"
+
+
+class NodeLacksRuntime(Conflict):
+    code = "node_lacks_runtime"
+
+
 class EngineUnreachableError(FleetError):
     status, code = 422, "engine_unreachable"
 

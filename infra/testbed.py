@@ -31,6 +31,7 @@ from pathlib import Path
 import docker
 
 from control_plane.drivers.engine_client import engine_client
+from control_plane.drivers.runtimes import runsc_runtime
 from control_plane.pki import EngineTLS, client_cert, engine_cert, init_ca
 
 CLIENT = "testbed"  # the client credential set every engine of a test bed accepts
@@ -163,7 +164,7 @@ class Testbed:
         _run("ip", "-n", node.name, "route", "add", "default", "via", self.gateway)
         root = Path(node.data_root)
         root.mkdir(parents=True, exist_ok=True)
-        (root / "daemon.json").write_text("{}")
+        (root / "daemon.json").write_text(json.dumps(daemon_config()))
         server = EngineTLS.from_dir(self.pki_dir / "engines" / node.name)
         log = open(root / "dockerd.log", "ab")  # noqa: SIM115 (the daemon keeps it)
         process = subprocess.Popen(
@@ -254,6 +255,13 @@ class Testbed:
         if node.pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(node.pid, signal.SIGKILL)
+
+
+def daemon_config() -> dict[str, object]:
+    """The engines' daemon.json: gVisor's `runsc` registered as a runtime when it is installed (Debian's package;
+    `infra/setup-host.sh` installs it). `--network=host` is needed on this kernel: see RUNSC_RUNTIME."""
+    runsc = shutil.which("runsc")
+    return {} if runsc is None else {"runtimes": {"runsc": runsc_runtime(runsc)}}
 
 
 def _run(*command: str) -> None:

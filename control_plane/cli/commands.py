@@ -158,8 +158,10 @@ def image_build(
     typer.echo(f"{built.tag} {verb} in {built.seconds:.1f}s, {built.size_bytes / 2**20:.0f} MiB")
 
 
-NODE_COLUMNS = ["name", "state", "engine_url", "address", "agents", "capacity_agents", "memory_mb_used", "last_seen_at"]
-TENANT_COLUMNS = ["name", "state", "agents", "bundle", "memory_mb", "sync_interval"]
+NODE_COLUMNS = [
+    "name", "state", "engine_url", "address", "agents", "capacity_agents", "memory_mb_used", "runtimes", "last_seen_at"
+]  # fmt: skip
+TENANT_COLUMNS = ["name", "state", "agents", "bundle", "memory_mb", "sync_interval", "runtime"]
 OP_COLUMNS = ["id", "kind", "tenant", "node", "state", "attempts", "created_at", "error"]
 TOKEN_COLUMNS = ["id", "tenant", "name", "created_at", "revoked_at"]
 
@@ -245,11 +247,13 @@ def tenants_create(
     memory_mb: Annotated[int, typer.Option(help="memory limit per agent")] = 256,
     cpus: Annotated[float, typer.Option(help="CPU limit per agent")] = 0.5,
     sync_interval: Annotated[float, typer.Option(help="Litestream sync interval, seconds")] = 1.0,
+    runtime: Annotated[str, typer.Option(help="OCI runtime: runc, or runsc (gVisor) on nodes that offer it")] = "runc",
     wait: WaitOption = True,
     timeout: TimeoutOption = 1800,
     as_json: JsonOption = False,
 ) -> None:
     body = {
+        "runtime": runtime,
         "name": name,
         "agents": agents,
         "bundle": bundle,

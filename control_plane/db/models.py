@@ -23,6 +23,19 @@ def _now() -> float:
     return time.time()
 
 
+# -- runtimes -------------------------------------------------------------------------------------------------------
+
+
+class Runtime(StrEnum):
+    """The OCI runtimes a tenant may ask for (what each needs: control_plane/drivers/runtimes.py)."""
+
+    runc = "runc"
+    runsc = "runsc"  # gVisor
+
+
+DEFAULT_RUNTIME = Runtime.runc
+
+
 # -- nodes ----------------------------------------------------------------------------------------------------------
 
 
@@ -66,6 +79,7 @@ class NodeCreate(NodeBase):
 
 class NodePublic(NodeBase):
     state: NodeState
+    runtimes: list[str] = []
     agents: int = 0
     memory_mb_used: int = 0
     last_seen_at: float | None = None
@@ -78,6 +92,8 @@ class Node(NodeBase, table=True):
     last_seen_at: float | None = None
     missed_heartbeats: int = 0
     created_at: float = Field(default_factory=_now)
+    # the OCI runtimes its engine offers (`docker info`), read at registration and refreshed by heartbeats
+    runtimes: list[str] = Field(default_factory=lambda: [DEFAULT_RUNTIME.value], sa_column=Column(JSON))
 
 
 # -- tenants --------------------------------------------------------------------------------------------------------
@@ -99,11 +115,13 @@ class TenantBase(SQLModel):
 class TenantCreate(TenantBase):
     name: Name
     agents: int = Field(default=1, ge=0, le=64)
+    runtime: Runtime = Field(default=DEFAULT_RUNTIME, description="OCI runtime: runc, or runsc (gVisor)")
 
 
 class TenantPublic(TenantBase):
     name: str
     agents: int
+    runtime: str = DEFAULT_RUNTIME.value
     state: TenantState
     created_at: float
     placements: list[AgentPublic] = []
@@ -121,6 +139,8 @@ class Tenant(TenantBase, table=True):
     wake_agents: int = 0  # the count to come back to after hibernation
     state: TenantState = TenantState.active
     created_at: float = Field(default_factory=_now)
+    # validated by TenantCreate; a string here, so that allowing another runtime is a code change, not a migration
+    runtime: str = Field(default=DEFAULT_RUNTIME.value, max_length=20)
     # the tenant's token for its agents' /admin/* (drain), minted by the fleet at the first start; never fleet-wide
     # (tenant code can read it from its own container), never in an API answer (TenantPublic has no such field)
     admin_token: str | None = Field(default=None, max_length=200, repr=False)

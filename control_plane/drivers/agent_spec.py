@@ -21,6 +21,7 @@ from agent_image.contract import AgentSecrets, ContainerEnv
 from control_plane.drivers import agent_http
 from control_plane.drivers.agent_http import AgentExited, AgentNotReady
 from control_plane.drivers.network import Isolation
+from control_plane.drivers.runtimes import DEFAULT_RUNTIME, pids_limit
 from control_plane.storage.credentials import TenantCredentials
 
 AGENT_PORT = 8080
@@ -64,7 +65,8 @@ class AgentSpec:
     lease_timeout: float = 15.0  # seconds without a confirmed CURRENT before the agent stops acknowledging writes
     memory_mb: int = 256
     cpus: float = 1.0
-    pids: int = 256
+    pids: int = 256  # the agent's own; `pids_limit` adds the sandbox's threads under runsc
+    runtime: str = DEFAULT_RUNTIME.value  # the tenant's OCI runtime (drivers/runtimes.py)
     publish_ip: str = "127.0.0.1"
     network: str | None = None  # set by the driver to the tenant's own network when `isolation` is given
     isolation: Isolation | None = None  # None: the engine's default bridge, no rules (tests, a local engine)
@@ -73,6 +75,10 @@ class AgentSpec:
     @property
     def name(self) -> str:
         return incarnation_name(self.tenant, self.agent, self.generation)
+
+    @property
+    def pids_limit(self) -> int:
+        return pids_limit(self.runtime, self.pids)
 
     @property
     def volume(self) -> str:
@@ -131,7 +137,8 @@ def run_agent(client: Any, spec: AgentSpec) -> Any:
         ports={f"{AGENT_PORT}/tcp": (spec.publish_ip, None)},
         mem_limit=f"{spec.memory_mb}m",
         nano_cpus=int(spec.cpus * 1e9),
-        pids_limit=spec.pids,
+        pids_limit=spec.pids_limit,
+        runtime=spec.runtime,
         read_only=True,
         tmpfs=dict(TMPFS),
         cap_drop=["ALL"],

@@ -35,6 +35,7 @@ from control_plane.drivers.network import (
     ensure_tenant_network,
     release_tenant_network,
 )
+from control_plane.drivers.runtimes import Runtime, engine_runtimes, reap_failed_start
 from control_plane.pki import EngineTLS
 from control_plane.timing import poll
 
@@ -71,6 +72,11 @@ class DockerDriver:
             log.debug("engine.ping_failed", engine=self.engine_url, error=type(exc).__name__, exc_info=True)
             raise EngineUnreachable(f"engine {self.engine_url} does not answer") from None
 
+    def runtimes(self) -> list[str]:
+        """The OCI runtimes this engine offers (`docker info` Runtimes): what placement matches tenants against."""
+        with _engine(self.engine_url):
+            return engine_runtimes(self.client.info())
+
     def ensure_image(self, image: str) -> float:
         """Make sure `image` is on this engine, copying it from the local engine if not (no registry here).
         Returns the seconds spent copying (0 when it was there)."""
@@ -94,7 +100,8 @@ class DockerDriver:
             existing = find_agent(self.client, spec)
             if existing is not None:
                 return _incarnation(existing)
-            return _incarnation(run_agent(self.client, self._isolated(spec)))
+            with self._reaping(spec.runtime, spec.name, spec.image):
+                return _incarnation(run_agent(self.client, self._isolated(spec)))
 
     def inspect(self, name: str) -> Incarnation | None:
         with _engine(self.engine_url):
@@ -111,7 +118,8 @@ class DockerDriver:
                 return None
             if container.status != "running":
                 self._ensure_isolation(container.labels)  # a rebooted node kept the network, not the rules
-                container.start()
+                with self._reaping(_runtime_of(container), name, container.attrs["Config"]["Image"]):
+                    container.start()
             deliver_secrets(self.client, container.id, secrets)
             return _incarnation(container)
 
@@ -122,7 +130,8 @@ class DockerDriver:
             if container is None:
                 return None
             if container.status in ("running", "restarting", "paused"):
-                container.update(restart_policy={"Name": "no"})  # a stop must not come back by itself
+                if _restart_policy(container) != "no":  # a stop must not come back by itself
+                    container.update(restart_policy={"Name": "no"})  # (never needed for runsc: it has no `update`)
                 container.stop(timeout=int(timeout))
                 container.wait(timeout=int(timeout) + 30)
             return _incarnation(container)
@@ -203,11 +212,30 @@ class DockerDriver:
         self.ensure_image(tag)
         return tag
 
+    @contextlib.contextmanager
+    def _reaping(self, runtime: str, name: str, image: str) -> Iterator[None]:
+        """A runsc start the engine refused leaks the sandbox on the node (drivers/runtimes.py): reap it, and
+        remove the never-started container (the caller's retry creates it afresh), then raise the engine's error."""
+        try:
+            yield
+        except docker.errors.APIError:
+            if runtime == Runtime.runsc and reap_failed_start(self.client, name, image):
+                log.warning("runsc.start_failed", container=name, engine=self.engine_url, reaped=True)
+            raise
+
     def _get(self, name: str) -> Any | None:
         try:
             return self.client.containers.get(name)
         except docker.errors.NotFound:
             return None
+
+
+def _restart_policy(container: Any) -> str:
+    return str((container.attrs.get("HostConfig", {}).get("RestartPolicy") or {}).get("Name") or "no")
+
+
+def _runtime_of(container: Any) -> str:
+    return str(container.attrs.get("HostConfig", {}).get("Runtime") or Runtime.runc.value)
 
 
 def _exit_code(container: Any) -> int | None:

@@ -33,12 +33,17 @@ class FakeDriver:
         self.engine_url = engine_url
         self.containers: dict[str, FakeContainer] = {}
         self.reachable = True
+        self.runtimes_offered = ["runc"]  # what `docker info` would list; a test adds "runsc"
         self._on_run = on_run
         self._on_stop = on_stop
         self._lock = threading.RLock()
 
     def ping(self) -> None:
         self._check()
+
+    def runtimes(self) -> list[str]:
+        self._check()
+        return list(self.runtimes_offered)
 
     def ensure_image(self, image: str) -> float:
         self._check()

@@ -101,7 +101,7 @@ class Fleet:
         for name, owner in reserved:
             if name in loads:
                 loads[name] = loads[name].plus(owner.memory_mb, owner.name == tenant.name)
-        return choose_node(loads.values(), tenant.name, tenant.memory_mb, exclude)
+        return choose_node(loads.values(), tenant.name, tenant.memory_mb, exclude, runtime=tenant.runtime)
 
     def set_agent(self, tenant: str, ordinal: int, **values: Any) -> None:
         with Session(self.engine) as session:
@@ -124,6 +124,8 @@ class Fleet:
 
         Re-running is safe: CURRENT only ever moves forward to `generation`; an existing container of that
         incarnation is reused (started again if it stopped), not duplicated; the agent row is written last."""
+        if tenant.runtime not in (node.runtimes or []):  # an explicit target (evacuate --to) that lacks it
+            raise OperationFailed(f"node {node.name} has no {tenant.runtime} runtime for tenant {tenant.name}")
         advance_current(self.storage, tenant.name, ordinal, generation)
         creds, agent_token, admin_token = self._secrets(tenant.name, ordinal, generation)
         self.set_agent(tenant.name, ordinal, generation=generation, node=node.name, state=AgentState.starting)
@@ -318,6 +320,7 @@ class Fleet:
             lease_timeout=self.settings.agent_lease_timeout,
             memory_mb=tenant.memory_mb,
             cpus=tenant.cpus,
+            runtime=tenant.runtime,
             publish_ip=node.address,
             isolation=tenant_isolation(s3_endpoint, node.address) if self.settings.tenant_networks else None,
             fleet=self.storage.bucket,

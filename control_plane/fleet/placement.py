@@ -1,4 +1,5 @@
-"""Where a tenant's agents go: capacity-aware, spread over nodes, never onto a node that is not ready."""
+"""Where a tenant's agents go: capacity-aware, spread over nodes, never onto a node that is not ready or whose
+engine lacks the tenant's runtime (runsc tenants only land on nodes that registered runsc)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ from control_plane.db.models import PLACED_STATES, Agent, Node, NodeState, Tenan
 
 class NoCapacity(Exception):
     code = "no_capacity"
+
+
+class RuntimeUnavailable(NoCapacity):
+    """No ready node offers the tenant's runtime at all: more capacity would not help, a node with it would."""
+
+    code = "runtime_unavailable"
 
 
 @dataclass(frozen=True)
@@ -50,18 +57,28 @@ def node_loads(session: Session, tenant: str) -> dict[str, NodeLoad]:
 
 
 def choose_node(
-    loads: Iterable[NodeLoad], tenant: str, memory_mb: int, exclude: AbstractSet[str] = frozenset()
+    loads: Iterable[NodeLoad],
+    tenant: str,
+    memory_mb: int,
+    exclude: AbstractSet[str] = frozenset(),
+    runtime: str = "runc",
 ) -> Node:
-    """The ready node with room for one more agent of `tenant` that holds the fewest of its agents (spread), then
-    the most free memory. Raises NoCapacity saying why each node was passed over."""
+    """The ready node offering `runtime` with room for one more agent of `tenant` that holds the fewest of its
+    agents (spread), then the most free memory. Raises NoCapacity saying why each node was passed over, or
+    RuntimeUnavailable when no ready node offers `runtime`."""
     reasons: list[str] = []
     candidates: list[NodeLoad] = []
+    offered = False
     for load in loads:
         node = load.node
+        has_runtime = runtime in (node.runtimes or [])
+        offered = offered or (has_runtime and node.state == NodeState.ready)
         if node.name in exclude:
             reasons.append(f"{node.name}: excluded")
         elif node.state != NodeState.ready:
             reasons.append(f"{node.name}: {node.state.value}")
+        elif not has_runtime:
+            reasons.append(f"{node.name}: no {runtime} runtime (has {', '.join(node.runtimes or []) or 'none'})")
         elif load.agents >= node.capacity_agents:
             reasons.append(f"{node.name}: full ({load.agents}/{node.capacity_agents} agents)")
         elif load.memory_mb + memory_mb > node.capacity_memory_mb:
@@ -71,6 +88,8 @@ def choose_node(
             candidates.append(load)
     if not candidates:
         detail = "; ".join(reasons) if reasons else "no nodes registered"
+        if reasons and not offered:
+            raise RuntimeUnavailable(f"no ready node offers the {runtime} runtime for {tenant}: {detail}")
         raise NoCapacity(f"no node can take an agent of {tenant} ({memory_mb} MiB): {detail}")
     best = min(
         candidates,

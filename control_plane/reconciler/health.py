@@ -42,6 +42,7 @@ from control_plane.settings import Settings
 from control_plane.timing import Periodic
 
 log = structlog.get_logger("control_plane.health")
+RUNTIMES_REFRESH = 60.0  # seconds between reads of a node's runtimes (`docker info`)
 
 PROBE_TIMEOUT = 2.0  # seconds an agent's /readyz may take before it counts as no answer
 
@@ -77,6 +78,7 @@ class HealthMonitor:
             Periodic("litefleet-heartbeat", interval, self.heartbeat, fixed_rate=True),
             Periodic("litefleet-probe", interval, self.probe, fixed_rate=True),
         ]
+        self._runtimes_read: dict[str, float] = {}  # node -> when its engine's runtimes were last read
 
     def start(self) -> None:
         for periodic in self._periodic:
@@ -145,6 +147,26 @@ class HealthMonitor:
                 session.add(node)
             session.commit()
 
+    def _refresh_runtimes(self, node: Node) -> None:
+        """Record the runtimes the node's engine offers (an engine restarted with runsc registered, or without it),
+        at most once per `RUNTIMES_REFRESH` seconds per node: `docker info` costs more than a ping."""
+        now = time.monotonic()
+        if now - self._runtimes_read.get(node.name, -RUNTIMES_REFRESH) < RUNTIMES_REFRESH:
+            return
+        try:
+            runtimes = self.fleet.driver(node).runtimes()
+        except EngineUnreachable:
+            return
+        self._runtimes_read[node.name] = now
+        if runtimes == node.runtimes:
+            return
+        with Session(self.engine) as session:
+            session.execute(update(Node).where(col(Node.name) == node.name).values(runtimes=runtimes))
+            message = f"engine offers {', '.join(runtimes)} (was {', '.join(node.runtimes or [])})"
+            session.add(Event(kind="node.runtimes", node=node.name, message=message))
+            session.commit()
+        log.info("node.runtimes", node=node.name, runtimes=runtimes)
+
     def probe(self) -> None:
         """Queue cleanups of stale containers and record every running agent's `/readyz` on the nodes that answer
         heartbeats (all listings and probes at once). Safe to run at any time: it only records what agents
@@ -160,6 +182,7 @@ class HealthMonitor:
             )
         by_name = {node.name: node for node in nodes}
         listings = [self._probes.submit(self._queue_cleanups, node) for node in nodes]
+        listings += [self._probes.submit(self._refresh_runtimes, node) for node in nodes]
         probed = [agent for agent in agents if agent.url and agent.agent_token]
         answers = list(self._probes.map(self._probe, probed))
         self._record_probes(list(zip(probed, answers, strict=True)))

@@ -22,12 +22,14 @@ from control_plane.db.models import (
     Tenant,
 )
 from control_plane.drivers.base import EngineUnreachable
+from control_plane.drivers.runtimes import DEFAULT_RUNTIME
 from control_plane.errors import EngineUnreachableError, NodeExists, NodeNotEmpty, NodeNotFound, NodeNotReady
 from control_plane.services.operations import event, queue
 from control_plane.services.paging import DEFAULT_LIMIT, decode, encode
 
-EngineProbe = Callable[[NodeCreate], None]  # pings the engine with the node's own URL and credentials
-"""Pings the engine at a URL; raises EngineUnreachable when it does not answer."""
+EngineProbe = Callable[[NodeCreate], list[str]]
+"""Pings the engine with the node's own URL and credentials and returns the OCI runtimes it offers; raises
+EngineUnreachable when it does not answer."""
 
 
 def find_node(session: Session, name: str) -> Node:
@@ -64,14 +66,15 @@ def register_node(session: Session, body: NodeCreate, probe: EngineProbe) -> Nod
     if session.get(Node, body.name) is not None:
         raise NodeExists(f"node {body.name!r} is already registered")
     try:
-        probe(body)
+        runtimes = probe(body) or [DEFAULT_RUNTIME.value]  # a probe that cannot tell: the default every engine has
     except EngineUnreachable as exc:  # also a refused URL: insecure_engine_url, engine_url_scheme, engine_tls_invalid
         error = EngineUnreachableError(str(exc))
         error.code = exc.code
         raise error from None
-    node = Node.model_validate(body, update={"last_seen_at": time.time()})
+    node = Node.model_validate(body, update={"last_seen_at": time.time(), "runtimes": runtimes})
     session.add(node)
-    event(session, "node.registered", f"{body.engine_url}, {body.capacity_agents} agents", node=body.name)
+    runs = ", ".join(runtimes)
+    event(session, "node.registered", f"{body.engine_url}, {body.capacity_agents} agents, {runs}", node=body.name)
     try:
         session.commit()
     except IntegrityError:  # a concurrent registration of the same name won the race

@@ -23,8 +23,16 @@ from control_plane.db.models import (
     TenantState,
 )
 from control_plane.drivers.images import check_bundle
-from control_plane.errors import NoCapacityError, NodeNotReady, TenantBusy, TenantExists, TenantNotFound
-from control_plane.fleet.placement import NoCapacity, choose_node, node_loads
+from control_plane.errors import (
+    NoCapacityError,
+    NodeLacksRuntime,
+    NodeNotReady,
+    RuntimeUnavailableError,
+    TenantBusy,
+    TenantExists,
+    TenantNotFound,
+)
+from control_plane.fleet.placement import NoCapacity, RuntimeUnavailable, choose_node, node_loads
 from control_plane.services.nodes import find_node
 from control_plane.services.operations import queue
 from control_plane.services.paging import DEFAULT_LIMIT, decode, encode
@@ -58,13 +66,16 @@ def _agents_of(session: Session, names: list[str]) -> dict[str, list[Agent]]:
     return found
 
 
-def _check_capacity(session: Session, tenant: str, memory_mb: int, count: int) -> None:
-    """Refuse up front when `count` more agents of this size cannot fit anywhere (the reason names each node)."""
+def _check_capacity(session: Session, tenant: str, memory_mb: int, count: int, runtime: str) -> None:
+    """Refuse up front when `count` more agents of this size and runtime cannot fit anywhere (the reason names
+    each node)."""
     loads = node_loads(session, tenant)
     try:
         for _ in range(count):
-            node = choose_node(loads.values(), tenant, memory_mb)
+            node = choose_node(loads.values(), tenant, memory_mb, runtime=runtime)
             loads[node.name] = loads[node.name].plus(memory_mb, True)
+    except RuntimeUnavailable as exc:
+        raise RuntimeUnavailableError(str(exc)) from None
     except NoCapacity as exc:
         raise NoCapacityError(str(exc)) from None
 
@@ -73,7 +84,7 @@ def create_tenant(session: Session, body: TenantCreate) -> Operation:
     if session.get(Tenant, body.name) is not None:
         raise TenantExists(f"tenant {body.name!r} already exists")
     check_bundle(body.bundle)
-    _check_capacity(session, body.name, body.memory_mb, body.agents)
+    _check_capacity(session, body.name, body.memory_mb, body.agents, body.runtime)
     session.add(Tenant.model_validate(body))
     op = queue(session, OperationKind.provision, tenant=body.name, agents=body.agents)
     try:
@@ -116,7 +127,7 @@ def scale_tenant(session: Session, name: str, agents: int) -> Operation:
         session.exec(select(Agent).where(Agent.tenant == name).where(col(Agent.state).in_(PLACED_STATES))).all()
     )
     if agents > running:
-        _check_capacity(session, name, tenant.memory_mb, agents - running)
+        _check_capacity(session, name, tenant.memory_mb, agents - running, tenant.runtime)
     kind = OperationKind.hibernate if agents == 0 else OperationKind.scale
     if agents == 0 and tenant.agents:
         tenant.wake_agents = tenant.agents
@@ -135,7 +146,7 @@ def hibernate_tenant(session: Session, name: str) -> Operation:
 def wake_tenant(session: Session, name: str) -> Operation:
     tenant = _active(session, name)
     agents = tenant.agents or tenant.wake_agents or 1
-    _check_capacity(session, name, tenant.memory_mb, agents)
+    _check_capacity(session, name, tenant.memory_mb, agents, tenant.runtime)
     tenant.agents, tenant.state = agents, TenantState.active
     session.add(tenant)
     op = queue(session, OperationKind.wake, tenant=name, agents=agents)
@@ -144,11 +155,15 @@ def wake_tenant(session: Session, name: str) -> Operation:
 
 
 def evacuate_tenant(session: Session, name: str, body: EvacuateRequest) -> Operation:
-    _active(session, name)
+    tenant = _active(session, name)
     if body.to_node is not None:
         target = find_node(session, body.to_node)
         if target.state != NodeState.ready:
             raise NodeNotReady(f"node {target.name} is {target.state.value}; evacuate to a ready node")
+        if tenant.runtime not in (target.runtimes or []):
+            raise NodeLacksRuntime(
+                f"node {target.name} has no {tenant.runtime} runtime (it has {', '.join(target.runtimes or [])})"
+            )
     if body.from_node is not None:
         find_node(session, body.from_node)
     params: dict[str, Any] = {"to_node": body.to_node, "from_node": body.from_node}
