@@ -35,7 +35,7 @@ def test_a_runsc_tenant_provisions_runs_workflows_and_evacuates_with_its_results
     control_plane: ControlPlane, testbed: Testbed
 ) -> None:
     plane = control_plane
-    nodes = {node["name"]: node for node in plane.call("GET", "/v1/nodes").json()}
+    nodes = {node["name"]: node for node in plane.call("GET", "/v1/nodes").json()["items"]}
     assert all("runsc" in nodes[node.name]["runtimes"] for node in testbed.nodes), nodes
 
     tenant = tenant_name()

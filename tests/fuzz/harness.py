@@ -103,7 +103,7 @@ def settle(control_plane: ControlPlaneProcess, timeout: float = 60) -> bool:
         busy = [
             op
             for state in ("pending", "running")
-            for op in control_plane.client.request("GET", "/v1/operations", state=state)
+            for op in control_plane.client.all("/v1/operations", state=state)
         ]
         if not busy:
             return True
@@ -163,7 +163,7 @@ def main() -> None:
         result["server_errors"] = Counter(f"{line['status']} {line['code']}" for line in lines if line["status"] >= 500)
         result["settled"] = settle(control_plane)
         result["api_counts"] = {
-            path: len(control_plane.client.request("GET", path)) for path in ("/v1/nodes", "/v1/tenants")
+            path: len(control_plane.client.all(path)) for path in ("/v1/nodes", "/v1/tenants")
         }
     finally:
         control_plane.stop()

@@ -99,13 +99,13 @@ def test_the_api_validates_stores_and_shows_a_tenants_runtime(engine: Engine, tm
     refused = api.post("/v1/tenants", json={"name": "acme", "runtime": "runsc"})
     assert (refused.status_code, refused.json()["code"]) == (409, "runtime_unavailable"), refused.text
     assert "plain: no runsc runtime" in refused.json()["message"]
-    assert api.get("/v1/tenants").json() == []  # refused: nothing changed
+    assert api.get("/v1/tenants").json()["items"] == []  # refused: nothing changed
 
     gvisor = api.post("/v1/nodes", json={"name": "gvisor", "engine_url": "unix:///y"})
     assert gvisor.status_code == 201 and gvisor.json()["runtimes"] == BOTH
     assert api.post("/v1/tenants", json={"name": "acme", "runtime": "runsc"}).status_code == 202
     assert api.post("/v1/tenants", json={"name": "plain-one"}).status_code == 202
-    tenants = {tenant["name"]: tenant for tenant in api.get("/v1/tenants").json()}
+    tenants = {tenant["name"]: tenant for tenant in api.get("/v1/tenants").json()["items"]}
     assert (tenants["acme"]["runtime"], tenants["plain-one"]["runtime"]) == ("runsc", "runc")
 
     to_plain = api.post("/v1/tenants/acme/evacuate", json={"to_node": "plain"})

@@ -106,7 +106,7 @@ def test_the_admin_creates_lists_and_revokes_tokens_and_only_a_hash_is_kept(api:
     assert api.delete(f"/v1/tenants/{ACME}/tokens/nope").status_code == 404
     [revoked] = api.get(f"/v1/tenants/{ACME}/tokens").json()
     assert revoked["revoked_at"] is not None
-    kinds = [event["kind"] for event in api.get("/v1/events", params={"tenant": ACME}).json()]
+    kinds = [event["kind"] for event in api.get("/v1/events", params={"tenant": ACME}).json()["items"]]
     assert kinds == ["token.revoked", "token.created"]
 
 
