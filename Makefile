@@ -27,8 +27,9 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q tests/unit
 
+E2E ?= tests/e2e
 test-e2e: setup
-	$(PY) -m pytest -q tests/e2e
+	$(PY) -m pytest -q $(E2E)
 
 test-browser: setup
 	$(PY) -m pytest -q -s tests/browser
