@@ -15,6 +15,8 @@ import sys
 import urllib.parse
 from typing import Any
 
+import pytest
+
 from control_plane.drivers.network import TenantNetwork
 from control_plane.storage import ObjectStorage
 from control_plane.storage.seaweed import EmbeddedStore
@@ -97,13 +99,22 @@ def in_namespace(node: TestbedNode, host: str, port: int) -> str:
     return "connected" if done.returncode == 0 else "failed"
 
 
+@pytest.mark.parametrize("runtime", ["runc", "runsc"])
 def test_a_hostile_tenant_reaches_nothing_but_its_own_s3_prefix(
-    control_plane: ControlPlane, testbed: Testbed, store: EmbeddedStore, admin: ObjectStorage, image: str
+    control_plane: ControlPlane,
+    testbed: Testbed,
+    store: EmbeddedStore,
+    admin: ObjectStorage,
+    image: str,
+    runtime: str,
 ) -> None:
+    """The same attacks from a tenant under runc and under gVisor (runsc registered with `--network=host`: its
+    sockets live in the container's own network namespace, so the same per-tenant rules must hold)."""
     plane = control_plane
     victim, hostile = tenant_name(), tenant_name()
     plane.done("POST", "/v1/tenants", json={"name": victim, "agents": 2, "sync_interval": 0.2})
-    plane.done("POST", "/v1/tenants", json={"name": hostile, "agents": 1, "bundle": "tenants.hostile"})
+    hostile_spec = {"name": hostile, "agents": 1, "bundle": "tenants.hostile", "runtime": runtime}
+    plane.done("POST", "/v1/tenants", json=hostile_spec)
     nodes = {node.name: node for node in testbed.nodes}
     (mine,) = placements(plane, hostile)
     home = nodes[mine["node"]]
@@ -114,6 +125,7 @@ def test_a_hostile_tenant_reaches_nothing_but_its_own_s3_prefix(
     near_ip = ip_of(container_of(home, victim, near["ordinal"]))
     far_ip = ip_of(container_of(away, victim, far["ordinal"]))
     hostile_container = container_of(home, hostile, mine["ordinal"])
+    assert hostile_container.attrs["HostConfig"]["Runtime"] == runtime
     own_network = TenantNetwork(BUCKET, hostile)
     assert list(hostile_container.attrs["NetworkSettings"]["Networks"]) == [own_network.name]
     own_gateway = home.client().networks.get(own_network.name).attrs["IPAM"]["Config"][0]["Gateway"]
