@@ -46,11 +46,13 @@ class LaggingAgents(FakeAgents):
             return answer
         name = url.rpartition("/")[2]  # lf-<tenant>-<agent>-g<generation>
         if self.stalled and name.startswith(f"lf-{self.stalled}-"):
+            # its writes go on, its replica does not follow: the store-side lag grows, no sync is confirmed
             behind = time.time() - self.since
-            lag, seconds = int(behind * 3), behind
-        else:
-            lag, seconds = (int(time.time() * 2) + len(name)) % 4, 0.5
-        return replace(answer, local_txid=answer.local_txid + lag, lag_txids=lag, seconds_since_sync=seconds)
+            lag = int(behind * 3)
+            return replace(answer, local_txid=answer.local_txid + lag, lag_txids=lag, seconds_since_sync=behind)
+        # the replica holds what the agent reports (the store confirms each sync), its own view wobbles a little
+        lag = (int(time.time() * 2) + len(name)) % 4
+        return replace(answer, lag_txids=lag, seconds_since_sync=0.5)
 
 
 def main() -> None:
