@@ -101,9 +101,7 @@ def settle(control_plane: ControlPlaneProcess, timeout: float = 60) -> bool:
     """Wait until no operation is pending or running (what the fuzzer queued has been worked off)."""
     for _ in poll(timeout, 0.5):
         busy = [
-            op
-            for state in ("pending", "running")
-            for op in control_plane.client.all("/v1/operations", state=state)
+            op for state in ("pending", "running") for op in control_plane.client.all("/v1/operations", state=state)
         ]
         if not busy:
             return True
@@ -162,9 +160,7 @@ def main() -> None:
         result["statuses"] = dict(sorted(Counter(str(line["status"]) for line in lines).items()))
         result["server_errors"] = Counter(f"{line['status']} {line['code']}" for line in lines if line["status"] >= 500)
         result["settled"] = settle(control_plane)
-        result["api_counts"] = {
-            path: len(control_plane.client.all(path)) for path in ("/v1/nodes", "/v1/tenants")
-        }
+        result["api_counts"] = {path: len(control_plane.client.all(path)) for path in ("/v1/nodes", "/v1/tenants")}
     finally:
         control_plane.stop()
         store.down()
