@@ -161,7 +161,7 @@ def image_build(
 NODE_COLUMNS = [
     "name", "state", "engine_url", "address", "agents", "capacity_agents", "memory_mb_used", "runtimes", "last_seen_at"
 ]  # fmt: skip
-TENANT_COLUMNS = ["name", "state", "agents", "bundle", "memory_mb", "sync_interval", "runtime"]
+TENANT_COLUMNS = ["name", "state", "agents", "bundle", "memory_mb", "sync_interval", "runtime", "durability"]
 OP_COLUMNS = ["id", "kind", "tenant", "node", "state", "attempts", "created_at", "error"]
 TOKEN_COLUMNS = ["id", "tenant", "name", "created_at", "revoked_at"]
 
@@ -248,12 +248,16 @@ def tenants_create(
     cpus: Annotated[float, typer.Option(help="CPU limit per agent")] = 0.5,
     sync_interval: Annotated[float, typer.Option(help="Litestream sync interval, seconds")] = 1.0,
     runtime: Annotated[str, typer.Option(help="OCI runtime: runc, or runsc (gVisor) on nodes that offer it")] = "runc",
+    durability: Annotated[
+        str, typer.Option(help="default ?durability= of its agents: local, or replicated (answer once replicated)")
+    ] = "local",
     wait: WaitOption = True,
     timeout: TimeoutOption = 1800,
     as_json: JsonOption = False,
 ) -> None:
     body = {
         "runtime": runtime,
+        "durability": durability,
         "name": name,
         "agents": agents,
         "bundle": bundle,

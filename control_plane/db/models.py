@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from enum import StrEnum
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, StringConstraints, computed_field, model_validator
 from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
@@ -110,12 +110,19 @@ class TenantBase(SQLModel):
     memory_mb: int = Field(default=256, ge=64, le=16384)
     cpus: float = Field(default=0.5, gt=0, le=16)
     sync_interval: float = Field(default=1.0, ge=0.05, le=3600, description="Litestream sync and monitor interval (s)")
+    # the default of its agents' `?durability=` (validated by TenantCreate)
+    durability: str = Field(default="local", max_length=10)
 
 
 class TenantCreate(TenantBase):
     name: Name
     agents: int = Field(default=1, ge=0, le=64)
     runtime: Runtime = Field(default=DEFAULT_RUNTIME, description="OCI runtime: runc, or runsc (gVisor)")
+    durability: Literal["local", "replicated"] = Field(
+        default="local",
+        description="the default of its agents' `?durability=`: `local` answers a start after the local commit, "
+        "`replicated` only once the replica in object storage holds it (RPO 0 for those calls)",
+    )
 
 
 class TenantPublic(TenantBase):

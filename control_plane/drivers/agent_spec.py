@@ -63,6 +63,7 @@ class AgentSpec:
     monitor_interval: float = 1.0
     fence_interval: float = 5.0
     lease_timeout: float = 15.0  # seconds without a confirmed CURRENT before the agent stops acknowledging writes
+    durability: str = "local"  # the tenant's default `?durability=` (local | replicated)
     memory_mb: int = 256
     cpus: float = 1.0
     pids: int = 256  # the agent's own; `pids_limit` adds the sandbox's threads under runsc
@@ -99,6 +100,7 @@ class AgentSpec:
             monitor_interval=self.monitor_interval,
             fence_interval=self.fence_interval,
             lease_timeout=self.lease_timeout,
+            durability=self.durability,
         ).to_env()
 
     def secrets(self) -> AgentSecrets:

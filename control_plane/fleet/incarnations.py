@@ -318,6 +318,7 @@ class Fleet:
             monitor_interval=tenant.sync_interval,
             fence_interval=self.settings.fence_interval,
             lease_timeout=self.settings.agent_lease_timeout,
+            durability=tenant.durability,
             memory_mb=tenant.memory_mb,
             cpus=tenant.cpus,
             runtime=tenant.runtime,
