@@ -78,17 +78,27 @@ class DockerDriver:
             return engine_runtimes(self.client.info())
 
     def ensure_image(self, image: str) -> float:
-        """Make sure `image` is on this engine, copying it from the local engine if not (no registry here).
-        Returns the seconds spent copying (0 when it was there)."""
+        """Make sure `image` is on this engine *with the content the control plane built*: copied from the local
+        engine when it is missing, and copied again when the node's tag points at other content (image ids are
+        content digests; a tag can be moved on a node). Returns the seconds spent copying (0 when it was there).
+        Without a local engine to compare with, the node's image is used as it is."""
         with _engine(self.engine_url):
             try:
-                self.client.images.get(image)
-                return 0.0
+                found = self.client.images.get(image).id
             except docker.errors.ImageNotFound:
-                pass
+                found = None
+            try:
+                local = docker.from_env(timeout=600).images.get(image)
+            except (docker.errors.DockerException, requests.exceptions.RequestException):
+                if found is None:
+                    raise
+                return 0.0
+            if found == local.id:
+                return 0.0
+            if found is not None:
+                log.warning("image.replaced", image=image, engine=self.engine_url, found=found, wanted=local.id)
             started = time.monotonic()
-            local = docker.from_env(timeout=600)
-            self.client.images.load(local.images.get(image).save(named=image))
+            self.client.images.load(local.save(named=image))
             seconds = round(time.monotonic() - started, 2)
             log.info("image.copied", image=image, engine=self.engine_url, seconds=seconds)
             return seconds
