@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +170,17 @@ def managed_containers(nodes: list[TestbedNode]) -> dict[str, list[str]]:
 
 def tenant_name() -> str:
     return "e" + secrets.token_hex(4)
+
+
+@contextmanager
+def frozen(store: EmbeddedStore) -> Iterator[list[int]]:
+    """SIGSTOP the store's processes (weed mini and the S3 gateway, by the pids the fixture recorded); SIGCONT
+    them on the way out, whatever happened."""
+    pids = [int(path.read_text()) for path in (store.pid_file, store.s3_pid_file)]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pids
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)

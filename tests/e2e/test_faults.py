@@ -5,74 +5,14 @@ store returns succeeds, and every acknowledged workflow is in the current genera
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import httpx
-
-from control_plane.drivers.agent_http import bearer
 from control_plane.storage.seaweed import EmbeddedStore
 from infra.testbed import Testbed
-from tests.e2e.conftest import ControlPlane, managed_containers, tenant_name
-from tests.e2e.test_fleet import running, wait_for_writes, workflow_ids_on
-
-
-class CountingWriter(threading.Thread):
-    """Starts workflows `{prefix}-0, -1, ...` through the router one after another (retrying an id until it is
-    acknowledged) and counts every answer that was not an acknowledgement, by its code."""
-
-    def __init__(self, plane: ControlPlane, tenant: str, prefix: str) -> None:
-        super().__init__(daemon=True)
-        self.plane, self.tenant, self.prefix = plane, tenant, prefix
-        self.acknowledged: list[str] = []
-        self.errors: Counter[str] = Counter()
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        headers = bearer(self.plane.env["LITEFLEET_API_TOKEN"])
-        with httpx.Client(base_url=self.plane.url, headers=headers, timeout=10) as client:
-            while not self.stop.is_set():
-                workflow_id = f"{self.prefix}-{len(self.acknowledged)}"
-                try:
-                    answer = client.post(
-                        f"/v1/tenants/{self.tenant}/workflows/count", json={"id": workflow_id, "args": [1]}
-                    )
-                except httpx.HTTPError as exc:
-                    self.errors[type(exc).__name__] += 1
-                    time.sleep(0.05)
-                    continue
-                if answer.status_code in (200, 201):
-                    self.acknowledged.append(workflow_id)
-                else:
-                    self.errors[f"{answer.status_code} {_code(answer)}"] += 1
-                    time.sleep(0.05)
-
-
-def _code(answer: httpx.Response) -> str:
-    try:
-        return str(answer.json().get("code"))
-    except ValueError:
-        return "not-json"
-
-
-@contextmanager
-def frozen(store: EmbeddedStore) -> Iterator[list[int]]:
-    """SIGSTOP the store's processes (weed mini and the S3 gateway, by the pids the fixture recorded); SIGCONT
-    them on the way out, whatever happened."""
-    pids = [int(path.read_text()) for path in (store.pid_file, store.s3_pid_file)]
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield pids
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+from tests.e2e.conftest import ControlPlane, frozen, managed_containers, tenant_name
+from tests.e2e.test_fleet import RoutedWriter, running, wait_for_writes, workflow_ids_on
 
 
 def evacuate(plane: ControlPlane, tenant: str) -> dict[str, Any]:
@@ -87,7 +27,7 @@ def test_evacuation_while_the_store_is_frozen_keeps_the_tenant_serving_and_loses
     tenant = tenant_name()
     plane.done("POST", "/v1/tenants", json={"name": tenant, "agents": 2, "sync_interval": 0.2})
     before = {(a["ordinal"], a["node"], a["generation"]) for a in running(plane, tenant)}
-    writer = CountingWriter(plane, tenant, "z")
+    writer = RoutedWriter(plane, tenant, "z")
     writer.start()
     wait_for_writes(writer, 5)
 
@@ -148,7 +88,7 @@ def test_a_move_whose_new_generation_cannot_start_rolls_back_and_a_retry_succeed
     engine_of = testbed.nodes[1]
     broken = f"broken-{tenant}"
     plane.register(broken, engine_of.engine_url, engine_of.ip.rsplit(".", 1)[0] + ".250", tls=engine_of.tls_name)
-    writer = CountingWriter(plane, tenant, "b")
+    writer = RoutedWriter(plane, tenant, "b")
     writer.start()
     try:
         wait_for_writes(writer, 5)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,14 @@ from tests.e2e.conftest import ControlPlane, managed_containers, tenant_name
 
 class RoutedWriter(threading.Thread):
     """Starts `count(1)` workflows `{prefix}-0, -1, ...` through the control plane's router, one after another,
-    retrying while the agent moves; remembers which ones were acknowledged (the monotonic counter)."""
+    retrying an id while the agent moves; remembers which ones were acknowledged (the monotonic counter) and
+    counts every answer that was not an acknowledgement, by its code (`errors`)."""
 
     def __init__(self, plane: ControlPlane, tenant: str, prefix: str) -> None:
         super().__init__(daemon=True)
         self.plane, self.tenant, self.prefix = plane, tenant, prefix
         self.acknowledged: list[str] = []
+        self.errors: Counter[str] = Counter()
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -41,12 +44,15 @@ class RoutedWriter(threading.Thread):
                     answer = client.post(
                         f"/v1/tenants/{self.tenant}/workflows/count", json={"id": workflow_id, "args": [1]}
                     )
-                except httpx.HTTPError:
-                    answer = None
-                if answer is not None and answer.status_code in (200, 201):
+                except httpx.HTTPError as exc:
+                    self.errors[type(exc).__name__] += 1
+                    time.sleep(0.05)  # the agent is moving: try the same id again
+                    continue
+                if answer.status_code in (200, 201):
                     self.acknowledged.append(workflow_id)
                 else:
-                    time.sleep(0.05)  # the agent is moving: try the same id again
+                    self.errors[f"{answer.status_code} {_code(answer)}"] += 1
+                    time.sleep(0.05)
 
     @classmethod
     def burst(cls, plane: ControlPlane, tenant: str, prefix: str, count: int) -> list[str]:
@@ -57,6 +63,13 @@ class RoutedWriter(threading.Thread):
         writer.stop.set()
         writer.join(10)
         return writer.acknowledged
+
+
+def _code(answer: httpx.Response) -> str:
+    try:
+        return str(answer.json().get("code"))
+    except ValueError:
+        return "not-json"
 
 
 def wait_for_writes(writer: RoutedWriter, count: int, timeout: float = 60) -> None:

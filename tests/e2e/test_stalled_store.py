@@ -9,11 +9,8 @@ to `ok`."""
 
 from __future__ import annotations
 
-import os
-import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -22,22 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from control_plane.drivers.agent_http import bearer
 from control_plane.storage.seaweed import EmbeddedStore
-from tests.e2e.conftest import ControlPlane, tenant_name
+from tests.e2e.conftest import ControlPlane, frozen, tenant_name
 from tests.e2e.test_fleet import RoutedWriter, running, wait_for_writes
-
-
-@contextmanager
-def frozen(store: EmbeddedStore) -> Iterator[list[int]]:
-    """SIGSTOP the store's processes (the pids its fixture started and recorded); SIGCONT them whatever happens."""
-    pids = [int(path.read_text()) for path in (store.pid_file, store.s3_pid_file)]
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield pids
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
-
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
