@@ -136,17 +136,24 @@ def lag_sampler(settings: Settings, fleet: Fleet) -> LagSampler:
 
 
 def create_app(
-    settings: Settings, fleet: Fleet | None = None, *, background: bool = True, observer: Observer | None = None
+    settings: Settings,
+    fleet: Fleet | None = None,
+    *,
+    background: bool = True,
+    observer: Observer | None = None,
+    engine: Engine | None = None,
 ) -> FastAPI:
     """The API over the fleet DB at `settings.fleet_database_url`. With `background`, the reconciler, the
     node health monitor and the observer (following what the fleet DB says is placed) run inside the app's
-    lifespan. `observer`: one made by the caller (tests); the app then neither starts nor closes it."""
+    lifespan. `observer`, `engine`: made by the caller (tests), who also closes them; an engine the app makes
+    itself is disposed when its lifespan ends."""
     token = api_token(settings, create=True)  # never None: the API is always authenticated
     url = settings.fleet_database_url
     if url.startswith("sqlite"):
         settings.state_dir.mkdir(parents=True, exist_ok=True)
     migrate(url)
-    engine: Engine = fleet.engine if fleet is not None else make_engine(url)
+    owns_engine = fleet is None and engine is None
+    engine = fleet.engine if fleet is not None else engine or make_engine(url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -195,6 +202,8 @@ def create_app(
         if owned is not None:
             owned.close()
             app.state.observer = None
+        if owns_engine:  # its pooled connections end with the app, not when the collector gets to them
+            engine.dispose()
 
     app = FastAPI(
         title="litefleet", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None

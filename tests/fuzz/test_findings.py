@@ -23,7 +23,7 @@ ADMIN = "admin-token-for-the-findings-01234"
 @pytest.fixture
 def api(engine: Engine, tmp_path: Path) -> TestClient:  # noqa: F811
     url = engine.url.render_as_string(hide_password=False)
-    app = create_app(Settings(state_dir=tmp_path, database_url=url, api_token=ADMIN), background=False)  # type: ignore[arg-type]
+    app = create_app(Settings(state_dir=tmp_path, database_url=url, api_token=ADMIN), background=False, engine=engine)  # type: ignore[arg-type]
     with Session(engine) as session:
         session.add_all([Tenant(name="acme"), Node(name="n1", engine_url="unix:///nowhere")])
         session.add(

@@ -17,7 +17,7 @@ def client(engine: Engine, tmp_path: Path, **settings: object) -> TestClient:
     """The API with the token it generated (or was given) sent on every request."""
     url = engine.url.render_as_string(hide_password=False)
     config = Settings(state_dir=tmp_path, database_url=url, **settings)  # type: ignore[arg-type]
-    app = create_app(config, background=False)
+    app = create_app(config, background=False, engine=engine)
     return TestClient(app, headers={"authorization": f"Bearer {api_token(config, create=False)}"})
 
 

@@ -67,7 +67,7 @@ def test_metrics_are_the_fleet_db_at_scrape_time(engine: Engine, tmp_path: Path)
     observer.follows = {AgentRef("acme", 0, 1): CopyKind.follow, AgentRef("acme", 1, 2): CopyKind.periodic}
     url = engine.url.render_as_string(hide_password=False)
     settings = Settings(state_dir=tmp_path, database_url=url, api_token="s3cret-token-of-24-chars-or-more")
-    api = TestClient(create_app(settings, background=False, observer=observer))  # type: ignore[arg-type]
+    api = TestClient(create_app(settings, background=False, observer=observer, engine=engine))  # type: ignore[arg-type]
 
     assert api.get("/metrics").status_code == 401
     answer = api.get("/metrics", headers={"authorization": "Bearer s3cret-token-of-24-chars-or-more"})

@@ -29,7 +29,7 @@ from tests.unit.control_plane.observed import T0, FakeObserver, add_tenant, info
 def api(engine: Engine, tmp_path: Path, observer: Any) -> TestClient:
     url = engine.url.render_as_string(hide_password=False)
     settings = Settings(state_dir=tmp_path, database_url=url)
-    app = create_app(settings, background=False, observer=observer)
+    app = create_app(settings, background=False, observer=observer, engine=engine)
     return TestClient(app, headers={"authorization": f"Bearer {api_token(settings, create=False)}"})
 
 

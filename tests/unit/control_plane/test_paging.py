@@ -230,7 +230,8 @@ def test_the_api_pages_and_refuses_bad_paging_input(engine: Engine, tmp_path: Pa
     url = engine.url.render_as_string(hide_password=False)
     config = Settings(state_dir=tmp_path, database_url=url)
     api = TestClient(
-        create_app(config, background=False), headers={"authorization": f"Bearer {api_token(config, create=False)}"}
+        create_app(config, background=False, engine=engine),
+        headers={"authorization": f"Bearer {api_token(config, create=False)}"},
     )
     first = api.get("/v1/tenants", params={"limit": 3}).json()
     assert [t["name"] for t in first["items"]] == ["t000", "t001", "t002"] and first["next_cursor"]

@@ -189,16 +189,16 @@ def test_a_revoked_token_is_refused_at_once_by_every_control_plane_on_the_db(
 ) -> None:
     url = engine.url.render_as_string(hide_password=False)
     settings = Settings(state_dir=tmp_path / "second", database_url=url, api_token=ADMIN)  # type: ignore[arg-type]
-    second = TestClient(create_app(settings, background=False))  # another replica over the same fleet DB
-    created = create(api, ACME)
-    for replica in (api, second):
-        assert replica.get(f"/v1/tenants/{ACME}/workflows", headers=auth(created["token"])).status_code == 503
-    assert api.delete(f"/v1/tenants/{ACME}/tokens/{created['id']}").status_code == 204
-    for replica in (api, second):
-        refused = replica.get(f"/v1/tenants/{ACME}", headers=auth(created["token"]))
-        assert (refused.status_code, refused.json()["code"]) == (401, "unauthorized")
-    other = create(api, ACME)  # revoking one token leaves the tenant's others working
-    assert second.get(f"/v1/tenants/{ACME}", headers=auth(other["token"])).status_code == 200
+    with TestClient(create_app(settings, background=False)) as second:  # another replica over the same fleet DB
+        created = create(api, ACME)
+        for replica in (api, second):
+            assert replica.get(f"/v1/tenants/{ACME}/workflows", headers=auth(created["token"])).status_code == 503
+        assert api.delete(f"/v1/tenants/{ACME}/tokens/{created['id']}").status_code == 204
+        for replica in (api, second):
+            refused = replica.get(f"/v1/tenants/{ACME}", headers=auth(created["token"]))
+            assert (refused.status_code, refused.json()["code"]) == (401, "unauthorized")
+        other = create(api, ACME)  # revoking one token leaves the tenant's others working
+        assert second.get(f"/v1/tenants/{ACME}", headers=auth(other["token"])).status_code == 200
 
 
 def test_a_deleted_tenants_tokens_never_work_again_not_even_for_a_new_tenant_of_that_name(
