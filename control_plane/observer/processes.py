@@ -1,9 +1,16 @@
 """The litestream processes the observer runs: generated configs, `restore -f` followers, one-off restores, and
-the store-side position of a replica. Every process is recorded by pid under `root/pids` and stopped by pid."""
+the store-side position of a replica. Every process is recorded by pid under `root/pids` and stopped by pid.
+
+A follower dies with its control plane: it is started with PR_SET_PDEATHSIG, so a `kill -9` of the control plane
+(which runs no close()) ends its followers too, instead of leaving them polling the store until a successor happens
+to start on the same cache_dir (`reap_leftovers` still covers what the signal cannot: a pid file of a follower
+that outlived a crash between fork and prctl). The kernel sends that signal when the *thread* that forked exits,
+so every follower is forked by one spawner thread that lives as long as the observer."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime as dt
 import json
 import os
@@ -11,6 +18,8 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +51,7 @@ class Litestream:
         self.closed = False
         self._credentials = credentials
         self._restores: set[subprocess.Popen[str]] = set()  # one-off restores running now
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="litefleet-follower-spawner")
 
     def config(self, ref: AgentRef) -> tuple[Path, Path]:
         """The generated litestream config naming this replica (written once), and the database path it names
@@ -72,15 +82,17 @@ class Litestream:
             str(copy),
             str(placeholder),
         ]
-        with log_path.open("ab") as out:
-            process = subprocess.Popen(
+        with log_path.open("ab") as out, _refused_once_closed():
+            process = self._spawner.submit(
+                subprocess.Popen,
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
                 env=litestream.environment(self._credentials),
                 start_new_session=True,  # a Ctrl-C meant for the control plane is not delivered to followers
-            )
+                preexec_fn=_die_with(os.getpid()),
+            ).result()
         # Pid, start time and copy: enough for a later observer to recognise this process (and not a reused pid).
         (self.root / "pids" / f"{process.pid}.pid").write_text(f"{_start_time(process.pid)}\n{copy}")
         return process
@@ -102,6 +114,7 @@ class Litestream:
         deadline = time.monotonic() + self.settings.stop_timeout
         for process in processes:
             terminate(process, max(0.1, deadline - time.monotonic()))
+        self._spawner.shutdown(wait=False)
 
     def reap_leftovers(self) -> None:
         """Stop followers left by a previous observer on this cache_dir that died without close(): only the pids
@@ -214,6 +227,30 @@ def terminate(process: subprocess.Popen[Any], timeout: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         process.wait(timeout)
+
+
+@contextlib.contextmanager
+def _refused_once_closed() -> Iterator[None]:
+    try:
+        yield
+    except RuntimeError as exc:  # the spawner was shut down by stop_all: the observer is closed
+        raise ObserverError("observer is closed") from exc
+
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """What a follower runs between fork and exec: SIGTERM when its parent goes, and exit now if it already went
+    (the parent died before prctl took effect, so the signal would never come)."""
+
+    def arm() -> None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(0)
+
+    return arm
 
 
 def _kill_pid(pid: int, timeout: float) -> None:

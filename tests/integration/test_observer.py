@@ -4,7 +4,10 @@ host writing their SQLite files, each replicated by a host `litestream replicate
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -325,6 +328,52 @@ def test_a_new_observer_stops_followers_left_by_a_crashed_one(
     finally:
         successor.close()
         crashed.close()
+
+
+_OWNER = """
+import os, sys, time
+from pathlib import Path
+from control_plane.observer import Observer, ObserverSettings
+from control_plane.storage import ObjectStorage
+endpoint, bucket, cache = sys.argv[1:4]
+storage = ObjectStorage(endpoint, os.environ["KEY"], os.environ["SECRET"], bucket)
+observer = Observer(storage, ObserverSettings(cache_dir=Path(cache), follow_interval=0.1))
+observer.follow("killed", 0, 1)
+print("pids", *observer.pids(), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_kill_9_of_the_control_plane_ends_its_followers_too(
+    store: EmbeddedStore, storage: ObjectStorage, host_agents: list[HostAgent], tmp_path: Path
+) -> None:
+    """No successor on the same cache_dir needed: a follower must not poll the store for ever after its owner is
+    gone (two control planes on one fleet, one killed, is the case that found it)."""
+    run_agent(host_agents, store, storage, tmp_path, "killed")
+    key, secret = store.admin
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _OWNER, storage.endpoint, storage.bucket, str(tmp_path / "killed-cache")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "KEY": key, "SECRET": secret},
+    )
+    try:
+        assert owner.stdout is not None
+        line = ""
+        while not line.startswith("pids "):  # the observer's own log lines come first
+            line = owner.stdout.readline()
+            assert line, "the owner exited before it followed"
+        [pid] = [int(word) for word in line.split()[1:]]
+        time.sleep(1)  # the follower is past its start (its first restore), polling
+        assert _alive(pid)
+    finally:
+        owner.kill()
+        owner.wait(10)
+    try:
+        eventually(lambda: not _alive(pid), timeout=10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # the orphan this test looks for, when it is there
 
 
 def test_the_live_follower_moves_to_the_busier_agent_without_a_gap(
