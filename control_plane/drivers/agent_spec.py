@@ -15,13 +15,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import docker.errors
-
 from agent_image.contract import AgentSecrets, ContainerEnv
 from control_plane.drivers import agent_http
 from control_plane.drivers.agent_http import AgentExited, AgentNotReady
 from control_plane.drivers.network import Isolation
 from control_plane.drivers.runtimes import DEFAULT_RUNTIME, pids_limit
+from control_plane.drivers.sdk import errors as docker_errors
 from control_plane.storage.credentials import TenantCredentials
 
 AGENT_PORT = 8080
@@ -160,7 +159,7 @@ def deliver_secrets(client: Any, container_id: str, secrets: AgentSecrets, timeo
     try:
         exec_id = client.api.exec_create(container_id, SECRETS_WRITER, stdin=True, stdout=True, stderr=True)["Id"]
         sock = client.api.exec_start(exec_id, socket=True)
-    except docker.errors.APIError as exc:  # the container is not running (it exited before the delivery)
+    except docker_errors.APIError as exc:  # the container is not running (it exited before the delivery)
         raise SecretsNotDelivered(f"cannot deliver secrets to {container_id[:12]}: {exc.explanation}") from None
     raw = getattr(sock, "_sock", sock)
     output = b""

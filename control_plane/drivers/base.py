@@ -6,10 +6,12 @@ engine does not answer (in time): callers need to catch that one exception, neve
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from agent_image.contract import AgentSecrets
-from control_plane.drivers.agent_spec import AgentSpec
+
+if TYPE_CHECKING:  # agent_spec imports the docker SDK, which the protocol does not need
+    from control_plane.drivers.agent_spec import AgentSpec
 
 
 class EngineUnreachable(Exception):

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import docker.errors
 import structlog
 
+from control_plane.drivers.sdk import errors as docker_errors
 from control_plane.errors import UnknownBundle
 
 log = structlog.get_logger("control_plane.images")
@@ -77,7 +77,7 @@ def agent_tag() -> str:
 def _exists(client: Any, name: str) -> bool:
     try:
         client.images.get(name)
-    except docker.errors.ImageNotFound:
+    except docker_errors.ImageNotFound:
         return False
     return True
 
@@ -146,7 +146,7 @@ def build_agent_image(client: Any, *, base: str = DEFAULT_BASE, force: bool = Fa
                     rm=True,
                     forcerm=True,
                 )
-            except docker.errors.BuildError as exc:
+            except docker_errors.BuildError as exc:
                 tail = [str(line.get("stream", line.get("error", ""))).strip() for line in exc.build_log][-3:]
                 raise ImageError(f"agent image build failed: {exc.msg}; {' | '.join(tail)}") from None
         built = True

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import docker.errors
 import structlog
 
 from control_plane.drivers.images import DEFAULT_BASE, ImageError, ensure_base_image
+from control_plane.drivers.sdk import errors as docker_errors
 
 log = structlog.get_logger("control_plane.drivers.network")
 
@@ -228,7 +228,7 @@ def build_helper_image(client: Any, base: str = DEFAULT_BASE) -> str:
     try:
         client.images.get(tag)
         return tag
-    except docker.errors.ImageNotFound:
+    except docker_errors.ImageNotFound:
         pass
     started = time.monotonic()
     ensure_base_image(client, base)
@@ -246,7 +246,7 @@ def build_helper_image(client: Any, base: str = DEFAULT_BASE) -> str:
         (Path(context) / "Dockerfile").write_text(_HELPER_DOCKERFILE)
         try:
             client.images.build(path=context, tag=tag, buildargs={"BASE_IMAGE": base}, rm=True, forcerm=True)
-        except docker.errors.BuildError as exc:
+        except docker_errors.BuildError as exc:
             raise ImageError(f"network helper image build failed: {exc.msg}") from None
     log.info("image.helper_built", image=tag, seconds=round(time.monotonic() - started, 1))
     return tag
@@ -259,7 +259,7 @@ def run_helper(client: Any, image: str, script: str, network: TenantNetwork, tim
     helper = _resident_helper(client, image, network.fleet)
     try:
         code, output = helper.exec_run(["timeout", str(int(timeout)), "sh", "-c", script], user="0:0")
-    except docker.errors.APIError as exc:  # the helper went away between the check and the exec
+    except docker_errors.APIError as exc:  # the helper went away between the check and the exec
         raise IsolationFailed(f"network helper for tenant {network.tenant} failed: {exc.explanation}") from None
     text = output.decode(errors="replace").strip() if isinstance(output, bytes) else str(output)
     if code != 0:
@@ -276,10 +276,10 @@ def _resident_helper(client: Any, image: str, fleet: str) -> Any:
     for _ in range(3):
         try:
             helper = client.containers.get(name)
-        except docker.errors.NotFound:
+        except docker_errors.NotFound:
             helper = None
         if helper is not None and helper.labels.get(f"{LABEL}.helper_image") != image:
-            with contextlib.suppress(docker.errors.NotFound):
+            with contextlib.suppress(docker_errors.NotFound):
                 helper.remove(force=True)  # an older helper image: replace it
             helper = None
         if helper is None:
@@ -300,13 +300,13 @@ def _resident_helper(client: Any, image: str, fleet: str) -> Any:
                     pids_limit=32,
                     labels={f"{LABEL}.helper": "network", f"{LABEL}.helper_image": image, f"{LABEL}.fleet": fleet},
                 )
-            except docker.errors.APIError as exc:
+            except docker_errors.APIError as exc:
                 if exc.status_code == 409:  # created (or being removed) meanwhile: look again
                     time.sleep(0.2)
                     continue
                 raise
         if helper.status != "running":
-            with contextlib.suppress(docker.errors.APIError):
+            with contextlib.suppress(docker_errors.APIError):
                 helper.start()
             helper.reload()
         if helper.status == "running":
@@ -336,7 +336,7 @@ def ensure_tenant_network(client: Any, network: TenantNetwork, isolation: Isolat
                 labels=network.labels(),
                 check_duplicate=True,
             )
-        except docker.errors.APIError as exc:
+        except docker_errors.APIError as exc:
             if exc.status_code != 409:  # 409: created meanwhile by a concurrent start of the same tenant
                 raise
     run_helper(client, helper, install_script(network, isolation), network)
@@ -357,9 +357,9 @@ def release_tenant_network(client: Any, network: TenantNetwork, helper: str) -> 
             continue
         try:
             found.remove()
-        except docker.errors.NotFound:
+        except docker_errors.NotFound:
             pass
-        except docker.errors.APIError as exc:
+        except docker_errors.APIError as exc:
             log.info("network.kept", tenant=network.tenant, network=network.name, reason=str(exc.explanation)[:200])
             return False
     run_helper(client, helper, removal_script(network), network)

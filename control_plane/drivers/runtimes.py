@@ -18,10 +18,10 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-import docker.errors
 import structlog
 
 from control_plane.db.models import DEFAULT_RUNTIME, Runtime
+from control_plane.drivers.sdk import errors as docker_errors
 
 __all__ = ["DEFAULT_RUNTIME", "Runtime", "engine_runtimes", "pids_limit", "reap_failed_start", "runsc_runtime"]
 
@@ -100,7 +100,7 @@ def reap_sandbox(client: Any, container_id: str, image: str, runsc_path: str = "
             volumes={"/": {"bind": "/host", "mode": "rw"}},
             labels={"io.litefleet.reaper": container_id[:12]},
         )
-    except docker.errors.DockerException as exc:
+    except docker_errors.DockerException as exc:
         log.warning("runsc.reap_failed", container=container_id[:12], error=type(exc).__name__, detail=str(exc))
         return f"reaper failed: {type(exc).__name__}"
     summary = (output or b"").decode(errors="replace").strip().splitlines()[-1:] or [""]
@@ -114,12 +114,12 @@ def reap_failed_start(client: Any, name: str, image: str) -> bool:
     running (not a failed start) is left alone, and the reaper tolerates what is already gone."""
     try:
         container = client.containers.get(name)
-    except docker.errors.NotFound:
+    except docker_errors.NotFound:
         return False
     if container.status not in ("created", "exited", "dead"):
         return False
     runtimes = client.info().get("Runtimes") or {}
     reap_sandbox(client, container.id, image, runtimes.get(Runtime.runsc.value, {}).get("path", "/usr/bin/runsc"))
-    with contextlib.suppress(docker.errors.NotFound):
+    with contextlib.suppress(docker_errors.NotFound):
         container.remove(force=True)
     return True

@@ -10,27 +10,24 @@ is enforced here, and only here:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from control_plane.db.models import PLACED_STATES, Agent
 from control_plane.errors import OperationFailed
 from control_plane.storage.ports import CredentialStore, ReplicaStore
-from control_plane.storage.replicas import CurrentMoved
+from control_plane.storage.replicas import Current, CurrentMoved
 
 
 def advance_current(storage: ReplicaStore, tenant: str, ordinal: int, generation: int) -> None:
     """Make CURRENT name `generation`. Re-running is safe: when CURRENT already names it, nothing is written; a
     CURRENT past it fails the operation (a newer generation owns the agent)."""
-    for _ in range(5):
-        current = storage.read_current(tenant, ordinal)
-        if current is not None and current.generation == generation:
-            return
+
+    def refusal(current: Current | None) -> str | None:
         if current is not None and current.generation > generation:
-            raise OperationFailed(f"CURRENT of {tenant}/{ordinal} is {current.generation}, past {generation}")
-        try:
-            storage.advance_current(tenant, ordinal, generation, current)
-            return
-        except CurrentMoved:
-            continue
-    raise OperationFailed(f"CURRENT of {tenant}/{ordinal} keeps moving")
+            return f"CURRENT of {tenant}/{ordinal} is {current.generation}, past {generation}"
+        return None
+
+    _move_current(storage, tenant, ordinal, generation, refusal)
 
 
 def retreat_current(storage: ReplicaStore, tenant: str, ordinal: int, abandoned: int, generation: int) -> None:
@@ -38,13 +35,32 @@ def retreat_current(storage: ReplicaStore, tenant: str, ordinal: int, abandoned:
     routed to, and whose container and key are gone first: see `Fleet.reinstate`). Only that one step back is
     allowed: a CURRENT already at `generation` is left alone, one past `abandoned` fails the operation. The write
     is conditional, so a generation that moves CURRENT meanwhile wins. Re-running is safe for those reasons."""
+
+    def refusal(current: Current | None) -> str | None:
+        if current is None or current.generation != abandoned:
+            named = None if current is None else current.generation
+            return f"CURRENT of {tenant}/{ordinal} is {named}: cannot give it back to {generation}"
+        return None
+
+    _move_current(storage, tenant, ordinal, generation, refusal)
+
+
+def _move_current(
+    storage: ReplicaStore,
+    tenant: str,
+    ordinal: int,
+    generation: int,
+    refusal: Callable[[Current | None], str | None],
+) -> None:
+    """Read CURRENT; done when it names `generation`; else fail with `refusal(current)` when that says why not;
+    else write it conditionally on what was read, and read again when another writer won (5 times at most)."""
     for _ in range(5):
         current = storage.read_current(tenant, ordinal)
         if current is not None and current.generation == generation:
             return
-        if current is None or current.generation != abandoned:
-            named = None if current is None else current.generation
-            raise OperationFailed(f"CURRENT of {tenant}/{ordinal} is {named}: cannot give it back to {generation}")
+        refused = refusal(current)
+        if refused is not None:
+            raise OperationFailed(refused)
         try:
             storage.advance_current(tenant, ordinal, generation, current)
             return

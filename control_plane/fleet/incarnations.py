@@ -24,7 +24,6 @@ from control_plane.db.models import Agent, AgentState, Node, Tenant
 from control_plane.drivers.agent_http import AgentApi, AgentHttp, AgentNotReady, wait_ready
 from control_plane.drivers.agent_spec import AgentSpec, SecretsNotDelivered, incarnation_name
 from control_plane.drivers.base import Driver, EngineUnreachable, Incarnation
-from control_plane.drivers.docker import DockerDriver
 from control_plane.drivers.network import IsolationFailed, tenant_isolation
 from control_plane.errors import OperationFailed
 from control_plane.fleet.fence import advance_current, fence_out, retreat_current
@@ -60,6 +59,8 @@ class Fleet:
     def _new_driver(self, node: Node) -> Driver:
         if self.make_driver is not None:  # tests: one fake engine per URL
             return self.make_driver(node.engine_url)
+        from control_plane.drivers import DockerDriver  # on first use: the SDK's import is most of a start
+
         tls = credential_set(self.settings.engine_pki_dir, node.tls)
         return DockerDriver(node.engine_url, tls=tls, insecure=node.insecure)
 

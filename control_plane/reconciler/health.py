@@ -237,9 +237,7 @@ class HealthMonitor:
             tenant = session.get(Tenant, agent.tenant)
             if _busy(session, agent.tenant) or tenant is None:
                 return
-            op = Operation(
-                kind=OperationKind.scale, tenant=agent.tenant, params={"agents": tenant.agents, "repair": True}
-            )
+            op = repair_operation(tenant)
             session.add(op)
             status = "gone" if container is None else f"{container.status} (exit {container.exit_code})"
             session.add(
@@ -300,3 +298,12 @@ def _health(readiness: Readiness) -> dict[str, Any]:
         "lag_txids": readiness.lag_txids,
         "seconds_since_sync": readiness.seconds_since_sync,
     }
+
+
+def repair_operation(tenant: Tenant, **why: str) -> Operation:
+    """A `scale` of `tenant` to the agents it should have, marked as a repair (with `why`, for the event trail):
+    what the health monitor and the stuck-state detector queue when an agent is down or stuck. A scale to the
+    count the tenant already has starts what is missing and nothing else, so queueing it twice is harmless."""
+    return Operation(
+        kind=OperationKind.scale, tenant=tenant.name, params={"agents": tenant.agents, "repair": True, **why}
+    )

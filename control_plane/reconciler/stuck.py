@@ -25,8 +25,9 @@ import structlog
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from control_plane.db.models import Agent, AgentState, Event, Operation, OperationKind, Tenant
+from control_plane.db.models import Agent, AgentState, Event, Operation, Tenant
 from control_plane.reconciler.claims import UNFINISHED
+from control_plane.reconciler.health import repair_operation
 
 log = structlog.get_logger("control_plane.reconciler.stuck")
 
@@ -77,11 +78,7 @@ def sweep(engine: Engine, stuck_after: float, now: float | None = None) -> list[
             tenant = session.get(Tenant, agent.tenant)
             op_id: str | None = None
             if tenant is not None and agent.tenant not in repaired:
-                op = Operation(
-                    kind=OperationKind.scale,
-                    tenant=agent.tenant,
-                    params={"agents": tenant.agents, "repair": True, "stuck": agent.id},
-                )
+                op = repair_operation(tenant, stuck=agent.id)
                 session.add(op)
                 op_id = op.id
                 repaired.add(agent.tenant)

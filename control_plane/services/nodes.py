@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
 from control_plane.db.models import (
+    DEFAULT_RUNTIME,
     PLACED_STATES,
     Agent,
     Node,
@@ -22,10 +23,9 @@ from control_plane.db.models import (
     Tenant,
 )
 from control_plane.drivers.base import EngineUnreachable
-from control_plane.drivers.runtimes import DEFAULT_RUNTIME
 from control_plane.errors import EngineUnreachableError, NodeExists, NodeNotEmpty, NodeNotFound, NodeNotReady
 from control_plane.services.operations import event, queue
-from control_plane.services.paging import DEFAULT_LIMIT, decode, encode
+from control_plane.services.paging import DEFAULT_LIMIT, by_name
 
 EngineProbe = Callable[[NodeCreate], list[str]]
 """Pings the engine with the node's own URL and credentials and returns the OCI runtimes it offers; raises
@@ -85,16 +85,11 @@ def register_node(session: Session, body: NodeCreate, probe: EngineProbe) -> Nod
 
 def list_nodes(session: Session, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> Page[NodePublic]:
     """Nodes by name, `limit` at a time, with their load: two queries whatever the page size."""
-    after = decode(cursor, "nodes", str)
-    query = select(Node).order_by(col(Node.name)).limit(limit + 1)
-    if after is not None:
-        query = query.where(col(Node.name) > after[0])
-    rows = session.exec(query).all()
-    page = rows[:limit]
+    page, next_cursor = by_name(session, Node, col(Node.name), "nodes", limit, cursor)
     loads = _loads(session, [node.name for node in page])
     return Page(
         items=[_public(node, loads.get(node.name, (0, 0))) for node in page],
-        next_cursor=encode("nodes", page[-1].name) if len(rows) > limit else None,
+        next_cursor=next_cursor,
     )
 
 

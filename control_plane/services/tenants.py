@@ -35,7 +35,7 @@ from control_plane.errors import (
 from control_plane.fleet.placement import NoCapacity, RuntimeUnavailable, choose_node, node_loads
 from control_plane.services.nodes import find_node
 from control_plane.services.operations import queue
-from control_plane.services.paging import DEFAULT_LIMIT, decode, encode
+from control_plane.services.paging import DEFAULT_LIMIT, by_name
 
 
 def find_tenant(session: Session, name: str) -> Tenant:
@@ -97,16 +97,11 @@ def create_tenant(session: Session, body: TenantCreate) -> Operation:
 
 def list_tenants(session: Session, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> Page[TenantPublic]:
     """Tenants by name, `limit` at a time, each with its agents: two queries whatever the page size."""
-    after = decode(cursor, "tenants", str)
-    query = select(Tenant).order_by(col(Tenant.name)).limit(limit + 1)
-    if after is not None:
-        query = query.where(col(Tenant.name) > after[0])
-    rows = session.exec(query).all()
-    page = rows[:limit]
+    page, next_cursor = by_name(session, Tenant, col(Tenant.name), "tenants", limit, cursor)
     agents = _agents_of(session, [tenant.name for tenant in page])
     return Page(
         items=[_public(tenant, agents.get(tenant.name, [])) for tenant in page],
-        next_cursor=encode("tenants", page[-1].name) if len(rows) > limit else None,
+        next_cursor=next_cursor,
     )
 
 

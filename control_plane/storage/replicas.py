@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from agent_image.container import litestream
@@ -49,6 +47,9 @@ class ObjectStorage:
         self.bucket = bucket
         self._credentials = (access_key, secret_key)
         self.root = root.strip("/")
+        import boto3  # here, not at the top: ~0.5 s of imports that serving the API does not need
+        from botocore.config import Config
+
         self.s3: Any = boto3.client(
             "s3",
             endpoint_url=endpoint,

@@ -6,6 +6,8 @@ cannot hide an upward dependency."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import control_plane
@@ -149,3 +151,13 @@ def test_the_checks_see_what_they_should() -> None:
     planted = {**edges, "control_plane.db.models": edges["control_plane.db.models"] | {"control_plane.api.deps"}}
     assert upward_imports(planted) == ["control_plane.db.models (base) imports control_plane.api.deps (api)"]
     assert any("control_plane.db.models" in cycle for cycle in cycles(planted))
+
+
+def test_serving_the_api_imports_neither_the_docker_sdk_nor_boto3() -> None:
+    """Each is most of a second of imports; a control plane imports them on first use (a node's driver, the
+    object storage's client), so a restart starts serving without them (bench/control_plane_start.py)."""
+    probe = "import sys, control_plane.app, control_plane.cli.commands; print(*sorted(sys.modules))"
+    loaded = set(
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    )
+    assert not {"docker", "boto3", "botocore.config", "paramiko"} & loaded
