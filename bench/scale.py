@@ -49,6 +49,7 @@ from control_plane.db.engine import make_engine, migrate  # noqa: E402
 from control_plane.db.models import Agent, Operation, OperationKind, OperationState  # noqa: E402
 from control_plane.fleet.placement import choose_node, node_loads  # noqa: E402
 from control_plane.reconciler.claims import claim  # noqa: E402
+from control_plane.services import paging  # noqa: E402
 from control_plane.services import tenants as tenant_service  # noqa: E402
 
 KINDS = ["provision", "scale", "evacuate", "hibernate", "wake"]
@@ -386,7 +387,7 @@ def bench_in_process(backend: str, url: str) -> None:
             names = list(session.exec(select(tenant_service.Tenant.name).order_by(col(tenant_service.Tenant.name))))
         middle = len(names) // 2
         page_names = names[middle : middle + 100]
-        cursor = tenant_service.encode("tenants", names[middle - 1])
+        cursor = paging.encode("tenants", names[middle - 1])
 
         def n_plus_one() -> None:
             with Session(engine) as session:
