@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     wait_poll_interval: float = 0.2  # seconds between the one poll of every awaited operation's state
     heartbeat_interval: float = 5.0
     node_grace_heartbeats: int = 3  # missed heartbeats before a node is marked down (one miss is not death)
-    heartbeat_timeout: float = 3.0  # a ping not answered within this counts as missed (down: interval x grace + this)
+    heartbeat_timeout: float = 3.0  # an unanswered ping is missed (down: max(interval, this) x grace + this)
     health_parallelism: int = 64  # nodes pinged / agents probed at once by the health monitor
     observer: bool = True  # keep read-only copies of agents' databases (history, lookups of stopped agents)
     observer_max_followers: int = 32  # live `litestream restore -f` processes; agents beyond are restored periodically

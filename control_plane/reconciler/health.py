@@ -63,8 +63,8 @@ class HealthMonitor:
     results written in one short transaction) and probes (stale containers, every running agent's `/readyz` at
     once through one pooled client, all results written in one short transaction). Neither holds a transaction
     while it waits on the network, and neither waits on the other: a slow probe round never delays the
-    heartbeats a down node is detected by, which is then at most `heartbeat_interval x node_grace_heartbeats +
-    heartbeat_timeout` after it froze."""
+    heartbeats a down node is detected by, which is then at most `max(heartbeat_interval, heartbeat_timeout) x
+    node_grace_heartbeats + heartbeat_timeout` after it froze (a round waits out the frozen node's ping)."""
 
     def __init__(self, engine: Engine, fleet: Fleet, settings: Settings) -> None:
         self.engine = engine

@@ -27,8 +27,9 @@ from tests.e2e.test_fleet import running, workflow_ids_on
 
 RUNS = 10
 HEARTBEAT_INTERVAL, GRACE, HEARTBEAT_TIMEOUT = 2.0, 3, 3.0  # the e2e control plane's (conftest) and the default
-# interval x grace + timeout, plus one interval: the freeze can fall anywhere inside a round
-DETECTION_BOUND = HEARTBEAT_INTERVAL * GRACE + HEARTBEAT_TIMEOUT + HEARTBEAT_INTERVAL
+# A round lasts max(interval, timeout) while a node does not answer (its ping is waited out); `grace` such rounds
+# after the freeze, plus the last one's timeout; plus 1 s for the round's own work (the DB write, thread hops).
+DETECTION_BOUND = max(HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT) * GRACE + HEARTBEAT_TIMEOUT + 1
 
 
 @contextmanager
@@ -86,11 +87,14 @@ class TimedWriter(threading.Thread):
             time.sleep(0.05)
 
 
-def _failover(plane: ControlPlane, node: str, timeout: float) -> dict[str, Any]:
+def _failover(plane: ControlPlane, node: str, since: float, timeout: float) -> dict[str, Any]:
+    """The fail-over of `node` queued after `since` (an earlier run may have failed the same node over), finished."""
     deadline = time.monotonic() + timeout
     while True:
         ops = plane.call("GET", "/v1/operations", params={"limit": 50}).json()["items"]
-        found = next((op for op in ops if op["kind"] == "failover" and op["node"] == node), None)
+        found = next(
+            (op for op in ops if op["kind"] == "failover" and op["node"] == node and op["created_at"] > since), None
+        )
         if found is not None and found["state"] in ("succeeded", "failed"):
             return found
         assert time.monotonic() < deadline, f"no fail-over of {node} finished: {found}"
@@ -129,7 +133,7 @@ def test_a_frozen_node_fails_over_and_only_writes_inside_the_reported_window_may
         writer.wait_for(1, 20, 0.0, timeout=60)
         with frozen_node(victim) as froze_at:
             writer.wait_for(1, 10, froze_at, timeout=30)  # the healthy agent answers while its sibling hangs
-            failover = _failover(plane, victim.name, timeout=120)
+            failover = _failover(plane, victim.name, froze_at, timeout=120)
             served_while_frozen = len(writer.by(1, froze_at))
         thawed_at = time.time()
         assert failover["state"] == "succeeded", failover["error"]
