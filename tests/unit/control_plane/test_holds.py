@@ -280,3 +280,24 @@ def test_a_queued_fail_over_of_the_agents_node_is_a_move_to_wait_for(
 
     answer = asyncio.run(run())
     assert answer.status_code == 200 and "after-failover" in new.workflows
+
+
+def test_with_another_agent_running_a_start_is_not_held_but_taken_there(
+    engine: Engine, tmp_path: Path, agents: tuple[HangingServer, HangingServer, DrainingAgent, FakeAgent]
+) -> None:
+    """Agent 1 is being moved; agent 0 runs: a new workflow goes to agent 0 at once (it hashes over the running
+    agents), and one that already exists on agent 0 is answered from there."""
+    old_server, other_server, _, other = agents
+    add_tenant(engine, "acme", {0: (AgentState.running, 1), 1: (AgentState.running, 1)})
+    set_agent(engine, "acme/0", url=other_server.url, agent_token="token")
+    set_agent(engine, "acme/1", url=old_server.url, agent_token="token", state=AgentState.stopping)
+    begin_move(engine, ordinal=1)
+
+    async def run() -> list[tuple[httpx.Response, float]]:
+        async with control_plane(engine, tmp_path, hold_timeout=10.0) as client:
+            return [await start(client, {"id": f"w-{i}"}) for i in range(6)]
+
+    for answer, took in asyncio.run(run()):
+        assert answer.status_code == 200 and answer.json()["agent"] == 0, answer.text
+        assert took < 3.0, "not held for agent 1's move"
+    assert len(other.workflows) == 6
