@@ -34,7 +34,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from control_plane.db.models import Agent, AgentState
-from control_plane.errors import AgentUnavailable, FleetError, InvalidRequest, NoAgentRunning, WorkflowNotFound
+from control_plane.errors import (
+    AgentMoving,
+    AgentUnavailable,
+    FleetError,
+    InvalidRequest,
+    NoAgentRunning,
+    WorkflowNotFound,
+)
 from control_plane.observer import NoStateAt, Observer, ReplicaNotFound
 from control_plane.services.breakers import Breakers
 from control_plane.services.holds import Hold, Holds, Incarnation
@@ -308,7 +315,8 @@ async def find_workflow(
     is `no_agent_running`, and agents that did not answer make it `agent_unavailable`, not a false not-found.
 
     With `holds`, while one of the tenant's agents is being moved, an id no running agent holds is asked again
-    of the moved agent's new incarnation (it may be there) before the observer or a not-found answers."""
+    of the moved agent's new incarnation (it may be there) before the observer or a not-found answers; past the
+    hold's bounds the observer answers when there is one (`agent_moving` when not)."""
     async with _holding(holds, tenant) as hold:
         while True:
             running = await asyncio.to_thread(
@@ -324,6 +332,10 @@ async def find_workflow(
                 await hold.until_back({(agent.ordinal, agent.generation) for agent in running}, None, _Settled())
             except _Settled:
                 break
+            except AgentMoving:
+                if observer is None:
+                    raise
+                break  # past the bounds the observer's copy answers (saying how fresh it is), as without holds
     if observer is not None:
         detail = await asyncio.to_thread(observer.find_workflow, tenant, workflow_id)
         if detail is not None:
