@@ -37,8 +37,8 @@ class RoutedWriter(threading.Thread):
 
     def run(self) -> None:
         headers = bearer(self.plane.env["LITEFLEET_API_TOKEN"])
-        # longer than the router's hold_timeout (15 s): a start held while its agent moves is answered, not cut
-        with httpx.Client(base_url=self.plane.url, headers=headers, timeout=30) as client:
+        # longer than the router's hold_timeout (45 s in conftest): a start held while its agent moves is answered
+        with httpx.Client(base_url=self.plane.url, headers=headers, timeout=60) as client:
             while not self.stop.is_set():
                 workflow_id = f"{self.prefix}-{len(self.acknowledged)}"
                 try:
@@ -191,7 +191,7 @@ def test_evacuate_under_write_load_loses_nothing(control_plane: ControlPlane, te
     during_move = len(writer.acknowledged) - before_move
     wait_for_writes(writer, len(writer.acknowledged) + 10)  # and the new generation acknowledges writes too
     writer.stop.set()
-    writer.join(35)
+    writer.join(65)
     errors_during = writer.errors - errors_before
     print(f"evacuation under load: {during_move} acknowledged during the move, failed requests: {dict(errors_during)}")
     assert during_move > 0, "no write was acknowledged while the agent moved: the move was not under load"
