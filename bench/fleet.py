@@ -10,6 +10,9 @@ Figures (one JSON line each; p50/p90 of --runs):
   evacuate_downtime_s   the operation's own record: old stopped -> new generation ready and replicating
   baseline_move_s       the floor: `docker stop` (final sync) + `run_agent` restoring on the other node + ready
   drain_s               POST /v1/nodes/{n}/drain with --drain-agents agents on the node
+  router_during_moves_s a client starting workflows through the router, one after another, while each evacuation
+                        runs: failed requests (target 0: held while the agent moves) and the latency p50/max of its
+                        requests during the moves, next to its p50 outside them (the baseline, same run)
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import secrets
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +60,28 @@ def timed(
     if op["state"] != "succeeded":
         raise SystemExit(f"{method} {path} did not succeed: {op}")
     return time.monotonic() - started, op
+
+
+class RouterClient(threading.Thread):
+    """Starts workflows through the control plane's router one after another; records (sent at, seconds, ok)."""
+
+    def __init__(self, api: FleetClient, tenant: str) -> None:
+        super().__init__(daemon=True)
+        self.api, self.tenant = api, tenant
+        self.requests: list[tuple[float, float, bool]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            sent = time.monotonic()
+            try:
+                answer = self.api.send(
+                    "POST", f"/v1/tenants/{self.tenant}/workflows/count", json={"args": [1]}, timeout=60
+                )
+                ok = answer.status_code in (200, 201)
+            except Exception:  # the figure counts it as failed, whatever it was
+                ok = False
+            self.requests.append((sent, time.monotonic() - sent, ok))
 
 
 def by_hand_ready(container: Any, token: str) -> None:
@@ -111,10 +137,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--drain-agents", type=int, default=6)
+    parser.add_argument("--prefix", default="lfb", help="the test bed's names (several beds on one host differ)")
+    parser.add_argument("--subnet", default="10.97.0", help="the test bed's /24")
     args = parser.parse_args()
     image = build_agent_image(docker.from_env()).tag
     with tempfile.TemporaryDirectory() as scratch:
-        bed = Testbed(Path(scratch) / "bed", prefix="lfb", subnet="10.97.0")
+        bed = Testbed(Path(scratch) / "bed", prefix=args.prefix, subnet=args.subnet)
         store = None
         plane = None
         try:
@@ -133,19 +161,41 @@ def main() -> None:
                 plane.register(node.name, node.engine_url, node.ip, tls=node.tls_name)
             api = operations = plane.client
             provisions, evacuations, downtimes = [], [], []
+            during: list[tuple[float, float, bool]] = []
+            outside: list[tuple[float, float, bool]] = []
             for _ in range(args.runs):
                 tenant = "b" + secrets.token_hex(4)
                 seconds, _ = timed(operations, "POST", "/v1/tenants", {"name": tenant, "agents": 1})
                 provisions.append(seconds)
                 source = api.send("GET", f"/v1/tenants/{tenant}").json()["placements"][0]["node"]
                 target = next(node.name for node in nodes if node.name != source)
+                client = RouterClient(api, tenant)
+                client.start()
+                time.sleep(2)
+                began = time.monotonic()
                 seconds, op = timed(operations, "POST", f"/v1/tenants/{tenant}/evacuate", {"to_node": target})
+                ended = time.monotonic()
+                time.sleep(2)
+                client.stop.set()
+                client.join(60)
+                for request in client.requests:  # a request counts for the move when it overlapped it
+                    (during if request[0] < ended and request[0] + request[1] > began else outside).append(request)
                 evacuations.append(seconds)
                 downtimes.append(op["result"]["downtime_s"][f"{tenant}/0"])
                 timed(operations, "DELETE", f"/v1/tenants/{tenant}", purge=True)
             emit("provision_s", provisions)
             emit("evacuate_s", evacuations)
             emit("evacuate_downtime_s", downtimes)
+            latencies = [seconds for _, seconds, _ in during]
+            emit(
+                "router_during_moves_s",
+                latencies,
+                max=round(max(latencies), 3),
+                failed=sum(1 for *_, ok in during if not ok),
+                requests=len(during),
+                baseline_p50=round(statistics.median(seconds for _, seconds, ok in outside if ok), 4),
+                baseline_failed=sum(1 for *_, ok in outside if not ok),
+            )
             api.send("POST", f"/v1/nodes/{nodes[1].name}/cordon")
             tenants = ["d" + secrets.token_hex(4) for _ in range(args.drain_agents)]
             for tenant in tenants:

@@ -42,6 +42,7 @@ from control_plane.pki import credential_set
 from control_plane.reconciler.health import HealthMonitor
 from control_plane.reconciler.runners import runners
 from control_plane.reconciler.worker import Reconciler
+from control_plane.services.holds import Holds
 from control_plane.services.nodes import EngineProbe
 from control_plane.services.waits import Waits
 from control_plane.settings import Settings, admin_secret, api_token
@@ -214,6 +215,9 @@ def create_app(
     app.state.probe_engine = engine_probe(settings)
     app.state.observer = observer
     app.state.waits = Waits(engine, limit=settings.max_waits, interval=settings.wait_poll_interval)
+    app.state.holds = Holds(
+        engine, limit=settings.max_held_requests, timeout=settings.hold_timeout, interval=settings.hold_poll_interval
+    )
 
     def followers() -> dict[str, int]:
         current: Observer | None = app.state.observer

@@ -104,6 +104,14 @@ class AgentUnavailable(FleetError):
     retry_after: int | None = 2
 
 
+class AgentMoving(FleetError):
+    """A request was held while its agent is moved (services/holds.py) and the move outlasted `hold_timeout`, or
+    `max_held_requests` are held already: nothing was started; retry (with the same id, if it had one)."""
+
+    status, code = 503, "agent_moving"
+    retry_after: int | None = 2
+
+
 class TooManyWaits(FleetError):
     """Past the cap on concurrent waits (settings.max_waits): retry, or poll without waiting."""
 

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     lease_seconds: float = 6.0  # an operation's claim expires this long after its worker stops renewing it
     max_waits: int = 100  # `?wait=` requests waiting at once per control plane; past it: 429 too_many_waits
     wait_poll_interval: float = 0.2  # seconds between the one poll of every awaited operation's state
+    # workflow requests the router holds while their agent is moved (services/holds.py), and for how long each;
+    # past either: 503 agent_moving with Retry-After
+    max_held_requests: int = 200
+    hold_timeout: float = 15.0
+    hold_poll_interval: float = 0.1  # seconds between the one read of the agents of every tenant with held requests
     heartbeat_interval: float = 5.0
     node_grace_heartbeats: int = 3  # missed heartbeats before a node is marked down (one miss is not death)
     heartbeat_timeout: float = 3.0  # an unanswered ping is missed (down: max(interval, this) x grace + this)

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from control_plane.api.deps import ObserverDep, SessionDep, require_admin, require_tenant
 from control_plane.api.waiting import wait_seconds_slot
 from control_plane.services import observed, routing
+from control_plane.services.holds import Holds
 
 # a tenant's own API token may use every route here (control_plane/api/deps.py require_tenant)
 router = APIRouter(prefix="/v1/tenants", tags=["workflows"], dependencies=[Depends(require_tenant)])
@@ -29,7 +30,13 @@ def _engine(request: Request) -> Engine:
     return engine
 
 
+def _holds(request: Request) -> Holds:
+    holds: Holds = request.app.state.holds
+    return holds
+
+
 EngineDep = Annotated[Engine, Depends(_engine)]
+HoldsDep = Annotated[Holds, Depends(_holds)]  # requests held while their agent is moved (503 agent_moving past it)
 WaitSeconds = Annotated[float, Depends(wait_seconds_slot)]  # a slot of the capped waits when > 0 (429 past it)
 
 # The routes that call agents run on the event loop (routing is async): a frozen agent holds no worker thread
@@ -38,17 +45,21 @@ WaitSeconds = Annotated[float, Depends(wait_seconds_slot)]  # a slot of the capp
 
 @router.post("/{name}/workflows/{workflow}")
 async def start_workflow(
-    name: str, workflow: str, engine: EngineDep, body: Annotated[dict[str, Any] | None, Body()] = None
+    name: str,
+    workflow: str,
+    engine: EngineDep,
+    holds: HoldsDep,
+    body: Annotated[dict[str, Any] | None, Body()] = None,
 ) -> JSONResponse:
-    status, answer = await routing.start_workflow(engine, name, workflow, body or {})
+    status, answer = await routing.start_workflow(engine, name, workflow, body or {}, holds)
     return JSONResponse(answer, status_code=status)
 
 
 @router.get("/{name}/workflows/{workflow_id}")
 async def find_workflow(
-    name: str, workflow_id: str, engine: EngineDep, observer: ObserverDep, wait: WaitSeconds = 0
+    name: str, workflow_id: str, engine: EngineDep, observer: ObserverDep, holds: HoldsDep, wait: WaitSeconds = 0
 ) -> dict[str, Any]:
-    return await routing.find_workflow(engine, name, workflow_id, wait, observer)
+    return await routing.find_workflow(engine, name, workflow_id, wait, observer, holds)
 
 
 @router.get("/{name}/workflows")

@@ -11,7 +11,11 @@ incarnation has a circuit breaker (services/breakers.py): after a few failures i
 cool-down, then probed once in the background. A new workflow goes to the first agent in its id's hash order
 whose breaker is closed, and to the next one when that agent cannot even be connected to (nothing was sent).
 Trade-off: a client-given id first started on an agent that no longer answers may start again on another one
-(availability first); a generated id cannot."""
+(availability first); a generated id cannot.
+
+While one of the tenant's agents is being moved (evacuation, drain, fail-over), a request no running agent could
+take or answer is held until the moved agent's new incarnation runs, then delivered to it (services/holds.py;
+bounded, `503 agent_moving` with `Retry-After` past the bounds): a client sees added latency, not errors."""
 
 from __future__ import annotations
 
@@ -20,20 +24,31 @@ import contextlib
 import hashlib
 import secrets
 import weakref
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+import structlog
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from control_plane.db.models import Agent, AgentState
-from control_plane.errors import AgentUnavailable, InvalidRequest, NoAgentRunning, WorkflowNotFound
+from control_plane.errors import (
+    AgentMoving,
+    AgentUnavailable,
+    FleetError,
+    InvalidRequest,
+    NoAgentRunning,
+    WorkflowNotFound,
+)
 from control_plane.observer import NoStateAt, Observer, ReplicaNotFound
 from control_plane.services.breakers import Breakers
+from control_plane.services.holds import Hold, Holds, Incarnation
 from control_plane.services.observed import agent_listing, observed_workflow
 from control_plane.services.tenants import find_tenant
+
+log = structlog.get_logger("control_plane.routing")
 
 CONNECT_TIMEOUT = 1.0  # an agent that does not accept a connection within this is not answering
 LOOKUP_TIMEOUT = 3.0  # one workflow's status (plus its `wait`, when long-polling)
@@ -166,23 +181,97 @@ async def _first_holder(
     return None, {}, silent
 
 
-async def start_workflow(engine: Engine, tenant: str, name: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+@contextlib.asynccontextmanager
+async def _holding(holds: Holds | None, tenant: str) -> AsyncIterator[Hold | None]:
+    if holds is None:
+        yield None
+        return
+    async with holds.request(tenant) as hold:
+        yield hold
+    if hold.waited:
+        log.info("workflow.held", tenant=tenant, seconds=round(hold.waited, 3))
+
+
+class _NotTaken(Exception):
+    """No agent took a start: `error` is the caller's answer, unless a hold waits out a move and tries again.
+    `tried`: the running incarnations when it was tried; `sent_to`: the agent that took the start without
+    answering (it may run there)."""
+
+    def __init__(self, error: FleetError, tried: set[Incarnation], sent_to: int | None = None) -> None:
+        super().__init__(str(error))
+        self.error, self.tried, self.sent_to = error, tried, sent_to
+
+
+class _Settled(Exception):
+    """Nothing the request could wait for is being moved."""
+
+
+def _refused(answer: httpx.Response) -> bool:
+    """The agent refused the start before starting anything (`503 draining`: it is stopping)."""
+    if answer.status_code != 503:
+        return False
+    try:
+        return bool(answer.json().get("code") == "draining")
+    except (ValueError, AttributeError):
+        return False
+
+
+async def start_workflow(
+    engine: Engine, tenant: str, name: str, body: dict[str, Any], holds: Holds | None = None
+) -> tuple[int, dict[str, Any]]:
     """Start on one agent, chosen by the workflow id's hash among those whose breaker lets calls through. With a
     given id that already exists on an agent that answers, that agent's answer is returned (idempotent start by
-    id, as on one agent); a generated id is new by construction and asks nobody first."""
-    agents = await asyncio.to_thread(_running_agents, engine, tenant)
+    id, as on one agent); a generated id is new by construction and asks nobody first.
+
+    With `holds`, a start no agent took while one of the tenant's agents is being moved waits for the moved
+    agent's new incarnation and is tried again (services/holds.py). A start that an agent took without answering
+    may have started there: from then on every agent is asked for its id first and it is only ever sent to that
+    same agent again (its start by id is idempotent), so it never starts twice, even with a generated id."""
     given = body.get("id")
     workflow_id = given or secrets.token_hex(8)
     if not isinstance(workflow_id, str):
         raise InvalidRequest("id must be a string")
     body = {**body, "id": workflow_id}
+    look, pinned = bool(given), None
+    async with _holding(holds, tenant) as hold:
+        while True:
+            try:
+                return await _start_once(engine, tenant, name, body, look=look, pinned=pinned)
+            except _NotTaken as exc:
+                if hold is None:
+                    raise exc.error from None
+                if exc.sent_to is not None:
+                    look, pinned = True, exc.sent_to
+                await hold.until_back(exc.tried, None if pinned is None else {pinned}, exc.error)
+
+
+async def _start_once(
+    engine: Engine, tenant: str, name: str, body: dict[str, Any], *, look: bool, pinned: int | None
+) -> tuple[int, dict[str, Any]]:
+    """One attempt: ask for the id first when `look` (the hash's agent is asked by the start itself, unless the
+    start is `pinned` to an agent), then send it to the first agent that takes it (only `pinned` when set)."""
+    workflow_id = str(body["id"])
+    agents = await asyncio.to_thread(_running_agents, engine, tenant, required=False)
+    incarnations = {(agent.ordinal, agent.generation) for agent in agents}
+    if not agents:
+        raise _NotTaken(NoAgentRunning(f"tenant {tenant} has no running agent (hibernated, or starting)"), set())
     ordered = _home(agents, workflow_id)
-    if given:
-        holder, found, _ = await _first_holder(ordered[1:], workflow_id, 0)
+    if look:
+        holder, found, _ = await _first_holder(ordered if pinned is not None else ordered[1:], workflow_id, 0)
         if holder is not None:
             return 200, {**found, "agent": holder.ordinal}
+    targets = ordered if pinned is None else [agent for agent in ordered if agent.ordinal == pinned]
+    if not targets:
+        raise _NotTaken(
+            AgentUnavailable(
+                f"agent {pinned} of {tenant} took the start of {workflow_id!r} without answering and is not running "
+                "now; retry with the same id"
+            ),
+            incarnations,
+            pinned,
+        )
     tried: list[str] = []
-    for agent in ordered:
+    for agent in targets:
         if not _usable(agent):
             tried.append(f"{agent.ordinal} (skipped: not answering lately)")
             continue
@@ -193,33 +282,68 @@ async def start_workflow(engine: Engine, tenant: str, name: str, body: dict[str,
             continue  # nothing was sent: the next agent may take it
         except httpx.HTTPError as exc:
             # sent, but no answer: it may have started there; retrying with the same id finds it or starts it
-            raise AgentUnavailable(
-                f"agent {agent.ordinal} of {tenant} took the start of {workflow_id!r} but did not answer "
-                f"({type(exc).__name__}); retry with the same id"
+            raise _NotTaken(
+                AgentUnavailable(
+                    f"agent {agent.ordinal} of {tenant} took the start of {workflow_id!r} but did not answer "
+                    f"({type(exc).__name__}); retry with the same id"
+                ),
+                incarnations,
+                agent.ordinal,
             ) from None
+        if _refused(answer):
+            tried.append(f"{agent.ordinal} (draining)")
+            continue
         try:
             return answer.status_code, {**answer.json(), "agent": agent.ordinal}
         except ValueError:
             raise AgentUnavailable(f"agent {agent.ordinal} of {tenant} answered something that is not JSON") from None
-    raise AgentUnavailable(f"no agent of {tenant} takes workflows now: {', '.join(tried)}")
+    raise _NotTaken(
+        AgentUnavailable(f"no agent of {tenant} takes workflows now: {', '.join(tried)}"), incarnations, pinned
+    )
 
 
 async def find_workflow(
-    engine: Engine, tenant: str, workflow_id: str, wait: float, observer: Observer | None = None
+    engine: Engine,
+    tenant: str,
+    workflow_id: str,
+    wait: float,
+    observer: Observer | None = None,
+    holds: Holds | None = None,
 ) -> dict[str, Any]:
     """Ask the running agents at once (the id's hash's agent first when several answer); then, when none holds
     it, the observer's copies of every ordinal with a replica. Without an observer a tenant with no running agent
-    is `no_agent_running`, and agents that did not answer make it `agent_unavailable`, not a false not-found."""
-    running = await asyncio.to_thread(_running_agents, engine, tenant, required=observer is None)
-    holder, found, unreachable = await _first_holder(_home(running, workflow_id) if running else [], workflow_id, wait)
-    if holder is not None:
-        return {**found, "agent": holder.ordinal, "source": "agent"}
+    is `no_agent_running`, and agents that did not answer make it `agent_unavailable`, not a false not-found.
+
+    With `holds`, while one of the tenant's agents is being moved, an id no running agent holds is asked again
+    of the moved agent's new incarnation (it may be there) before the observer or a not-found answers; past the
+    hold's bounds the observer answers when there is one (`agent_moving` when not)."""
+    async with _holding(holds, tenant) as hold:
+        while True:
+            running = await asyncio.to_thread(
+                _running_agents, engine, tenant, required=observer is None and hold is None
+            )
+            ordered = _home(running, workflow_id) if running else []
+            holder, found, unreachable = await _first_holder(ordered, workflow_id, wait)
+            if holder is not None:
+                return {**found, "agent": holder.ordinal, "source": "agent"}
+            if hold is None:
+                break
+            try:
+                await hold.until_back({(agent.ordinal, agent.generation) for agent in running}, None, _Settled())
+            except _Settled:
+                break
+            except AgentMoving:
+                if observer is None:
+                    raise
+                break  # past the bounds the observer's copy answers (saying how fresh it is), as without holds
     if observer is not None:
         detail = await asyncio.to_thread(observer.find_workflow, tenant, workflow_id)
         if detail is not None:
             return observed_workflow(detail)
         silent = " (some agents did not answer)" if unreachable else ""
         raise WorkflowNotFound(f"no agent of {tenant} holds workflow {workflow_id!r}, nor does any replica{silent}")
+    if not running:
+        raise NoAgentRunning(f"tenant {tenant} has no running agent (hibernated, or starting)")
     if unreachable:
         raise AgentUnavailable(f"no answering agent of {tenant} holds {workflow_id!r}; some agents did not answer")
     raise WorkflowNotFound(f"no agent of {tenant} holds workflow {workflow_id!r}")

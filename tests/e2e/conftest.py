@@ -132,7 +132,9 @@ def control_plane(
         heartbeat_interval="2",
         fence_interval="2",  # agents read CURRENT every 2 s; a fail-over waits out their 6 s lease (+1 s)
         agent_lease_timeout="6",
-        preflight_timeout="2",  # a frozen store is refused in ~2 s, inside the agents' lease (they keep serving)
+        preflight_timeout="2",
+        # a move's downtime here reached 16.5 s under load (15 s default): routed requests are held through it
+        hold_timeout="45",  # a frozen store is refused in ~2 s, inside the agents' lease (they keep serving)
         # a healthy agent's store-confirmed lag is up to its 5 s probe + a 2 s heartbeat + a 2 s sample
         replication_lagging_after="15",
         replication_stalled_after="25",

@@ -37,7 +37,8 @@ class RoutedWriter(threading.Thread):
 
     def run(self) -> None:
         headers = bearer(self.plane.env["LITEFLEET_API_TOKEN"])
-        with httpx.Client(base_url=self.plane.url, headers=headers, timeout=10) as client:
+        # longer than the router's hold_timeout (45 s in conftest): a start held while its agent moves is answered
+        with httpx.Client(base_url=self.plane.url, headers=headers, timeout=60) as client:
             while not self.stop.is_set():
                 workflow_id = f"{self.prefix}-{len(self.acknowledged)}"
                 try:
@@ -185,13 +186,16 @@ def test_evacuate_under_write_load_loses_nothing(control_plane: ControlPlane, te
     writer = RoutedWriter(plane, tenant, f"r{run}")
     writer.start()
     wait_for_writes(writer, 30)
-    before_move = len(writer.acknowledged)
+    before_move, errors_before = len(writer.acknowledged), Counter(writer.errors)
     op = plane.done("POST", f"/v1/tenants/{tenant}/evacuate", json={"to_node": target})
     during_move = len(writer.acknowledged) - before_move
     wait_for_writes(writer, len(writer.acknowledged) + 10)  # and the new generation acknowledges writes too
     writer.stop.set()
-    writer.join(15)
+    writer.join(65)
+    errors_during = writer.errors - errors_before
+    print(f"evacuation under load: {during_move} acknowledged during the move, failed requests: {dict(errors_during)}")
     assert during_move > 0, "no write was acknowledged while the agent moved: the move was not under load"
+    assert not errors_during, f"the router failed requests while the agent moved (they are held): {errors_during}"
 
     moved = running(plane, tenant)
     assert [(a["node"], a["generation"]) for a in moved] == [(target, 2)]

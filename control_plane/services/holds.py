@@ -1,0 +1,178 @@
+"""Requests held while an agent is moved: the router waits for the agent's new incarnation instead of answering an
+error, bounded in count (`max_held_requests` per control plane) and time (`hold_timeout` per request); past either
+bound the caller gets `503 agent_moving` with `Retry-After`.
+
+Only a move is waited out: an agent that is not running while an unfinished evacuation, drain or fail-over moves
+it (its id in the operation's plan; a queued one that has no plan yet: an evacuation of its tenant, a drain or
+fail-over of its node). An agent that is simply down (a node dead with no fail-over queued, a failed rollback, a
+hibernated tenant) is not waited for: the request gets its error after one short read of the fleet DB.
+
+A held request holds no DB connection and no worker thread: one poller task reads the agents of every tenant with
+held requests (and the unfinished moves) in one short session per `hold_poll_interval`, and wakes the requests of
+each tenant with what it read; each request decides for itself whether what it waits for happened."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from control_plane.db.models import Agent, AgentState, Operation, OperationKind, OperationState, Tenant
+from control_plane.errors import AgentMoving
+
+log = structlog.get_logger("control_plane.holds")
+
+MOVE_KINDS = (OperationKind.evacuate, OperationKind.drain, OperationKind.failover)
+UNFINISHED = (OperationState.pending, OperationState.running)
+
+Incarnation = tuple[int, int]  # (ordinal, generation)
+
+
+@dataclass(frozen=True)
+class TenantView:
+    """What the fleet DB says of one tenant's agents now."""
+
+    running: frozenset[Incarnation]
+    moving: frozenset[int]  # ordinals an unfinished move operation is moving (not running now)
+
+
+def _moved_by(agent: Agent, op: Operation) -> bool:
+    if agent.id in op.params.get("plan", {}):
+        return True
+    if op.state != OperationState.pending:
+        return False  # a running move planned every agent it moves before stopping any
+    if op.kind == OperationKind.evacuate:
+        return op.tenant == agent.tenant
+    return op.node is not None and op.node == agent.node
+
+
+def read_views(engine: Engine, tenants: Iterable[str]) -> dict[str, TenantView]:
+    """The views of `tenants`, in one short session (three queries, whatever the number of tenants)."""
+    names = sorted(set(tenants))
+    with Session(engine) as session:
+        agents = session.exec(select(Agent).where(col(Agent.tenant).in_(names))).all()
+        desired = dict(session.exec(select(Tenant.name, Tenant.agents).where(col(Tenant.name).in_(names))).all())
+        moves = session.exec(
+            select(Operation).where(col(Operation.state).in_(UNFINISHED)).where(col(Operation.kind).in_(MOVE_KINDS))
+        ).all()
+    running: dict[str, set[Incarnation]] = {name: set() for name in names}
+    moving: dict[str, set[int]] = {name: set() for name in names}
+    for agent in agents:
+        if agent.state == AgentState.running:
+            running[agent.tenant].add((agent.ordinal, agent.generation))
+        elif agent.ordinal < desired.get(agent.tenant, 0) and any(_moved_by(agent, op) for op in moves):
+            moving[agent.tenant].add(agent.ordinal)
+    return {name: TenantView(frozenset(running[name]), frozenset(moving[name])) for name in names}
+
+
+class Holds:
+    def __init__(self, engine: Engine, *, limit: int, timeout: float, interval: float = 0.1) -> None:
+        self.engine = engine
+        self.limit = limit
+        self.timeout = timeout
+        self.interval = interval
+        self._held = 0  # only touched on the event loop
+        self._waiting: dict[str, list[asyncio.Future[TenantView]]] = {}
+        self._poller: asyncio.Task[None] | None = None
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    @contextlib.asynccontextmanager
+    async def request(self, tenant: str) -> AsyncIterator[Hold]:
+        """One routed request's hold: it takes one of the `limit` places only when it first waits, and gives it
+        back when the request ends."""
+        hold = Hold(self, tenant)
+        try:
+            yield hold
+        finally:
+            if hold.holding:
+                self._held -= 1
+
+    def _take(self, tenant: str) -> None:
+        if self._held >= self.limit:
+            raise AgentMoving(
+                f"an agent of {tenant} is being moved and {self.limit} requests are already held on this control "
+                "plane: retry shortly"
+            )
+        self._held += 1
+
+    async def next_view(self, tenant: str, timeout: float) -> TenantView | None:
+        """The next view of `tenant` the poller reads, or None after `timeout` seconds."""
+        future: asyncio.Future[TenantView] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(tenant, []).append(future)
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.create_task(self._poll())
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), max(0.0, timeout))
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self._waiting.get(tenant, [])
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters:
+                self._waiting.pop(tenant, None)
+
+    async def _poll(self) -> None:
+        """Runs while a request is held: one short read (in a thread, off the event loop) per interval."""
+        while self._waiting:
+            await asyncio.sleep(self.interval)
+            tenants = list(self._waiting)
+            if not tenants:
+                break
+            try:
+                views = await asyncio.to_thread(read_views, self.engine, tenants)
+            except Exception as exc:  # the DB is busy or away: the holds go on until their own deadlines
+                log.warning("holds.poll_failed", error=type(exc).__name__)
+                continue
+            for tenant, view in views.items():
+                for future in self._waiting.pop(tenant, []):
+                    if not future.done():
+                        future.set_result(view)
+
+
+class Hold:
+    """The hold of one request: one deadline (`timeout` after it first waits) however often it waits."""
+
+    def __init__(self, holds: Holds, tenant: str) -> None:
+        self.holds, self.tenant = holds, tenant
+        self.holding = False
+        self.deadline: float | None = None
+        self.waited = 0.0
+
+    async def until_back(self, tried: Iterable[Incarnation], ordinals: set[int] | None, cause: Exception) -> None:
+        """Return once an incarnation the request has not tried yet runs (of one of `ordinals`; None: any of the
+        tenant's agents). Raises `cause` when no agent it could wait for is being moved (nothing is coming back),
+        AgentMoving past the count or time bound."""
+        seen = set(tried)
+        view: TenantView | None = (await asyncio.to_thread(read_views, self.holds.engine, [self.tenant]))[self.tenant]
+        started = time.monotonic()
+        try:
+            while True:
+                if view is not None:
+                    fresh = {i for i in view.running - seen if ordinals is None or i[0] in ordinals}
+                    if fresh:
+                        return
+                    if not (view.moving if ordinals is None else view.moving & ordinals):
+                        raise cause
+                if not self.holding:
+                    self.holds._take(self.tenant)
+                    self.holding = True
+                    self.deadline = time.monotonic() + self.holds.timeout
+                assert self.deadline is not None
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    raise AgentMoving(
+                        f"an agent of {self.tenant} is still being moved after {self.holds.timeout:g}s: retry shortly"
+                    )
+                view = await self.holds.next_view(self.tenant, left)
+        finally:
+            self.waited += time.monotonic() - started
