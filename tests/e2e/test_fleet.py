@@ -25,13 +25,15 @@ from tests.e2e.conftest import ControlPlane, managed_containers, tenant_name
 
 class RoutedWriter(threading.Thread):
     """Starts `count(1)` workflows `{prefix}-0, -1, ...` through the control plane's router, one after another,
-    retrying an id while the agent moves; remembers which ones were acknowledged (the monotonic counter) and
-    counts every answer that was not an acknowledgement, by its code (`errors`)."""
+    retrying an id while the agent moves; remembers which ones were acknowledged (the monotonic counter), by which
+    agent (ordinal) and when the answer arrived (`answered`), and counts every answer that was not an
+    acknowledgement, by its code (`errors`)."""
 
     def __init__(self, plane: ControlPlane, tenant: str, prefix: str) -> None:
         super().__init__(daemon=True)
         self.plane, self.tenant, self.prefix = plane, tenant, prefix
         self.acknowledged: list[str] = []
+        self.answered: dict[str, tuple[int, float]] = {}
         self.errors: Counter[str] = Counter()
         self.stop = threading.Event()
 
@@ -50,10 +52,15 @@ class RoutedWriter(threading.Thread):
                     time.sleep(0.05)  # the agent is moving: try the same id again
                     continue
                 if answer.status_code in (200, 201):
+                    self.answered[workflow_id] = (int(answer.json().get("agent", -1)), time.time())
                     self.acknowledged.append(workflow_id)
                 else:
                     self.errors[f"{answer.status_code} {_code(answer)}"] += 1
                     time.sleep(0.05)
+
+    def by(self, ordinal: int, after: float = 0.0) -> set[str]:
+        """The ids agent `ordinal` acknowledged, those answered after `after` only."""
+        return {id_ for id_, (agent, at) in list(self.answered.items()) if agent == ordinal and at > after}
 
     @classmethod
     def burst(cls, plane: ControlPlane, tenant: str, prefix: str, count: int) -> list[str]:

@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from control_plane.drivers import EngineUnreachable
-from control_plane.drivers.agent_http import bearer
 from infra.testbed import Testbed, TestbedNode
 from tests.e2e.conftest import ControlPlane, managed_containers, tenant_name
-from tests.e2e.test_fleet import running, workflow_ids_on
+from tests.e2e.test_fleet import RoutedWriter, running, workflow_ids_on
 
 RUNS = 10
 HEARTBEAT_INTERVAL, GRACE, HEARTBEAT_TIMEOUT = 2.0, 3, 3.0  # the e2e control plane's (conftest) and the default
@@ -47,44 +44,13 @@ def frozen_node(node: TestbedNode) -> Iterator[float]:
         os.killpg(node.pid, signal.SIGCONT)
 
 
-class TimedWriter(threading.Thread):
-    """Starts `count(1)` workflows `{prefix}-0, -1, ...` one after another through the router as fast as they are
-    acknowledged, retrying an id until it is; records for each acknowledged id the agent (ordinal) that answered
-    and when the answer arrived (after the agent acknowledged it)."""
-
-    def __init__(self, plane: ControlPlane, tenant: str, prefix: str) -> None:
-        super().__init__(daemon=True)
-        self.plane, self.tenant, self.prefix = plane, tenant, prefix
-        self.acknowledged: dict[str, tuple[int, float]] = {}
-        self.refused = 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        headers = bearer(self.plane.env["LITEFLEET_API_TOKEN"])
-        with httpx.Client(base_url=self.plane.url, headers=headers, timeout=10) as client:
-            while not self.stop.is_set():
-                workflow_id = f"{self.prefix}-{len(self.acknowledged)}"
-                try:
-                    answer = client.post(
-                        f"/v1/tenants/{self.tenant}/workflows/count", json={"id": workflow_id, "args": [1]}
-                    )
-                except httpx.HTTPError:
-                    answer = None
-                if answer is not None and answer.status_code in (200, 201):
-                    self.acknowledged[workflow_id] = (int(answer.json()["agent"]), time.time())
-                else:
-                    self.refused += 1
-                    time.sleep(0.05)
-
-    def by(self, ordinal: int, after: float = 0.0) -> set[str]:
-        return {id_ for id_, (agent, at) in list(self.acknowledged.items()) if agent == ordinal and at > after}
-
-    def wait_for(self, ordinal: int, count: int, after: float, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.by(ordinal, after)) < count:
-            assert self.is_alive(), "the writer stopped"
-            assert time.monotonic() < deadline, f"agent {ordinal} acknowledged {len(self.by(ordinal, after))} writes"
-            time.sleep(0.05)
+def wait_for(writer: RoutedWriter, ordinal: int, count: int, after: float, timeout: float) -> None:
+    """Until agent `ordinal` acknowledged `count` writes answered after `after`."""
+    deadline = time.monotonic() + timeout
+    while len(writer.by(ordinal, after)) < count:
+        assert writer.is_alive(), "the writer stopped"
+        assert time.monotonic() < deadline, f"agent {ordinal} acknowledged {len(writer.by(ordinal, after))} writes"
+        time.sleep(0.05)
 
 
 def _failover(plane: ControlPlane, node: str, since: float, timeout: float) -> dict[str, Any]:
@@ -126,18 +92,18 @@ def test_a_frozen_node_fails_over_and_only_writes_inside_the_reported_window_may
     placed = {agent["ordinal"]: agent["node"] for agent in running(plane, tenant)}
     assert placed[0] != placed[1], f"both agents on one node: {placed}"
     victim = next(node for node in testbed.nodes if node.name == placed[0])
-    writer = TimedWriter(plane, tenant, f"z{run}")
+    writer = RoutedWriter(plane, tenant, f"z{run}")
     writer.start()
     try:
-        writer.wait_for(0, 20, 0.0, timeout=60)
-        writer.wait_for(1, 20, 0.0, timeout=60)
+        wait_for(writer, 0, 20, 0.0, timeout=60)
+        wait_for(writer, 1, 20, 0.0, timeout=60)
         with frozen_node(victim) as froze_at:
-            writer.wait_for(1, 10, froze_at, timeout=30)  # the healthy agent answers while its sibling hangs
+            wait_for(writer, 1, 10, froze_at, timeout=30)  # the healthy agent answers while its sibling hangs
             failover = _failover(plane, victim.name, froze_at, timeout=120)
             served_while_frozen = len(writer.by(1, froze_at))
         thawed_at = time.time()
         assert failover["state"] == "succeeded", failover["error"]
-        writer.wait_for(0, 10, thawed_at, timeout=60)  # and the new generation of the frozen agent answers
+        wait_for(writer, 0, 10, thawed_at, timeout=60)  # and the new generation of the frozen agent answers
     finally:
         writer.stop.set()
         writer.join(15)
