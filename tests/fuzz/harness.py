@@ -141,7 +141,12 @@ def main() -> None:
     state.mkdir(exist_ok=True)
     database_url = f"sqlite:///{state / 'fleet.db'}"
     control_plane = ControlPlaneProcess.beside(
-        store, "litefleet/agent:fuzz-absent", state, database_url=database_url, heartbeat_interval="1"
+        store,
+        "litefleet/agent:fuzz-absent",
+        state,
+        database_url=database_url,
+        heartbeat_interval="1",
+        hold_timeout="1",  # a request held while a fuzzed evacuation "moves" its agent: bounded, as waits are
     )
     try:
         control_plane.start(timeout=180)  # a loaded 2-vCPU machine imports slowly

@@ -16,9 +16,15 @@ from typing import Any
 
 import schemathesis
 
-# 5xx answers the API gives on purpose: the tenant has no running agent, an agent did not answer, the observer
-# (read-only copies) is off or failed. Nothing else with a 5xx status is acceptable.
-UNAVAILABLE = {(503, "no_agent_running"), (502, "agent_unreachable"), (503, "observer_unavailable")}
+# 5xx answers the API gives on purpose: the tenant has no running agent, an agent did not answer, a request held
+# while its agent is moved outlasted the hold (a fuzzed evacuation "moves" agents no engine can start), the
+# observer (read-only copies) is off or failed. Nothing else with a 5xx status is acceptable.
+UNAVAILABLE = {
+    (503, "no_agent_running"),
+    (502, "agent_unreachable"),
+    (503, "agent_moving"),
+    (503, "observer_unavailable"),
+}
 MAX_WAIT = 1.0
 _lock = threading.Lock()
 

@@ -22,7 +22,8 @@ def test_fuzzing_the_api_finds_no_server_error_and_leaves_the_fleet_db_consisten
     print(json.dumps(result, indent=2))  # shown with -s, and in the report when it fails
     assert len(result["isolation"]) == 3
     assert result["requests"] > SECONDS, result  # a sanity floor: 324 in 90 s on this machine at load 20
-    assert result["server_errors"].keys() <= {"503 no_agent_running", "502 agent_unreachable"}, result
+    documented = {"503 no_agent_running", "502 agent_unreachable", "503 agent_moving"}  # see hooks.UNAVAILABLE
+    assert result["server_errors"].keys() <= documented, result
     assert result["schemathesis_rc"] == 0, (tmp_path / "harness.log").read_text()[-6000:]
     assert result["api_exceptions"] == 0, (tmp_path / "state" / "control-plane.log").read_text()[-6000:]
     assert result["problems"] == [], result["problems"]
