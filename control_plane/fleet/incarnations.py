@@ -104,6 +104,16 @@ class Fleet:
                 loads[name] = loads[name].plus(owner.memory_mb, owner.name == tenant.name)
         return choose_node(loads.values(), tenant.name, tenant.memory_mb, exclude, runtime=tenant.runtime)
 
+    def forget_unplaced(self, tenant: str, ordinal: int) -> None:
+        """Delete the agent's row if it was never placed (generation 0, no node): what `agent()` made for an
+        ordinal whose start then found no node must not stay behind as a `starting` agent. Safe to re-run: a row
+        that is gone or was placed meanwhile is left as it is."""
+        with Session(self.engine) as session:
+            agent = session.get(Agent, f"{tenant}/{ordinal}")
+            if agent is not None and agent.generation == 0 and agent.node is None:
+                session.delete(agent)
+                session.commit()
+
     def set_agent(self, tenant: str, ordinal: int, **values: Any) -> None:
         with Session(self.engine) as session:
             agent = session.get(Agent, f"{tenant}/{ordinal}")

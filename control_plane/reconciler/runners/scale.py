@@ -33,9 +33,13 @@ def ensure_running(fleet: Fleet, ctx: OpContext, tenant: Tenant, ordinal: int) -
         found = fleet.storage.read_current(tenant.name, ordinal)
         return None if found is None else found.generation
 
-    plan = ctx.plan(
-        agent.id, lambda: plan_start(agent, alive=alive, current=current, place=lambda: place(fleet, tenant))
-    )
+    try:
+        plan = ctx.plan(
+            agent.id, lambda: plan_start(agent, alive=alive, current=current, place=lambda: place(fleet, tenant))
+        )
+    except Exception:
+        fleet.forget_unplaced(tenant.name, ordinal)  # a new ordinal that found no node is not left `starting`
+        raise
     if not isinstance(plan, StartPlan):
         raise OperationFailed(f"agent {agent.id} has a move planned in a scale operation")
     if plan.keep:

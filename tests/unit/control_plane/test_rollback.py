@@ -207,6 +207,21 @@ def test_no_capacity_refuses_before_anything_stops(engine: Engine) -> None:
     assert_serving(world, 1)
 
 
+def test_a_scale_up_that_finds_no_node_leaves_no_starting_agent_behind(engine: Engine) -> None:
+    """Capacity checked by the API can be gone when the operation runs: the new ordinal's row, made to plan it,
+    must not stay `starting` with no node (found by the fuzz run's consistency check)."""
+    world = provisioned(engine, agents=1)
+    op_id = world.queue(lambda s: tenants.scale_tenant(s, "acme", 2))
+    with Session(engine) as session:
+        for node in session.exec(select(Node)).all():
+            node.state = NodeState.cordoned
+            session.add(node)
+        session.commit()
+    op = run(world, op_id)
+    assert (op.state, op.result["error_code"]) == (OperationState.failed, "no_capacity"), op.error
+    assert [(a.ordinal, a.state) for a in agents(world)] == [(0, AgentState.running)]
+
+
 @pytest.mark.parametrize("request_", ["scale", "hibernate", "delete"])
 def test_scale_down_hibernate_and_delete_refuse_a_frozen_store(engine: Engine, request_: str) -> None:
     world = provisioned(engine, agents=2)
