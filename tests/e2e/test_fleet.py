@@ -29,9 +29,9 @@ class RoutedWriter(threading.Thread):
     agent (ordinal) and when the answer arrived (`answered`), and counts every answer that was not an
     acknowledgement, by its code (`errors`)."""
 
-    def __init__(self, plane: ControlPlane, tenant: str, prefix: str) -> None:
+    def __init__(self, plane: ControlPlane, tenant: str, prefix: str, timeout: float = 60) -> None:
         super().__init__(daemon=True)
-        self.plane, self.tenant, self.prefix = plane, tenant, prefix
+        self.plane, self.tenant, self.prefix, self.timeout = plane, tenant, prefix, timeout
         self.acknowledged: list[str] = []
         self.answered: dict[str, tuple[int, float]] = {}
         self.errors: Counter[str] = Counter()
@@ -39,8 +39,9 @@ class RoutedWriter(threading.Thread):
 
     def run(self) -> None:
         headers = bearer(self.plane.env["LITEFLEET_API_TOKEN"])
-        # longer than the router's hold_timeout (45 s in conftest): a start held while its agent moves is answered
-        with httpx.Client(base_url=self.plane.url, headers=headers, timeout=60) as client:
+        # by default longer than the router's hold_timeout (45 s in conftest): a start held while its agent moves
+        # is answered
+        with httpx.Client(base_url=self.plane.url, headers=headers, timeout=self.timeout) as client:
             while not self.stop.is_set():
                 workflow_id = f"{self.prefix}-{len(self.acknowledged)}"
                 try:

@@ -92,7 +92,9 @@ def test_a_frozen_node_fails_over_and_only_writes_inside_the_reported_window_may
     placed = {agent["ordinal"]: agent["node"] for agent in running(plane, tenant)}
     assert placed[0] != placed[1], f"both agents on one node: {placed}"
     victim = next(node for node in testbed.nodes if node.name == placed[0])
-    writer = RoutedWriter(plane, tenant, f"z{run}")
+    # A start for the frozen agent is given up after 10 s and retried (the writer is sequential: waiting out the
+    # hold would stop it writing to the healthy agent, which is what this test watches).
+    writer = RoutedWriter(plane, tenant, f"z{run}", timeout=10)
     writer.start()
     try:
         wait_for(writer, 0, 20, 0.0, timeout=60)
