@@ -97,6 +97,10 @@ async def _trial(agent: Agent) -> None:
         await _call(agent, "GET", "/healthz", LOOKUP_TIMEOUT)
 
 
+def _no_agent_running(tenant: str) -> NoAgentRunning:
+    return NoAgentRunning(f"tenant {tenant} has no running agent (hibernated, or still starting)")
+
+
 def _running_agents(engine: Engine, name: str, *, required: bool = True) -> list[Agent]:
     """The tenant's running agents, read in one short session (none is held while agents are asked)."""
     with Session(engine) as session:
@@ -108,7 +112,7 @@ def _running_agents(engine: Engine, name: str, *, required: bool = True) -> list
             .order_by(col(Agent.ordinal))
         ).all()
         if not agents and required:
-            raise NoAgentRunning(f"tenant {name} has no running agent (hibernated, or still starting)")
+            raise _no_agent_running(name)
         return list(agents)
 
 
@@ -254,7 +258,7 @@ async def _start_once(
     agents = await asyncio.to_thread(_running_agents, engine, tenant, required=False)
     incarnations = {(agent.ordinal, agent.generation) for agent in agents}
     if not agents:
-        raise _NotTaken(NoAgentRunning(f"tenant {tenant} has no running agent (hibernated, or starting)"), set())
+        raise _NotTaken(_no_agent_running(tenant), set())
     ordered = _home(agents, workflow_id)
     if look:
         holder, found, _ = await _first_holder(ordered if pinned is not None else ordered[1:], workflow_id, 0)
@@ -343,7 +347,7 @@ async def find_workflow(
         silent = " (some agents did not answer)" if unreachable else ""
         raise WorkflowNotFound(f"no agent of {tenant} holds workflow {workflow_id!r}, nor does any replica{silent}")
     if not running:
-        raise NoAgentRunning(f"tenant {tenant} has no running agent (hibernated, or starting)")
+        raise _no_agent_running(tenant)
     if unreachable:
         raise AgentUnavailable(f"no answering agent of {tenant} holds {workflow_id!r}; some agents did not answer")
     raise WorkflowNotFound(f"no agent of {tenant} holds workflow {workflow_id!r}")
