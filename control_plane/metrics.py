@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from control_plane.db.models import (
+    FINISHED_STATES,
     Agent,
     AgentPublic,
     AgentState,
@@ -49,7 +50,6 @@ PROBE_SECONDS = Histogram(
     registry=INSTRUMENTS,
 )
 OPERATION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
-FINISHED = (OperationState.succeeded, OperationState.failed)
 
 
 class FleetCollector(Collector):
@@ -75,7 +75,7 @@ class FleetCollector(Collector):
             ).all()
             durations = session.exec(
                 select(Operation.kind, Operation.created_at, Operation.finished_at).where(
-                    col(Operation.state).in_(FINISHED)
+                    col(Operation.state).in_(FINISHED_STATES)
                 )
             ).all()
         yield _by_label("litefleet_nodes", "Registered nodes by state.", "state", NodeState, nodes)
@@ -179,7 +179,7 @@ def _operations(
     )
     pending = 0
     for kind, state, count in counts:
-        if state in FINISHED:
+        if state in FINISHED_STATES:
             total.add_metric([str(kind), str(state)], count)
         elif state == OperationState.pending:
             pending += count

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from starlette.types import Receive, Scope, Send
 
-from control_plane.db.models import OperationState
+from control_plane.db.models import FINISHED_STATES
 from control_plane.services import operations
 from control_plane.services.waits import Waits
 
@@ -49,7 +49,7 @@ def read_operation(engine: Engine, op_id: str) -> tuple[int, dict[str, object]]:
     """The operation as JSON in one short session, with 200 once it finished and 202 while it runs."""
     with Session(engine) as session:
         op = operations.get_operation(session, op_id)
-        finished = op.state in (OperationState.succeeded, OperationState.failed)
+        finished = op.state in FINISHED_STATES
         return (200 if finished else 202), operations.operation_public(op).model_dump(mode="json")
 
 

@@ -315,6 +315,10 @@ class OperationState(StrEnum):
     failed = "failed"
 
 
+FINISHED_STATES = (OperationState.succeeded, OperationState.failed)
+UNFINISHED_STATES = (OperationState.pending, OperationState.running)
+
+
 class OperationPublic(SQLModel):
     id: str
     kind: OperationKind

@@ -14,9 +14,8 @@ from sqlalchemy import select as columns  # sqlmodel's select takes at most four
 from sqlalchemy.engine import CursorResult, Engine, Result
 from sqlmodel import Session, col, select
 
-from control_plane.db.models import Agent, Operation, OperationKind, OperationState
+from control_plane.db.models import UNFINISHED_STATES, Agent, Operation, OperationKind, OperationState
 
-UNFINISHED = (OperationState.pending, OperationState.running)
 NODE_WIDE = (OperationKind.drain, OperationKind.failover)  # they move the agents of one node, of many tenants
 Only = Literal["tenant", "node"]  # claim only tenant operations, or only node-wide ones
 
@@ -51,7 +50,7 @@ def claim(
                 col(Operation.node),
                 col(Operation.locked_until),
             )
-            .where(col(Operation.state).in_(UNFINISHED))
+            .where(col(Operation.state).in_(UNFINISHED_STATES))
             .order_by(col(Operation.created_at), col(Operation.id))
         ).all()
         scopes = _scopes(

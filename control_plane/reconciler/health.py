@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from control_plane.db.models import (
+    UNFINISHED_STATES,
     Agent,
     AgentState,
     Event,
@@ -37,7 +38,6 @@ from control_plane.drivers.agent_spec import incarnation_name
 from control_plane.drivers.base import EngineUnreachable, Incarnation
 from control_plane.fleet.incarnations import Fleet
 from control_plane.metrics import HEARTBEAT_ROUND_SECONDS, HEARTBEAT_SECONDS, PROBE_SECONDS
-from control_plane.reconciler.claims import UNFINISHED
 from control_plane.settings import Settings
 from control_plane.timing import Periodic
 
@@ -285,7 +285,7 @@ class HealthMonitor:
 
 def _busy(session: Session, tenant: str) -> bool:
     unfinished = session.exec(
-        select(Operation).where(Operation.tenant == tenant).where(col(Operation.state).in_(UNFINISHED))
+        select(Operation).where(Operation.tenant == tenant).where(col(Operation.state).in_(UNFINISHED_STATES))
     ).first()
     return unfinished is not None
 

@@ -25,8 +25,7 @@ import structlog
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from control_plane.db.models import Agent, AgentState, Event, Operation, Tenant
-from control_plane.reconciler.claims import UNFINISHED
+from control_plane.db.models import UNFINISHED_STATES, Agent, AgentState, Event, Operation, Tenant
 from control_plane.reconciler.health import repair_operation
 
 log = structlog.get_logger("control_plane.reconciler.stuck")
@@ -51,7 +50,7 @@ def sweep(engine: Engine, stuck_after: float, now: float | None = None) -> list[
         ).all()
         busy = {
             op.tenant
-            for op in session.exec(select(Operation).where(col(Operation.state).in_(UNFINISHED))).all()
+            for op in session.exec(select(Operation).where(col(Operation.state).in_(UNFINISHED_STATES))).all()
             if op.tenant is not None
         }
         repaired: set[str] = set()

@@ -19,17 +19,22 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
-import structlog
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from control_plane.db.models import Agent, AgentState, Operation, OperationKind, OperationState, Tenant
+from control_plane.db.models import (
+    UNFINISHED_STATES,
+    Agent,
+    AgentState,
+    Operation,
+    OperationKind,
+    OperationState,
+    Tenant,
+)
 from control_plane.errors import AgentMoving
-
-log = structlog.get_logger("control_plane.holds")
+from control_plane.services.polling import Poller
 
 MOVE_KINDS = (OperationKind.evacuate, OperationKind.drain, OperationKind.failover)
-UNFINISHED = (OperationState.pending, OperationState.running)
 
 Incarnation = tuple[int, int]  # (ordinal, generation)
 
@@ -59,7 +64,9 @@ def read_views(engine: Engine, tenants: Iterable[str]) -> dict[str, TenantView]:
         agents = session.exec(select(Agent).where(col(Agent.tenant).in_(names))).all()
         desired = dict(session.exec(select(Tenant.name, Tenant.agents).where(col(Tenant.name).in_(names))).all())
         moves = session.exec(
-            select(Operation).where(col(Operation.state).in_(UNFINISHED)).where(col(Operation.kind).in_(MOVE_KINDS))
+            select(Operation)
+            .where(col(Operation.state).in_(UNFINISHED_STATES))
+            .where(col(Operation.kind).in_(MOVE_KINDS))
         ).all()
     running: dict[str, set[Incarnation]] = {name: set() for name in names}
     moving: dict[str, set[int]] = {name: set() for name in names}
@@ -78,8 +85,10 @@ class Holds:
         self.timeout = timeout
         self.interval = interval
         self._held = 0  # only touched on the event loop
-        self._waiting: dict[str, list[asyncio.Future[TenantView]]] = {}
-        self._poller: asyncio.Task[None] | None = None
+        # a held request has just read its view: the poller's first read waits one interval
+        self._poller: Poller[str, TenantView] = Poller(
+            "holds", lambda tenants: read_views(engine, tenants), interval, first_at_once=False
+        )
 
     @property
     def held(self) -> int:
@@ -106,37 +115,7 @@ class Holds:
 
     async def next_view(self, tenant: str, timeout: float) -> TenantView | None:
         """The next view of `tenant` the poller reads, or None after `timeout` seconds."""
-        future: asyncio.Future[TenantView] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(tenant, []).append(future)
-        if self._poller is None or self._poller.done():
-            self._poller = asyncio.create_task(self._poll())
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), max(0.0, timeout))
-        except TimeoutError:
-            return None
-        finally:
-            waiters = self._waiting.get(tenant, [])
-            if future in waiters:
-                waiters.remove(future)
-            if not waiters:
-                self._waiting.pop(tenant, None)
-
-    async def _poll(self) -> None:
-        """Runs while a request is held: one short read (in a thread, off the event loop) per interval."""
-        while self._waiting:
-            await asyncio.sleep(self.interval)
-            tenants = list(self._waiting)
-            if not tenants:
-                break
-            try:
-                views = await asyncio.to_thread(read_views, self.engine, tenants)
-            except Exception as exc:  # the DB is busy or away: the holds go on until their own deadlines
-                log.warning("holds.poll_failed", error=type(exc).__name__)
-                continue
-            for tenant, view in views.items():
-                for future in self._waiting.pop(tenant, []):
-                    if not future.done():
-                        future.set_result(view)
+        return await self._poller.wait(tenant, timeout)
 
 
 class Hold:

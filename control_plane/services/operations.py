@@ -9,6 +9,7 @@ from sqlalchemy import and_, or_
 from sqlmodel import Session, col, select
 
 from control_plane.db.models import (
+    FINISHED_STATES,
     Event,
     EventPublic,
     Operation,
@@ -51,7 +52,7 @@ def wait_operation(session: Session, op_id: str, timeout: float) -> Operation:
     for _ in poll(timeout, 0.2):
         session.expire_all()
         op = get_operation(session, op_id)
-        if op.state in (OperationState.succeeded, OperationState.failed):
+        if op.state in FINISHED_STATES:
             return op
     session.expire_all()
     return get_operation(session, op_id)

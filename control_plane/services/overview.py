@@ -12,6 +12,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from control_plane.db.models import (
+    FINISHED_STATES,
     Agent,
     AgentPublic,
     AgentState,
@@ -249,7 +250,7 @@ class StepsSince:
 
 def steps_since(session: Session, op_id: str, count: int) -> StepsSince:
     op = get_operation(session, op_id)
-    done = op.state in (OperationState.succeeded, OperationState.failed)
+    done = op.state in FINISHED_STATES
     return StepsSince(list(op.steps[count:]), len(op.steps), op.state, done)
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from control_plane.db.models import (
+    FINISHED_STATES,
     PLACED_STATES,
     Agent,
     ApiToken,
@@ -21,7 +22,6 @@ from control_plane.db.models import (
     TenantState,
 )
 
-FINISHED = (OperationState.succeeded, OperationState.failed)
 MAX_AGENTS = 64
 
 
@@ -85,9 +85,9 @@ def _operations(operations: list[Operation], events: list[Event]) -> list[str]:
     found += [f"tenant {tenant} has {count} running operations" for tenant, count in running.items() if count > 1]
     named = Counter(event.operation for event in events if event.operation)
     for op in operations:
-        if (op.finished_at is not None) != (op.state in FINISHED):
+        if (op.finished_at is not None) != (op.state in FINISHED_STATES):
             found.append(f"operation {op.id} is {op.state.value} with finished_at {op.finished_at}")
-        if op.state in FINISHED and op.lock_token is not None:
+        if op.state in FINISHED_STATES and op.lock_token is not None:
             found.append(f"operation {op.id} is {op.state.value} but still locked")
         if op.state == OperationState.failed and not op.error:
             found.append(f"operation {op.id} failed without an error")
