@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,26 +22,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from control_plane import metrics
 from control_plane.api import ROUTERS
 from control_plane.api.deps import require_admin
+from control_plane.background import Background
 from control_plane.dashboard import router as dashboard_router
 from control_plane.db.engine import make_engine, migrate
 from control_plane.db.models import NodeCreate
 from control_plane.errors import BodyTooLarge, FleetError
 from control_plane.fleet.incarnations import Fleet
-from control_plane.observer import (
-    LagSampler,
-    LagThresholds,
-    NoStateAt,
-    Observer,
-    ObserverError,
-    ObserverSettings,
-    ReplicaNotFound,
-)
+from control_plane.observer import NoStateAt, Observer, ObserverError, ReplicaNotFound
 from control_plane.observer import WorkflowNotInCopy as ObservedWorkflowNotFound
-from control_plane.observer.fleet_sync import sync_followers
 from control_plane.pki import credential_set
-from control_plane.reconciler.health import HealthMonitor
-from control_plane.reconciler.runners import runners
-from control_plane.reconciler.worker import Reconciler
 from control_plane.services.holds import Holds
 from control_plane.services.nodes import EngineProbe
 from control_plane.services.waits import Waits
@@ -49,7 +38,6 @@ from control_plane.settings import Settings, admin_secret, api_token
 from control_plane.storage.credentials import SeaweedCredentials
 from control_plane.storage.replicas import ObjectStorage
 from control_plane.storage.seaweed import embedded_store
-from control_plane.timing import Periodic
 
 log = structlog.get_logger("control_plane.app")
 
@@ -110,33 +98,6 @@ def engine_probe(settings: Settings) -> EngineProbe:
     return probe
 
 
-def build_observer(settings: Settings, fleet: Fleet) -> Observer | None:
-    """The observer over the fleet's object storage, reading with a Read+List key of its own where the store can
-    issue one (the embedded SeaweedFS), else with the storage's key. None when disabled or the storage is not S3."""
-    if not settings.observer or not isinstance(fleet.storage, ObjectStorage):
-        return None
-    key: tuple[str, str] | None = None
-    if isinstance(fleet.credentials, SeaweedCredentials):
-        try:
-            issued = fleet.credentials.issue_observer()
-            key = (issued.access_key, issued.secret_key)
-        except Exception as exc:  # the storage's own key still works: degrade, do not refuse to start
-            log.warning("observer.key_failed", error=str(exc))
-    config = ObserverSettings(
-        cache_dir=settings.observer_cache_dir,
-        max_followers=settings.observer_max_followers,
-        follow_interval=settings.observer_follow_interval,
-        periodic_interval=settings.observer_periodic_interval,
-    )
-    return Observer(fleet.storage, config, credentials=key)
-
-
-def lag_sampler(settings: Settings, fleet: Fleet) -> LagSampler:
-    """Replication lag of every running agent, measured against the store (written on the agents' rows)."""
-    thresholds = LagThresholds(settings.replication_lagging_after, settings.replication_stalled_after)
-    return LagSampler(fleet.engine, fleet.storage, thresholds)
-
-
 def create_app(
     settings: Settings,
     fleet: Fleet | None = None,
@@ -159,51 +120,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        workers: list[Any] = []
-        closers: list[Callable[[], None]] = []
-        owned: Observer | None = None
-        if background and fleet is not None:
-            reconciler = Reconciler(
-                engine,
-                runners(fleet),
-                workers=settings.workers,
-                lease=settings.lease_seconds,
-                stuck_after=settings.stuck_after,
-                stuck_interval=settings.stuck_interval,
-                node_workers=settings.node_workers,
-            )
-            monitor = HealthMonitor(engine, fleet, settings)
-            workers = [reconciler, monitor]
-            if app.state.observer is None:
-                owned = app.state.observer = build_observer(settings, fleet)
-            if app.state.observer is not None:
-                watched: Observer = app.state.observer
-                watched.start()
-
-                def sync() -> None:
-                    sync_followers(watched, engine)
-
-                workers.append(
-                    Periodic("litefleet-observer-sync", settings.observer_sync_interval, sync, first_at_once=True)
-                )
-            sampler = lag_sampler(settings, fleet)
-            closers.append(sampler.close)
-
-            def sample() -> None:
-                sampler.tick()
-
-            workers.append(Periodic("litefleet-lag", settings.lag_sample_interval, sample, first_at_once=True))
-            for worker in workers:
-                worker.start()
+        work = Background(settings, fleet, engine, app.state) if background and fleet is not None else None
+        if work is not None:
+            work.start()  # the API answers from now on; the background work comes up beside it
         log.info("control_plane.started", database=url.split("@")[-1], workers=settings.workers)
         yield
-        for worker in workers:
-            worker.stop()
-        for close in closers:
-            close()
-        if owned is not None:
-            owned.close()
-            app.state.observer = None
+        if work is not None:
+            work.stop()
         if owns_engine:  # its pooled connections end with the app, not when the collector gets to them
             engine.dispose()
 
@@ -288,9 +211,9 @@ def create_app(
 
 
 def build_fleet(settings: Settings) -> Fleet:
+    """The fleet's hands. Nothing here calls the store: the bucket is checked by the background start."""
     store = embedded_store(settings)
     storage = ObjectStorage(settings.store_endpoint, settings.s3_admin_key, admin_secret(settings), settings.bucket)
-    storage.ensure_bucket()
     return Fleet(make_engine(settings.fleet_database_url), settings, storage, SeaweedCredentials(store, storage))
 
 

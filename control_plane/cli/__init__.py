@@ -1,5 +1,6 @@
-"""The `litefleet` command line: `commands` (the typer app over the /v1 client), `local` (`litefleet up`/`down`)."""
+"""The `litefleet` command line: `launch.main` (the entry point), `commands` (the typer app over the /v1 client),
+`local` (`litefleet up`/`down`)."""
 
-from control_plane.cli.commands import app
+from control_plane.cli.launch import main
 
-__all__ = ["app"]
+__all__ = ["main"]

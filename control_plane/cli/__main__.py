@@ -1,3 +1,3 @@
-from control_plane.cli.commands import app
+from control_plane.cli.launch import main
 
-app()
+main()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,19 +48,34 @@ class ObjectStorage:
         self.bucket = bucket
         self._credentials = (access_key, secret_key)
         self.root = root.strip("/")
-        import boto3  # here, not at the top: ~0.5 s of imports that serving the API does not need
-        from botocore.config import Config
+        self._client: Any = None
+        self._client_lock = threading.Lock()
 
-        self.s3: Any = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-            region_name=region,
-            config=Config(
-                s3={"addressing_style": "path"}, retries={"max_attempts": 3}, connect_timeout=3, read_timeout=10
-            ),
-        )
+    @property
+    def s3(self) -> Any:
+        """The boto3 client, made on first use: importing boto3 costs ~0.5 s that serving the API does not need
+        (made under a lock: boto3's default session is not safe to use from two threads at once)."""
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    import boto3
+                    from botocore.config import Config
+
+                    access_key, secret_key = self._credentials
+                    self._client = boto3.client(
+                        "s3",
+                        endpoint_url=self.endpoint,
+                        aws_access_key_id=access_key,
+                        aws_secret_access_key=secret_key,
+                        region_name=self.region,
+                        config=Config(
+                            s3={"addressing_style": "path"},
+                            retries={"max_attempts": 3},
+                            connect_timeout=3,
+                            read_timeout=10,
+                        ),
+                    )
+        return self._client
 
     @property
     def credentials(self) -> tuple[str, str]:

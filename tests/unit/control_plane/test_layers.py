@@ -17,7 +17,7 @@ PACKAGE = Path(control_plane.__file__).parent
 # Top to bottom. A module may import its own layer and any layer below it, nothing above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("entry points", ("control_plane.demo", "control_plane.cli", "control_plane.client")),
-    ("composition root", ("control_plane.app",)),
+    ("composition root", ("control_plane.app", "control_plane.background")),
     ("api", ("control_plane.api", "control_plane.dashboard")),
     ("services", ("control_plane.services",)),
     ("reconciler", ("control_plane.reconciler",)),
