@@ -126,7 +126,7 @@ def _serve_replicated(runtime: Runtime, args: argparse.Namespace) -> int:
     from agent_image.server._auth import Tokens
 
     identity = AgentIdentity.from_env().with_secrets()
-    monitor = ReplicationMonitor(identity)
+    monitor = ReplicationMonitor(identity, commits=lambda: runtime.store.commits)
     servers: list[AgentServer] = []
 
     def superseded(_: int | None) -> None:

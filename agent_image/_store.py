@@ -86,6 +86,7 @@ class Store:
         self._all_readers: list[apsw.Connection] = []
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
+        self._commits = 0  # transactions this process committed (written by the writer thread only)
         self._writer = threading.Thread(target=self._write_loop, name="litefleet-writer", daemon=True)
         self._writer.start()
 
@@ -174,6 +175,7 @@ class Store:
         try:
             if not self._run_batch(conn, batch, isolate=False):
                 self._run_batch(conn, batch, isolate=True)
+            self._commits += 1
         except apsw.Error as exc:
             if not conn.getautocommit():
                 conn.execute("ROLLBACK")
@@ -202,6 +204,12 @@ class Store:
                 conn.execute("RELEASE w")
         conn.execute("COMMIT")
         return True
+
+    @property
+    def commits(self) -> int:
+        """How many write transactions this process has committed (group commits: one per batch). Counted here,
+        not by Litestream, so it keeps counting while nothing reaches the replica."""
+        return self._commits
 
     # -- helpers ------------------------------------------------------------------------------------------------
 

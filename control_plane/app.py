@@ -146,7 +146,7 @@ def create_app(
         current: Observer | None = app.state.observer
         return dict(Counter(state.kind.value for state in current.followed())) if current is not None else {}
 
-    app.state.metrics = metrics.registry(engine, followers)
+    app.state.metrics = metrics.registry(engine, followers, lambda: app.state.holds.held)
     for router in ROUTERS:
         app.include_router(router)
     app.include_router(dashboard_router)

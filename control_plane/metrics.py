@@ -49,16 +49,31 @@ PROBE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0),
     registry=INSTRUMENTS,
 )
+HELD_SECONDS = Histogram(
+    "litefleet_held_request_seconds",
+    "How long routed requests waited for a moved agent's new incarnation, by how the wait ended: delivered (a new "
+    "incarnation runs), timed_out (hold_timeout: 503 agent_moving), full (max_held_requests: 503 at once), "
+    "other (the request's own error).",
+    ["outcome"],
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0),
+    registry=INSTRUMENTS,
+)
 OPERATION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 
 class FleetCollector(Collector):
     """Reads the fleet DB on every scrape. `followers`: the observer's copies by kind (follow, periodic), when
-    one runs."""
+    one runs; `held`: how many routed requests this app holds now."""
 
-    def __init__(self, engine: Engine, followers: Callable[[], Mapping[str, int]] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        followers: Callable[[], Mapping[str, int]] | None = None,
+        held: Callable[[], int] | None = None,
+    ) -> None:
         self.engine = engine
         self.followers = followers
+        self.held = held
 
     def collect(self) -> Iterator[Metric]:
         with Session(self.engine) as session:
@@ -91,6 +106,12 @@ class FleetCollector(Collector):
                 ("follow", "periodic"),
                 found,
             )
+        if self.held is not None:
+            yield GaugeMetricFamily(
+                "litefleet_held_requests",
+                "Routed requests this control plane holds now, waiting for a moved agent's new incarnation.",
+                value=self.held(),
+            )
 
 
 class _Instruments(Collector):
@@ -98,10 +119,12 @@ class _Instruments(Collector):
         yield from INSTRUMENTS.collect()
 
 
-def registry(engine: Engine, followers: Callable[[], Mapping[str, int]] | None = None) -> CollectorRegistry:
+def registry(
+    engine: Engine, followers: Callable[[], Mapping[str, int]] | None = None, held: Callable[[], int] | None = None
+) -> CollectorRegistry:
     """One app's registry: the fleet DB's state at scrape time and this process's latencies."""
     found = CollectorRegistry(auto_describe=False)
-    found.register(FleetCollector(engine, followers))
+    found.register(FleetCollector(engine, followers, held))
     found.register(_Instruments())
     return found
 
@@ -143,6 +166,12 @@ def _lag(running: Iterable[AgentPublic]) -> Iterator[Metric]:
         "Seconds since the agent's last successful replica sync, as the agent itself reports it (its /readyz).",
         labels=labels,
     )
+    unconfirmed = GaugeMetricFamily(
+        "litefleet_agent_unconfirmed_commits",
+        "Transactions the agent committed that no sync had confirmed in the replica, at its last probe (its "
+        "own count: it grows while the store is frozen, when txids stand still).",
+        labels=labels,
+    )
     by_state = {value.value: 0 for value in ReplicationState}
     for agent in running:
         key = [agent.tenant, str(agent.ordinal)]
@@ -154,6 +183,8 @@ def _lag(running: Iterable[AgentPublic]) -> Iterator[Metric]:
             replica.add_metric(key, agent.replica_txid)
         if agent.seconds_since_sync is not None:
             since.add_metric(key, agent.seconds_since_sync)
+        if agent.unconfirmed_commits is not None:
+            unconfirmed.add_metric(key, agent.unconfirmed_commits)
         for value in ReplicationState:
             state.add_metric([*key, value.value], 1 if agent.replication == value else 0)
         by_state[agent.replication.value] += 1
@@ -162,6 +193,7 @@ def _lag(running: Iterable[AgentPublic]) -> Iterator[Metric]:
     yield replica
     yield state
     yield since
+    yield unconfirmed
     yield _by_label(
         "litefleet_agents_by_replication", "Running agents by replication state.", "state", ReplicationState, by_state
     )

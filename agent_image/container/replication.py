@@ -39,13 +39,25 @@ class ReplicationMonitor(Periodic):
 
     `state`: `ok` (the last probe succeeded and the replica caught up recently), `lagging` (probes succeed but
     writes keep outrunning the replica for > LAG_PROBES intervals), `stalled` (the last probe failed, or none
-    succeeded for > STALL_PROBES intervals: nothing new reaches the store). `sync` and `clock` are injectable."""
+    succeeded for > STALL_PROBES intervals: nothing new reaches the store).
+
+    `unconfirmed_commits`: transactions the runtime committed (`commits`, its own count) that no successful sync
+    has confirmed yet: the commits counted before a probe's `sync -wait` began are confirmed once it answers
+    caught up. It grows while the store is frozen, when Litestream's own txids stand still (it writes no local
+    LTX while it cannot upload). `sync`, `commits` and `clock` are injectable."""
 
     def __init__(
-        self, identity: AgentIdentity, *, sync: Sync | None = None, clock: Callable[[], float] = time.time
+        self,
+        identity: AgentIdentity,
+        *,
+        sync: Sync | None = None,
+        commits: Callable[[], int] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.identity = identity
         self._sync = sync or socket_sync(identity)
+        self._commits = commits
+        self._confirmed_commits = 0
         self._clock = clock
         self._status: dict[str, Any] = {"local_txid": None, "replica_txid": None, "last_error": None}
         self._started_at = clock()
@@ -55,6 +67,7 @@ class ReplicationMonitor(Periodic):
         super().__init__("litefleet-replication", max(5.0, identity.sync_interval), self.probe, immediately=True)
 
     def probe(self) -> None:
+        committed = self._commits() if self._commits is not None else 0
         try:
             result = self._sync(min(30.0, self.interval * 2))
         except (litestream.LitestreamError, ValueError, OSError) as exc:
@@ -66,6 +79,7 @@ class ReplicationMonitor(Periodic):
         self._probed_ok_at, self._last_probe_failed = now, False
         if result.caught_up:
             self._caught_up_at = now
+            self._confirmed_commits = max(self._confirmed_commits, committed)
         self._status = {"local_txid": result.txid, "replica_txid": result.replica_txid, "last_error": None}
 
     def state(self) -> str:
@@ -87,6 +101,8 @@ class ReplicationMonitor(Periodic):
         status["last_sync_at"] = _iso(self._caught_up_at) if self._caught_up_at else None
         status["seconds_since_sync"] = round(now - self._caught_up_at, 3) if self._caught_up_at else None
         status["seconds_since_probe_ok"] = round(now - self._probed_ok_at, 3) if self._probed_ok_at else None
+        if self._commits is not None:
+            status["unconfirmed_commits"] = max(0, self._commits() - self._confirmed_commits)
         return status
 
 

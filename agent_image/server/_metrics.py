@@ -56,6 +56,7 @@ class _AgentCollector:
             ("replica_txid", "Last transaction id in the replica"),
             ("lag_txids", "Transactions committed locally and not yet in the replica"),
             ("seconds_since_sync", "Seconds since the replica last caught up with the database"),
+            ("unconfirmed_commits", "Transactions this process committed that no sync has confirmed in the replica"),
         ):
             if status.get(key) is not None:
                 yield GaugeMetricFamily(f"litefleet_replication_{key}", help_text, value=status[key])

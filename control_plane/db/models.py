@@ -210,6 +210,8 @@ class AgentHealth(SQLModel):
     replica_txid: int | None = Field(default=None, sa_type=BigInteger)
     lag_txids: int | None = Field(default=None, sa_type=BigInteger)
     seconds_since_sync: float | None = None
+    # the runtime's own count of commits no sync has confirmed: unlike the txids, it grows while the store is frozen
+    unconfirmed_commits: int | None = Field(default=None, sa_type=BigInteger)
 
 
 class AgentLag(SQLModel):
@@ -229,7 +231,9 @@ class AgentPublic(SQLModel):
     """An agent as the API shows it. Replication is the store-side measurement: `replica_txid` is the replica's
     newest txid in object storage, `local_txid` the last one the agent reported committing, `lag_txids` the
     difference, `lag_seconds` how long ago `synced_at` was (writes acknowledged after it may not be in the
-    replica), `replication` ok / lagging / stalled / unknown. `seconds_since_sync` is the agent's own view."""
+    replica), `replication` ok / lagging / stalled / unknown. `seconds_since_sync` and `unconfirmed_commits`
+    (transactions the agent committed that no sync has confirmed in the replica, at its last probe) are the agent's
+    own view."""
 
     tenant: str
     ordinal: int
@@ -249,6 +253,7 @@ class AgentPublic(SQLModel):
     replication: ReplicationState = ReplicationState.unknown
     replication_note: str | None = None
     seconds_since_sync: float | None = None
+    unconfirmed_commits: int | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -272,6 +277,7 @@ class AgentPublic(SQLModel):
             "replication": ReplicationState(data.replication or "unknown") if running else ReplicationState.unknown,
             "replication_note": data.replication_note if running else None,
             "seconds_since_sync": data.seconds_since_sync,
+            "unconfirmed_commits": data.unconfirmed_commits if running else None,
         }
 
 

@@ -52,6 +52,7 @@ class Readiness:
     replica_txid: int | None = None
     lag_txids: int | None = None
     seconds_since_sync: float | None = None
+    unconfirmed_commits: int | None = None
 
     @classmethod
     def parse(cls, status: int, body: Any) -> Readiness:
@@ -63,6 +64,7 @@ class Readiness:
             replica_txid=_int(replication.get("replica_txid")),
             lag_txids=_int(replication.get("lag_txids")),
             seconds_since_sync=_float(replication.get("seconds_since_sync")),
+            unconfirmed_commits=_int(replication.get("unconfirmed_commits")),
         )
 
     @property

@@ -297,6 +297,7 @@ def _health(readiness: Readiness) -> dict[str, Any]:
         "replica_txid": readiness.replica_txid,
         "lag_txids": readiness.lag_txids,
         "seconds_since_sync": readiness.seconds_since_sync,
+        "unconfirmed_commits": readiness.unconfirmed_commits,
     }
 
 

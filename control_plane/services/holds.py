@@ -32,6 +32,7 @@ from control_plane.db.models import (
     Tenant,
 )
 from control_plane.errors import AgentMoving
+from control_plane.metrics import HELD_SECONDS
 from control_plane.services.polling import Poller
 
 MOVE_KINDS = (OperationKind.evacuate, OperationKind.drain, OperationKind.failover)
@@ -134,24 +135,34 @@ class Hold:
         seen = set(tried)
         view: TenantView | None = (await asyncio.to_thread(read_views, self.holds.engine, [self.tenant]))[self.tenant]
         started = time.monotonic()
+        outcome = "other"
         try:
             while True:
                 if view is not None:
                     fresh = {i for i in view.running - seen if ordinals is None or i[0] in ordinals}
                     if fresh:
+                        outcome = "delivered"
                         return
                     if not (view.moving if ordinals is None else view.moving & ordinals):
                         raise cause
                 if not self.holding:
-                    self.holds._take(self.tenant)
+                    try:
+                        self.holds._take(self.tenant)
+                    except AgentMoving:
+                        HELD_SECONDS.labels("full").observe(0)
+                        raise
                     self.holding = True
                     self.deadline = time.monotonic() + self.holds.timeout
                 assert self.deadline is not None
                 left = self.deadline - time.monotonic()
                 if left <= 0:
+                    outcome = "timed_out"
                     raise AgentMoving(
                         f"an agent of {self.tenant} is still being moved after {self.holds.timeout:g}s: retry shortly"
                     )
                 view = await self.holds.next_view(self.tenant, left)
         finally:
-            self.waited += time.monotonic() - started
+            waited = time.monotonic() - started
+            self.waited += waited
+            if self.holding:
+                HELD_SECONDS.labels(outcome).observe(waited)

@@ -85,7 +85,7 @@ def test_a_frozen_store_is_stalled_replication_in_metrics_api_and_dashboard_then
         assert agent_metric(before, "litefleet_agent_replication_state", tenant, state="ok") == 1
 
         with frozen(store):
-            frozen_at = time.monotonic()
+            frozen_at, frozen_wall = time.monotonic(), time.time()
             lags: list[float] = []
 
             def stalled() -> bool:
@@ -104,7 +104,16 @@ def test_a_frozen_store_is_stalled_replication_in_metrics_api_and_dashboard_then
             assert len(lags) >= 3 and lags[-1] > lags[0] + 5, f"the lag did not grow: {lags}"
             agent = running(plane, tenant)[0]
             assert agent["lag_seconds"] > settings_stalled and agent["replication_note"]
-            own_view = {key: agent[key] for key in ("ready", "seconds_since_sync", "local_txid", "replica_txid")}
+            # Litestream's txids stand still while it cannot upload; the runtime's own count of commits no sync
+            # has confirmed includes every write acknowledged since the freeze (until the lease stops them)
+            since_freeze = writer.by(0, after=frozen_wall + 1.0)
+            assert since_freeze, "no write was acknowledged after the freeze"
+            peak = running(plane, tenant)[0]["unconfirmed_commits"]
+            assert peak is not None and peak >= len(since_freeze), (peak, len(since_freeze))
+            own_view = {
+                key: agent[key]
+                for key in ("ready", "seconds_since_sync", "local_txid", "replica_txid", "unconfirmed_commits")
+            }
             page = plane.call("GET", "/ui", timeout=10)
             assert page.status_code == 200
             alerts = page.text.split('id="alerts"')[1].split("</ul>")[0]
@@ -120,7 +129,15 @@ def test_a_frozen_store_is_stalled_replication_in_metrics_api_and_dashboard_then
         assert lag is not None and lag < float(plane.env["LITEFLEET_REPLICATION_LAGGING_AFTER"])
         written = len(writer.acknowledged)
         wait_for_writes(writer, written + 10)  # and it serves writes again
-        print(f"ok again {recovered_after:.1f}s after the thaw")
+
+        writer.stop.set()
+        writer.join(15)
+
+        def confirmed_again() -> bool:  # no new writes: the next probe's sync confirms every commit
+            return running(plane, tenant)[0]["unconfirmed_commits"] == 0
+
+        until("every commit confirmed after the thaw", confirmed_again, 60, every=1, state=why)
+        print(f"ok again {recovered_after:.1f}s after the thaw; unconfirmed commits peaked at {peak} while frozen")
     finally:
         writer.stop.set()
         writer.join(15)

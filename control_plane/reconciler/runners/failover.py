@@ -65,7 +65,10 @@ def loss_report(fleet: Fleet, agent: Agent, old: int, declared_down: float) -> d
     - `may_be_lost_after`: writes acknowledged after this moment may be lost (the confirmed sync, else, unproven,
       the store's time of the newest replica file), and `loss_window_s` from it to the node's declared death;
     - `lost_txids_at_least`: only when the agent reported committing more than the replica holds (a proven loss);
-      nothing is claimed when it cannot be known.
+      nothing is claimed when it cannot be known;
+    - `unconfirmed_commits_at_last_probe` / `last_probed_at`: the runtime's own count of commits no sync had
+      confirmed when the health monitor last heard from it (they may have reached the replica since: at risk,
+      not lost).
     Reads only: safe to call again (the fail-over records the first answer)."""
     txid, written_at = fleet.storage.replica_position(agent.tenant, agent.ordinal, old)
     measured = agent.generation == old
@@ -79,6 +82,8 @@ def loss_report(fleet: Fleet, agent: Agent, old: int, declared_down: float) -> d
         "may_be_lost_after": after,
         "loss_window_s": None if after is None else round(max(0.0, declared_down - after), 3),
         "agent_reported_txid": local,
+        "unconfirmed_commits_at_last_probe": agent.unconfirmed_commits if measured else None,
+        "last_probed_at": agent.probed_at if measured else None,
     }
     if local is not None and local > txid:
         report["lost_txids_at_least"] = local - txid
@@ -90,6 +95,10 @@ def loss_report(fleet: Fleet, agent: Agent, old: int, declared_down: float) -> d
         report["statement"] = f"writes acknowledged after {moment} may be lost ({proof})"
         if "lost_txids_at_least" in report:
             report["statement"] += f"; at least {report['lost_txids_at_least']} txids the agent reported are not in it"
+    unconfirmed = report["unconfirmed_commits_at_last_probe"]
+    if unconfirmed and agent.probed_at is not None:
+        probed = dt.datetime.fromtimestamp(agent.probed_at, dt.UTC).isoformat(timespec="milliseconds")
+        report["statement"] += f"; at {probed} the agent counted {unconfirmed} commits no sync had confirmed"
     return report
 
 

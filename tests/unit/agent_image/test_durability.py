@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from agent_image import Runtime
+from agent_image import Runtime, Store
 from agent_image._errors import ReplicationUnconfirmed
 from agent_image.container.identity import AgentIdentity
 from agent_image.container.litestream import LitestreamError, SyncResult
@@ -221,3 +221,32 @@ def test_replication_state_is_in_readyz_and_metrics(make_client: Callable[..., T
     text = client.get("/metrics").text
     assert 'litefleet_replication_state{state="stalled"} 1.0' in text
     assert 'litefleet_replication_state{state="ok"} 0.0' in text
+
+
+def test_unconfirmed_commits_grow_while_the_store_is_frozen_and_fall_once_a_sync_confirms(tmp_path: Path) -> None:
+    """Litestream's txids stand still while it cannot upload; the runtime's own commit count does not."""
+    clock = Clock()
+    store = Store(str(tmp_path / "agent.db"))
+    try:
+        identity = AgentIdentity.from_env({**GOOD, "LITEFLEET_SYNC_INTERVAL": "1"}).with_secrets(SECRETS)
+        fake = FakeLitestream(SyncResult(10, 10))
+        mon = ReplicationMonitor(identity, sync=fake.sync, commits=lambda: store.commits, clock=clock)
+        store.bump_counter("acknowledged")
+        mon.probe()  # began after that commit and answered caught up: confirmed
+        assert mon.status()["unconfirmed_commits"] == 0
+        fake.answers = [LitestreamError("litestream sync timed out: store frozen")]
+        for _ in range(5):
+            store.bump_counter("acknowledged")
+            clock.now += 5
+            mon.probe()
+        frozen = mon.status()
+        assert frozen["state"] == "stalled" and frozen["unconfirmed_commits"] == 5
+        assert frozen["local_txid"] == 10 and frozen["lag_txids"] == 0  # what Litestream's view alone would say
+        fake.answers = [SyncResult(12, 11)]  # the store is back, the replica not caught up yet: still unconfirmed
+        mon.probe()
+        assert mon.status()["unconfirmed_commits"] == 5
+        fake.answers = [SyncResult(12, 12)]
+        mon.probe()
+        assert mon.status()["unconfirmed_commits"] == 0
+    finally:
+        store.close()

@@ -58,3 +58,15 @@ def test_a_measurement_of_another_generation_is_not_used(engine: Engine) -> None
     assert report["last_replicated_txid"] == 0 and report["confirmed_synced_at"] is None
     assert "lost_txids_at_least" not in report
     assert report["statement"].startswith("the replica has no transaction")
+
+
+def test_commits_the_agent_counted_unconfirmed_are_reported_as_at_risk_not_lost(engine: Engine) -> None:
+    """While the store is frozen Litestream's txids stand still; the runtime's own count of unconfirmed commits
+    (from its last /readyz) says how much was at risk then, without claiming it lost."""
+    fleet, agent = fleet_with(engine, 40, local_txid=40, synced_at=1000.0, unconfirmed_commits=6, probed_at=1008.0)
+    report = loss_report(fleet, agent, 3, declared_down=1012.5)
+    assert report["unconfirmed_commits_at_last_probe"] == 6 and report["last_probed_at"] == 1008.0
+    assert "lost_txids_at_least" not in report
+    assert "at 1970-01-01T00:16:48.000+00:00 the agent counted 6 commits no sync had confirmed" in report["statement"]
+    other = loss_report(fleet, agent, 2, declared_down=1012.5)  # another generation's row: not used
+    assert other["unconfirmed_commits_at_last_probe"] is None and "counted" not in other["statement"]

@@ -23,6 +23,7 @@ from sqlmodel import Session
 
 from control_plane.app import create_app
 from control_plane.db.models import Agent, AgentState, Operation, OperationKind, OperationState
+from control_plane.metrics import INSTRUMENTS
 from control_plane.services import routing
 from control_plane.services.breakers import Breakers
 from control_plane.settings import Settings, api_token
@@ -186,6 +187,11 @@ def test_a_start_the_old_incarnation_took_without_answering_is_not_started_again
     assert {method for method, _ in new_server.requests} == {"GET"}, "found on gen 2, not started again"
 
 
+def held_count(outcome: str) -> float:
+    """How many holds ended so in this process (`litefleet_held_request_seconds`, shared by every app in it)."""
+    return INSTRUMENTS.get_sample_value("litefleet_held_request_seconds_count", {"outcome": outcome}) or 0.0
+
+
 def test_past_max_held_requests_a_request_gets_503_agent_moving_with_retry_after(
     engine: Engine, tmp_path: Path, agents: tuple[HangingServer, HangingServer, DrainingAgent, FakeAgent]
 ) -> None:
@@ -194,16 +200,23 @@ def test_past_max_held_requests_a_request_gets_503_agent_moving_with_retry_after
     begin_move(engine)
     set_agent(engine, "acme/0", state=AgentState.stopping)
 
+    before = {outcome: held_count(outcome) for outcome in ("full", "delivered")}
+
     async def run() -> list[httpx.Response]:
         async with control_plane(engine, tmp_path, max_held_requests=3) as client:
             held = [asyncio.create_task(start(client, {"id": f"held-{i}"})) for i in range(3)]
             await asyncio.sleep(0.4)
             refused, took = await start(client, {"id": "one-too-many"})
             assert took < 3.0, "refused at once (held, it would wait for the cutover below)"
+            scraped = (await client.get("/metrics")).text
+            assert "\nlitefleet_held_requests 3.0\n" in scraped
             cut_over(engine, new_server.url)
-            return [refused] + [answer for answer, _ in await asyncio.gather(*held)]
+            answers = [refused] + [answer for answer, _ in await asyncio.gather(*held)]
+            assert "\nlitefleet_held_requests 0.0\n" in (await client.get("/metrics")).text
+            return answers
 
     refused, *delivered = asyncio.run(run())
+    assert held_count("full") == before["full"] + 1 and held_count("delivered") == before["delivered"] + 3
     assert refused.status_code == 503 and refused.json()["code"] == "agent_moving"
     assert refused.headers["retry-after"] == "2"
     assert [answer.status_code for answer in delivered] == [200, 200, 200]
@@ -224,7 +237,9 @@ def test_past_hold_timeout_a_request_gets_503_agent_moving_with_retry_after(
             read = await client.get("/v1/tenants/acme/workflows/too-late")
             return answer, took, read.status_code
 
+    timed_out = held_count("timed_out")
     answer, took, read_status = asyncio.run(run())
+    assert held_count("timed_out") == timed_out + 2  # the start and the read of it: each held for its 1 s
     assert answer.status_code == 503 and answer.json()["code"] == "agent_moving", answer.text
     assert answer.headers["retry-after"] == "2"
     assert 1.0 <= took < 2.0

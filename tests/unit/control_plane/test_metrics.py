@@ -53,7 +53,13 @@ def test_metrics_are_the_fleet_db_at_scrape_time(engine: Engine, tmp_path: Path)
     add_tenant(engine, "acme", {0: (AgentState.running, 1), 1: (AgentState.running, 2), 2: (AgentState.retained, 1)})
     with Session(engine) as session:
         # the agent believes it is caught up (lag 0); the store lists txid 3 of the 10 it reported
-        report = {"local_txid": 10, "replica_txid": 10, "lag_txids": 0, "seconds_since_sync": 1.5}
+        report = {
+            "local_txid": 10,
+            "replica_txid": 10,
+            "lag_txids": 0,
+            "seconds_since_sync": 1.5,
+            "unconfirmed_commits": 4,
+        }
         session.execute(update(Agent).where(col(Agent.id) == "acme/0").values(probed_at=time.time(), **report))
         session.commit()
     replicas = FakeReplicas()
@@ -83,6 +89,7 @@ def test_metrics_are_the_fleet_db_at_scrape_time(engine: Engine, tmp_path: Path)
     assert value("litefleet_agent_replication_lag_txids", tenant="acme", agent=0) == 7  # store-side
     assert value("litefleet_agent_replica_txid", tenant="acme", agent=0) == 3
     assert value("litefleet_agent_seconds_since_sync", tenant="acme", agent=0) == 1.5  # the agent's own view
+    assert value("litefleet_agent_unconfirmed_commits", tenant="acme", agent=0) == 4
     assert value("litefleet_agent_replication_state", tenant="acme", agent=0, state="unknown") == 1  # just watched
     assert value("litefleet_agent_replication_state", tenant="acme", agent=0, state="ok") == 0
     assert value("litefleet_agents_by_replication", state="unknown") == 2
