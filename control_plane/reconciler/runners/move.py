@@ -21,6 +21,7 @@ from control_plane.fleet import preflight
 from control_plane.fleet.incarnations import Fleet
 from control_plane.reconciler.claims import LostLease
 from control_plane.reconciler.context import OpContext
+from control_plane.reconciler.pacing import PACER
 from control_plane.reconciler.planning import MovePlan, plan_move
 from control_plane.reconciler.runners.placing import place, split
 from control_plane.timing import poll
@@ -50,9 +51,17 @@ def max_unavailable(fleet: Fleet, ctx: OpContext) -> int:
     return max(1, int(ctx.params.get("max_unavailable") or fleet.settings.max_unavailable))
 
 
-def in_parallel(fleet: Fleet, agent_ids: set[str], one: Callable[[str], None], limit: int | None = None) -> None:
+def in_parallel(
+    fleet: Fleet,
+    agent_ids: set[str],
+    one: Callable[[str], None],
+    limit: int | None = None,
+    destination: Callable[[str], str | None] | None = None,
+) -> None:
     """Run `one` for up to `move_parallelism` agents at a time and, with `limit`, never for more than `limit`
-    agents of one tenant at once (a rolling move: the router keeps serving on the others). After the first
+    agents of one tenant at once (a rolling move: the router keeps serving on the others). With `destination`
+    (the node an agent is moved to, None when it needs no pacing), each move also takes one of that node's slots
+    (`pacing.PACER`: as many moves at once as the node finishes about as fast as one alone). After the first
     failure no further agent begins (those not begun keep running); the operation then fails with it, preferring
     a failed rollback over a completed one. A re-run resumes from the recorded plans."""
     tenants = {split(agent_id)[0] for agent_id in agent_ids}
@@ -63,8 +72,13 @@ def in_parallel(fleet: Fleet, agent_ids: set[str], one: Callable[[str], None], l
         with gates[split(agent_id)[0]]:
             if failed.is_set():
                 return
+            node = destination(agent_id) if destination is not None else None
             try:
-                one(agent_id)
+                if node is None:
+                    one(agent_id)
+                else:
+                    with PACER.slot(node, fleet.settings.move_parallelism):
+                        one(agent_id)
             except BaseException:
                 if limit is not None:
                     failed.set()
@@ -100,7 +114,12 @@ def moved_rolling(fleet: Fleet, ctx: OpContext, agent_ids: set[str], one: Callab
                 in_parallel(fleet, pending, one, limit)
             raise
         ctx.step("operation.preflight", f"the store and {len(nodes)} engines answer; every agent has a place")
-    in_parallel(fleet, agent_ids, one, limit)
+
+    def destination(agent_id: str) -> str | None:  # an agent done already costs its node nothing
+        plan = ctx.plan_of(agent_id)
+        return plan.node if isinstance(plan, MovePlan) and not ctx.is_done(agent_id) else None
+
+    in_parallel(fleet, agent_ids, one, limit, destination)
 
 
 def move(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent) -> None:

@@ -1,0 +1,70 @@
+"""How many moves a node takes at once, learned from how long its moves take (additive increase, multiplicative
+decrease, as TCP paces a connection).
+
+A move's downtime is mostly its new incarnation's start (restore, Python imports, Litestream's first sync): CPU and
+disk on the destination node. Four starts at once on a 2-vCPU node each take about twice as long as one alone, so
+a drain's downtime per agent doubled while its total time barely improved. Each destination node therefore gets a
+number of move slots that starts at one; a move that finishes within `fast` x the node's best move time adds a slot
+(up to `ceiling`), one slower than `slow` x the best halves them. A move waiting for a slot has not stopped
+anything yet: its agent keeps serving, so pacing lengthens a drain, never a tenant's downtime.
+
+In memory, per control plane: a restart learns again from one slot (the safe end)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+
+@dataclass
+class _Node:
+    slots: int = 1
+    busy: int = 0
+    best: float | None = None  # the fastest move seen on this node, in seconds
+
+
+class Pacer:
+    def __init__(self, *, fast: float = 1.25, slow: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.fast, self.slow, self._clock = fast, slow, clock
+        self._nodes: dict[str, _Node] = {}
+        self._changed = threading.Condition()
+
+    def slots(self, node: str) -> int:
+        with self._changed:
+            return self._nodes.get(node, _Node()).slots
+
+    @contextmanager
+    def slot(self, node: str, ceiling: int) -> Iterator[None]:
+        """Hold one of `node`'s move slots while the block runs (waiting for one first); the block's duration
+        then tunes how many the node has."""
+        with self._changed:
+            state = self._nodes.setdefault(node, _Node())
+            while state.busy >= min(state.slots, max(1, ceiling)):
+                self._changed.wait()
+            state.busy += 1
+        began = self._clock()
+        finished = False
+        try:
+            yield
+            finished = True
+        finally:
+            took = self._clock() - began
+            with self._changed:
+                state.busy -= 1
+                if finished:
+                    self._learn(state, took, ceiling)
+                self._changed.notify_all()
+
+    def _learn(self, state: _Node, took: float, ceiling: int) -> None:
+        if state.best is None or took < state.best:
+            state.best = took
+        if took <= self.fast * state.best:
+            state.slots = min(max(1, ceiling), state.slots + 1)
+        elif took > self.slow * state.best:
+            state.slots = max(1, state.slots // 2)
+
+
+PACER = Pacer()  # the control plane's, shared by its operations: they all start agents on the same nodes

@@ -1,0 +1,88 @@
+"""Moves are paced per destination node (reconciler/pacing.py): a node takes more moves at once only while they
+finish about as fast as one alone, and fewer as soon as they slow down; a move waiting for a slot stops nothing."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import control_plane.reconciler.runners.move as move_module
+from control_plane.reconciler.pacing import Pacer
+from control_plane.reconciler.runners.move import in_parallel
+from control_plane.settings import Settings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def move(pacer: Pacer, clock: Clock, node: str, seconds: float, ceiling: int = 4) -> None:
+    with pacer.slot(node, ceiling):
+        clock.now += seconds
+
+
+def test_slots_grow_while_moves_stay_fast_and_halve_when_they_slow_down() -> None:
+    clock = Clock()
+    pacer = Pacer(clock=clock)
+    assert pacer.slots("n1") == 1  # a node nothing is known of takes one move at a time
+    move(pacer, clock, "n1", 2.0)
+    assert pacer.slots("n1") == 2
+    move(pacer, clock, "n1", 2.4)  # within 1.25x the best (2.0)
+    move(pacer, clock, "n1", 2.1)
+    assert pacer.slots("n1") == 4
+    move(pacer, clock, "n1", 2.2)
+    assert pacer.slots("n1") == 4, "never above the ceiling (move_parallelism)"
+    move(pacer, clock, "n1", 3.0)  # slower, not yet twice the best: kept
+    assert pacer.slots("n1") == 4
+    move(pacer, clock, "n1", 4.5)  # contended: halved
+    assert pacer.slots("n1") == 2
+    move(pacer, clock, "n1", 9.0)
+    move(pacer, clock, "n1", 9.0)
+    assert pacer.slots("n1") == 1, "never below one"
+    assert pacer.slots("n2") == 1, "each node learns for itself"
+
+
+def test_a_failed_move_teaches_nothing() -> None:
+    clock = Clock()
+    pacer = Pacer(clock=clock)
+    try:
+        with pacer.slot("n1", 4):
+            clock.now += 0.01  # a move that failed at once is no measure of the node
+            raise RuntimeError("engine went away")
+    except RuntimeError:
+        pass
+    assert pacer.slots("n1") == 1
+    move(pacer, clock, "n1", 2.0)
+    assert pacer.slots("n1") == 2
+
+
+def test_in_parallel_never_runs_more_moves_on_a_node_than_its_slots(monkeypatch: object) -> None:
+    pacer = Pacer()
+    monkeypatch.setattr(move_module, "PACER", pacer)  # type: ignore[attr-defined]
+    lock = threading.Lock()
+    running: dict[str, int] = {"n1": 0, "n2": 0}
+    peaks: dict[str, list[tuple[int, int]]] = {"n1": [], "n2": []}
+
+    def one(agent_id: str) -> None:
+        node = "n1" if int(agent_id.split("/")[1]) % 2 else "n2"
+        with lock:
+            running[node] += 1
+            peaks[node].append((running[node], pacer.slots(node)))
+        time.sleep(0.05 if node == "n1" else 0.05 * running[node] ** 2)  # n2 slows down under load
+        with lock:
+            running[node] -= 1
+
+    class FleetStub:
+        settings = Settings(move_parallelism=4)
+
+    agents = {f"t{i}/{i}" for i in range(16)}
+    in_parallel(FleetStub(), agents, one, None, lambda a: "n1" if int(a.split("/")[1]) % 2 else "n2")  # type: ignore[arg-type]
+    # n1's slots only grow, so every move there began within them (n2's may shrink under a running move)
+    assert all(count <= slots for count, slots in peaks["n1"]), peaks["n1"]
+    assert peaks["n1"][0][0] == 1 and peaks["n2"][0][0] == 1, "a node starts with one move at a time"
+    assert max(count for count, _ in peaks["n1"]) >= 2, "a node whose moves stay fast gets more at once"
+    assert pacer.slots("n2") < pacer.slots("n1") == 4, "a node whose moves slow down under load gets fewer"
