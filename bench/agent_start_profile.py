@@ -17,6 +17,8 @@ events and the `agent.start_phase` marks (`agent_image/_phases.py`), whose wall 
   recover             -> recovery done (`agent.ready`)
   listen              -> uvicorn listening
   readyz_seen         -> the host's first 200 on /readyz (lease confirmed, polling at 20 ms)
+  (also, for comparing with an image without the marks: secrets_fence_restore_config, litestream_serve_recover,
+  ready_seen; and lease_after_listening: when the first CURRENT read confirmed the lease, relative to listening)
   first_sync_probe    (offset from `docker run`) the first `litestream sync -wait` probe that answered
 
 `--before TAG` measures an older agent image in the same run, start for start interleaved (an image without the
@@ -145,10 +147,16 @@ def phases(issued: float, ready: float, container: Any) -> tuple[dict[str, float
         ("readyz_seen", "listening", "ready"),
     ]
     result = {name: bounds[end] - bounds[start] for name, start, end in order if start in bounds and end in bounds}
-    if "waiting" in bounds and "database" in bounds and "secrets" not in bounds:  # an image without the marks
+    # coarser spans from the events every image logs, to compare with an image without the marks
+    if "waiting" in bounds and "database" in bounds:
         result["secrets_fence_restore_config"] = bounds["database"] - bounds["waiting"]
-    if "database" in bounds and "recovered" in bounds and "imported" not in bounds:
+    if "database" in bounds and "recovered" in bounds:
         result["litestream_serve_recover"] = bounds["recovered"] - bounds["database"]
+    if "recovered" in bounds:
+        result["ready_seen"] = bounds["ready"] - bounds["recovered"]
+    lease = seen.get("lease_confirmed")
+    if lease is not None and "listening" in bounds:
+        result["lease_after_listening"] = float(lease["at"]) - bounds["listening"]
     probe = seen.get("first_sync_probe")
     return result, None if probe is None else float(probe["at"]) - issued
 
