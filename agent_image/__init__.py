@@ -18,8 +18,9 @@ plane must do to start, feed (secrets via `docker exec`), call (bearer tokens) a
 agent_image/SECURITY-NOTES.md.
 
 Every name below is imported on first use (PEP 562 `__getattr__`), not when the package is: the container's
-entrypoint and its secrets writer import `agent_image.contract`/`agent_image._store` only, and paid ~80 ms of
-start-up (structlog, asyncio, the whole runtime) for names they never touch (issue 14: a faster agent start).
+entrypoint and its secrets writer import `agent_image.contract`/`agent_image._store` only, and paid ~110 ms of
+imports (structlog, asyncio, the whole runtime; `python -X importtime` in the image) for names they never touch
+(issue 14: a faster agent start).
 """
 
 from __future__ import annotations

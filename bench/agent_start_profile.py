@@ -20,6 +20,7 @@ events and the `agent.start_phase` marks (`agent_image/_phases.py`), whose wall 
   (also, for comparing with an image without the marks: secrets_fence_restore_config, litestream_serve_recover,
   ready_seen; and lease_after_listening: when the first CURRENT read confirmed the lease, relative to listening)
   first_sync_probe    (offset from `docker run`) the first `litestream sync -wait` probe that answered
+  host_run_agent      (beside the phases) `run_agent` itself: create, start and the secrets' `docker exec`
 
 `--before TAG` measures an older agent image in the same run, start for start interleaved (an image without the
 marks shows only the phases its log has). `--restore-mb N` adds restore + start of an N MB replica next to a bare
@@ -167,6 +168,7 @@ def start_once(bench: Bench, image: str, tenant: str, generation: int, restore_f
     bench.storage.advance_current(tenant, 0, generation, bench.storage.read_current(tenant, 0))
     issued = time.time()
     container = run_agent(bench.client, spec)
+    delivered = time.time()
     bench.containers.append(container)
     bench.volumes.append(spec.volume)
     wait_ready(container, spec.agent_token, timeout=600)
@@ -175,6 +177,7 @@ def start_once(bench: Bench, image: str, tenant: str, generation: int, restore_f
     result: dict[str, Any] = {}
     while time.monotonic() < deadline:  # the first sync probe runs beside the server: give it a moment
         per_phase, probe = phases(issued, ready, container)
+        per_phase["host_run_agent"] = delivered - issued
         result = {"total": ready - issued, "phases": per_phase, "first_sync_probe": probe}
         if probe is not None:
             break
