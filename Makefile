@@ -43,6 +43,7 @@ lint: setup
 bench: setup
 	$(PY) bench/runtime.py
 	$(PY) bench/agent_container.py
+	$(PY) bench/agent_start_profile.py
 	$(PY) bench/runtimes.py
 	$(PY) bench/durability.py
 	$(PY) bench/fleet.py

@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     configure_logging()
     from agent_image import AgentError, load_bundle
+    from agent_image._phases import mark
     from agent_image.server import AgentServer, create_app
 
     try:
@@ -65,11 +66,13 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError as exc:
         print(f"litefleet-agent: cannot load bundle: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    mark("serve_imported", bundle=bundle.name)
     try:  # open before serving, so a second agent on the same file fails in one line, not a traceback
         runtime = open_runtime(args, bundle)
     except AgentError as exc:
         print(f"litefleet-agent: {exc.code}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    mark("runtime_opened")
     if not args.replicated:
         tokens = _standalone_tokens(args.host, args.secrets_file)
         server = AgentServer(create_app(lambda: runtime, tokens=tokens), runtime, host=args.host, port=args.port)

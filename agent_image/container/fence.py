@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from agent_image import contract
+from agent_image._phases import mark
 from agent_image._poll import retry_until
 from agent_image.container._periodic import Periodic
 from agent_image.container.identity import AgentIdentity
@@ -52,6 +53,7 @@ def check_fence(identity: AgentIdentity) -> None:
             contract.EXIT_STALE_GENERATION,
             f"CURRENT names generation {named}, this container is generation {identity.generation}: refusing to run",
         )
+    mark("fence_checked")
 
 
 class FenceWatch(Periodic):
@@ -97,6 +99,8 @@ class FenceWatch(Periodic):
         except OSError as exc:
             return self._unconfirmed(str(exc))
         if named == self.identity.generation:
+            if self.confirmed_at is None:
+                mark("lease_confirmed")
             if self.last_error is not None:
                 log.info("fence.confirmed_again", after=self.last_error)
             self.confirmed_at, self.last_error = sent, None

@@ -62,7 +62,7 @@ class AgentIdentity(ContainerEnv):
     def wait_for_secrets(
         self,
         *,
-        poll: float = 0.1,
+        poll: float = 0.01,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> AgentIdentity:
@@ -76,7 +76,11 @@ class AgentIdentity(ContainerEnv):
                     "delivers them with `docker exec ... python -m agent_image.container.secrets_in`)"
                 )
             sleep(poll)
-        return self.with_secrets()
+        identity = self.with_secrets()
+        from agent_image._phases import mark  # structlog: not for the other users of this module
+
+        mark("secrets_read")
+        return identity
 
     @property
     def tokens(self) -> tuple[str, str]:

@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from agent_image._errors import ReplicationUnconfirmed
+from agent_image._phases import mark
 from agent_image.container import litestream
 from agent_image.container._periodic import Periodic
 from agent_image.container.identity import AgentIdentity
@@ -76,6 +77,8 @@ class ReplicationMonitor(Periodic):
             log.warning("replication.probe_failed", error=str(exc))
             return
         now = self._clock()
+        if self._probed_ok_at is None:
+            mark("first_sync_probe", txid=result.txid, replica_txid=result.replica_txid)
         self._probed_ok_at, self._last_probe_failed = now, False
         if result.caught_up:
             self._caught_up_at = now

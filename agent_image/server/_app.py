@@ -124,7 +124,8 @@ def create_app(
         return JSONResponse(detail, status_code=200 if detail["ready"] else 503)
 
     def prometheus(_: Request, runtime: Runtime) -> Response:
-        return Response(_metrics.render(runtime, replication, lease), media_type=_metrics.CONTENT_TYPE)
+        body, content_type = _metrics.render(runtime, replication, lease)
+        return Response(body, media_type=content_type)
 
     async def start(request: Request, runtime: Runtime) -> Response:
         """`?wait=N|true` waits up to N (true: 60) seconds for the result; `?durability=replicated` answers only

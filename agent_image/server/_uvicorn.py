@@ -10,6 +10,7 @@ from types import FrameType
 import uvicorn
 from starlette.applications import Starlette
 
+from agent_image._phases import mark
 from agent_image._runtime import Runtime
 
 GRACEFUL_SECONDS = 30
@@ -29,6 +30,11 @@ class AgentServer(uvicorn.Server):
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=GRACEFUL_SECONDS,
+            # named, not detected: "auto" tries to import httptools and two websocket libraries at every start
+            http="h11",
+            ws="none",
+            lifespan="on",
+            interface="asgi3",
         )
         super().__init__(config)
         self.runtime = runtime
@@ -39,6 +45,11 @@ class AgentServer(uvicorn.Server):
         # Now, not at uvicorn's next 0.1 s tick; on a thread, since a signal handler must not take the
         # runtime's lock (the interrupted main thread might hold it).
         threading.Thread(target=self.runtime.interrupt, name="litefleet-interrupt", daemon=True).start()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            mark("listening", port=self.config.port)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await asyncio.to_thread(self.runtime.interrupt)  # also when shutdown came from should_exit (superseded)
