@@ -2,9 +2,9 @@
 after the source's proven stop) or cold (stop, then restore and start).
 
 Re-running is harmless: every agent's plan is recorded before anything moves, and the first run's `stopped_at`,
-`final_txid`, `ready_at` and `moved_by` (the strategy) are kept; an agent marked done is skipped; stopping an exited incarnation
-proves its final sync again from its shutdown record, a follower that runs is reused, starting one that runs
-reuses it, promoting a promoted one is a no-op, removing a removed one is a no-op."""
+`final_txid`, `ready_at` and `moved_by` (the strategy) are kept; an agent marked done is skipped; stopping an
+exited incarnation proves its final sync again from its shutdown record, a follower that runs is reused, starting
+one that runs reuses it, promoting a promoted one is a no-op, removing a removed one is a no-op."""
 
 from __future__ import annotations
 
@@ -179,9 +179,9 @@ def warm_up(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent, plan: Mo
     up, or record the fall-back to cold (`cold`, why) after removing the follower. Nothing here stops or fences
     the source, so any failure leaves it serving.
 
-    Re-running is safe: the strategy is recorded (`moved_by`) before the follower exists (a re-run finds the follower by name
-    and reuses it), the fall-back is recorded only after the follower is gone, and a run that recorded it
-    removes the follower again (a no-op when it is gone) before the cold start reuses its name."""
+    Re-running is safe: the strategy is recorded (`moved_by`) before the follower exists (a re-run finds the
+    follower by name and reuses it), the fall-back is recorded only after the follower is gone, and a run that
+    recorded it removes the follower again (a no-op when it is gone) before the cold start reuses its name."""
     chosen = ctx.remember("moved_by", strategy(fleet, ctx), agent.id)
     if chosen != "warm":
         return
