@@ -5,8 +5,9 @@ agent only when the control plane promotes it.
 check. It never reads or writes CURRENT and never writes to the store: it runs `litestream restore -f` of
 RESTORE_FROM_URL into the volume's database (a copy, rebuilt from scratch on every start until promotion) and
 waits. The control plane promotes it once the source stopped with a proven final sync and CURRENT names this
-generation: `python -m agent_image.container.follower promote` (docker exec, a `Promotion` JSON line on stdin)
-writes RUN_DIR/promote.json. The follower then waits until Litestream's `<db>-txid` file reaches the source's
+generation: `python -m agent_image.container.follower promote` (docker exec; on stdin one line of the incarnation's
+own `AgentSecrets`, as `secrets_in` takes them, then one `Promotion` line) writes the secrets file, then
+RUN_DIR/promote.json. The follower then waits until Litestream's `<db>-txid` file reaches the source's
 final txid (bounded), stops the restore, checks the copy, marks the volume's database as its own and returns: the
 entrypoint goes on as for any start (fence check, schema, `litestream replicate -exec agent` on the "volume"
 path). A restart after that finds the mark and starts as a normal agent.
@@ -32,7 +33,8 @@ import structlog
 from agent_image import contract
 from agent_image.container import litestream
 from agent_image.container.identity import AgentIdentity
-from agent_image.contract import IdentityError, Promotion, StartRefused
+from agent_image.container.secrets_in import write_secrets
+from agent_image.contract import AgentSecrets, IdentityError, Promotion, StartRefused
 
 log = structlog.get_logger("agent_image.follower")
 
@@ -171,13 +173,17 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"txid": applied_txid(db_path), "promoted": promoted(data_dir)}))
         return 0
     if args == ["promote"]:
+        # two lines: the incarnation's own secrets (as `secrets_in` takes them), then the order; one exec for both
         try:
+            secrets = AgentSecrets.parse(sys.stdin.buffer.readline(contract.MAX_SECRETS_BYTES + 1))
             order = Promotion.parse(sys.stdin.buffer.readline(4096))
         except IdentityError as exc:
             print(f"follower: invalid: {exc}", file=sys.stderr)
             return 2
         run_dir = Path(os.environ.get(contract.RUN_DIR, "/tmp/litefleet"))
+        secrets_path = Path(os.environ.get(contract.SECRETS_FILE, contract.DEFAULT_SECRETS_FILE))
         try:
+            write_secrets(secrets, secrets_path)  # first: the follower reads them once it sees the order
             write_order(order, run_dir / contract.PROMOTION_FILE)
         except OSError as exc:
             print(f"follower: cannot write the promotion: {exc.strerror or exc}", file=sys.stderr)

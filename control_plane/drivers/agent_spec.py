@@ -165,10 +165,14 @@ def deliver_secrets(client: Any, container_id: str, secrets: AgentSecrets, timeo
     _exec_line(client, container_id, SECRETS_WRITER, secrets.to_json(), "secrets", timeout)
 
 
-def deliver_promotion(client: Any, container_id: str, promotion: Promotion, timeout: float = 30.0) -> None:
-    """Hand a follower its promotion through the same channel as the secrets (`follower promote`, one JSON line on
-    stdin). Safe to repeat: the same order is written again. Raises SecretsNotDelivered."""
-    _exec_line(client, container_id, [*FOLLOWER, "promote"], promotion.to_json(), "promotion", timeout)
+def deliver_promotion(
+    client: Any, container_id: str, secrets: AgentSecrets, promotion: Promotion, timeout: float = 30.0
+) -> None:
+    """Hand a follower its own secrets and its promotion through the secrets' channel in one exec (`follower
+    promote`: the secrets line, then the order line, on stdin). Safe to repeat: the same bytes are written again.
+    Raises SecretsNotDelivered."""
+    line = secrets.to_json() + "\n" + promotion.to_json()
+    _exec_line(client, container_id, [*FOLLOWER, "promote"], line, "promotion", timeout)
 
 
 def follower_status(client: Any, container_id: str) -> dict[str, Any] | None:

@@ -187,8 +187,8 @@ class DockerDriver:
         return txid if isinstance(txid, int) else None
 
     def promote(self, name: str, secrets: AgentSecrets, txid: int, timeout: float) -> Incarnation | None:
-        """Promote a follower: its own secrets, then the order to apply up to `txid` and start as the agent (both
-        through docker exec). A follower that stopped is started again first (it follows afresh, then takes the
+        """Promote a follower: its own secrets and the order to apply up to `txid` and start as the agent (one
+        docker exec). A follower that stopped is started again first (it follows afresh, then takes the
         order). Safe to repeat: same bytes; a promoted agent ignores the order. None when the container is gone."""
         with _engine(self.engine_url):
             container = self._get(name)
@@ -198,8 +198,7 @@ class DockerDriver:
                 self._ensure_isolation(container.labels)
                 with self._reaping(_runtime_of(container), name, container.attrs["Config"]["Image"]):
                     container.start()
-            deliver_secrets(self.client, container.id, secrets)
-            deliver_promotion(self.client, container.id, Promotion(txid, timeout))
+            deliver_promotion(self.client, container.id, secrets, Promotion(txid, timeout))
             return _incarnation(container)
 
     def list_managed(self, fleet: str | None = None) -> list[Incarnation]:

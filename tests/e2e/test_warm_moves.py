@@ -52,6 +52,9 @@ def test_warm_evacuation_under_write_load_loses_nothing(control_plane: ControlPl
     cold_downtime = [cold["result"]["downtime_s"][k] for k in key]
     print(f"warm evacuation downtime per agent {warm_downtime} s, cold {cold_downtime} s; {during} acknowledged")
     print(f"failed requests during the moves: {dict(writer.errors - errors_before)}")
+    for op in (warm, cold):
+        first = op["steps"][0]["at"]
+        print([(s["step"], s.get("agent"), round(s["at"] - first, 2), s.get("seconds")) for s in op["steps"]])
     assert during > 0, "no write was acknowledged while the agents moved: the move was not under load"
     assert all(0 < d < 30 for d in warm_downtime + cold_downtime)
 

@@ -16,7 +16,7 @@ import pytest
 from agent_image import contract
 from agent_image.container import follower
 from agent_image.container.identity import AgentIdentity
-from agent_image.contract import ContainerEnv, IdentityError, Promotion
+from agent_image.contract import AgentSecrets, ContainerEnv, IdentityError, Promotion
 from tests.unit.agent_image.test_identity import GOOD, SECRETS
 
 
@@ -60,22 +60,32 @@ def _module(args: list[str], env: dict[str, str], stdin: str = "") -> subprocess
 
 
 def test_promote_writes_the_order_and_status_reads_the_copy(tmp_path: Path) -> None:
-    env = {contract.DATA_DIR: str(tmp_path / "data"), contract.RUN_DIR: str(tmp_path / "run")}
+    secrets_file = tmp_path / "run" / "secrets" / "identity.json"
+    env = {
+        contract.DATA_DIR: str(tmp_path / "data"),
+        contract.RUN_DIR: str(tmp_path / "run"),
+        contract.SECRETS_FILE: str(secrets_file),
+    }
     (tmp_path / "data").mkdir()
     status = _module(["status"], env)
     assert json.loads(status.stdout) == {"txid": None, "promoted": False}
     (tmp_path / "data" / "agent.db-txid").write_text("00000000000000ff\n")
     assert json.loads(_module(["status"], env).stdout)["txid"] == 255
 
-    done = _module(["promote"], env, Promotion(255, 12.5).to_json() + "\n")
+    order_lines = SECRETS.to_json() + "\n" + Promotion(255, 12.5).to_json() + "\n"
+    done = _module(["promote"], env, order_lines)
     assert done.returncode == 0, done.stderr
     order = Promotion.parse((tmp_path / "run" / contract.PROMOTION_FILE).read_bytes())
     assert order == Promotion(255, 12.5)
-    again = _module(["promote"], env, Promotion(255, 12.5).to_json() + "\n")
+    assert AgentSecrets.read(secrets_file) == SECRETS, "the incarnation's own secrets, written before the order"
+    assert (secrets_file.stat().st_mode & 0o777) == 0o400
+    again = _module(["promote"], env, order_lines)
     assert again.returncode == 0, "repeating the order is harmless"
 
-    refused = _module(["promote"], env, '{"txid": "x"}\n')
+    refused = _module(["promote"], env, SECRETS.to_json() + '\n{"txid": "x"}\n')
     assert refused.returncode == 2 and "txid" in refused.stderr
+    no_secrets = _module(["promote"], env, Promotion(1).to_json() + "\n")
+    assert no_secrets.returncode == 2 and "secrets" in no_secrets.stderr
     assert _module(["bogus"], env).returncode == 2
 
 
