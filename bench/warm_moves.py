@@ -147,6 +147,7 @@ def main() -> None:
             store.up()
             storage = ObjectStorage(store.address.endpoint, *store.admin, BUCKET)
             storage.ensure_bucket()
+            (scratch / "plane").mkdir()
             plane = ControlPlaneProcess.beside(store, image, scratch / "plane", pki_dir=str(bed.pki_dir))
             plane.start()
             for node in nodes:
