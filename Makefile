@@ -47,6 +47,7 @@ bench: setup
 	$(PY) bench/runtimes.py
 	$(PY) bench/durability.py
 	$(PY) bench/fleet.py
+	$(PY) bench/warm_moves.py
 	$(PY) bench/observer.py --agents 100 --modes follow,periodic
 	$(PY) bench/lag.py --agents 100
 	$(PY) bench/control_plane_start.py

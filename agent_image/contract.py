@@ -34,6 +34,8 @@ FENCE_INTERVAL = "LITEFLEET_FENCE_INTERVAL"
 LEASE_TIMEOUT = "LITEFLEET_LEASE_TIMEOUT"  # optional: seconds without a confirmed CURRENT before writes get 503
 DURABILITY = "LITEFLEET_DURABILITY"  # optional: "local" (default) or "replicated", per-agent default of ?durability=
 DURABILITY_TIMEOUT = "LITEFLEET_DURABILITY_TIMEOUT"  # optional: seconds a replicated acknowledgement waits
+FOLLOW = "LITEFLEET_FOLLOW"  # optional: "1" starts the incarnation as a follower of RESTORE_FROM_URL (warm moves)
+FOLLOW_INTERVAL = "LITEFLEET_FOLLOW_INTERVAL"  # optional: seconds between a follower's polls of the replica
 
 # Set by the image (or a local run).
 DATA_DIR = "LITEFLEET_DATA_DIR"
@@ -112,6 +114,8 @@ class ContainerEnv:
     lease_timeout: float | None = None  # None: 3 x fence_interval
     durability: str = "local"
     durability_timeout: float = 10.0
+    follow: bool = False  # a follower: restores and follows RESTORE_FROM_URL, writes nothing until promoted
+    follow_interval: float = 0.25
 
     @property
     def effective_lease_timeout(self) -> float:
@@ -137,6 +141,8 @@ class ContainerEnv:
             env[RESTORE_FROM_URL] = self.restore_from_url
         if self.lease_timeout is not None:
             env[LEASE_TIMEOUT] = str(self.lease_timeout)
+        if self.follow:
+            env[FOLLOW], env[FOLLOW_INTERVAL] = "1", str(self.follow_interval)
         return env
 
     @staticmethod
@@ -158,7 +164,11 @@ class ContainerEnv:
             "lease_timeout": reader.number(LEASE_TIMEOUT, "0") if env.get(LEASE_TIMEOUT) else None,
             "durability": reader.choice(DURABILITY, "local", DURABILITY_MODES),
             "durability_timeout": reader.number(DURABILITY_TIMEOUT, "10"),
+            "follow": reader.choice(FOLLOW, "0", ("0", "1")) == "1",
+            "follow_interval": reader.number(FOLLOW_INTERVAL, "0.25"),
         }
+        if values["follow"] and values["restore_from_url"] is None:
+            raise IdentityError(f"{FOLLOW}=1 needs {RESTORE_FROM_URL}: a follower follows an older generation")
         for secret in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "LITEFLEET_AGENT_TOKEN", "LITEFLEET_ADMIN_TOKEN"):
             if env.get(secret):  # the old contract: refuse, so nobody keeps shipping secrets in `docker inspect`
                 raise IdentityError(f"{secret} must not be in the environment: secrets come in {SECRETS_FILE}")
@@ -251,3 +261,36 @@ class AgentSecrets:
         except OSError as exc:
             raise IdentityError(f"cannot read the secrets file {path}: {exc.strerror}") from None
         return cls.parse(raw, need_s3=need_s3)
+
+
+PROMOTION_FILE = "promote.json"  # in RUN_DIR: written by `follower promote` (docker exec), read by the follower
+PROMOTED_MARK = ".promoted"  # in DATA_DIR: the volume's database is this generation's own (no longer a copy)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """The control plane's order to a follower (one JSON line through `docker exec ... follower promote`):
+    `{"version": 1, "txid": N, "timeout": S}`: the source stopped with its final sync proven at transaction
+    `txid` (and CURRENT names this generation); apply up to it within `timeout` seconds, then become the agent."""
+
+    txid: int
+    timeout: float = 30.0
+    version: int = 1
+
+    def to_json(self) -> str:
+        return json.dumps({"version": self.version, "txid": self.txid, "timeout": self.timeout})
+
+    @classmethod
+    def parse(cls, raw: str | bytes) -> Promotion:
+        try:
+            document = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise IdentityError("the promotion is not JSON") from None
+        if not isinstance(document, dict) or document.get("version", 1) != 1:
+            raise IdentityError("the promotion must be a JSON object of version 1")
+        txid, timeout = document.get("txid"), document.get("timeout", 30.0)
+        if not isinstance(txid, int) or isinstance(txid, bool) or txid < 0:
+            raise IdentityError("promotion field txid must be a whole number >= 0")
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+            raise IdentityError("promotion field timeout must be a positive number of seconds")
+        return cls(txid, float(timeout))

@@ -6,6 +6,7 @@ import contextlib
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,6 +42,13 @@ class Settings(BaseSettings):
     node_workers: int = 8  # fail-overs and drains of different nodes run at once, on threads of their own
     move_parallelism: int = 4  # agents an evacuation, drain or fail-over moves at once
     max_unavailable: int = 1  # a tenant's agents an evacuation or drain takes down at once (per-operation param too)
+    # warm: the new generation first follows the old one's replica, and is promoted after the stop (downtime: the
+    # tail); cold: stop, then restore in full and start. Per operation too (`strategy`); warm falls back to cold
+    # by itself when its follower fails before the source stops.
+    move_strategy: Literal["warm", "cold"] = "warm"
+    warm_catchup_timeout: float = 120.0  # a follower must reach the source's replica txid in this, else cold
+    warm_promote_timeout: float = 30.0  # a promoted follower applies the source's final transactions in this
+    warm_follow_interval: float = 0.2  # seconds between a follower's polls of the source's replica (S3 LISTs)
     preflight_timeout: float = 3.0  # each check before an operation stops anything (store, engines) answers in this
     rollback_timeout: float = 120.0  # how long a failed move keeps trying to start its old incarnation again
     stuck_after: float = 300.0  # an agent starting/stopping this long with no operation of its tenant is stuck

@@ -8,6 +8,9 @@ Secrets: the container starts with no secret in its environment and waits (up to
 the control plane to write its secrets file (`agent_image.container.secrets_in`, through `docker exec`). The S3 keys
 then go into Litestream's config file (0600, in the run directory on the secrets tmpfs), never into an environment.
 
+A follower (LITEFLEET_FOLLOW=1, `follower.py`) first follows RESTORE_FROM_URL without touching CURRENT or the store
+and continues here only once promoted, with the followed database on its volume.
+
 Exit codes before Litestream takes over: 2 bad identity, 3 stale generation (CURRENT names another one),
 4 object store unreachable, 5 restore or database check failed, 6 no (valid) secrets file in time. After: the
 agent's (0 = stopped with a proven final sync, 1 = anything else)."""
@@ -23,7 +26,7 @@ import structlog
 
 from agent_image import contract
 from agent_image._store import Store
-from agent_image.container import litestream
+from agent_image.container import follower, litestream
 from agent_image.container.fence import check_fence
 from agent_image.container.identity import AgentIdentity, IdentityError
 from agent_image.contract import StartRefused
@@ -105,6 +108,10 @@ def main() -> None:
         raise SystemExit(contract.EXIT_NO_SECRETS) from None
     started = time.monotonic()
     try:
+        if identity.follow:  # a warm move's successor: no fence check, no store write until promoted
+            follower.follow(identity)
+            identity = identity.with_secrets()  # the promotion delivered the incarnation's own secrets
+            started = time.monotonic()
         check_fence(identity)
         try:
             source = prepare_database(identity)

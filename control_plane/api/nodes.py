@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from control_plane.api.deps import ProbeDep, SessionDep, TimeoutQuery, WaitQuery, accepted, require_admin
 from control_plane.api.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery
-from control_plane.db.models import NodeCreate, NodePublic, NodeState, OperationPublic, Page
+from control_plane.db.models import MoveStrategy, NodeCreate, NodePublic, NodeState, OperationPublic, Page
 from control_plane.services import nodes
 
 router = APIRouter(prefix="/v1/nodes", tags=["nodes"], dependencies=[Depends(require_admin)])
@@ -39,8 +39,14 @@ def uncordon_node(name: str, session: SessionDep) -> NodePublic:
 
 
 @router.post("/{name}/drain", status_code=202, response_model=OperationPublic)
-def drain_node(name: str, session: SessionDep, wait: WaitQuery = False, timeout: TimeoutQuery = 600) -> JSONResponse:
-    return accepted(session, nodes.drain_node(session, name), wait, timeout)
+def drain_node(
+    name: str,
+    session: SessionDep,
+    wait: WaitQuery = False,
+    timeout: TimeoutQuery = 600,
+    strategy: MoveStrategy | None = None,
+) -> JSONResponse:
+    return accepted(session, nodes.drain_node(session, name, strategy), wait, timeout)
 
 
 @router.delete("/{name}", status_code=204)

@@ -280,11 +280,16 @@ def tenants_evacuate(
     name: str,
     to: Annotated[str | None, typer.Option("--to", help="target node (default: placement picks)")] = None,
     source: Annotated[str | None, typer.Option("--from", help="only agents on this node")] = None,
+    strategy: Annotated[
+        str | None, typer.Option("--strategy", help="warm (follower, then promotion) or cold; default: setting")
+    ] = None,
     wait: WaitOption = True,
     timeout: TimeoutOption = 1800,
     as_json: JsonOption = False,
 ) -> None:
-    body = {"to_node": to, "from_node": source}
+    body: dict[str, Any] = {"to_node": to, "from_node": source}
+    if strategy is not None:  # the API refuses a bad value with its own 422
+        body["strategy"] = strategy
     _operation(_call("POST", f"/v1/tenants/{name}/evacuate", json_body=body), wait, timeout, as_json)
 
 

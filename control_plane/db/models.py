@@ -157,11 +157,19 @@ class ScaleRequest(SQLModel):
     agents: int = Field(ge=0, le=64)
 
 
+class MoveStrategy(StrEnum):
+    warm = "warm"  # the new generation follows the old one's replica first; promoted after the proven stop
+    cold = "cold"  # stop with a proven final sync, then restore in full and start
+
+
 class EvacuateRequest(SQLModel):
     to_node: str | None = Field(default=None, description="target node; default: placement picks")
     from_node: str | None = Field(default=None, description="only agents on this node; default: all")
     max_unavailable: int | None = Field(
         default=None, ge=1, le=64, description="agents of the tenant moved (down) at once; default: the setting (1)"
+    )
+    strategy: MoveStrategy | None = Field(
+        default=None, description="warm (follower, then promotion) or cold (stop, restore, start); default: setting"
     )
 
 

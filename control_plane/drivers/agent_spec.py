@@ -11,11 +11,12 @@ started again by the control plane (the health monitor's repair), which delivers
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent_image.contract import AgentSecrets, ContainerEnv
+from agent_image.contract import AgentSecrets, ContainerEnv, Promotion
 from control_plane.drivers import agent_http
 from control_plane.drivers.agent_http import AgentExited, AgentNotReady
 from control_plane.drivers.network import Isolation
@@ -27,6 +28,7 @@ AGENT_PORT = 8080
 LABEL = "io.litefleet"
 ISOLATION_LABEL = f"{LABEL}.isolation"
 SECRETS_WRITER = ["/opt/litefleet/bin/python3", "-m", "agent_image.container.secrets_in"]
+FOLLOWER = ["/opt/litefleet/bin/python3", "-m", "agent_image.container.follower"]
 TMPFS = {
     "/tmp": "rw,size=16m,mode=1777",
     "/run/litefleet": "rw,noexec,nosuid,nodev,size=1m,uid=10001,gid=10001,mode=0700",
@@ -71,6 +73,8 @@ class AgentSpec:
     network: str | None = None  # set by the driver to the tenant's own network when `isolation` is given
     isolation: Isolation | None = None  # None: the engine's default bridge, no rules (tests, a local engine)
     fleet: str = "litefleet"  # which control plane owns it (its bucket): another fleet's containers are not ours
+    follow: bool = False  # a warm move's follower of `restore_from_url` until promoted (agent_image follower.py)
+    follow_interval: float = 0.25
 
     @property
     def name(self) -> str:
@@ -100,6 +104,8 @@ class AgentSpec:
             fence_interval=self.fence_interval,
             lease_timeout=self.lease_timeout,
             durability=self.durability,
+            follow=self.follow,
+            follow_interval=self.follow_interval,
         ).to_env()
 
     def secrets(self) -> AgentSecrets:
@@ -156,16 +162,44 @@ def deliver_secrets(client: Any, container_id: str, secrets: AgentSecrets, timeo
     """Write the incarnation's secrets file in its running container: `docker exec` of the image's writer with the
     JSON on stdin as one line (never an argument or exec environment: `exec inspect` and /proc would show it).
     Safe to repeat: the same document replaces the file with the same bytes. Raises SecretsNotDelivered."""
+    _exec_line(client, container_id, SECRETS_WRITER, secrets.to_json(), "secrets", timeout)
+
+
+def deliver_promotion(
+    client: Any, container_id: str, secrets: AgentSecrets, promotion: Promotion, timeout: float = 30.0
+) -> None:
+    """Hand a follower its own secrets and its promotion through the secrets' channel in one exec (`follower
+    promote`: the secrets line, then the order line, on stdin). Safe to repeat: the same bytes are written again.
+    Raises SecretsNotDelivered."""
+    line = secrets.to_json() + "\n" + promotion.to_json()
+    _exec_line(client, container_id, [*FOLLOWER, "promote"], line, "promotion", timeout)
+
+
+def follower_status(client: Any, container_id: str) -> dict[str, Any] | None:
+    """The follower's `{"txid": N|null, "promoted": bool}`, None when it cannot be asked (not running)."""
     try:
-        exec_id = client.api.exec_create(container_id, SECRETS_WRITER, stdin=True, stdout=True, stderr=True)["Id"]
+        exec_id = client.api.exec_create(container_id, [*FOLLOWER, "status"], stdout=True, stderr=False)["Id"]
+        output = client.api.exec_start(exec_id)
+    except docker_errors.APIError:
+        return None
+    try:
+        answer = json.loads(output.decode(errors="replace").strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+def _exec_line(client: Any, container_id: str, argv: list[str], line: str, what: str, timeout: float) -> None:
+    try:
+        exec_id = client.api.exec_create(container_id, argv, stdin=True, stdout=True, stderr=True)["Id"]
         sock = client.api.exec_start(exec_id, socket=True)
     except docker_errors.APIError as exc:  # the container is not running (it exited before the delivery)
-        raise SecretsNotDelivered(f"cannot deliver secrets to {container_id[:12]}: {exc.explanation}") from None
+        raise SecretsNotDelivered(f"cannot deliver {what} to {container_id[:12]}: {exc.explanation}") from None
     raw = getattr(sock, "_sock", sock)
     output = b""
     try:
         raw.settimeout(timeout)
-        raw.sendall(secrets.to_json().encode() + b"\n")
+        raw.sendall(line.encode() + b"\n")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # until the writer exits and the engine closes the stream
             chunk = raw.recv(4096)
@@ -173,7 +207,7 @@ def deliver_secrets(client: Any, container_id: str, secrets: AgentSecrets, timeo
                 break
             output += chunk
     except (TimeoutError, OSError) as exc:
-        raise SecretsNotDelivered(f"secrets delivery to {container_id[:12]} failed: {type(exc).__name__}") from None
+        raise SecretsNotDelivered(f"{what} delivery to {container_id[:12]} failed: {type(exc).__name__}") from None
     finally:
         with contextlib.suppress(OSError):
             sock.close()
@@ -181,7 +215,7 @@ def deliver_secrets(client: Any, container_id: str, secrets: AgentSecrets, timeo
     if code != 0:
         # the writer's stderr names a field or a path, never a value; the multiplexed stream has 8-byte headers
         said = output.decode(errors="replace").strip()[-300:]
-        raise SecretsNotDelivered(f"secrets writer in {container_id[:12]} exited {code}: {said!r}")
+        raise SecretsNotDelivered(f"{what} writer in {container_id[:12]} exited {code}: {said!r}")
 
 
 def _exec_exit_code(client: Any, exec_id: str, deadline: float) -> int | None:

@@ -16,14 +16,16 @@ import docker.errors
 import requests
 import structlog
 
-from agent_image.contract import AgentSecrets
+from agent_image.contract import AgentSecrets, Promotion
 from control_plane.drivers.agent_spec import (
     ISOLATION_LABEL,
     LABEL,
     AgentSpec,
     agent_url,
+    deliver_promotion,
     deliver_secrets,
     find_agent,
+    follower_status,
     run_agent,
 )
 from control_plane.drivers.base import EngineUnreachable, Incarnation
@@ -172,6 +174,32 @@ class DockerDriver:
                     busy = exc
         assert busy is not None
         raise busy
+
+    def follower_txid(self, name: str) -> int | None:
+        """The last transaction a follower applied to its copy (its `<db>-txid` file, read by exec); None when it
+        has applied none yet, is not running, or is gone."""
+        with _engine(self.engine_url):
+            container = self._get(name)
+            if container is None or container.status != "running":
+                return None
+            status = follower_status(self.client, container.id)
+        txid = None if status is None else status.get("txid")
+        return txid if isinstance(txid, int) else None
+
+    def promote(self, name: str, secrets: AgentSecrets, txid: int, timeout: float) -> Incarnation | None:
+        """Promote a follower: its own secrets and the order to apply up to `txid` and start as the agent (one
+        docker exec). A follower that stopped is started again first (it follows afresh, then takes the
+        order). Safe to repeat: same bytes; a promoted agent ignores the order. None when the container is gone."""
+        with _engine(self.engine_url):
+            container = self._get(name)
+            if container is None:
+                return None
+            if container.status != "running":
+                self._ensure_isolation(container.labels)
+                with self._reaping(_runtime_of(container), name, container.attrs["Config"]["Image"]):
+                    container.start()
+            deliver_promotion(self.client, container.id, secrets, Promotion(txid, timeout))
+            return _incarnation(container)
 
     def list_managed(self, fleet: str | None = None) -> list[Incarnation]:
         """litefleet's containers on this engine (only `fleet`'s, when given)."""

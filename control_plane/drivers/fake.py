@@ -1,7 +1,9 @@
 """An engine in memory, for tests: containers by name that start and stop at once. Implements `Driver`.
 
 `reachable = False` turns the node off: every verb then raises EngineUnreachable, as a lost node's engine would.
-`on_run` and `on_stop` let a test play the agent's part (its replica, its shutdown record)."""
+`on_run` and `on_stop` let a test play the agent's part (its replica, its shutdown record); `on_follow` says how far a
+follower's copy is (default: it applied everything), `follower_lag` holds it that many transactions behind, and
+`refuse_promotion` makes a promoted follower exit (exit code 5: the tail never arrived)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ class FakeContainer:
     status: str = "running"
     exit_code: int | None = None
     deliveries: list[AgentSecrets] = field(default_factory=list)  # secrets delivered, one per start (tests check)
+    following: bool = False  # a warm move's follower not promoted yet: serves nothing, writes no replica
+    promoted_at: int | None = None  # the source's final txid its promotion named
 
 
 class FakeDriver:
@@ -29,6 +33,7 @@ class FakeDriver:
         *,
         on_run: Callable[[AgentSpec], None] = lambda spec: None,
         on_stop: Callable[[AgentSpec], None] = lambda spec: None,
+        on_follow: Callable[[AgentSpec], int] = lambda spec: 1 << 62,
     ) -> None:
         self.engine_url = engine_url
         self.containers: dict[str, FakeContainer] = {}
@@ -36,6 +41,9 @@ class FakeDriver:
         self.runtimes_offered = ["runc"]  # what `docker info` would list; a test adds "runsc"
         self._on_run = on_run
         self._on_stop = on_stop
+        self._on_follow = on_follow
+        self.follower_lag = 0
+        self.refuse_promotion = False
         self._lock = threading.RLock()
 
     def ping(self) -> None:
@@ -54,8 +62,9 @@ class FakeDriver:
         with self._lock:
             self._check()
             if spec.name not in self.containers:
-                self.containers[spec.name] = FakeContainer(spec, deliveries=[spec.secrets()])
-                self._on_run(spec)
+                self.containers[spec.name] = FakeContainer(spec, deliveries=[spec.secrets()], following=spec.follow)
+                if not spec.follow:
+                    self._on_run(spec)
             return self._incarnation(spec.name)
 
     def inspect(self, name: str) -> Incarnation | None:
@@ -71,8 +80,35 @@ class FakeDriver:
                 return None
             if container.status != "running":
                 container.status, container.exit_code = "running", None
-                self._on_run(container.spec)
+                if not container.following:
+                    self._on_run(container.spec)
             container.deliveries.append(secrets)
+            return self._incarnation(name)
+
+    def follower_txid(self, name: str) -> int | None:
+        with self._lock:
+            self._check()
+            container = self.containers.get(name)
+            if container is None or container.status != "running" or not container.following:
+                return None
+            return max(0, self._on_follow(container.spec) - self.follower_lag)
+
+    def promote(self, name: str, secrets: AgentSecrets, txid: int, timeout: float) -> Incarnation | None:
+        """As a follower does: its secrets, then (if it follows) it applies the tail and starts as the agent, or
+        exits 5 under `refuse_promotion`. A promoted one ignores a repeated order."""
+        with self._lock:
+            self._check()
+            container = self.containers.get(name)
+            if container is None:
+                return None
+            container.status, container.exit_code = "running", None
+            container.deliveries.append(secrets)
+            if container.following:
+                if self.refuse_promotion:
+                    container.status, container.exit_code = "exited", 5
+                else:
+                    container.following, container.promoted_at = False, txid
+                    self._on_run(container.spec)
             return self._incarnation(name)
 
     def stop(self, name: str, timeout: float) -> Incarnation | None:
@@ -106,7 +142,7 @@ class FakeDriver:
     def _incarnation(self, name: str) -> Incarnation:
         container = self.containers[name]
         spec = container.spec
-        url = self.url(name) if container.status == "running" else None
+        url = self.url(name) if container.status == "running" and not container.following else None
         return Incarnation(name, spec.tenant, spec.agent, spec.generation, container.status, container.exit_code, url)
 
     def _check(self) -> None:

@@ -7,6 +7,7 @@ and the old container goes only after the new one is ready."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import secrets
 import threading
 import time
@@ -177,6 +178,108 @@ class Fleet:
             node=node.name,
             generation=generation,
             seconds=seconds,
+        )
+        return seconds
+
+    # -- warm moves: a follower first, promoted after the source's proven stop -------------------------------------
+
+    def follow(self, ctx: StepLog, tenant: Tenant, ordinal: int, generation: int, node: Node, source: int) -> None:
+        """Create generation `generation` on `node` as a *follower* of generation `source`'s replica while `source`
+        still serves. Nothing the fence guards moves: CURRENT and the agent row are left alone (the row still names
+        `source`), the follower's key can write only its own, still empty, gen path and it writes nothing before
+        its promotion; its tokens are throw-away (it serves nothing), the promotion delivers the real ones.
+
+        Re-running is safe: a follower that runs is reused (found by its name); one that stopped is removed and
+        created afresh (it held only a copy)."""
+        if tenant.runtime not in (node.runtimes or []):
+            raise OperationFailed(f"node {node.name} has no {tenant.runtime} runtime for tenant {tenant.name}")
+        driver = self.driver(node)
+        name = incarnation_name(tenant.name, ordinal, generation)
+        found = driver.inspect(name)
+        if found is not None and found.status == "running":
+            return
+        if found is not None:
+            driver.remove(name)
+        copied = driver.ensure_image(self.settings.image)
+        if copied:
+            ctx.step("image.copied", f"agent image copied to {node.name} in {copied}s", node=node.name)
+        creds = self.credentials.issue_incarnation(tenant.name, ordinal, generation)
+        spec = self._spec(
+            tenant, ordinal, generation, node, source, creds, secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        )
+        spec = dataclasses.replace(spec, follow=True, follow_interval=self.settings.warm_follow_interval)
+        try:
+            driver.run(spec)
+        except (SecretsNotDelivered, IsolationFailed) as exc:
+            raise OperationFailed(str(exc)) from None
+        ctx.step("agent.following", f"gen {generation} follows gen {source} on {node.name}", agent=ordinal)
+
+    def catch_up(self, ctx: StepLog, tenant: str, ordinal: int, generation: int, node: Node, source: int) -> int:
+        """Wait (up to `warm_catchup_timeout`) until the follower applied what `source`'s replica held when the wait
+        began; returns the txid it applied. Raises OperationFailed when it does not. Re-running only waits again."""
+        target = self.storage.replica_txid(tenant, ordinal, source)
+        driver = self.driver(node)
+        name = incarnation_name(tenant, ordinal, generation)
+        started, applied = time.monotonic(), None
+        for _ in poll(self.settings.warm_catchup_timeout, 0.1):
+            applied = driver.follower_txid(name)
+            if applied is not None and applied >= target:
+                seconds = round(time.monotonic() - started, 3)
+                ctx.step(
+                    "agent.caught_up",
+                    f"gen {generation} follower at txid {applied} (replica of gen {source}: {target}) in {seconds}s",
+                    agent=ordinal,
+                    txid=applied,
+                    seconds=seconds,
+                )
+                return applied
+            found = driver.inspect(name)
+            if found is None or found.status != "running":
+                status = "gone" if found is None else f"{found.status} (exit {found.exit_code})"
+                raise OperationFailed(f"follower {name} is {status}")
+        raise OperationFailed(
+            f"follower {name} applied txid {applied}, not gen {source}'s {target}, within "
+            f"{self.settings.warm_catchup_timeout:g}s"
+        )
+
+    def promote(
+        self, ctx: StepLog, tenant: Tenant, ordinal: int, generation: int, node: Node, source: int, txid: int
+    ) -> float:
+        """Make the follower generation `generation` of the agent, after `source` stopped with its final sync proven
+        at `txid`: CURRENT moves to `generation` first (the fence: the follower checks it before it writes), then its
+        own secrets and the promotion go through docker exec; it applies the tail up to `txid` and starts
+        replicating to its own path. Returns seconds from the promotion to ready. A follower that is gone (its node
+        restarted, removed by hand) is replaced by a cold start, which is as safe at this point.
+
+        Re-running is safe: CURRENT only moves forward to `generation`; the secrets are the row's (the same on a
+        re-run); a promoted follower ignores a repeated order; the row is written `running` last."""
+        name = incarnation_name(tenant.name, ordinal, generation)
+        driver = self.driver(node)
+        if driver.inspect(name) is None:
+            ctx.step("agent.follower_gone", f"gen {generation} follower is gone: cold start", agent=ordinal)
+            return self.start(ctx, tenant, ordinal, generation, node, source)
+        advance_current(self.storage, tenant.name, ordinal, generation)
+        creds, agent_token, admin_token = self._secrets(tenant.name, ordinal, generation)
+        self.set_agent(tenant.name, ordinal, generation=generation, node=node.name, state=AgentState.starting)
+        spec = self._spec(tenant, ordinal, generation, node, source, creds, agent_token, admin_token)
+        started = time.monotonic()
+        try:
+            incarnation = driver.promote(name, spec.secrets(), txid, self.settings.warm_promote_timeout)
+        except (SecretsNotDelivered, IsolationFailed) as exc:
+            raise OperationFailed(str(exc)) from None
+        if incarnation is None:
+            raise OperationFailed(f"follower {name} disappeared while being promoted")
+        url = self._wait_ready(driver, incarnation, agent_token)
+        seconds = round(time.monotonic() - started, 3)
+        self.set_agent(tenant.name, ordinal, state=AgentState.running, url=url)
+        ctx.step(
+            "agent.promoted",
+            f"gen {generation} promoted on {node.name} in {seconds}s (gen {source} closed at txid {txid})",
+            agent=ordinal,
+            node=node.name,
+            generation=generation,
+            seconds=seconds,
+            txid=txid,
         )
         return seconds
 

@@ -13,6 +13,7 @@ from control_plane.db.models import (
     DEFAULT_RUNTIME,
     PLACED_STATES,
     Agent,
+    MoveStrategy,
     Node,
     NodeCreate,
     NodePublic,
@@ -117,11 +118,11 @@ def set_node_state(session: Session, name: str, state: NodeState) -> NodePublic:
     return node_public(session, node)
 
 
-def drain_node(session: Session, name: str) -> Operation:
+def drain_node(session: Session, name: str, strategy: MoveStrategy | None = None) -> Operation:
     node = find_node(session, name)
     node.state = NodeState.draining
     session.add(node)
-    op = queue(session, OperationKind.drain, node=name)
+    op = queue(session, OperationKind.drain, node=name, **({"strategy": strategy.value} if strategy else {}))
     session.commit()
     return op
 

@@ -164,6 +164,8 @@ def evacuate_tenant(session: Session, name: str, body: EvacuateRequest) -> Opera
     params: dict[str, Any] = {"to_node": body.to_node, "from_node": body.from_node}
     if body.max_unavailable is not None:
         params["max_unavailable"] = body.max_unavailable
+    if body.strategy is not None:
+        params["strategy"] = body.strategy.value
     op = queue(session, OperationKind.evacuate, tenant=name, **params)
     session.commit()
     return op

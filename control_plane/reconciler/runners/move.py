@@ -1,8 +1,10 @@
-"""Evacuate (a tenant's agents) and drain (a node): stop-before-start moves of agents to new generations.
+"""Evacuate (a tenant's agents) and drain (a node): moves of agents to new generations, warm (a follower promoted
+after the source's proven stop) or cold (stop, then restore and start).
 
-Re-running is harmless: every agent's plan is recorded before anything moves, and the first run's `stopped_at`
-and `ready_at` are kept; an agent marked done is skipped; stopping an exited incarnation proves its final sync
-again from its shutdown record, starting one that runs reuses it, removing a removed one is a no-op."""
+Re-running is harmless: every agent's plan is recorded before anything moves, and the first run's `stopped_at`,
+`final_txid`, `ready_at` and `moved_by` (the strategy) are kept; an agent marked done is skipped; stopping an
+exited incarnation proves its final sync again from its shutdown record, a follower that runs is reused, starting
+one that runs reuses it, promoting a promoted one is a no-op, removing a removed one is a no-op."""
 
 from __future__ import annotations
 
@@ -122,13 +124,24 @@ def moved_rolling(fleet: Fleet, ctx: OpContext, agent_ids: set[str], one: Callab
     in_parallel(fleet, agent_ids, one, limit, destination)
 
 
-def move(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent) -> None:
-    """Stop-before-start move of one agent to its planned generation and node; records its downtime.
+def strategy(fleet: Fleet, ctx: OpContext) -> str:
+    """The operation's `strategy` parameter (warm | cold), else the `move_strategy` setting."""
+    return str(ctx.params.get("strategy") or fleet.settings.move_strategy)
 
-    When anything fails after the old incarnation began to stop (its final sync, the new generation's start), the
-    move rolls back (`roll_back`): the old incarnation serves again and the operation fails saying why. An agent a
-    failed attempt left down (`failed`) is first started again in place: only a running incarnation can prove
-    its final sync."""
+
+def move(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent) -> None:
+    """Move one agent to its planned generation and node; records its downtime (source stopped -> new one ready).
+
+    Warm (`warm_up`): the new generation first follows the old one's replica; once it caught up the old one is
+    stopped with its final sync proven, CURRENT moves and the follower is promoted (downtime: stop + the tail +
+    the agent's start). Cold, or when the follower fails before anything stopped: stop, then start the new
+    generation restoring in full. The strategy an agent took is recorded (`moved_by`, and `cold` when it fell
+    back), so a re-run goes on the same way.
+
+    When anything fails after the old incarnation began to stop (its final sync, the new generation's start or
+    promotion), the move rolls back (`roll_back`): the old incarnation serves again and the operation fails saying
+    why. An agent a failed attempt left down (`failed`) is first started again in place: only a running
+    incarnation can prove its final sync."""
     plan = ctx.plan_of(agent.id)
     if not isinstance(plan, MovePlan):
         raise OperationFailed(f"no move planned for agent {agent.id}")
@@ -140,12 +153,26 @@ def move(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent) -> None:
         agent = fleet.agent(agent.tenant, agent.ordinal)
     # the new generation served already (an earlier run got that far): never roll back past its writes
     served = agent.generation == plan.generation and agent.state == AgentState.running
+    source_up = agent.generation == plan.from_generation and agent.state != AgentState.retained
+    if not served and source_up and ctx.recalled("stopped_at", agent.id) is None:
+        warm_up(fleet, ctx, tenant, agent, plan)
+    warm = ctx.recalled("moved_by", agent.id) == "warm" and ctx.recalled("cold", agent.id) is None
     try:
-        if agent.generation == plan.from_generation and agent.state != AgentState.retained:
+        if source_up:
             ctx.remember("stopped_at", time.time(), agent.id)
-            fleet.stop(ctx, agent, drain=False)
+            record = fleet.stop(ctx, agent, drain=False)
+            ctx.remember("final_txid", int(record["txid"]), agent.id)
             fleet.set_agent(agent.tenant, agent.ordinal, state=AgentState.retained, url=None)
-        fleet.start(ctx, tenant, agent.ordinal, plan.generation, fleet.node(plan.node), plan.from_generation)
+        if warm:
+            txid = ctx.recalled("final_txid", agent.id)
+            if txid is None:  # stopped by a run that predates this record: the proof is in the store
+                txid = int(
+                    (fleet.storage.read_shutdown(agent.tenant, agent.ordinal, plan.from_generation) or {})["txid"]
+                )
+            node = fleet.node(plan.node)
+            fleet.promote(ctx, tenant, agent.ordinal, plan.generation, node, plan.from_generation, int(txid))
+        else:
+            fleet.start(ctx, tenant, agent.ordinal, plan.generation, fleet.node(plan.node), plan.from_generation)
     except LostLease:
         raise
     except Exception as exc:
@@ -155,13 +182,42 @@ def move(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent) -> None:
     ready_at = float(ctx.remember("ready_at", time.time(), agent.id))
     fleet.remove(ctx, agent.tenant, agent.ordinal, plan.from_generation, plan.from_node)
     downtime = round(ready_at - float(ctx.recalled("stopped_at", agent.id)), 3)
-    ctx.mark_done(agent.id, downtime_s=downtime)
+    how = "warm" if warm else "cold"
+    ctx.mark_done(agent.id, downtime_s=downtime, strategy=how)
     ctx.step(
         "agent.moved",
-        f"{plan.from_node} -> {plan.node}, downtime {downtime}s",
+        f"{plan.from_node} -> {plan.node} ({how}), downtime {downtime}s",
         agent=agent.ordinal,
         downtime_s=downtime,
+        strategy=how,
     )
+
+
+def warm_up(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent, plan: MovePlan) -> None:
+    """Before the source stops: start the new generation as a follower on the target and wait until it caught
+    up, or record the fall-back to cold (`cold`, why) after removing the follower. Nothing here stops or fences
+    the source, so any failure leaves it serving.
+
+    Re-running is safe: the strategy is recorded (`moved_by`) before the follower exists (a re-run finds the
+    follower by name and reuses it), the fall-back is recorded only after the follower is gone, and a run that
+    recorded it removes the follower again (a no-op when it is gone) before the cold start reuses its name."""
+    chosen = ctx.remember("moved_by", strategy(fleet, ctx), agent.id)
+    if chosen != "warm":
+        return
+    node = fleet.node(plan.node)
+    if ctx.recalled("cold", agent.id) is not None:
+        fleet.remove(ctx, agent.tenant, agent.ordinal, plan.generation, plan.node)
+        return
+    try:
+        fleet.follow(ctx, tenant, agent.ordinal, plan.generation, node, plan.from_generation)
+        fleet.catch_up(ctx, agent.tenant, agent.ordinal, plan.generation, node, plan.from_generation)
+    except LostLease:
+        raise
+    except Exception as exc:
+        why = str(exc) if isinstance(exc, OperationFailed) else f"{type(exc).__name__}: {exc}"
+        fleet.remove(ctx, agent.tenant, agent.ordinal, plan.generation, plan.node)
+        ctx.remember("cold", why, agent.id)
+        ctx.step("agent.warm_fallback", f"follower failed ({why}): moving cold", agent=agent.ordinal)
 
 
 def roll_back(fleet: Fleet, ctx: OpContext, tenant: Tenant, ordinal: int, plan: MovePlan, cause: Exception) -> NoReturn:

@@ -114,6 +114,12 @@ class FakeReplicas:
             restored = self.txids.get((spec.tenant, spec.agent, source), 0)
         self.txids[own] = restored + 1
 
+    def followed(self, spec: AgentSpec) -> int:
+        """A follower applies its source's replica as far as it goes."""
+        assert spec.follow and spec.restore_from_url
+        source = int(spec.restore_from_url.rstrip("/").rsplit("gen-", 1)[1])
+        return self.txids.get((spec.tenant, spec.agent, source), 0)
+
     def agent_stopped(self, spec: AgentSpec) -> None:
         """A clean stop: the final sync, then the shutdown record naming the last transaction."""
         own = (spec.tenant, spec.agent, spec.generation)
@@ -179,7 +185,11 @@ class FakeEngines:
     def __call__(self, engine_url: str) -> FakeDriver:
         if engine_url not in self.drivers:
             self.drivers[engine_url] = RecordingDriver(
-                engine_url, self.history, on_run=self.replicas.agent_started, on_stop=self.replicas.agent_stopped
+                engine_url,
+                self.history,
+                on_run=self.replicas.agent_started,
+                on_stop=self.replicas.agent_stopped,
+                on_follow=self.replicas.followed,
             )
         return self.drivers[engine_url]
 
@@ -189,6 +199,7 @@ class FakeEngines:
         for url, driver in self.drivers.items():
             copied = twin(url)
             copied.reachable = driver.reachable
+            copied.follower_lag, copied.refuse_promotion = driver.follower_lag, driver.refuse_promotion
             copied.containers = {
                 name: replace(c, deliveries=list(c.deliveries)) for name, c in driver.containers.items()
             }

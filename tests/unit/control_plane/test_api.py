@@ -125,6 +125,8 @@ NODE = {"name": "n1", "engine_url": "unix:///x"}
         ("GET", "/v1/operations/nope", None, 404, "operation_not_found"),
         ("GET", "/v1/operations?state=exploded", None, 422, "invalid_request"),
         ("GET", "/v1/tenants/acme/workflows/w1", None, 404, "tenant_not_found"),
+        ("POST", "/v1/tenants/acme/evacuate", {"strategy": "lukewarm"}, 422, "invalid_request"),
+        ("POST", "/v1/nodes/n1/drain?strategy=lukewarm", None, 422, "invalid_request"),
     ],
 )
 def test_bad_requests_get_a_code_and_a_message_and_change_nothing(

@@ -1,0 +1,197 @@
+"""A follower incarnation (warm moves): gen g+1 restores gen g's replica while gen g still serves, and becomes the
+agent only when the control plane promotes it.
+
+`follow(identity)` runs in the entrypoint (LITEFLEET_FOLLOW=1) after the secrets arrived and before the fence
+check. It never reads or writes CURRENT and never writes to the store: it runs `litestream restore -f` of
+RESTORE_FROM_URL into the volume's database (a copy, rebuilt from scratch on every start until promotion) and
+waits. The control plane promotes it once the source stopped with a proven final sync and CURRENT names this
+generation: `python -m agent_image.container.follower promote` (docker exec; on stdin one line of the incarnation's
+own `AgentSecrets`, as `secrets_in` takes them, then one `Promotion` line) writes the secrets file, then
+RUN_DIR/promote.json. The follower then waits until Litestream's `<db>-txid` file reaches the source's
+final txid (bounded), stops the restore, checks the copy, marks the volume's database as its own and returns: the
+entrypoint goes on as for any start (fence check, schema, `litestream replicate -exec agent` on the "volume"
+path). A restart after that finds the mark and starts as a normal agent.
+
+`python -m agent_image.container.follower status` prints `{"txid": N|null, "promoted": bool}`: how far the copy
+is (what the control plane waits on before it stops the source).
+
+Exit codes: as the entrypoint's; 5 (restore_failed) when the restore dies or the tail is not applied in time."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import structlog
+
+from agent_image import contract
+from agent_image.container import litestream
+from agent_image.container.identity import AgentIdentity
+from agent_image.container.secrets_in import write_secrets
+from agent_image.contract import AgentSecrets, IdentityError, Promotion, StartRefused
+
+log = structlog.get_logger("agent_image.follower")
+
+
+def txid_path(db_path: Path) -> Path:
+    return Path(f"{db_path}-txid")
+
+
+def applied_txid(db_path: Path) -> int | None:
+    """The last transaction `restore -f` applied to the copy (its `<db>-txid` file, hex), None before the first."""
+    try:
+        return int(txid_path(db_path).read_text().strip(), 16)
+    except (OSError, ValueError):
+        return None
+
+
+def promoted(data_dir: Path) -> bool:
+    return (data_dir / contract.PROMOTED_MARK).exists()
+
+
+def follow(identity: AgentIdentity, *, poll: float = 0.05) -> None:
+    """Follow until promoted (see the module docstring); returns with the volume's database ready to serve.
+    Raises StartRefused (restore_failed) when the restore dies or the tail does not arrive in time."""
+    if promoted(identity.data_dir):
+        return
+    assert identity.restore_from_url is not None  # the contract refuses FOLLOW without it
+    identity.data_dir.mkdir(parents=True, exist_ok=True)
+    promotion_path = identity.run_dir / contract.PROMOTION_FILE
+    promotion_path.unlink(missing_ok=True)  # an order is for the process that was running when it was written
+    for leftover in identity.data_dir.glob(identity.db_path.name + "*"):  # a copy is rebuilt, never trusted
+        leftover.unlink(missing_ok=True)
+    document = litestream.agent_config(identity, identity.restore_from_url, socket=False)
+    config = litestream.write_config(document, identity.run_dir / "follow.json")
+    command = [
+        litestream.binary(),
+        "restore",
+        "-config",
+        str(config),
+        "-f",
+        "-follow-interval",
+        f"{max(1, round(identity.follow_interval * 1000))}ms",
+        "-o",
+        str(identity.db_path),
+        str(identity.db_path),
+    ]
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=litestream.environment())
+    log.info("follower.following", source=identity.restore_from_url, pid=process.pid)
+    try:
+        order = _wait_for_order(process, promotion_path, poll)
+        _apply_tail(identity, process, order, poll)
+    finally:
+        _stop(process)
+    txid_path(identity.db_path).unlink(missing_ok=True)
+    _check(identity)
+    _mark_promoted(identity.data_dir)
+    log.info("follower.promoted", txid=order.txid)
+
+
+def _wait_for_order(process: subprocess.Popen[bytes], path: Path, poll: float) -> Promotion:
+    while True:
+        if process.poll() is not None:
+            raise StartRefused(
+                "restore_failed", contract.EXIT_RESTORE_FAILED, f"litestream restore -f exited {process.returncode}"
+            )
+        if path.exists():
+            try:
+                return Promotion.parse(path.read_bytes())
+            except IdentityError as exc:
+                raise StartRefused("restore_failed", contract.EXIT_RESTORE_FAILED, str(exc)) from None
+        time.sleep(poll)
+
+
+def _apply_tail(identity: AgentIdentity, process: subprocess.Popen[bytes], order: Promotion, poll: float) -> None:
+    deadline = time.monotonic() + order.timeout
+    while (applied_txid(identity.db_path) or 0) < order.txid:
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise StartRefused(
+                "restore_failed",
+                contract.EXIT_RESTORE_FAILED,
+                f"follower applied txid {applied_txid(identity.db_path)}, not the source's final {order.txid}, "
+                f"within {order.timeout:g}s",
+            )
+        time.sleep(poll)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def _check(identity: AgentIdentity) -> None:
+    """The copy must be a sound database (what the cold restore's `-integrity-check` asks too)."""
+    if identity.integrity_check == "none":
+        return
+    pragma = "quick_check" if identity.integrity_check == "quick" else "integrity_check"
+    try:
+        with sqlite3.connect(identity.db_path) as connection:
+            answer = connection.execute(f"PRAGMA {pragma}").fetchone()
+    except sqlite3.Error as exc:
+        raise StartRefused("restore_failed", contract.EXIT_RESTORE_FAILED, f"followed copy: {exc}") from None
+    if answer is None or answer[0] != "ok":
+        raise StartRefused("restore_failed", contract.EXIT_RESTORE_FAILED, f"followed copy fails {pragma}")
+
+
+def _mark_promoted(data_dir: Path) -> None:
+    mark = data_dir / contract.PROMOTED_MARK
+    with mark.open("w") as file:
+        file.write("promoted\n")
+        file.flush()
+        os.fsync(file.fileno())
+    directory = os.open(data_dir, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def write_order(order: Promotion, path: Path) -> None:
+    """Write the promotion atomically (the follower never reads half a file). Writing it twice is harmless."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(order.to_json())
+    os.replace(temporary, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    data_dir = Path(os.environ.get(contract.DATA_DIR, "/data"))
+    db_path = data_dir / "agent.db"
+    if args == ["status"]:
+        print(json.dumps({"txid": applied_txid(db_path), "promoted": promoted(data_dir)}))
+        return 0
+    if args == ["promote"]:
+        # two lines: the incarnation's own secrets (as `secrets_in` takes them), then the order; one exec for both
+        try:
+            secrets = AgentSecrets.parse(sys.stdin.buffer.readline(contract.MAX_SECRETS_BYTES + 1))
+            order = Promotion.parse(sys.stdin.buffer.readline(4096))
+        except IdentityError as exc:
+            print(f"follower: invalid: {exc}", file=sys.stderr)
+            return 2
+        run_dir = Path(os.environ.get(contract.RUN_DIR, "/tmp/litefleet"))
+        secrets_path = Path(os.environ.get(contract.SECRETS_FILE, contract.DEFAULT_SECRETS_FILE))
+        try:
+            write_secrets(secrets, secrets_path)  # first: the follower reads them once it sees the order
+            write_order(order, run_dir / contract.PROMOTION_FILE)
+        except OSError as exc:
+            print(f"follower: cannot write the promotion: {exc.strerror or exc}", file=sys.stderr)
+            return 3
+        return 0
+    print("usage: python -m agent_image.container.follower status|promote", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""Warm vs cold evacuation downtime per agent, by database size, on two namespaced node engines (needs root).
+
+    make bench            (or: .venv/bin/python bench/warm_moves.py [--sizes 1,50] [--runs 3])
+
+For each size one tenant (1 agent) is provisioned on a database of that size (runtime schema + incompressible
+filler, replicated beforehand as its generation 1: the entrypoint restores its own generation's replica), with a
+client starting workflows through the router all along. It is then evacuated back and forth between the two
+nodes, alternating `strategy: warm` and `strategy: cold` (`--runs` each), so both strategies see the same
+database, nodes and load in the same run.
+
+Figures (one JSON line each, per size):
+  evacuate_downtime_s[warm]   the operation's record: old stopped -> promoted follower ready and replicating
+  evacuate_downtime_s[cold]   the baseline, same run: old stopped -> new generation restored in full, ready
+  ratio = warm p50 / cold p50; `failed` counts the router client's failed requests during that strategy's moves
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import apsw  # noqa: E402
+import docker  # noqa: E402
+
+from agent_image import Store  # noqa: E402
+from agent_image.container import litestream  # noqa: E402
+from control_plane.cli.local import ControlPlaneProcess  # noqa: E402
+from control_plane.client import FleetClient  # noqa: E402
+from control_plane.drivers.images import build_agent_image  # noqa: E402
+from control_plane.storage import ObjectStorage  # noqa: E402
+from control_plane.storage.seaweed import EmbeddedStore, free_address  # noqa: E402
+from infra.testbed import Testbed  # noqa: E402
+
+BUCKET = "litefleet-bench"
+
+
+def emit(name: str, values: list[float], **fields: Any) -> None:
+    summary = {"p50": round(statistics.median(values), 3), "max": round(max(values), 3), "n": len(values)}
+    print(json.dumps({"metric": name, **summary, **fields}), flush=True)
+
+
+def replicate_filled(
+    storage: ObjectStorage, admin: tuple[str, str], tenant: str, megabytes: int, scratch: Path
+) -> None:
+    """Replicate a database of `megabytes` as generation 1 of `tenant`'s agent 0 (until the replica holds it)."""
+    db = scratch / f"{tenant}.db"
+    Store(str(db)).close()
+    connection = apsw.Connection(str(db))
+    connection.execute("CREATE TABLE bench_filler (blob BLOB)")
+    with connection:
+        for _ in range(megabytes * 256):
+            connection.execute("INSERT INTO bench_filler VALUES (randomblob(4000))")
+    connection.close()
+    socket_path = scratch / f"{tenant}.sock"
+    document = litestream.config(
+        db, storage.replica_url(tenant, 0, 1), storage.endpoint, socket_path=socket_path, credentials=admin
+    )
+    config = litestream.write_config(document, scratch / f"{tenant}.json")
+    process = subprocess.Popen(
+        [litestream.binary(), "replicate", "-config", str(config)],
+        env=litestream.environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 900
+        while True:
+            try:
+                if litestream.sync_wait(socket_path, db, timeout=300).caught_up:
+                    break
+            except litestream.LitestreamError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.wait(60)
+    for leftover in scratch.glob(f"{tenant}.db*"):
+        if leftover.is_file():
+            leftover.unlink()
+
+
+class Client:
+    """Starts workflows through the router one after another (a thread); records (sent at, seconds, ok)."""
+
+    def __init__(self, api: FleetClient, tenant: str) -> None:
+        import threading
+
+        self.api, self.tenant = api, tenant
+        self.requests: list[tuple[float, float, bool]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            sent = time.monotonic()
+            try:
+                answer = self.api.send(
+                    "POST", f"/v1/tenants/{self.tenant}/workflows/count", json={"args": [1]}, timeout=60
+                )
+                ok = answer.status_code in (200, 201)
+            except Exception:  # the figure counts it as failed, whatever it was
+                ok = False
+            self.requests.append((sent, time.monotonic() - sent, ok))
+
+    def failed_between(self, began: float, ended: float) -> int:
+        return sum(1 for sent, seconds, ok in self.requests if not ok and sent < ended and sent + seconds > began)
+
+
+def evacuate(api: FleetClient, tenant: str, strategy: str) -> tuple[float, float, float]:
+    """(downtime, began, ended) of one evacuation with `strategy`."""
+    began = time.monotonic()
+    op = api.wait("POST", f"/v1/tenants/{tenant}/evacuate", json_body={"strategy": strategy})
+    ended = time.monotonic()
+    if op["state"] != "succeeded" or op["result"]["strategy"][f"{tenant}/0"] != strategy:
+        raise SystemExit(f"evacuation ({strategy}) of {tenant} did not succeed as asked: {op['error']}")
+    return float(op["result"]["downtime_s"][f"{tenant}/0"]), began, ended
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3, help="evacuations per strategy and size")
+    parser.add_argument("--sizes", default="1,50", help="database sizes in MB (comma-separated)")
+    parser.add_argument("--prefix", default="lfbw", help="the test bed's names (several beds on one host differ)")
+    parser.add_argument("--subnet", default="10.96.0", help="the test bed's /24")
+    args = parser.parse_args()
+    image = build_agent_image(docker.from_env()).tag
+    with tempfile.TemporaryDirectory() as scratch_dir:
+        scratch = Path(scratch_dir)
+        bed = Testbed(scratch / "bed", prefix=args.prefix, subnet=args.subnet)
+        store = None
+        plane = None
+        try:
+            nodes = bed.up(2)
+            store = EmbeddedStore(scratch / "store", free_address(bed.gateway), BUCKET, "BENCH", "b" * 32)
+            store.up()
+            storage = ObjectStorage(store.address.endpoint, *store.admin, BUCKET)
+            storage.ensure_bucket()
+            (scratch / "plane").mkdir()
+            plane = ControlPlaneProcess.beside(store, image, scratch / "plane", pki_dir=str(bed.pki_dir))
+            plane.start()
+            for node in nodes:
+                plane.register(node.name, node.engine_url, node.ip, tls=node.tls_name)
+            api = plane.client
+            for megabytes in [int(size) for size in args.sizes.split(",")]:
+                tenant = f"w{megabytes}-" + secrets.token_hex(3)
+                replicate_filled(storage, store.admin, tenant, megabytes, scratch)
+                op = api.wait("POST", "/v1/tenants", json_body={"name": tenant, "agents": 1, "sync_interval": 0.2})
+                if op["state"] != "succeeded":
+                    raise SystemExit(f"provisioning {tenant} failed: {op['error']}")
+                client = Client(api, tenant)
+                client.thread.start()
+                time.sleep(2)
+                downtimes: dict[str, list[float]] = {"warm": [], "cold": []}
+                failed = {"warm": 0, "cold": 0}
+                for _ in range(args.runs):
+                    for strategy in ("warm", "cold"):
+                        downtime, began, ended = evacuate(api, tenant, strategy)
+                        downtimes[strategy].append(downtime)
+                        time.sleep(1)
+                        failed[strategy] += client.failed_between(began, ended)
+                client.stop.set()
+                client.thread.join(60)
+                ratio = statistics.median(downtimes["warm"]) / statistics.median(downtimes["cold"])
+                emit(
+                    "evacuate_downtime_s", downtimes["cold"], strategy="cold", size_mb=megabytes, failed=failed["cold"]
+                )
+                emit(
+                    "evacuate_downtime_s",
+                    downtimes["warm"],
+                    strategy="warm",
+                    size_mb=megabytes,
+                    failed=failed["warm"],
+                    ratio_vs_cold=round(ratio, 2),
+                )
+                api.wait("DELETE", f"/v1/tenants/{tenant}", purge=True)
+        finally:
+            if plane is not None:
+                plane.stop()
+            if store is not None:
+                store.down()
+            bed.down()
+
+
+if __name__ == "__main__":
+    main()

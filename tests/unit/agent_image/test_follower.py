@@ -1,0 +1,101 @@
+"""The follower's contract (agent_image/container/follower.py): LITEFLEET_FOLLOW in the environment, the promotion
+order through `follower promote` (stdin, written atomically), `follower status` from Litestream's `<db>-txid`
+file, and the mark that makes a restarted, promoted follower start as a normal agent. The whole path against real
+Docker, SeaweedFS and Litestream is tests/e2e/test_warm_moves.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent_image import contract
+from agent_image.container import follower
+from agent_image.container.identity import AgentIdentity
+from agent_image.contract import AgentSecrets, ContainerEnv, IdentityError, Promotion
+from tests.unit.agent_image.test_identity import GOOD, SECRETS
+
+
+def test_follow_is_written_and_read_back_and_needs_a_source() -> None:
+    env = ContainerEnv(**{**ContainerEnv.read(GOOD), "follow": True, "follow_interval": 0.5}).to_env()
+    assert (env["LITEFLEET_FOLLOW"], env["LITEFLEET_FOLLOW_INTERVAL"]) == ("1", "0.5")
+    identity = AgentIdentity.from_env(env)
+    assert identity.follow and identity.follow_interval == 0.5
+    assert "LITEFLEET_FOLLOW" not in ContainerEnv(**ContainerEnv.read(GOOD)).to_env()
+    without_source = {k: v for k, v in env.items() if k != "LITEFLEET_RESTORE_FROM_URL"}
+    with pytest.raises(IdentityError, match="LITEFLEET_FOLLOW=1 needs LITEFLEET_RESTORE_FROM_URL"):
+        AgentIdentity.from_env(without_source)
+    with pytest.raises(IdentityError, match="LITEFLEET_FOLLOW must be one of"):
+        AgentIdentity.from_env({**env, "LITEFLEET_FOLLOW": "yes"})
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"not json", "not JSON"),
+        (b'{"version": 2, "txid": 1}', "version 1"),
+        (b'{"txid": -1}', "txid"),
+        (b'{"txid": true}', "txid"),
+        (b'{"txid": 3, "timeout": 0}', "timeout"),
+    ],
+)
+def test_a_bad_promotion_is_refused(raw: bytes, message: str) -> None:
+    with pytest.raises(IdentityError, match=message):
+        Promotion.parse(raw)
+
+
+def _module(args: list[str], env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent_image.container.follower", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        check=False,
+    )
+
+
+def test_promote_writes_the_order_and_status_reads_the_copy(tmp_path: Path) -> None:
+    secrets_file = tmp_path / "run" / "secrets" / "identity.json"
+    env = {
+        contract.DATA_DIR: str(tmp_path / "data"),
+        contract.RUN_DIR: str(tmp_path / "run"),
+        contract.SECRETS_FILE: str(secrets_file),
+    }
+    (tmp_path / "data").mkdir()
+    status = _module(["status"], env)
+    assert json.loads(status.stdout) == {"txid": None, "promoted": False}
+    (tmp_path / "data" / "agent.db-txid").write_text("00000000000000ff\n")
+    assert json.loads(_module(["status"], env).stdout)["txid"] == 255
+
+    order_lines = SECRETS.to_json() + "\n" + Promotion(255, 12.5).to_json() + "\n"
+    done = _module(["promote"], env, order_lines)
+    assert done.returncode == 0, done.stderr
+    order = Promotion.parse((tmp_path / "run" / contract.PROMOTION_FILE).read_bytes())
+    assert order == Promotion(255, 12.5)
+    assert AgentSecrets.read(secrets_file) == SECRETS, "the incarnation's own secrets, written before the order"
+    assert (secrets_file.stat().st_mode & 0o777) == 0o400
+    again = _module(["promote"], env, order_lines)
+    assert again.returncode == 0, "repeating the order is harmless"
+
+    refused = _module(["promote"], env, SECRETS.to_json() + '\n{"txid": "x"}\n')
+    assert refused.returncode == 2 and "txid" in refused.stderr
+    no_secrets = _module(["promote"], env, Promotion(1).to_json() + "\n")
+    assert no_secrets.returncode == 2 and "secrets" in no_secrets.stderr
+    assert _module(["bogus"], env).returncode == 2
+
+
+def test_a_promoted_follower_starts_as_a_normal_agent(tmp_path: Path) -> None:
+    """After the mark, `follow` returns at once: the volume's database is this generation's own (no restore -f,
+    no rebuild of the copy), and the entrypoint's fence check and "volume" path take over."""
+    env = ContainerEnv(**{**ContainerEnv.read(GOOD), "follow": True}).to_env()
+    identity = AgentIdentity.from_env({**env, contract.DATA_DIR: str(tmp_path), contract.RUN_DIR: str(tmp_path)})
+    identity = identity.with_secrets(SECRETS)
+    (tmp_path / "agent.db").write_bytes(b"the promoted database")
+    (tmp_path / contract.PROMOTED_MARK).write_text("promoted\n")
+    follower.follow(identity)
+    assert (tmp_path / "agent.db").read_bytes() == b"the promoted database"
