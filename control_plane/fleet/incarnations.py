@@ -47,6 +47,9 @@ class Fleet:
     agents_api: AgentApi = field(default_factory=AgentHttp)
     _drivers: dict[str, Driver] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # a follower's key, kept (in memory only) for its promotion: minting one is a `weed shell` session, which
+    # would otherwise fall inside the move's downtime
+    _follower_keys: dict[tuple[str, int, int], TenantCredentials] = field(default_factory=dict)
 
     # -- reads ------------------------------------------------------------------------------------------------------
 
@@ -204,6 +207,8 @@ class Fleet:
         if copied:
             ctx.step("image.copied", f"agent image copied to {node.name} in {copied}s", node=node.name)
         creds = self.credentials.issue_incarnation(tenant.name, ordinal, generation)
+        with self._lock:
+            self._follower_keys[(tenant.name, ordinal, generation)] = creds
         spec = self._spec(
             tenant, ordinal, generation, node, source, creds, secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         )
@@ -361,6 +366,8 @@ class Fleet:
             self.driver(node).remove(incarnation_name(tenant, ordinal, generation))
         except EngineUnreachable as exc:
             raise OperationFailed(f"cannot remove gen {generation} of {tenant}/{ordinal}: {exc}") from None
+        with self._lock:  # its key is revoked next: nothing may be handed it any more
+            self._follower_keys.pop((tenant, ordinal, generation), None)
         fence_out(self.credentials, tenant, ordinal, generation)
         ctx.step("agent.removed", f"gen {generation} container and volume removed", agent=ordinal, node=node_name)
 
@@ -369,12 +376,16 @@ class Fleet:
     def _secrets(self, tenant: str, ordinal: int, generation: int) -> tuple[TenantCredentials, str, str]:
         """The incarnation's S3 key, agent token and tenant admin token: the ones recorded on the agent row when it
         already names this generation (a re-run, a restart: the container must get the same ones again), else
-        freshly minted and recorded before any container can hold them. Re-running is safe for that reason."""
+        freshly minted and recorded before any container can hold them. Re-running is safe for that reason. The key
+        of this generation's follower (`follow`, same scope) is used instead of minting one when this process has it.
+        """
         agent = self.agent(tenant, ordinal)
         if agent.generation == generation and agent.access_key and agent.secret_key and agent.agent_token:
             admin = agent.admin_token or self._tenant_admin_token(tenant)
             return TenantCredentials(tenant, agent.access_key, agent.secret_key), agent.agent_token, admin
-        creds = self.credentials.issue_incarnation(tenant, ordinal, generation)
+        with self._lock:
+            followed = self._follower_keys.pop((tenant, ordinal, generation), None)
+        creds = followed or self.credentials.issue_incarnation(tenant, ordinal, generation)
         agent_token, admin_token = secrets.token_urlsafe(32), self._tenant_admin_token(tenant)
         self.set_agent(
             tenant,

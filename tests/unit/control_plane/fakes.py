@@ -130,9 +130,11 @@ class FakeReplicas:
 class FakeCredentials:
     def __init__(self) -> None:
         self.issued: set[tuple[str, int, int]] = set()
+        self.minted: list[tuple[str, int, int]] = []  # every issue, in order (a re-issue is another key)
 
     def issue_incarnation(self, tenant: str, agent: int, generation: int) -> TenantCredentials:
         self.issued.add((tenant, agent, generation))
+        self.minted.append((tenant, agent, generation))
         return TenantCredentials(tenant, f"LF{tenant}{agent}{generation}", "secret")
 
     def revoke_incarnation(self, tenant: str, agent: int, generation: int) -> None:

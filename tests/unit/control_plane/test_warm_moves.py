@@ -76,6 +76,9 @@ def test_a_warm_evacuation_follows_first_stops_then_promotes(engine: Engine) -> 
     assert container.promoted_at == world.replicas.read_shutdown("acme", 0, 1)["txid"]  # type: ignore[index]
     assert container.deliveries[-1].agent_token == moved.agent_token
     assert container.deliveries[0].agent_token != moved.agent_token, "the follower held throw-away tokens only"
+    # its S3 key was minted once, for the follower, and promoted with it: no `weed shell` inside the downtime
+    assert world.credentials.minted.count(("acme", 0, 2)) == 1
+    assert moved.access_key == container.deliveries[0].access_key == container.deliveries[-1].access_key
 
 
 def test_cold_is_selectable_per_operation(engine: Engine) -> None:
