@@ -27,12 +27,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+if TYPE_CHECKING:  # at run time each function that makes or reads a certificate imports what it needs: `cryptography`
+    # is ~0.17 s of every control plane's start, and serving needs only the credential files' paths
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = [
     "CA",
@@ -85,6 +85,11 @@ class CA:
 
 def init_ca(directory: Path, common_name: str = "litefleet engines CA") -> CA:
     """The CA in `directory`, created on first use. Re-running loads the existing one unchanged."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     directory = Path(directory)
     _private_dir(directory)
     cert_path, key_path = directory / "ca.pem", directory / "ca.key"
@@ -121,6 +126,9 @@ def engine_cert(
 ) -> EngineTLS:
     """A server certificate for engine `name` (SAN = `ips` and `dns`, serverAuth) in DIR/engines/NAME.
     Reused when one exists for the same names from this CA; re-issued (same directory) when the names changed."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
     addresses = [ipaddress.ip_address(ip) for ip in ips]
     if not addresses and not dns:
         raise PKIError("an engine certificate needs at least one IP address or DNS name")
@@ -130,6 +138,8 @@ def engine_cert(
 
 def client_cert(ca: CA, name: str) -> EngineTLS:
     """A client certificate (clientAuth, CN = `name`) in DIR/clients/NAME, with the CA beside it. Reused if there."""
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
     return _leaf(ca, "clients", name, ExtendedKeyUsageOID.CLIENT_AUTH, [])
 
 
@@ -161,6 +171,11 @@ def install_credential_set(directory: Path, name: str, source: EngineTLS) -> Eng
 
 
 def _leaf(ca: CA, kind: str, name: str, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]) -> EngineTLS:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     if not _NAME.match(name):
         raise PKIError(f"invalid {kind[:-1]} name (a DNS label of up to 40 characters): {name!r}")
     directory = ca.directory / kind / name
@@ -195,6 +210,10 @@ def _leaf(ca: CA, kind: str, name: str, usage: x509.ObjectIdentifier, sans: list
 
 def _still_valid(files: EngineTLS, ca: CA, sans: list[x509.GeneralName]) -> bool:
     """True when the existing certificate was issued by this CA, for these names, and is not about to expire."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+
     try:
         cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
         cert.verify_directly_issued_by(ca.cert)
@@ -212,6 +231,8 @@ def _still_valid(files: EngineTLS, ca: CA, sans: list[x509.GeneralName]) -> bool
 
 
 def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    from cryptography import x509
+
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
@@ -226,6 +247,8 @@ def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )

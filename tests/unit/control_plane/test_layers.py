@@ -161,3 +161,14 @@ def test_serving_the_api_imports_neither_the_docker_sdk_nor_boto3() -> None:
         subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
     )
     assert not {"docker", "boto3", "botocore.config", "paramiko"} & loaded
+
+
+def test_litefleet_serve_imports_neither_the_cli_nor_cryptography() -> None:
+    """`litefleet serve` goes straight to the app (cli/launch.py: no typer, ~0.5 s) and the PKI imports
+    `cryptography` (~0.17 s) only to make or check a certificate, which serving never does."""
+    probe = "import sys, control_plane.app, control_plane.cli.launch; print(*sorted(sys.modules))"
+    loaded = set(
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    )
+    assert "control_plane.app" in loaded
+    assert not {"typer", "control_plane.cli.commands", "cryptography", "docker", "boto3"} & loaded
