@@ -153,9 +153,11 @@ def measure_baseline(client: Any, starts: int) -> None:
     emit("baseline_start_to_http_s", **summary(times))
 
 
-def replicated_database(bench: Bench, tenant: str, megabytes: int, scratch: Path) -> None:
+def replicated_database(
+    storage: ObjectStorage, admin: tuple[str, str], tenant: str, megabytes: int, scratch: Path
+) -> None:
     """Make an agent database of `megabytes` (runtime schema + incompressible filler) and replicate it as
-    generation 1 of `tenant`, waiting until the replica holds all of it."""
+    generation 1 of `tenant`'s agent 0, waiting until the replica holds all of it (the local files are removed)."""
     db = scratch / f"{tenant}.db"
     Store(str(db)).close()
     connection = apsw.Connection(str(db))
@@ -165,18 +167,18 @@ def replicated_database(bench: Bench, tenant: str, megabytes: int, scratch: Path
             connection.execute("INSERT INTO bench_filler VALUES (randomblob(4000))")
     connection.close()
     socket_path = scratch / f"{tenant}.sock"
-    replica = bench.storage.replica_url(tenant, 0, 1)
-    document = litestream.config(db, replica, bench.storage.endpoint, socket_path=socket_path)
+    document = litestream.config(
+        db, storage.replica_url(tenant, 0, 1), storage.endpoint, socket_path=socket_path, credentials=admin
+    )
     config = litestream.write_config(document, scratch / f"{tenant}.json")
-    env = litestream.environment(bench.store.admin)
     process = subprocess.Popen(
         [litestream.binary(), "replicate", "-config", str(config)],
-        env=env,
+        env=litestream.environment(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + 900
         while True:
             try:
                 if litestream.sync_wait(socket_path, db, timeout=300).caught_up:
@@ -188,7 +190,9 @@ def replicated_database(bench: Bench, tenant: str, megabytes: int, scratch: Path
     finally:
         process.terminate()
         process.wait(60)
-    db.unlink()
+    for leftover in scratch.glob(f"{tenant}.db*"):
+        if leftover.is_file():
+            leftover.unlink()
 
 
 def measure_restores(bench: Bench, sizes: list[int], repeat: int) -> None:
@@ -197,7 +201,7 @@ def measure_restores(bench: Bench, sizes: list[int], repeat: int) -> None:
         for megabytes in sizes:
             tenant = f"r{megabytes}-" + secrets.token_hex(3)
             bench.storage.advance_current(tenant, 0, 1, None)
-            replicated_database(bench, tenant, megabytes, scratch)
+            replicated_database(bench.storage, bench.store.admin, tenant, megabytes, scratch)
             bare, full = [], []
             for attempt in range(repeat):
                 out = scratch / f"bare-{attempt}.db"

@@ -36,7 +36,6 @@ import dataclasses
 import datetime as dt
 import json
 import secrets
-import statistics
 import sys
 import tempfile
 import time
@@ -49,7 +48,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import docker  # noqa: E402
-from agent_container import BUCKET, Bench, measure_baseline, replicated_database  # noqa: E402
+from agent_container import BUCKET, Bench, emit, measure_baseline, replicated_database, summary  # noqa: E402
 
 from control_plane.drivers.agent_spec import run_agent, wait_ready  # noqa: E402
 from control_plane.drivers.host_address import local_host_address  # noqa: E402
@@ -75,19 +74,6 @@ IMPORTS = {
     "serve": "import agent_image.__main__, agent_image.server, agent_image.container.fence, "
     "agent_image.container.replication, tenants.hello",
 }
-
-
-def emit(name: str, **fields: Any) -> None:
-    print(json.dumps({"metric": name, **fields}), flush=True)
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {
-        "p50": round(statistics.median(ordered), 3),
-        "p90": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))], 3),
-        "n": len(ordered),
-    }
 
 
 def _wall(value: str) -> float:
@@ -272,7 +258,7 @@ def measure_restores(bench: Bench, images: dict[str, str], megabytes: int, start
     bench.storage.advance_current(tenant, 0, 1, None)
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
-        replicated_database(bench, tenant, megabytes, scratch)
+        replicated_database(bench.storage, bench.store.admin, tenant, megabytes, scratch)
         bare: list[float] = []
         runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
         generation = 2

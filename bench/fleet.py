@@ -83,6 +83,9 @@ class RouterClient(threading.Thread):
                 ok = False
             self.requests.append((sent, time.monotonic() - sent, ok))
 
+    def failed_between(self, began: float, ended: float) -> int:
+        return sum(1 for sent, seconds, ok in self.requests if not ok and sent < ended and sent + seconds > began)
+
 
 def by_hand_ready(container: Any, token: str) -> None:
     """What the control plane waits for: /readyz 200 (with the agent's token) and a replica txid."""

@@ -20,7 +20,6 @@ import argparse
 import json
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,11 +29,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import apsw  # noqa: E402
 import docker  # noqa: E402
+from agent_container import replicated_database  # noqa: E402 (a sibling in bench/)
+from fleet import RouterClient  # noqa: E402
 
-from agent_image import Store  # noqa: E402
-from agent_image.container import litestream  # noqa: E402
 from control_plane.cli.local import ControlPlaneProcess  # noqa: E402
 from control_plane.client import FleetClient  # noqa: E402
 from control_plane.drivers.images import build_agent_image  # noqa: E402
@@ -48,74 +46,6 @@ BUCKET = "litefleet-bench"
 def emit(name: str, values: list[float], **fields: Any) -> None:
     summary = {"p50": round(statistics.median(values), 3), "max": round(max(values), 3), "n": len(values)}
     print(json.dumps({"metric": name, **summary, **fields}), flush=True)
-
-
-def replicate_filled(
-    storage: ObjectStorage, admin: tuple[str, str], tenant: str, megabytes: int, scratch: Path
-) -> None:
-    """Replicate a database of `megabytes` as generation 1 of `tenant`'s agent 0 (until the replica holds it)."""
-    db = scratch / f"{tenant}.db"
-    Store(str(db)).close()
-    connection = apsw.Connection(str(db))
-    connection.execute("CREATE TABLE bench_filler (blob BLOB)")
-    with connection:
-        for _ in range(megabytes * 256):
-            connection.execute("INSERT INTO bench_filler VALUES (randomblob(4000))")
-    connection.close()
-    socket_path = scratch / f"{tenant}.sock"
-    document = litestream.config(
-        db, storage.replica_url(tenant, 0, 1), storage.endpoint, socket_path=socket_path, credentials=admin
-    )
-    config = litestream.write_config(document, scratch / f"{tenant}.json")
-    process = subprocess.Popen(
-        [litestream.binary(), "replicate", "-config", str(config)],
-        env=litestream.environment(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 900
-        while True:
-            try:
-                if litestream.sync_wait(socket_path, db, timeout=300).caught_up:
-                    break
-            except litestream.LitestreamError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-    finally:
-        process.terminate()
-        process.wait(60)
-    for leftover in scratch.glob(f"{tenant}.db*"):
-        if leftover.is_file():
-            leftover.unlink()
-
-
-class Client:
-    """Starts workflows through the router one after another (a thread); records (sent at, seconds, ok)."""
-
-    def __init__(self, api: FleetClient, tenant: str) -> None:
-        import threading
-
-        self.api, self.tenant = api, tenant
-        self.requests: list[tuple[float, float, bool]] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            sent = time.monotonic()
-            try:
-                answer = self.api.send(
-                    "POST", f"/v1/tenants/{self.tenant}/workflows/count", json={"args": [1]}, timeout=60
-                )
-                ok = answer.status_code in (200, 201)
-            except Exception:  # the figure counts it as failed, whatever it was
-                ok = False
-            self.requests.append((sent, time.monotonic() - sent, ok))
-
-    def failed_between(self, began: float, ended: float) -> int:
-        return sum(1 for sent, seconds, ok in self.requests if not ok and sent < ended and sent + seconds > began)
 
 
 def evacuate(api: FleetClient, tenant: str, strategy: str) -> tuple[float, float, float]:
@@ -155,12 +85,12 @@ def main() -> None:
             api = plane.client
             for megabytes in [int(size) for size in args.sizes.split(",")]:
                 tenant = f"w{megabytes}-" + secrets.token_hex(3)
-                replicate_filled(storage, store.admin, tenant, megabytes, scratch)
+                replicated_database(storage, store.admin, tenant, megabytes, scratch)
                 op = api.wait("POST", "/v1/tenants", json_body={"name": tenant, "agents": 1, "sync_interval": 0.2})
                 if op["state"] != "succeeded":
                     raise SystemExit(f"provisioning {tenant} failed: {op['error']}")
-                client = Client(api, tenant)
-                client.thread.start()
+                client = RouterClient(api, tenant)
+                client.start()
                 time.sleep(2)
                 downtimes: dict[str, list[float]] = {"warm": [], "cold": []}
                 failed = {"warm": 0, "cold": 0}
@@ -171,7 +101,7 @@ def main() -> None:
                         time.sleep(1)
                         failed[strategy] += client.failed_between(began, ended)
                 client.stop.set()
-                client.thread.join(60)
+                client.join(60)
                 ratio = statistics.median(downtimes["warm"]) / statistics.median(downtimes["cold"])
                 emit(
                     "evacuate_downtime_s", downtimes["cold"], strategy="cold", size_mb=megabytes, failed=failed["cold"]

@@ -68,18 +68,7 @@ def follow(identity: AgentIdentity, *, poll: float = 0.05) -> None:
         leftover.unlink(missing_ok=True)
     document = litestream.agent_config(identity, identity.restore_from_url, socket=False)
     config = litestream.write_config(document, identity.run_dir / "follow.json")
-    command = [
-        litestream.binary(),
-        "restore",
-        "-config",
-        str(config),
-        "-f",
-        "-follow-interval",
-        f"{max(1, round(identity.follow_interval * 1000))}ms",
-        "-o",
-        str(identity.db_path),
-        str(identity.db_path),
-    ]
+    command = litestream.follow_command(config, identity.db_path, identity.db_path, identity.follow_interval)
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=litestream.environment())
     log.info("follower.following", source=identity.restore_from_url, pid=process.pid)
     try:

@@ -156,6 +156,24 @@ def restore(
     return target.exists()
 
 
+def follow_command(config_path: Path, db_path: Path, output: Path, interval: float) -> list[str]:
+    """`litestream restore -f`: rebuild `output` from `db_path`'s configured replica, then keep applying its new
+    LTX files every `interval` seconds (it writes the applied txid to `<output>-txid`). Used by a warm move's
+    follower and by the observer's followed copies."""
+    return [
+        binary(),
+        "restore",
+        "-config",
+        str(config_path),
+        "-f",
+        "-follow-interval",
+        f"{max(1, round(interval * 1000))}ms",
+        "-o",
+        str(output),
+        str(db_path),
+    ]
+
+
 def _no_replica(config_path: Path) -> bool:
     """True only when the store answers that nothing exists under the config's replica path (keys from the config
     file, as Litestream would use them). False on any doubt: then Litestream is asked."""

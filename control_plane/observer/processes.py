@@ -70,18 +70,7 @@ class Litestream:
         """Start `litestream restore -f` of `ref` into `copy` (restored from scratch)."""
         config, placeholder = self.config(ref)
         remove_copy(copy)
-        command = [
-            litestream.binary(),
-            "restore",
-            "-config",
-            str(config),
-            "-f",
-            "-follow-interval",
-            f"{max(1, round(self.settings.follow_interval * 1000))}ms",
-            "-o",
-            str(copy),
-            str(placeholder),
-        ]
+        command = litestream.follow_command(config, placeholder, copy, self.settings.follow_interval)
         with log_path.open("ab") as out, _refused_once_closed():
             process = self._spawner.submit(
                 subprocess.Popen,
