@@ -263,7 +263,16 @@ def test_drain_node_moves_everything_off(control_plane: ControlPlane, testbed: T
         plane.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})
 
 
-PROBE_FIELDS = ("probed_at", "ready", "local_txid", "replica_txid", "lag_txids", "seconds_since_sync", "updated_at")
+PROBE_FIELDS = (
+    "probed_at",
+    "ready",
+    "local_txid",
+    "replica_txid",
+    "lag_txids",
+    "seconds_since_sync",
+    "unconfirmed_commits",
+    "updated_at",
+)
 # the store-side measurement (the lag sampler, every 2 s) and what is computed from it at read time
 LAG_FIELDS = ("lag_seconds", "synced_at", "replica_checked_at", "replication", "replication_note")
 
