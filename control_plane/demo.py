@@ -86,7 +86,10 @@ def main() -> None:
     say("\n== 5. scale acme 2 -> 3 while those workflows run")
     run("POST", "/v1/tenants/acme/scale", "scale acme to 3", {"agents": 3})
 
-    say("\n== 6. evacuate acme's agents off the node that holds most of them (stop-before-start, new generation)")
+    say(
+        "\n== 6. evacuate acme's agents off the node that holds most of them (warm: a follower catches up, then the old"
+        " generation stops with a proven final sync and the follower is promoted)"
+    )
     placements = api.send("GET", "/v1/tenants/acme").json()["placements"]
     busiest = max({p["node"] for p in placements}, key=lambda n: sum(p["node"] == n for p in placements))
     op = run("POST", "/v1/tenants/acme/evacuate", f"evacuate acme from {busiest}", {"from_node": busiest})
