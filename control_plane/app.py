@@ -120,7 +120,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        work = Background(settings, fleet, engine, app.state) if background and fleet is not None else None
+        work = Background(settings, fleet, app.state) if background and fleet is not None else None
         if work is not None:
             work.start()  # the API answers from now on; the background work comes up beside it
         log.info("control_plane.started", database=url.split("@")[-1], workers=settings.workers)

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Protocol
 
 import structlog
-from sqlalchemy.engine import Engine
 from starlette.datastructures import State
 
 from control_plane.fleet.incarnations import Fleet
@@ -69,14 +68,14 @@ class Background:
     `stop()` may come while that thread is still starting things: it waits for the step in progress, and nothing
     starts after it (each start happens under the lock that `stop()` takes)."""
 
-    def __init__(self, settings: Settings, fleet: Fleet, engine: Engine, slot: State) -> None:
-        self.settings, self.fleet, self.engine, self.slot = settings, fleet, engine, slot
+    def __init__(self, settings: Settings, fleet: Fleet, slot: State) -> None:
+        self.settings, self.fleet, self.slot = settings, fleet, slot
+        self.engine = fleet.engine
         self._lock = threading.Lock()
         self._stopping = False
         self._started: list[_Worker] = []
         self._closers: list[Callable[[], None]] = []
         self._thread = threading.Thread(target=self._bring_up, name="litefleet-background-start", daemon=True)
-        self.ready = threading.Event()  # set once everything is started (or the start gave up)
 
     def start(self) -> None:
         self._thread.start()
@@ -117,7 +116,6 @@ class Background:
         except Exception:  # a half-started control plane still serves the API; say what did not start
             log.exception("control_plane.background_failed")
         finally:
-            self.ready.set()
             log.info("control_plane.background_started", workers=[type(w).__name__ for w in self._started])
 
     def _check_bucket(self) -> None:

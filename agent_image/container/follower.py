@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -39,16 +38,10 @@ from agent_image.contract import AgentSecrets, IdentityError, Promotion, StartRe
 log = structlog.get_logger("agent_image.follower")
 
 
-def txid_path(db_path: Path) -> Path:
-    return Path(f"{db_path}-txid")
-
-
 def applied_txid(db_path: Path) -> int | None:
-    """The last transaction `restore -f` applied to the copy (its `<db>-txid` file, hex), None before the first."""
-    try:
-        return int(txid_path(db_path).read_text().strip(), 16)
-    except (OSError, ValueError):
-        return None
+    """The last transaction `restore -f` applied to the copy, None before the first."""
+    position = litestream.followed_position(db_path)
+    return None if position is None else position[0]
 
 
 def promoted(data_dir: Path) -> bool:
@@ -75,8 +68,8 @@ def follow(identity: AgentIdentity, *, poll: float = 0.05) -> None:
         order = _wait_for_order(process, promotion_path, poll)
         _apply_tail(identity, process, order, poll)
     finally:
-        _stop(process)
-    txid_path(identity.db_path).unlink(missing_ok=True)
+        litestream.terminate(process, 10)
+    litestream.followed_txid_path(identity.db_path).unlink(missing_ok=True)
     _check(identity)
     _mark_promoted(identity.data_dir)
     log.info("follower.promoted", txid=order.txid)
@@ -107,16 +100,6 @@ def _apply_tail(identity: AgentIdentity, process: subprocess.Popen[bytes], order
                 f"within {order.timeout:g}s",
             )
         time.sleep(poll)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 def _check(identity: AgentIdentity) -> None:

@@ -6,9 +6,11 @@ final sync failed, so a flush is only believed when `sync -wait` reports the rep
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -172,6 +174,40 @@ def follow_command(config_path: Path, db_path: Path, output: Path, interval: flo
         str(output),
         str(db_path),
     ]
+
+
+def followed_txid_path(output: Path) -> Path:
+    """Where `restore -f` (`follow_command`) records the last transaction it applied to `output` (hex)."""
+    return Path(f"{output}-txid")
+
+
+def followed_position(output: Path) -> tuple[int, float] | None:
+    """The last transaction `restore -f` applied to `output` and when it recorded it; None before the first (or
+    while the file cannot be read)."""
+    path = followed_txid_path(output)
+    try:
+        text = path.read_text().strip()
+        mtime = path.stat().st_mtime
+    except OSError:
+        return None
+    try:
+        return int(text, 16), mtime
+    except ValueError:
+        return None
+
+
+def terminate(process: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM a Litestream child, SIGKILL it after `timeout` seconds; a process that already ended is left."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        process.wait(timeout)
 
 
 def _no_replica(config_path: Path) -> bool:

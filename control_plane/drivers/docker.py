@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import docker
@@ -124,6 +124,11 @@ class DockerDriver:
         """Start an existing, stopped incarnation again (same container, same volume, same generation) and deliver
         its secrets again: the start emptied its tmpfs. A running one gets them again too (harmless: same bytes),
         which also finishes a start whose delivery was interrupted."""
+        return self._started_then(name, lambda container_id: deliver_secrets(self.client, container_id, secrets))
+
+    def _started_then(self, name: str, deliver: Callable[[str], None]) -> Incarnation | None:
+        """The existing container `name`, started first when it is not running (its network's rules again, a failed
+        runsc start reaped), then `deliver` into it (by docker exec). None when it is gone."""
         with _engine(self.engine_url):
             container = self._get(name)
             if container is None:
@@ -132,7 +137,7 @@ class DockerDriver:
                 self._ensure_isolation(container.labels)  # a rebooted node kept the network, not the rules
                 with self._reaping(_runtime_of(container), name, container.attrs["Config"]["Image"]):
                     container.start()
-            deliver_secrets(self.client, container.id, secrets)
+            deliver(container.id)
             return _incarnation(container)
 
     def stop(self, name: str, timeout: float) -> Incarnation | None:
@@ -190,16 +195,10 @@ class DockerDriver:
         """Promote a follower: its own secrets and the order to apply up to `txid` and start as the agent (one
         docker exec). A follower that stopped is started again first (it follows afresh, then takes the
         order). Safe to repeat: same bytes; a promoted agent ignores the order. None when the container is gone."""
-        with _engine(self.engine_url):
-            container = self._get(name)
-            if container is None:
-                return None
-            if container.status != "running":
-                self._ensure_isolation(container.labels)
-                with self._reaping(_runtime_of(container), name, container.attrs["Config"]["Image"]):
-                    container.start()
-            deliver_promotion(self.client, container.id, secrets, Promotion(txid, timeout))
-            return _incarnation(container)
+        order = Promotion(txid, timeout)
+        return self._started_then(
+            name, lambda container_id: deliver_promotion(self.client, container_id, secrets, order)
+        )
 
     def list_managed(self, fleet: str | None = None) -> list[Incarnation]:
         """litefleet's containers on this engine (only `fleet`'s, when given)."""

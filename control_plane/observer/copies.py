@@ -15,6 +15,7 @@ from typing import TypeVar
 import apsw
 import structlog
 
+from agent_image.container.litestream import followed_position
 from control_plane.observer.models import (
     AgentRef,
     CopyKind,
@@ -25,7 +26,7 @@ from control_plane.observer.models import (
     copy_key,
     utc,
 )
-from control_plane.observer.processes import Litestream, remove_copy, sidecar, tail
+from control_plane.observer.processes import Litestream, remove_copy, tail
 from control_plane.observer.queries import read_copy
 
 log = structlog.get_logger("control_plane.observer")
@@ -173,7 +174,7 @@ class Copies:
             tracked.last_used = time.time()
             kind, copy, restored_at = tracked.kind, tracked.copy, tracked.restored_at
             standby = tracked.standby
-            if kind is CopyKind.follow and standby is not None and sidecar(copy) is None:
+            if kind is CopyKind.follow and standby is not None and followed_position(copy) is None:
                 kind, (copy, txid_standby, restored_at) = CopyKind.periodic, standby
             else:
                 txid_standby = None
@@ -182,8 +183,8 @@ class Copies:
             return int(conn.execute("PRAGMA user_version").fetchall()[0][0]), fn(conn)
 
         if kind is CopyKind.follow:
-            # The sidecar is read before the data: the copy holds at least this transaction.
-            position = sidecar(copy)
+            # The `-txid` file is read before the data: the copy holds at least this transaction.
+            position = followed_position(copy)
             if position is None or not copy.exists():
                 return None
             txid, applied = position
@@ -251,7 +252,7 @@ class Copies:
         """Turn a live follower into a periodic copy (under the lock). Its last state stays readable: the stopped
         follower's file becomes the periodic copy until the next periodic restore replaces it."""
         self._stop_process(tracked)
-        position = sidecar(tracked.copy)
+        position = followed_position(tracked.copy)
         periodic = self.root / "periodic" / f"{copy_key(tracked.ref)}.db"
         remove_copy(periodic)
         now = time.time()
@@ -302,7 +303,7 @@ class Copies:
     def _check_follower(self, tracked: _Tracked, now: float) -> None:
         process = tracked.process
         if process is not None and process.poll() is None:
-            position = sidecar(tracked.copy)
+            position = followed_position(tracked.copy)
             if position is not None:
                 self._note_position_locked(tracked, position[0])
                 if tracked.standby is not None:
@@ -383,7 +384,7 @@ class Copies:
 
     def _state(self, tracked: _Tracked) -> FollowState:
         if tracked.kind is CopyKind.follow:
-            position = sidecar(tracked.copy)
+            position = followed_position(tracked.copy)
             ready = position is not None and tracked.copy.exists()
             txid, applied = (position[0], utc(position[1])) if position else (tracked.txid, None)
         else:

@@ -90,7 +90,7 @@ class Litestream:
         (self.root / "pids" / f"{process.pid}.pid").unlink(missing_ok=True)
 
     def stop(self, process: subprocess.Popen[Any]) -> None:
-        terminate(process, self.settings.stop_timeout)
+        litestream.terminate(process, self.settings.stop_timeout)
         self.forget(process)
 
     def stop_all(self, followers: list[subprocess.Popen[bytes]]) -> None:
@@ -102,7 +102,7 @@ class Litestream:
                     process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.settings.stop_timeout
         for process in processes:
-            terminate(process, max(0.1, deadline - time.monotonic()))
+            litestream.terminate(process, max(0.1, deadline - time.monotonic()))
         self._spawner.shutdown(wait=False)
 
     def reap_leftovers(self) -> None:
@@ -142,11 +142,11 @@ class Litestream:
             closed = self.closed
         try:
             if closed:  # close() ran while this restore was being started: it must not outlive the observer
-                terminate(process, self.settings.stop_timeout)
+                litestream.terminate(process, self.settings.stop_timeout)
                 raise ObserverError("observer is closed")
             stdout, stderr = process.communicate(timeout=self.settings.restore_timeout)
         except subprocess.TimeoutExpired:
-            terminate(process, self.settings.stop_timeout)
+            litestream.terminate(process, self.settings.stop_timeout)
             remove_copy(scratch)
             raise ObserverError(f"restore of {ref} timed out after {self.settings.restore_timeout:.0f}s") from None
         finally:
@@ -189,33 +189,6 @@ class Litestream:
 
 
 # -- processes and files --------------------------------------------------------------------------------------------
-
-
-def sidecar(copy: Path) -> tuple[int, float] | None:
-    """The follower's `<copy>-txid` file: the last transaction it applied (hex) and when it wrote it."""
-    path = Path(str(copy) + "-txid")
-    try:
-        text = path.read_text().strip()
-        mtime = path.stat().st_mtime
-    except OSError:
-        return None
-    try:
-        return int(text, 16), mtime
-    except ValueError:
-        return None
-
-
-def terminate(process: subprocess.Popen[Any], timeout: float) -> None:
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        process.wait(timeout)
 
 
 @contextlib.contextmanager

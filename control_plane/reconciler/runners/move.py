@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from functools import partial
 from typing import NoReturn
 
@@ -75,12 +76,10 @@ def in_parallel(
             if failed.is_set():
                 return
             node = destination(agent_id) if destination is not None else None
+            paced = nullcontext() if node is None else PACER.slot(node, fleet.settings.move_parallelism)
             try:
-                if node is None:
+                with paced:
                     one(agent_id)
-                else:
-                    with PACER.slot(node, fleet.settings.move_parallelism):
-                        one(agent_id)
             except BaseException:
                 if limit is not None:
                     failed.set()
