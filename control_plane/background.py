@@ -4,27 +4,27 @@ and its fleet sync.
 `Background.start()` returns at once and a thread of its own brings them up, so the API answers from its first
 moment: the slow steps (the bucket check, which loads boto3; the observer's read key, a `weed shell` session or
 two, ~1.2 s) no longer stand between a restarted control plane and its first answer. Until the observer is up,
-routes that read from it answer as a control plane without one would."""
+routes that read from it answer as a control plane without one would. What only the background work uses (the
+reconciler, the observer's working parts) is imported by that thread too, not before the API serves."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from starlette.datastructures import State
 
 from control_plane.fleet.incarnations import Fleet
-from control_plane.observer import LagSampler, LagThresholds, Observer, ObserverSettings
-from control_plane.observer.fleet_sync import sync_followers
-from control_plane.reconciler.health import HealthMonitor
-from control_plane.reconciler.runners import runners
-from control_plane.reconciler.worker import Reconciler
+from control_plane.observer import ObserverSettings
 from control_plane.settings import Settings
 from control_plane.storage.credentials import SeaweedCredentials
 from control_plane.storage.replicas import ObjectStorage
 from control_plane.timing import Periodic
+
+if TYPE_CHECKING:
+    from control_plane.observer import LagSampler, Observer
 
 log = structlog.get_logger("control_plane.background")
 
@@ -53,11 +53,15 @@ def build_observer(settings: Settings, fleet: Fleet) -> Observer | None:
         follow_interval=settings.observer_follow_interval,
         periodic_interval=settings.observer_periodic_interval,
     )
+    from control_plane.observer import Observer
+
     return Observer(fleet.storage, config, credentials=key)
 
 
 def lag_sampler(settings: Settings, fleet: Fleet) -> LagSampler:
     """Replication lag of every running agent, measured against the store (written on the agents' rows)."""
+    from control_plane.observer import LagSampler, LagThresholds
+
     thresholds = LagThresholds(settings.replication_lagging_after, settings.replication_stalled_after)
     return LagSampler(fleet.engine, fleet.storage, thresholds)
 
@@ -89,6 +93,10 @@ class Background:
             return True
 
     def _bring_up(self) -> None:
+        from control_plane.reconciler.health import HealthMonitor
+        from control_plane.reconciler.runners import runners
+        from control_plane.reconciler.worker import Reconciler
+
         try:
             self._check_bucket()
             reconciler = Reconciler(
@@ -145,6 +153,8 @@ class Background:
             if self._stopping:
                 return
             watched.start()  # one the caller handed in is the caller's to close
+
+        from control_plane.observer.fleet_sync import sync_followers
 
         def sync() -> None:
             sync_followers(watched, self.engine)

@@ -4,7 +4,7 @@ and the one way a long action answers (`202` with the operation, or `200` once i
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
@@ -13,10 +13,12 @@ from sqlmodel import Session
 
 from control_plane.api.waiting import OperationWait, wait_slot
 from control_plane.db.models import Operation
-from control_plane.observer import Observer
 from control_plane.services import operations, tokens
 from control_plane.services.nodes import EngineProbe
 from control_plane.services.tokens import Principal
+
+if TYPE_CHECKING:
+    from control_plane.observer import Observer
 
 
 def _session(request: Request) -> Iterator[Session]:
@@ -66,7 +68,10 @@ def _observer(request: Request) -> Observer | None:
     return observer
 
 
-ObserverDep = Annotated[Observer | None, Depends(_observer)]
+if TYPE_CHECKING:
+    ObserverDep = Annotated[Observer | None, Depends(_observer)]
+else:  # FastAPI reads this annotation when it builds the routes: not a reason to load the observer before serving
+    ObserverDep = Annotated[Any, Depends(_observer)]
 ProbeDep = Annotated[EngineProbe, Depends(_probe)]
 WaitQuery = Annotated[bool, Depends(wait_slot)]  # a slot of the capped waits (429 past it), taken before the route
 TimeoutQuery = Annotated[float, Query(ge=0, le=3600, description="seconds to wait with wait=true")]

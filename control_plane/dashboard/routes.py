@@ -9,15 +9,14 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
-from fastapi.templating import Jinja2Templates
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -27,9 +26,11 @@ from control_plane.dashboard.history import LagHistory
 from control_plane.services import observed, overview
 from control_plane.services.operations import get_operation
 
+if TYPE_CHECKING:
+    from fastapi.templating import Jinja2Templates
+
 T = TypeVar("T")
 
-templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 POLL_S = 0.5  # how often a stream looks for new rows
 KEEPALIVE_EVERY = 30  # a comment line after 15 s without events
 SAMPLE_EVERY = 4  # a stream also samples every agent's lag for the lag charts at every 4th poll (2 s)
@@ -47,8 +48,16 @@ def _ago(at: float | None) -> str:
     return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
 
 
-templates.env.filters["clock"] = _clock
-templates.env.filters["ago"] = _ago
+@cache
+def _templates() -> Jinja2Templates:
+    """Made at the first page: Jinja2 is not loaded before the API serves."""
+    from fastapi.templating import Jinja2Templates
+
+    made = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+    made.env.filters["clock"] = _clock
+    made.env.filters["ago"] = _ago
+    return made
+
 
 router = APIRouter(include_in_schema=False)
 pages = APIRouter(prefix="/ui", include_in_schema=False, dependencies=[Depends(require_viewer)])
@@ -91,7 +100,7 @@ def root() -> RedirectResponse:
 
 @router.get("/ui/login", response_class=HTMLResponse)
 def login_page(request: Request, next: str | None = None) -> Response:
-    return templates.TemplateResponse(request, "login.html", {"next": safe_next(next), "error": None})
+    return _templates().TemplateResponse(request, "login.html", {"next": safe_next(next), "error": None})
 
 
 @router.post("/ui/login", response_class=HTMLResponse)
@@ -101,7 +110,7 @@ async def login(request: Request) -> Response:
     token: str | None = request.app.state.token
     if not token_matches(request, given):
         context = {"next": target, "error": "That is not this control plane's API token."}
-        return templates.TemplateResponse(request, "login.html", context, status_code=401)
+        return _templates().TemplateResponse(request, "login.html", context, status_code=401)
     answer = RedirectResponse(target, status_code=303)
     if token is not None:
         answer.set_cookie(
@@ -150,7 +159,7 @@ async def fleet(request: Request, engine: EngineDep, lag: LagDep) -> Response:
         "durations_chart": plots.bar_chart(durations, unit="s"),
         "downtime_chart": _downtime_chart(downtimes),
     }
-    return templates.TemplateResponse(request, "overview.html", context)
+    return _templates().TemplateResponse(request, "overview.html", context)
 
 
 @pages.get("/tenants/{name}", response_class=HTMLResponse)
@@ -171,7 +180,7 @@ async def tenant(name: str, request: Request, engine: EngineDep, lag: LagDep) ->
         "durations_chart": plots.bar_chart(durations, unit="s"),
         "downtime_chart": _downtime_chart(moves[-10:]),
     }
-    return templates.TemplateResponse(request, "tenant.html", context)
+    return _templates().TemplateResponse(request, "tenant.html", context)
 
 
 @pages.get("/operations/{op_id}", response_class=HTMLResponse)
@@ -179,7 +188,7 @@ async def operation(op_id: str, request: Request, engine: EngineDep) -> Response
     op = await _read(engine, lambda session: overview.operation_summary(get_operation(session, op_id)))
     steps = await _read(engine, lambda session: overview.steps_since(session, op_id, 0))
     context = {"op": op, "steps": steps.steps, "finished": steps.finished}
-    return templates.TemplateResponse(request, "operation.html", context)
+    return _templates().TemplateResponse(request, "operation.html", context)
 
 
 @pages.get("/events", response_class=HTMLResponse)
@@ -190,7 +199,7 @@ async def events(request: Request, engine: EngineDep) -> Response:
 
     recent, newest = await _read(engine, read)
     context = {"events": list(reversed(recent)), "newest": newest}
-    return templates.TemplateResponse(request, "events.html", context)
+    return _templates().TemplateResponse(request, "events.html", context)
 
 
 def _lag_chart(lag: LagHistory, prefix: str) -> Any:

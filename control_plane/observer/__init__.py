@@ -9,8 +9,10 @@ facade      Observer: the one object the control plane holds
 lag         LagSampler: replication lag measured against the store (written on the agents' rows)
 """
 
-from control_plane.observer.facade import Observer
-from control_plane.observer.lag import LagSampler, LagThresholds
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from control_plane.observer.models import (
     PROBLEM_STATUSES,
     AgentRef,
@@ -35,6 +37,23 @@ from control_plane.observer.models import (
     WorkflowList,
     WorkflowNotInCopy,
 )
+
+if TYPE_CHECKING:
+    from control_plane.observer.facade import Observer
+    from control_plane.observer.lag import LagSampler, LagThresholds
+
+# The working parts load on first use: the API's routes need only the models and errors above, and the observer
+# itself is built by the background start after the API serves (control_plane/background.py).
+_LAZY = {"Observer": "facade", "LagSampler": "lag", "LagThresholds": "lag"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+
 
 __all__ = [
     "PROBLEM_STATUSES",

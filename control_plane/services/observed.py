@@ -8,7 +8,7 @@ import datetime as dt
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session
 
@@ -17,7 +17,6 @@ from control_plane.errors import ObserverUnavailable, WorkflowNotFound
 from control_plane.observer import (
     PROBLEM_STATUSES,
     NoStateAt,
-    Observer,
     ObserverError,
     ReplicaNotFound,
     Source,
@@ -27,6 +26,9 @@ from control_plane.observer import (
     WorkflowList,
 )
 from control_plane.services.tenants import find_tenant
+
+if TYPE_CHECKING:
+    from control_plane.observer import Observer
 
 
 def require(observer: Observer | None) -> Observer:

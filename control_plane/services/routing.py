@@ -25,7 +25,7 @@ import hashlib
 import secrets
 import weakref
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -42,11 +42,14 @@ from control_plane.errors import (
     NoAgentRunning,
     WorkflowNotFound,
 )
-from control_plane.observer import NoStateAt, Observer, ReplicaNotFound
+from control_plane.observer import NoStateAt, ReplicaNotFound
 from control_plane.services.breakers import Breakers
 from control_plane.services.holds import Hold, Holds, Incarnation
 from control_plane.services.observed import agent_listing, observed_workflow
 from control_plane.services.tenants import find_tenant
+
+if TYPE_CHECKING:
+    from control_plane.observer import Observer
 
 log = structlog.get_logger("control_plane.routing")
 

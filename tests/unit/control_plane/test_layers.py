@@ -166,9 +166,26 @@ def test_serving_the_api_imports_neither_the_docker_sdk_nor_boto3() -> None:
 def test_litefleet_serve_imports_neither_the_cli_nor_cryptography() -> None:
     """`litefleet serve` goes straight to the app (cli/launch.py: no typer, ~0.5 s) and the PKI imports
     `cryptography` (~0.17 s) only to make or check a certificate, which serving never does."""
-    probe = "import sys, control_plane.app, control_plane.cli.launch; print(*sorted(sys.modules))"
-    loaded = set(
-        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
-    )
+    loaded = _loaded_by_serve()
     assert "control_plane.app" in loaded
     assert not {"typer", "control_plane.cli.commands", "cryptography", "docker", "boto3"} & loaded
+
+
+def test_litefleet_serve_leaves_what_only_the_background_or_a_page_uses_to_them() -> None:
+    """Before it answers, a restarted control plane loads neither modules it never uses (rich, pydantic.v1, httpx's
+    command line: installed for the CLI and the tests) nor what only the background thread (the reconciler, the
+    observer's working parts) or the first dashboard page (Jinja2) needs."""
+    loaded = _loaded_by_serve()
+    unused = {"rich", "pydantic.v1", "httpx._main"}
+    later = {"jinja2", "control_plane.observer.facade", "control_plane.observer.lag", "control_plane.reconciler.worker"}
+    assert not (unused | later) & loaded
+    assert {"control_plane.observer.models", "sqlmodel", "fastapi"} <= loaded  # the probe did load the app
+
+
+def _loaded_by_serve() -> set[str]:
+    probe = (
+        "import sys; from control_plane.cli import launch; launch.leave_out_unserved_modules(); "
+        "import control_plane.app; print(*sorted(name for name, module in sys.modules.items() if module))"
+    )
+    answer = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return set(answer.stdout.split())
