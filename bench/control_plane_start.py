@@ -10,6 +10,8 @@ Figures (one JSON line each; median of --runs, each a fresh process on a fleet D
   serve_restart_s         the real thing restarted: `litefleet serve` over a migrated fleet DB and a running
                           embedded SeaweedFS (fleet built, bucket checked, reconciler, health monitor, observer and
                           lag sampler started), from `exec` to the first 200 of /healthz
+  serve_restart_api_s     the same, to the first 200 of an authenticated API call that reads the fleet DB
+                          (`GET /v1/nodes`: FastAPI builds the routes it walks past on a first request)
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from control_plane.settings import Settings
+from control_plane.settings import Settings, api_token
 from control_plane.storage.seaweed import EmbeddedStore, embedded_store, free_address
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONTROL_PLANE = """
 import sys, uvicorn
 from control_plane.app import create_app
-from control_plane.settings import Settings
+from control_plane.settings import Settings, api_token
 uvicorn.run(create_app(Settings(), background=False), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
 BASELINE = """
@@ -53,17 +55,19 @@ def _port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_to_healthz(script: str, env: dict[str, str]) -> float:
+def start_to_healthz(script: str, env: dict[str, str], path: str = "/healthz", token: str | None = None) -> float:
+    """Seconds from starting `script` to the first 200 of `path`."""
     port = _port()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     started = time.monotonic()
     process = subprocess.Popen([sys.executable, "-c", script, str(port)], env=env, cwd=REPO)
-    try:
-        with httpx.Client(timeout=1) as client:  # one client: each new one builds an SSL context (~20 ms of CPU)
+    try:  # one client: each new one builds an SSL context (~50 ms of CPU), which would compete with the start
+        with httpx.Client(timeout=5, headers=headers) as client:
             while True:
                 if process.poll() is not None:
                     raise RuntimeError(f"exited with {process.returncode}")
                 try:
-                    if client.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    if client.get(f"http://127.0.0.1:{port}{path}").status_code == 200:
                         return time.monotonic() - started
                 except httpx.HTTPError:
                     time.sleep(0.01)
@@ -125,22 +129,26 @@ def main() -> None:
             "baseline_start_s": [],
             "import_app_s": [],
             "serve_restart_s": [],
+            "serve_restart_api_s": [],
         }
         with tempfile.TemporaryDirectory(prefix="lf-serve-") as served:
             serving, store = serve_env(served)
             try:
                 start_to_healthz(SERVE, serving)  # first start: migrations, token, bucket, observer key
+                token = api_token(Settings(state_dir=Path(served)), create=False)
                 for _ in range(args.runs):  # interleaved: all see the same load
                     figures["control_plane_start_s"].append(start_to_healthz(CONTROL_PLANE, env))
                     figures["baseline_start_s"].append(start_to_healthz(BASELINE, env))
                     figures["import_app_s"].append(import_app(env))
                     figures["serve_restart_s"].append(start_to_healthz(SERVE, serving))
+                    api = start_to_healthz(SERVE, serving, "/v1/nodes", token)
+                    figures["serve_restart_api_s"].append(api)
             finally:
                 store.down()
     medians = {name: statistics.median(values) for name, values in figures.items()}
     for name, value in medians.items():
         print(json.dumps({"figure": name, "p50": round(value, 3), "runs": args.runs}))
-    for name in ("control_plane_start_s", "serve_restart_s"):
+    for name in ("control_plane_start_s", "serve_restart_s", "serve_restart_api_s"):
         ratio = medians[name] / medians["baseline_start_s"]
         print(json.dumps({"figure": name.removesuffix("_s") + "_ratio", "value": round(ratio, 2)}))
 
