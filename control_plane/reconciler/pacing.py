@@ -1,12 +1,14 @@
 """How many moves a node takes at once, learned from how long its moves take (additive increase, multiplicative
 decrease, as TCP paces a connection).
 
-A move's downtime is mostly its new incarnation's start (restore, Python imports, Litestream's first sync): CPU and
-disk on the destination node. Four starts at once on a 2-vCPU node each take about twice as long as one alone, so
-a drain's downtime per agent doubled while its total time barely improved. Each destination node therefore gets a
-number of move slots that starts at one; a move that finishes within `fast` x the node's best move time adds a slot
-(up to `ceiling`), one slower than `slow` x the best halves them. A move waiting for a slot has not stopped
-anything yet: its agent keeps serving, so pacing lengthens a drain, never a tenant's downtime.
+A move's downtime is its cutover: the source's stop, then the new incarnation's promotion or start (Python imports,
+Litestream's first sync; a full restore when cold): CPU and disk on the destination node. Four cutovers at once on
+a 2-vCPU node each take about twice as long as one alone, so a drain's downtime per agent doubled while its total
+time barely improved. Each destination node therefore gets a number of cutover slots that starts at one; a cutover
+that finishes within `fast` x the node's best adds a slot (up to `ceiling`), one slower than `slow` x the best
+halves them. Only the cutover holds a slot (runners/move.py): a warm move's follower restores and catches up
+before, beside the others. A move waiting for a slot has not stopped anything yet: its agent keeps serving, so
+pacing lengthens a drain, never a tenant's downtime.
 
 In memory, per control plane: a restart learns again from one slot (the safe end)."""
 
@@ -38,7 +40,7 @@ class Pacer:
 
     @contextmanager
     def slot(self, node: str, ceiling: int) -> Iterator[None]:
-        """Hold one of `node`'s move slots while the block runs (waiting for one first); the block's duration
+        """Hold one of `node`'s cutover slots while the block runs (waiting for one first); the block's duration
         then tunes how many the node has."""
         with self._changed:
             state = self._nodes.setdefault(node, _Node())

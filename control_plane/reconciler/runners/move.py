@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from functools import partial
 from typing import NoReturn
 
@@ -54,17 +53,9 @@ def max_unavailable(fleet: Fleet, ctx: OpContext) -> int:
     return max(1, int(ctx.params.get("max_unavailable") or fleet.settings.max_unavailable))
 
 
-def in_parallel(
-    fleet: Fleet,
-    agent_ids: set[str],
-    one: Callable[[str], None],
-    limit: int | None = None,
-    destination: Callable[[str], str | None] | None = None,
-) -> None:
+def in_parallel(fleet: Fleet, agent_ids: set[str], one: Callable[[str], None], limit: int | None = None) -> None:
     """Run `one` for up to `move_parallelism` agents at a time and, with `limit`, never for more than `limit`
-    agents of one tenant at once (a rolling move: the router keeps serving on the others). With `destination`
-    (the node an agent is moved to, None when it needs no pacing), each move also takes one of that node's slots
-    (`pacing.PACER`: as many moves at once as the node finishes about as fast as one alone). After the first
+    agents of one tenant at once (a rolling move: the router keeps serving on the others). After the first
     failure no further agent begins (those not begun keep running); the operation then fails with it, preferring
     a failed rollback over a completed one. A re-run resumes from the recorded plans."""
     tenants = {split(agent_id)[0] for agent_id in agent_ids}
@@ -75,11 +66,8 @@ def in_parallel(
         with gates[split(agent_id)[0]]:
             if failed.is_set():
                 return
-            node = destination(agent_id) if destination is not None else None
-            paced = nullcontext() if node is None else PACER.slot(node, fleet.settings.move_parallelism)
             try:
-                with paced:
-                    one(agent_id)
+                one(agent_id)
             except BaseException:
                 if limit is not None:
                     failed.set()
@@ -115,12 +103,7 @@ def moved_rolling(fleet: Fleet, ctx: OpContext, agent_ids: set[str], one: Callab
                 in_parallel(fleet, pending, one, limit)
             raise
         ctx.step("operation.preflight", f"the store and {len(nodes)} engines answer; every agent has a place")
-
-    def destination(agent_id: str) -> str | None:  # an agent done already costs its node nothing
-        plan = ctx.plan_of(agent_id)
-        return plan.node if isinstance(plan, MovePlan) and not ctx.is_done(agent_id) else None
-
-    in_parallel(fleet, agent_ids, one, limit, destination)
+    in_parallel(fleet, agent_ids, one, limit)
 
 
 def strategy(fleet: Fleet, ctx: OpContext) -> str:
@@ -156,29 +139,30 @@ def move(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent) -> None:
     if not served and source_up and ctx.recalled("stopped_at", agent.id) is None:
         warm_up(fleet, ctx, tenant, agent, plan)
     warm = ctx.recalled("moved_by", agent.id) == "warm" and ctx.recalled("cold", agent.id) is None
-    try:
-        if source_up:
-            ctx.remember("stopped_at", time.time(), agent.id)
-            record = fleet.stop(ctx, agent, drain=False)
-            ctx.remember("final_txid", int(record["txid"]), agent.id)
-            fleet.set_agent(agent.tenant, agent.ordinal, state=AgentState.retained, url=None)
-        if warm:
-            txid = ctx.recalled("final_txid", agent.id)
-            if txid is None:  # stopped by a run that predates this record: the proof is in the store
-                txid = int(
-                    (fleet.storage.read_shutdown(agent.tenant, agent.ordinal, plan.from_generation) or {})["txid"]
-                )
-            node = fleet.node(plan.node)
-            fleet.promote(ctx, tenant, agent.ordinal, plan.generation, node, plan.from_generation, int(txid))
-        else:
-            fleet.start(ctx, tenant, agent.ordinal, plan.generation, fleet.node(plan.node), plan.from_generation)
-    except LostLease:
-        raise
-    except Exception as exc:
-        if ctx.recalled("stopped_at", agent.id) is None or served:
+    with PACER.slot(plan.node, fleet.settings.move_parallelism):  # the downtime only: followers warm up unpaced
+        try:
+            if source_up:
+                ctx.remember("stopped_at", time.time(), agent.id)
+                record = fleet.stop(ctx, agent, drain=False)
+                ctx.remember("final_txid", int(record["txid"]), agent.id)
+                fleet.set_agent(agent.tenant, agent.ordinal, state=AgentState.retained, url=None)
+            if warm:
+                txid = ctx.recalled("final_txid", agent.id)
+                if txid is None:  # stopped by a run that predates this record: the proof is in the store
+                    txid = int(
+                        (fleet.storage.read_shutdown(agent.tenant, agent.ordinal, plan.from_generation) or {})["txid"]
+                    )
+                node = fleet.node(plan.node)
+                fleet.promote(ctx, tenant, agent.ordinal, plan.generation, node, plan.from_generation, int(txid))
+            else:
+                fleet.start(ctx, tenant, agent.ordinal, plan.generation, fleet.node(plan.node), plan.from_generation)
+        except LostLease:
             raise
-        roll_back(fleet, ctx, tenant, agent.ordinal, plan, exc)
-    ready_at = float(ctx.remember("ready_at", time.time(), agent.id))
+        except Exception as exc:
+            if ctx.recalled("stopped_at", agent.id) is None or served:
+                raise
+            roll_back(fleet, ctx, tenant, agent.ordinal, plan, exc)
+        ready_at = float(ctx.remember("ready_at", time.time(), agent.id))
     fleet.remove(ctx, agent.tenant, agent.ordinal, plan.from_generation, plan.from_node)
     downtime = round(ready_at - float(ctx.recalled("stopped_at", agent.id)), 3)
     how = "warm" if warm else "cold"

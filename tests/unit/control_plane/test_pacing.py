@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
-import control_plane.reconciler.runners.move as move_module
 from control_plane.reconciler.pacing import Pacer
-from control_plane.reconciler.runners.move import in_parallel
-from control_plane.settings import Settings
 
 
 class Clock:
@@ -60,15 +58,18 @@ def test_a_failed_move_teaches_nothing() -> None:
     assert pacer.slots("n1") == 2
 
 
-def test_in_parallel_never_runs_more_moves_on_a_node_than_its_slots(monkeypatch: object) -> None:
+def test_concurrent_moves_never_run_more_on_a_node_than_its_slots() -> None:
     pacer = Pacer()
-    monkeypatch.setattr(move_module, "PACER", pacer)  # type: ignore[attr-defined]
     lock = threading.Lock()
     running: dict[str, int] = {"n1": 0, "n2": 0}
     peaks: dict[str, list[tuple[int, int]]] = {"n1": [], "n2": []}
 
     def one(agent_id: str) -> None:
         node = "n1" if int(agent_id.split("/")[1]) % 2 else "n2"
+        with pacer.slot(node, 4):
+            cutover(node)
+
+    def cutover(node: str) -> None:
         with lock:
             running[node] += 1
             peaks[node].append((running[node], pacer.slots(node)))
@@ -76,11 +77,8 @@ def test_in_parallel_never_runs_more_moves_on_a_node_than_its_slots(monkeypatch:
         with lock:
             running[node] -= 1
 
-    class FleetStub:
-        settings = Settings(move_parallelism=4)
-
-    agents = {f"t{i}/{i}" for i in range(16)}
-    in_parallel(FleetStub(), agents, one, None, lambda a: "n1" if int(a.split("/")[1]) % 2 else "n2")  # type: ignore[arg-type]
+    with ThreadPoolExecutor(max_workers=4) as pool:  # as the operation's move threads (move_parallelism 4)
+        list(pool.map(one, sorted(f"t{i}/{i}" for i in range(16))))
     # n1's slots only grow, so every move there began within them (n2's may shrink under a running move)
     assert all(count <= slots for count, slots in peaks["n1"]), peaks["n1"]
     assert peaks["n1"][0][0] == 1 and peaks["n2"][0][0] == 1, "a node starts with one move at a time"

@@ -5,6 +5,7 @@ promotion that fails after the stop rolls back; a crash at every port call conve
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,10 +13,13 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+import control_plane.reconciler.runners.move as move_module
 from control_plane.db.models import Agent, AgentState, Operation, OperationState
+from control_plane.reconciler.pacing import Pacer
 from tests.unit.control_plane import test_crash_operations as crash
 from tests.unit.control_plane.test_crash_operations import World, assert_converged, crash_everywhere, provisioned
 from tests.unit.control_plane.test_rollback import evacuate, run
+from tests.unit.control_plane.test_rollback import run as run_operation
 
 
 @pytest.fixture(autouse=True)
@@ -169,3 +173,39 @@ def test_a_warm_fallback_converges_after_a_crash_at_every_point(engine: Engine) 
         crash_everywhere(engine, setup, check)
     finally:
         crash.World.fleet = original  # type: ignore[method-assign]
+
+
+def test_only_the_cutover_holds_the_destination_s_slot(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node with one cutover slot (runners/move.py, pacing.py): while one agent's cutover holds it, the next
+    agent's follower already restores and catches up there; the next cutover (its source's stop) begins only after
+    the first promotion."""
+    world = provisioned(engine, agents=2)
+    monkeypatch.setattr(move_module, "PACER", Pacer(fast=0.0))  # slots never grow: one cutover at a time
+    n3 = world.engines("fake-n3")
+    started: list[str] = []
+    second_follower = threading.Event()
+    waited: list[bool] = []
+    run_on_n3, promote_on_n3 = n3.run, n3.promote
+
+    def run(spec: Any) -> Any:
+        started.append(spec.name)
+        if len(started) == 2:
+            second_follower.set()
+        return run_on_n3(spec)
+
+    def promote(name: str, *args: Any, **kwargs: Any) -> Any:
+        waited.append(second_follower.wait(5))  # the first cutover holds the slot until the second follower runs
+        promoted = promote_on_n3(name, *args, **kwargs)
+        world.engines.history.append(("fake-n3", "promote", name))
+        return promoted
+
+    monkeypatch.setattr(n3, "run", run)
+    monkeypatch.setattr(n3, "promote", promote)
+    op = run_operation(world, evacuate(world, to_node="n3", max_unavailable=2), move_parallelism=2)
+    assert op.state == OperationState.succeeded, op.error
+    assert waited[0], "the second follower could not start while the first cutover held the slot"
+    history = [(verb, name) for _, verb, name in world.engines.history]
+    cutovers = sorted(
+        (history.index(("stop", f"lf-acme-{i}-g1")), history.index(("promote", f"lf-acme-{i}-g2"))) for i in (0, 1)
+    )
+    assert cutovers[0][1] < cutovers[1][0], f"the cutovers overlapped on one slot: {history}"
