@@ -22,7 +22,7 @@ demo-agent: setup
 	$(PY) -m agent_image.demo
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 test-fast: setup
 	$(PY) -m pytest -q tests/unit
