@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import threading
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from types import ModuleType
@@ -29,7 +28,7 @@ from agent_image._errors import (
     WorkflowIdConflict,
 )
 from agent_image._handles import WorkflowHandle
-from agent_image._ids import check_id
+from agent_image._ids import check_id, random_id
 from agent_image._replay import Execution, Recorded, close_host, current_execution, load_history, open_host
 from agent_image._status import (
     BLOCKED,
@@ -91,7 +90,7 @@ class Runtime:
         nothing (a different workflow name under the same id is a WorkflowIdConflict).
         """
         spec = self.bundle.spec(workflow)
-        workflow_id = uuid.uuid4().hex if id is None else check_id(id)
+        workflow_id = random_id() if id is None else check_id(id)
         if self._draining:
             raise Draining("this agent is draining and takes no new workflows")
         inputs = _json.dump({"args": list(args), "kwargs": kwargs or {}}, f"the arguments of {spec.name!r} are")
@@ -143,6 +142,7 @@ class Runtime:
     def _run(self, execution: Execution, args: list[Any], kwargs: dict[str, Any], queue: str | None) -> None:
         workflow_id = execution.workflow_id
         token = current_execution.set(execution)
+        final: WorkflowStatus | None = None
         try:
             fn = self.bundle.workflows[execution.name].fn
             result = fn(*args, **kwargs)
@@ -152,7 +152,7 @@ class Runtime:
             if diverged is not None:
                 raise NonDeterminismError(diverged)
             text = _json.dump(result, f"workflow {execution.name!r} returned")
-            self._settle(workflow_id, SUCCESS, output=text)
+            final = self._settle(workflow_id, SUCCESS, output=text)
         except (WorkflowCancelled, Parked):
             pass  # cancelled: the row already says so; parked: it stays RUNNING and resumes on restart
         except NonDeterminismError as exc:
@@ -164,7 +164,7 @@ class Runtime:
             elif diverged is not None:
                 self._settle(workflow_id, BLOCKED, blocked_reason=diverged)
             else:
-                self._settle(workflow_id, ERROR, error={"type": type(exc).__name__, "message": str(exc)})
+                final = self._settle(workflow_id, ERROR, error={"type": type(exc).__name__, "message": str(exc)})
         finally:
             current_execution.reset(token)
             with self._lock:
@@ -174,7 +174,7 @@ class Runtime:
                     self._queue_running[queue] -= 1
                 if not self._active:
                     self._all_parked.notify_all()
-            self.watchers.fire(("settled", workflow_id))
+            self.watchers.fire(("settled", workflow_id), final)
             if queue and not self._stopping:
                 self._dispatch(queue)
 
@@ -186,11 +186,16 @@ class Runtime:
         output: str | None = None,
         error: dict[str, str] | None = None,
         blocked_reason: str | None = None,
-    ) -> None:
-        """Move a RUNNING workflow to its end state. A concurrent cancel wins (the UPDATE matches nothing)."""
-        self.store.write(lambda conn: _sysdb.settle(conn, workflow_id, status, output, error, blocked_reason))
+    ) -> WorkflowStatus | None:
+        """Move a RUNNING workflow to its end state. A concurrent cancel wins (the UPDATE matches nothing).
+        Returns the committed row of a SUCCESS or ERROR workflow (final: it never changes again, so a waiter can
+        answer with it instead of reading it back); None for BLOCKED (a cancel or recovery may change it) or
+        when the cancel won."""
+        row = self.store.write(lambda conn: _sysdb.settle(conn, workflow_id, status, output, error, blocked_reason))
         if status == BLOCKED:
             log.warning("workflow.blocked", workflow=workflow_id, reason=blocked_reason)
+            return None
+        return None if row is None else WorkflowStatus.from_row(row)
 
     def _dispatch(self, queue: str) -> None:
         """Start as many PENDING workflows of `queue` as its concurrency allows, oldest first."""
@@ -287,7 +292,7 @@ class Runtime:
         1..from_step-1 and runs everything from operation `from_step` again, under the current bundle."""
         if isinstance(from_step, bool) or not isinstance(from_step, int) or from_step < 1:
             raise InvalidRequest(f"from_step counts operations from 1, got {from_step!r}")
-        fork_id = uuid.uuid4().hex if new_id is None else check_id(new_id, "new_id")
+        fork_id = random_id() if new_id is None else check_id(new_id, "new_id")
         if self._draining:
             raise Draining("this agent is draining and takes no new workflows")
 
