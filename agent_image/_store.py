@@ -89,7 +89,8 @@ class Store:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._committing = threading.Lock()  # held by whoever commits on the write connection
         self._gate = threading.Lock()  # orders `close` against writes joining the queue
-        self._closed = False
+        self._closing = False  # no new writes (set under `_gate`)
+        self._closed = False  # connections closed
         self._commits = 0  # transactions this process committed (written by the writer thread only)
         self._writer = threading.Thread(target=self._write_loop, name="litefleet-writer", daemon=True)
         self._writer.start()
@@ -149,13 +150,13 @@ class Store:
         """
         if self._queue.empty() and self._committing.acquire(blocking=False):
             try:
-                self._check_open()
+                self._check_writable()
                 return self._commit_alone(fn)
             finally:
                 self._committing.release()
         pending = _Pending(fn)
         with self._gate:  # with `close`: a write queued after the writer's stop would wait forever
-            self._check_open()
+            self._check_writable()
             self._queue.put(pending)
         pending.done.acquire()
         if pending.error is not None:
@@ -265,15 +266,20 @@ class Store:
         if self._closed:
             raise RuntimeStorageError(f"{self.path} is closed")
 
+    def _check_writable(self) -> None:
+        if self._closing:
+            raise RuntimeStorageError(f"{self.path} is closed")
+
     def close(self) -> None:
         """Finish queued writes, close every connection, release the process lock. Safe to call twice."""
         with self._gate:
-            if self._closed:
+            if self._closing:
                 return
-            self._closed = True
+            self._closing = True
             self._queue.put(_STOP)
         self._writer.join()
         with self._committing:  # a caller committing its own write finishes it first
+            self._closed = True
             for conn in [self._write_conn, *self._all_readers]:
                 conn.close()
         self._lock_file.close()
