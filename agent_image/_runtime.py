@@ -29,7 +29,15 @@ from agent_image._errors import (
 )
 from agent_image._handles import WorkflowHandle
 from agent_image._ids import check_id, random_id
-from agent_image._replay import Execution, Recorded, close_host, current_execution, load_history, open_host
+from agent_image._replay import (
+    Execution,
+    Recorded,
+    close_host,
+    current_execution,
+    flush_deferred,
+    load_history,
+    open_host,
+)
 from agent_image._status import (
     BLOCKED,
     ERROR,
@@ -152,21 +160,26 @@ class Runtime:
             if diverged is not None:
                 raise NonDeterminismError(diverged)
             text = _json.dump(result, f"workflow {execution.name!r} returned")
-            final = self._settle(workflow_id, SUCCESS, output=text)
+            final = self._settle(execution, SUCCESS, output=text)
         except (WorkflowCancelled, Parked):
             pass  # cancelled: the row already says so; parked: it stays RUNNING and resumes on restart
         except NonDeterminismError as exc:
-            self._settle(workflow_id, BLOCKED, blocked_reason=str(exc))
+            self._settle(execution, BLOCKED, blocked_reason=str(exc))
         except Exception as exc:
             diverged = execution.divergence()
             if self._stopping:
                 log.warning("workflow.parked_by_error", workflow=workflow_id, error=str(exc))
             elif diverged is not None:
-                self._settle(workflow_id, BLOCKED, blocked_reason=diverged)
+                self._settle(execution, BLOCKED, blocked_reason=diverged)
             else:
-                final = self._settle(workflow_id, ERROR, error={"type": type(exc).__name__, "message": str(exc)})
+                final = self._settle(execution, ERROR, error={"type": type(exc).__name__, "message": str(exc)})
         finally:
             current_execution.reset(token)
+            if execution.deferred is not None:  # it did not settle (parked, cancelled): keep its last outcome
+                try:
+                    flush_deferred(execution)
+                except Exception as exc:
+                    log.warning("workflow.checkpoint_lost", workflow=workflow_id, error=str(exc))
             with self._lock:
                 self._active.pop(workflow_id, None)
                 self._cancelled.discard(workflow_id)
@@ -180,7 +193,7 @@ class Runtime:
 
     def _settle(
         self,
-        workflow_id: str,
+        execution: Execution,
         status: str,
         *,
         output: str | None = None,
@@ -190,8 +203,16 @@ class Runtime:
         """Move a RUNNING workflow to its end state. A concurrent cancel wins (the UPDATE matches nothing).
         Returns the committed row of a SUCCESS or ERROR workflow (final: it never changes again, so a waiter can
         answer with it instead of reading it back); None for BLOCKED (a cancel or recovery may change it) or
-        when the cancel won."""
-        row = self.store.write(lambda conn: _sysdb.settle(conn, workflow_id, status, output, error, blocked_reason))
+        when the cancel won. A deferred checkpoint (`_replay.record`) commits in the same transaction."""
+        workflow_id, deferred = execution.workflow_id, execution.deferred
+
+        def write(conn: apsw.Connection) -> tuple[Any, ...] | None:
+            if deferred is not None:
+                deferred(conn)
+            return _sysdb.settle(conn, workflow_id, status, output, error, blocked_reason)
+
+        row = self.store.write(write)
+        execution.deferred = None
         if status == BLOCKED:
             log.warning("workflow.blocked", workflow=workflow_id, reason=blocked_reason)
             return None
