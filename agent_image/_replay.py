@@ -240,7 +240,10 @@ _layouts: dict[CodeType, tuple[list[int], list[str]]] = {}
 def returned_at_once(execution: Execution, frame: FrameType | None) -> bool:
     """Whether `frame`, the caller of a durable operation, is the workflow function itself and returns the call's
     value at once: the next instruction after the call is a return, so no workflow code runs in between (a
-    `finally` or `with` exit would be instructions in between)."""
+    `finally` or `with` exit would be instructions in between). A builtin that called the step, as in
+    `return list(map(a_step, xs))`, counts as the call: each such step's entry is then committed when the next
+    operation begins (`begin`), the last with the finish; what runs in between is that builtin and whatever it
+    calls (workflow code, deterministic by contract, as everywhere in a workflow)."""
     if frame is None:
         return False
     spec = execution.runtime.bundle.workflows.get(execution.name)

@@ -188,11 +188,25 @@ def main() -> None:
     n, secs = options.repeat, str(options.seconds)
     median: dict[str, float] = {}
 
+    # Round-robin: every round runs each child once, so each figure's runs sample the same minutes of a shared
+    # disk (its commit rate can swing several-fold within minutes) and the ratios compare like with like.
+    # Each DBOS child runs right after the litefleet child it is compared with.
+    plan: list[tuple[str, ...]] = [("sqlite", "FULL", secs)]
+    for flight in (1, IN_FLIGHT):
+        plan.append(("litefleet", "FULL", secs, str(flight)))
+        if not options.skip_dbos:
+            plan.append(("dbos", secs, str(flight)))
+    plan += [("sqlite", "NORMAL", secs)] + [("litefleet", "NORMAL", secs, str(flight)) for flight in (1, IN_FLIGHT)]
+    results: dict[tuple[str, ...], list[list[float]]] = {child: [] for child in plan}
+    for _ in range(n):
+        for child in plan:
+            results[child].append(_run_child_values(*child))
+
     for sync in ("FULL", "NORMAL"):
-        runs = [_run_child("sqlite", sync, secs) for _ in range(n)]
+        runs = [values[0] for values in results[("sqlite", sync, secs)]]
         median[f"sqlite_{sync}"] = _figure("sqlite_commits_per_s", runs, "commits/s", mode=f"WAL/{sync}")["median"]
         for flight in (1, IN_FLIGHT):
-            pairs = [_run_child_values("litefleet", sync, secs, str(flight)) for _ in range(n)]
+            pairs = results[("litefleet", sync, secs, str(flight))]
             runs = [pair[0] for pair in pairs]
             line = _figure("litefleet_wf_per_s", runs, "workflows/s", mode=f"WAL/{sync}", in_flight=flight)
             median[f"litefleet_{sync}_{flight}"] = line["median"]
@@ -202,11 +216,24 @@ def main() -> None:
             median[f"per_commit_{sync}_{flight}"] = line["median"]
     if not options.skip_dbos:
         for flight in (1, IN_FLIGHT):
-            runs = [_run_child("dbos", secs, str(flight)) for _ in range(n)]
+            runs = [values[0] for values in results[("dbos", secs, str(flight))]]
             line = _figure("dbos_wf_per_s", runs, "workflows/s", mode="DBOS 3.4 sqlite defaults", in_flight=flight)
             median[f"dbos_{flight}"] = line["median"]
             ratio = median[f"litefleet_FULL_{flight}"] / line["median"]
-            print(json.dumps({"figure": "litefleet_over_dbos", "in_flight": flight, "ratio": round(ratio, 1)}))
+            # and round by round: each pair ran back to back, seconds apart
+            ours = [pair[0] for pair in results[("litefleet", "FULL", secs, str(flight))]]
+            per_round = [round(a / b, 1) for a, b in zip(ours, runs, strict=True)]
+            print(
+                json.dumps(
+                    {
+                        "figure": "litefleet_over_dbos",
+                        "in_flight": flight,
+                        "ratio": round(ratio, 1),
+                        "per_round": per_round,
+                        "per_round_median": statistics.median(per_round),
+                    }
+                )
+            )
     _figure("agent_idle_rss_mib", [_run_child("rss") for _ in range(n)], "MiB")
     # Each workflow is 5 durable records (start, 3 steps, finish; the last step shares the finish's commit):
     # group commit is what lets the runtime write more of them per second than the disk commits one-row
