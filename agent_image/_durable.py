@@ -7,8 +7,10 @@ outcome if any), then either return what the log holds or perform the operation 
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from collections.abc import Callable
+from types import FrameType
 from typing import Any, TypeVar, overload
 
 import apsw
@@ -25,6 +27,7 @@ from agent_image._replay import (
     default_host,
     record,
     require_execution,
+    returned_at_once,
 )
 from agent_image._specs import STEP_ATTR, WORKFLOW_ATTR, Queue, StepSpec, WorkflowSpec
 from agent_image._status import CANCELLED, ERROR, FINAL, PENDING, RUNNING
@@ -103,7 +106,7 @@ def step(
             execution = current_execution.get()
             if execution is None or execution.in_step:
                 return func(*args, **kwargs)
-            return _run_step(execution, spec, func, args, kwargs)
+            return _run_step(execution, spec, func, args, kwargs, sys._getframe(1))
 
         setattr(wrapper, STEP_ATTR, spec)
         return wrapper  # type: ignore[return-value]
@@ -117,6 +120,7 @@ def _run_step(
     func: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    caller: FrameType,
 ) -> Any:
     seq, recorded = begin(execution, "step", spec.name)
     if recorded is None:
@@ -150,6 +154,7 @@ def _run_step(
             error=error,
             attempts=attempt,
             started_at=started,
+            with_finish=error is None and returned_at_once(execution, caller),
         )
     if recorded.error is not None:
         raise StepError(spec.name, recorded.error["type"], recorded.error["message"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 from agent_image._errors import InvalidRequest
@@ -16,3 +17,12 @@ def check_id(value: object, what: str = "id") -> str:
     if not (isinstance(value, str) and _ID.fullmatch(value)):
         raise InvalidRequest(f"{what} must be {ID_RULE}")
     return value
+
+
+def random_id() -> str:
+    """A random workflow id: what `uuid.uuid4().hex` gives (32 hex digits, version 4 and variant bits set),
+    without building a UUID object (a tenth of a trivial workflow's start)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return raw.hex()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import threading
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from types import ModuleType
@@ -29,8 +28,16 @@ from agent_image._errors import (
     WorkflowIdConflict,
 )
 from agent_image._handles import WorkflowHandle
-from agent_image._ids import check_id
-from agent_image._replay import Execution, Recorded, close_host, current_execution, load_history, open_host
+from agent_image._ids import check_id, random_id
+from agent_image._replay import (
+    Execution,
+    Recorded,
+    close_host,
+    current_execution,
+    flush_deferred,
+    load_history,
+    open_host,
+)
 from agent_image._status import (
     BLOCKED,
     ERROR,
@@ -91,7 +98,7 @@ class Runtime:
         nothing (a different workflow name under the same id is a WorkflowIdConflict).
         """
         spec = self.bundle.spec(workflow)
-        workflow_id = uuid.uuid4().hex if id is None else check_id(id)
+        workflow_id = random_id() if id is None else check_id(id)
         if self._draining:
             raise Draining("this agent is draining and takes no new workflows")
         inputs = _json.dump({"args": list(args), "kwargs": kwargs or {}}, f"the arguments of {spec.name!r} are")
@@ -143,6 +150,7 @@ class Runtime:
     def _run(self, execution: Execution, args: list[Any], kwargs: dict[str, Any], queue: str | None) -> None:
         workflow_id = execution.workflow_id
         token = current_execution.set(execution)
+        final: WorkflowStatus | None = None
         try:
             fn = self.bundle.workflows[execution.name].fn
             result = fn(*args, **kwargs)
@@ -152,21 +160,26 @@ class Runtime:
             if diverged is not None:
                 raise NonDeterminismError(diverged)
             text = _json.dump(result, f"workflow {execution.name!r} returned")
-            self._settle(workflow_id, SUCCESS, output=text)
+            final = self._settle(execution, SUCCESS, output=text)
         except (WorkflowCancelled, Parked):
             pass  # cancelled: the row already says so; parked: it stays RUNNING and resumes on restart
         except NonDeterminismError as exc:
-            self._settle(workflow_id, BLOCKED, blocked_reason=str(exc))
+            self._settle(execution, BLOCKED, blocked_reason=str(exc))
         except Exception as exc:
             diverged = execution.divergence()
             if self._stopping:
                 log.warning("workflow.parked_by_error", workflow=workflow_id, error=str(exc))
             elif diverged is not None:
-                self._settle(workflow_id, BLOCKED, blocked_reason=diverged)
+                self._settle(execution, BLOCKED, blocked_reason=diverged)
             else:
-                self._settle(workflow_id, ERROR, error={"type": type(exc).__name__, "message": str(exc)})
+                final = self._settle(execution, ERROR, error={"type": type(exc).__name__, "message": str(exc)})
         finally:
             current_execution.reset(token)
+            if execution.deferred is not None:  # it did not settle (parked, cancelled): keep its last outcome
+                try:
+                    flush_deferred(execution)
+                except Exception as exc:
+                    log.warning("workflow.checkpoint_lost", workflow=workflow_id, error=str(exc))
             with self._lock:
                 self._active.pop(workflow_id, None)
                 self._cancelled.discard(workflow_id)
@@ -174,23 +187,36 @@ class Runtime:
                     self._queue_running[queue] -= 1
                 if not self._active:
                     self._all_parked.notify_all()
-            self.watchers.fire(("settled", workflow_id))
+            self.watchers.fire(("settled", workflow_id), final)
             if queue and not self._stopping:
                 self._dispatch(queue)
 
     def _settle(
         self,
-        workflow_id: str,
+        execution: Execution,
         status: str,
         *,
         output: str | None = None,
         error: dict[str, str] | None = None,
         blocked_reason: str | None = None,
-    ) -> None:
-        """Move a RUNNING workflow to its end state. A concurrent cancel wins (the UPDATE matches nothing)."""
-        self.store.write(lambda conn: _sysdb.settle(conn, workflow_id, status, output, error, blocked_reason))
+    ) -> WorkflowStatus | None:
+        """Move a RUNNING workflow to its end state. A concurrent cancel wins (the UPDATE matches nothing).
+        Returns the committed row of a SUCCESS or ERROR workflow (final: it never changes again, so a waiter can
+        answer with it instead of reading it back); None for BLOCKED (a cancel or recovery may change it) or
+        when the cancel won. A deferred checkpoint (`_replay.record`) commits in the same transaction."""
+        workflow_id, deferred = execution.workflow_id, execution.deferred
+
+        def write(conn: apsw.Connection) -> tuple[Any, ...] | None:
+            if deferred is not None:
+                deferred(conn)
+            return _sysdb.settle(conn, workflow_id, status, output, error, blocked_reason)
+
+        row = self.store.write(write)
+        execution.deferred = None
         if status == BLOCKED:
             log.warning("workflow.blocked", workflow=workflow_id, reason=blocked_reason)
+            return None
+        return None if row is None else WorkflowStatus.from_row(row)
 
     def _dispatch(self, queue: str) -> None:
         """Start as many PENDING workflows of `queue` as its concurrency allows, oldest first."""
@@ -287,7 +313,7 @@ class Runtime:
         1..from_step-1 and runs everything from operation `from_step` again, under the current bundle."""
         if isinstance(from_step, bool) or not isinstance(from_step, int) or from_step < 1:
             raise InvalidRequest(f"from_step counts operations from 1, got {from_step!r}")
-        fork_id = uuid.uuid4().hex if new_id is None else check_id(new_id, "new_id")
+        fork_id = random_id() if new_id is None else check_id(new_id, "new_id")
         if self._draining:
             raise Draining("this agent is draining and takes no new workflows")
 

@@ -1,9 +1,11 @@
 """The runtime's one SQLite file: connections, migrations (the schema is in `_sysdb`), the single-process lock,
 and group commit.
 
-Writes go through one writer thread that folds whatever is queued into a single transaction (group commit):
-64 workflows finishing a step at once cost one fsync, not 64. Reads use a small pool of read connections; in WAL
-mode they never block the writer. The WAL belongs to Litestream: this module never truncates or deletes it.
+Writes are group-committed: one writer thread folds whatever is queued into a single transaction, so 64
+workflows finishing a step at once cost one fsync, not 64; a write that finds nothing queued and the connection
+free is committed by its own caller (a sequential workflow pays no thread hand-off per step). Reads use a small
+pool of read connections; in WAL mode they never block the writer. The WAL belongs to Litestream: this module
+never truncates or deletes it.
 
 Checkpoints: standalone, SQLite's default passive auto-checkpoints. Under Litestream (`checkpoints=False`), none
 at all, not even when the last connection closes: a checkpoint Litestream did not run copies frames it may not have
@@ -85,7 +87,10 @@ class Store:
         self._readers: queue.SimpleQueue[apsw.Connection] = queue.SimpleQueue()
         self._all_readers: list[apsw.Connection] = []
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._closed = False
+        self._committing = threading.Lock()  # held by whoever commits on the write connection
+        self._gate = threading.Lock()  # orders `close` against writes joining the queue
+        self._closing = False  # no new writes (set under `_gate`)
+        self._closed = False  # connections closed
         self._commits = 0  # transactions this process committed (written by the writer thread only)
         self._writer = threading.Thread(target=self._write_loop, name="litefleet-writer", daemon=True)
         self._writer.start()
@@ -135,47 +140,84 @@ class Store:
     # -- writes -------------------------------------------------------------------------------------------------
 
     def write(self, fn: Write[T]) -> T:
-        """Run `fn` inside the next group-commit transaction; return once it is durable.
+        """Run `fn` inside a committed transaction; return once it is durable.
 
-        `fn` runs in its own savepoint, so an exception in one caller's write undoes only that write and is
-        re-raised to that caller; the other writes in the batch still commit.
+        Uncontended (nothing queued, no commit running) the caller commits `fn` itself on the write connection: a
+        sequential caller pays no hand-off to the writer thread and back, two thread switches per write. Otherwise
+        `fn` joins the queue and the writer thread folds it into its next group commit, so concurrent writers still
+        share fsyncs. Either way, an exception in `fn` undoes only that write and is re-raised to its caller; the
+        other writes in the batch still commit.
         """
-        self._check_open()
+        if self._queue.empty() and self._committing.acquire(blocking=False):
+            try:
+                self._check_writable()
+                return self._commit_alone(fn)
+            finally:
+                self._committing.release()
         pending = _Pending(fn)
-        self._queue.put(pending)
+        with self._gate:  # with `close`: a write queued after the writer's stop would wait forever
+            self._check_writable()
+            self._queue.put(pending)
         pending.done.acquire()
         if pending.error is not None:
             raise pending.error
         return cast(T, pending.result)
+
+    def _commit_alone(self, fn: Write[T]) -> T:
+        """`_commit` of a batch of one, by its caller (who holds `_committing`), without the batch machinery: the
+        same transaction, the same errors (`fn`'s own, or RuntimeStorageError when the transaction fails)."""
+        conn = self._write_conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except apsw.Error as exc:
+            raise RuntimeStorageError(f"commit failed: {exc}") from None
+        try:
+            result = fn(conn)
+        except BaseException:
+            if not conn.getautocommit():
+                conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except apsw.Error as exc:
+            if not conn.getautocommit():
+                conn.execute("ROLLBACK")
+            raise RuntimeStorageError(f"commit failed: {exc}") from None
+        self._commits += 1
+        return result
 
     def _write_loop(self) -> None:
         while True:
             first = self._queue.get()
             if first is _STOP:
                 return
-            batch: list[_Pending] = [first]
-            stop_after = False
-            while len(batch) < _MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop_after = True
-                    break
-                batch.append(item)
-            self._commit(batch)
+            with self._committing:
+                batch: list[_Pending] = [first]
+                stop_after = False
+                while len(batch) < _MAX_BATCH:  # everything queued while the connection was busy joins
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop_after = True
+                        break
+                    batch.append(item)
+                self._commit(batch)
             if stop_after:
                 return
 
     def _commit(self, batch: list[_Pending]) -> None:
-        """Commit a batch in one transaction. Optimistic: run every write plainly; only if one raises, roll the
-        whole batch back and redo it with a savepoint per write, so a failing write cannot take others with it."""
+        """Commit a batch in one transaction (the caller holds `_committing`). Optimistic: run every write
+        plainly; only if one raises, roll the whole batch back and redo the others' writes with a savepoint per
+        write, so a failing write cannot take others with it (a batch of one is just rolled back)."""
         conn = self._write_conn
         try:
-            if not self._run_batch(conn, batch, isolate=False):
+            if self._run_batch(conn, batch, isolate=False):
+                self._commits += 1
+            elif len(batch) > 1:
                 self._run_batch(conn, batch, isolate=True)
-            self._commits += 1
+                self._commits += 1
         except apsw.Error as exc:
             if not conn.getautocommit():
                 conn.execute("ROLLBACK")
@@ -224,15 +266,22 @@ class Store:
         if self._closed:
             raise RuntimeStorageError(f"{self.path} is closed")
 
+    def _check_writable(self) -> None:
+        if self._closing:
+            raise RuntimeStorageError(f"{self.path} is closed")
+
     def close(self) -> None:
         """Finish queued writes, close every connection, release the process lock. Safe to call twice."""
-        if self._closed:
-            return
-        self._queue.put(_STOP)
+        with self._gate:
+            if self._closing:
+                return
+            self._closing = True
+            self._queue.put(_STOP)
         self._writer.join()
-        self._closed = True
-        for conn in [self._write_conn, *self._all_readers]:
-            conn.close()
+        with self._committing:  # a caller committing its own write finishes it first
+            self._closed = True
+            for conn in [self._write_conn, *self._all_readers]:
+                conn.close()
         self._lock_file.close()
 
 

@@ -88,6 +88,11 @@ STATE_COLUMNS = (
     "created_at, updated_at"
 )
 _LOG_COLUMNS = "workflow_id, seq, kind, name, value, error, attempts, started_at, at"
+_SETTLE = (
+    "UPDATE workflow_state SET status=?, output=?, error=?, blocked_reason=?, updated_at=? WHERE id=? AND status=? "
+    f"RETURNING {STATE_COLUMNS}"
+)
+_INSERT_LOG = f"INSERT INTO execution_log ({_LOG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def _rows(conn: apsw.Connection, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -137,10 +142,7 @@ def log_operation(
 ) -> None:
     """Append one entry: a durable operation (`seq` set) or a status transition (`seq` None)."""
     error_text = _json.dump(error, "error") if error else None
-    conn.execute(
-        f"INSERT INTO execution_log ({_LOG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (workflow_id, seq, kind, name, value_text, error_text, attempts, started_at, time.time()),
-    )
+    conn.execute(_INSERT_LOG, (workflow_id, seq, kind, name, value_text, error_text, attempts, started_at, time.time()))
 
 
 def history(conn: apsw.Connection, workflow_id: str) -> list[tuple[Any, ...]]:
@@ -206,10 +208,12 @@ def settle(
     output: str | None,
     error: dict[str, str] | None,
     blocked_reason: str | None,
-) -> None:
-    """Move a RUNNING workflow to its end state; a concurrent cancel wins (the UPDATE matches nothing)."""
-    conn.execute(
-        "UPDATE workflow_state SET status=?, output=?, error=?, blocked_reason=?, updated_at=? WHERE id=? AND status=?",
+) -> tuple[Any, ...] | None:
+    """Move a RUNNING workflow to its end state and return its row as it now is (`STATE_COLUMNS`, what a read
+    after the commit gives); None when a concurrent cancel won (the UPDATE matches nothing)."""
+    rows = _rows(
+        conn,
+        _SETTLE,
         (
             status,
             output,
@@ -220,8 +224,10 @@ def settle(
             RUNNING,
         ),
     )
-    if conn.changes():
-        log_operation(conn, workflow_id, None, "status", status, error=error)
+    if not rows:
+        return None
+    log_operation(conn, workflow_id, None, "status", status, error=error)
+    return rows[0]
 
 
 def set_blocked(conn: apsw.Connection, workflow_id: str, reason: str) -> None:

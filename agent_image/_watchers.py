@@ -6,10 +6,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TypeVar, cast
 
 T = TypeVar("T")
 Key = tuple[str, ...]  # ("settled", workflow id) or ("event", workflow id, key)
+
+
+class _Woken(threading.Event):
+    """The event `wait_for` waits on; `fire` may hand it what it waits for (`handed`), saving it a read."""
+
+    handed: object = None
 
 
 class Watchers:
@@ -34,10 +40,14 @@ class Watchers:
                     if not events:
                         del self._events[key]
 
-    def fire(self, key: Key) -> None:
+    def fire(self, key: Key, handed: object = None) -> None:
+        """Set every event watching `key`. `handed`, when given, is what a `wait_for` on `key` would see as done:
+        it must no longer change (a settled workflow's final status), since the waiter answers with it."""
         with self._lock:
             events = list(self._events.get(key, ()))
         for event in events:
+            if handed is not None and isinstance(event, _Woken):
+                event.handed = handed
             event.set()
 
     def fire_all(self) -> None:
@@ -57,11 +67,12 @@ class Watchers:
         idle: Callable[[], bool] = lambda: False,
     ) -> T:
         """Call `look` until it reports done, `timeout` seconds pass (None: no limit) or `stopping()`; return
-        what it saw last. Woken early by `key`. While `idle()` holds, nothing can have changed before the next
-        wake-up, so `look` waits for one (saves a read per wait on a running workflow). `stopping` must turn
-        true before `fire_all` is called, so a watcher registered after that call still sees it."""
+        what it saw last, or what `fire` handed it. Woken early by `key`. While `idle()` holds, nothing can have
+        changed before the next wake-up, so `look` waits for one (saves a read per wait on a running workflow).
+        `stopping` must turn true before `fire_all` is called, so a watcher registered after that call still sees
+        it."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        woken = threading.Event()
+        woken = _Woken()
 
         def remaining() -> float | None:
             return None if deadline is None else deadline - time.monotonic()
@@ -72,6 +83,8 @@ class Watchers:
                 if idle() and not stopping():
                     woken.wait(None if left is None else max(0.0, left))
                 woken.clear()  # whatever sets it after this changed what `look` sees
+                if woken.handed is not None:
+                    return cast(T, woken.handed)
                 done, seen = look()
                 left = remaining()
                 if done or stopping() or (left is not None and left <= 0):

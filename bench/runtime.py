@@ -5,6 +5,9 @@
 Figures (one JSON line each, median of --repeat runs, every run in a fresh process and a fresh file):
   sqlite_commits_per_s      raw apsw: one-row INSERT + COMMIT per transaction (the disk's commit ceiling)
   litefleet_wf_per_s        a 3-step workflow, sequential (1 in flight) and 64 in flight
+  litefleet_wf_per_commit   workflows per committed transaction (Store.commits; each one an fsync under FULL):
+                            group commit's efficiency; 0.25 when nothing is shared (4 commits a workflow: start,
+                            two steps, the last step with the finish)
   dbos_wf_per_s             the same workflow on DBOS 3.4 with its SQLite system database (its defaults)
   agent_idle_rss_mib        a `litefleet-agent serve` process, ready and idle
 and the ratios the targets are stated in (litefleet / DBOS, litefleet / SQLite ceiling).
@@ -34,8 +37,9 @@ IN_FLIGHT = 64
 # -- children: each measurement runs in its own process ---------------------------------------------------------
 
 
-def _drive(run_one: Callable[[int], Any], seconds: float, in_flight: int) -> float:
-    """Workflows per second with `in_flight` clients each running workflows back to back for `seconds`."""
+def _drive(run_one: Callable[[int], Any], seconds: float, in_flight: int) -> tuple[float, int]:
+    """(workflows per second, workflows run) with `in_flight` clients each running workflows back to back for
+    `seconds`."""
     done = [0] * in_flight
     stop = time.monotonic() + seconds
 
@@ -52,7 +56,7 @@ def _drive(run_one: Callable[[int], Any], seconds: float, in_flight: int) -> flo
         thread.start()
     for thread in threads:
         thread.join()
-    return sum(done) / (time.monotonic() - started)
+    return sum(done) / (time.monotonic() - started), sum(done)
 
 
 def child_sqlite(path: str, synchronous: str, seconds: float) -> float:
@@ -72,7 +76,8 @@ def child_sqlite(path: str, synchronous: str, seconds: float) -> float:
     return count / (time.monotonic() - started)
 
 
-def child_litefleet(path: str, synchronous: str, seconds: float, in_flight: int) -> float:
+def child_litefleet(path: str, synchronous: str, seconds: float, in_flight: int) -> tuple[float, float]:
+    """(workflows/s, workflows per commit)."""
     from agent_image import Runtime, step, workflow
 
     @step
@@ -88,7 +93,9 @@ def child_litefleet(path: str, synchronous: str, seconds: float, in_flight: int)
     runtime = Runtime(path, module, synchronous=synchronous)
     runtime.recover()
     try:
-        return _drive(lambda i: runtime.start(three_steps, (i,)).result(), seconds, in_flight)
+        before = runtime.store.commits
+        rate, workflows = _drive(lambda i: runtime.start(three_steps, (i,)).result(), seconds, in_flight)
+        return rate, workflows / (runtime.store.commits - before)
     finally:
         runtime.close()
 
@@ -111,7 +118,7 @@ def child_dbos(path: str, seconds: float, in_flight: int) -> float:
 
     DBOS.launch()
     try:
-        return _drive(lambda i: DBOS.start_workflow(three_steps, i).get_result(), seconds, in_flight)
+        return _drive(lambda i: DBOS.start_workflow(three_steps, i).get_result(), seconds, in_flight)[0]
     finally:
         DBOS.destroy()
 
@@ -146,6 +153,11 @@ def child_agent_rss(path: str) -> float:
 
 
 def _run_child(*args: str) -> float:
+    return _run_child_values(*args)[0]
+
+
+def _run_child_values(*args: str) -> list[float]:
+    """The numbers a child prints on its last line."""
     with tempfile.TemporaryDirectory(dir=os.environ.get("LITEFLEET_BENCH_DIR")) as tmp:
         db = os.path.join(tmp, "bench.db")
         out = subprocess.run(
@@ -157,12 +169,12 @@ def _run_child(*args: str) -> float:
         )
     if out.returncode != 0:
         raise SystemExit(f"bench child {args} failed:\n{out.stderr[-3000:]}")
-    return float(out.stdout.strip().splitlines()[-1])
+    return [float(value) for value in out.stdout.strip().splitlines()[-1].split()]
 
 
-def _figure(name: str, runs: list[float], unit: str, **labels: Any) -> dict[str, Any]:
-    line = {"figure": name, **labels, "median": round(statistics.median(runs), 1), "unit": unit}
-    line["runs"] = [round(r, 1) for r in runs]
+def _figure(name: str, runs: list[float], unit: str, digits: int = 1, **labels: Any) -> dict[str, Any]:
+    line = {"figure": name, **labels, "median": round(statistics.median(runs), digits), "unit": unit}
+    line["runs"] = [round(r, digits) for r in runs]
     print(json.dumps(line), flush=True)
     return line
 
@@ -176,26 +188,66 @@ def main() -> None:
     n, secs = options.repeat, str(options.seconds)
     median: dict[str, float] = {}
 
+    # Round-robin: every round runs each child once, so each figure's runs sample the same minutes of a shared
+    # disk (its commit rate can swing several-fold within minutes) and the ratios compare like with like.
+    # Each DBOS child runs right after the litefleet child it is compared with.
+    plan: list[tuple[str, ...]] = [("sqlite", "FULL", secs)]
+    for flight in (1, IN_FLIGHT):
+        plan.append(("litefleet", "FULL", secs, str(flight)))
+        if not options.skip_dbos:
+            plan.append(("dbos", secs, str(flight)))
+    plan += [("sqlite", "NORMAL", secs)] + [("litefleet", "NORMAL", secs, str(flight)) for flight in (1, IN_FLIGHT)]
+    results: dict[tuple[str, ...], list[list[float]]] = {child: [] for child in plan}
+    for _ in range(n):
+        for child in plan:
+            results[child].append(_run_child_values(*child))
+
     for sync in ("FULL", "NORMAL"):
-        runs = [_run_child("sqlite", sync, secs) for _ in range(n)]
+        runs = [values[0] for values in results[("sqlite", sync, secs)]]
         median[f"sqlite_{sync}"] = _figure("sqlite_commits_per_s", runs, "commits/s", mode=f"WAL/{sync}")["median"]
         for flight in (1, IN_FLIGHT):
-            runs = [_run_child("litefleet", sync, secs, str(flight)) for _ in range(n)]
+            pairs = results[("litefleet", sync, secs, str(flight))]
+            runs = [pair[0] for pair in pairs]
             line = _figure("litefleet_wf_per_s", runs, "workflows/s", mode=f"WAL/{sync}", in_flight=flight)
             median[f"litefleet_{sync}_{flight}"] = line["median"]
+            per_commit = [pair[1] for pair in pairs]
+            label = "workflows/commit" + (" (= per fsync)" if sync == "FULL" else "")
+            line = _figure("litefleet_wf_per_commit", per_commit, label, 2, mode=f"WAL/{sync}", in_flight=flight)
+            median[f"per_commit_{sync}_{flight}"] = line["median"]
     if not options.skip_dbos:
         for flight in (1, IN_FLIGHT):
-            runs = [_run_child("dbos", secs, str(flight)) for _ in range(n)]
+            runs = [values[0] for values in results[("dbos", secs, str(flight))]]
             line = _figure("dbos_wf_per_s", runs, "workflows/s", mode="DBOS 3.4 sqlite defaults", in_flight=flight)
             median[f"dbos_{flight}"] = line["median"]
             ratio = median[f"litefleet_FULL_{flight}"] / line["median"]
-            print(json.dumps({"figure": "litefleet_over_dbos", "in_flight": flight, "ratio": round(ratio, 1)}))
+            # and round by round: each pair ran back to back, seconds apart
+            ours = [pair[0] for pair in results[("litefleet", "FULL", secs, str(flight))]]
+            per_round = [round(a / b, 1) for a, b in zip(ours, runs, strict=True)]
+            print(
+                json.dumps(
+                    {
+                        "figure": "litefleet_over_dbos",
+                        "in_flight": flight,
+                        "ratio": round(ratio, 1),
+                        "per_round": per_round,
+                        "per_round_median": statistics.median(per_round),
+                    }
+                )
+            )
     _figure("agent_idle_rss_mib", [_run_child("rss") for _ in range(n)], "MiB")
-    # Each workflow is 5 commits (start, 3 steps, finish): group commit is what lets it beat the ceiling / 5.
+    # Each workflow is 5 durable records (start, 3 steps, finish; the last step shares the finish's commit):
+    # group commit is what lets the runtime write more of them per second than the disk commits one-row
+    # transactions.
     ceiling = median["litefleet_FULL_64"] * 5 / median["sqlite_FULL"]
     print(
         json.dumps({"figure": "litefleet_commits_over_sqlite_ceiling", "mode": "WAL/FULL", "ratio": round(ceiling, 2)})
     )
+    # The fsyncs/s the runtime spends (workflows/s over workflows per fsync) against the disk's one-row commit
+    # ceiling: sequentially, the share of the time the disk is committing; the rest is the runtime's own CPU.
+    for flight in (1, IN_FLIGHT):
+        fsyncs = median[f"litefleet_FULL_{flight}"] / median[f"per_commit_FULL_{flight}"]
+        ratio = round(fsyncs / median["sqlite_FULL"], 2)
+        print(json.dumps({"figure": "litefleet_fsyncs_over_sqlite_ceiling", "in_flight": flight, "ratio": ratio}))
 
 
 def child_main(argv: list[str]) -> None:
@@ -206,7 +258,9 @@ def child_main(argv: list[str]) -> None:
     if kind == "sqlite":
         value = child_sqlite(db, rest[0], float(rest[1]))
     elif kind == "litefleet":
-        value = child_litefleet(db, rest[0], float(rest[1]), int(rest[2]))
+        rate, per_commit = child_litefleet(db, rest[0], float(rest[1]), int(rest[2]))
+        print(rate, per_commit)
+        return
     elif kind == "dbos":
         value = child_dbos(db, float(rest[0]), int(rest[1]))
     else:

@@ -71,6 +71,11 @@ def pipeline(x: int) -> int:
 
 
 @workflow
+def doubled_plus_one(x: int) -> int:
+    return double(x) + 1  # code runs after the step: its checkpoint cannot wait for the finish
+
+
+@workflow
 def retrying(fail_times: int) -> str:
     return flaky(fail_times)
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -314,3 +315,29 @@ def test_a_workflow_that_swallows_its_parking_still_parks(open_runtime: OpenRunt
     first.close(timeout=5)
     second = open_runtime()
     assert second.wait(handle.id, 5).result == "rested"
+
+
+def test_a_waiter_gets_the_row_settle_committed_without_reading_it_back(runtime: Runtime) -> None:
+    """SUCCESS and ERROR are final: settle's UPDATE ... RETURNING hands the committed row to whoever waits, and it
+    is exactly what a read gives."""
+    handle = runtime.start(fb.queued)
+    reads: list[str] = []
+    real_get = runtime.get
+    runtime.get = lambda workflow_id: (reads.append(workflow_id), real_get(workflow_id))[1]  # type: ignore[method-assign]
+    answer: list[object] = []
+    waiter = threading.Thread(target=lambda: answer.append(runtime.wait(handle.id, 10)))
+    waiter.start()
+    time.sleep(0.1)  # the waiter is waiting on the running workflow
+    fb.gate.set()
+    waiter.join(10)
+    assert reads == []
+    assert answer == [real_get(handle.id)]
+    assert real_get(handle.id).result == "through"
+    failed = runtime.start(fb.fails)
+    assert runtime.wait(failed.id, 5) == real_get(failed.id)
+
+
+def test_generated_ids_are_uuid4_hex(runtime: Runtime) -> None:
+    ids = {runtime.start(fb.pipeline, (1,)).id for _ in range(20)}
+    assert len(ids) == 20
+    assert all(uuid.UUID(i).version == 4 and uuid.UUID(i).hex == i for i in ids)
