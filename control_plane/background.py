@@ -1,5 +1,5 @@
-"""What a control plane runs beside its API: the reconciler, the node health monitor, the lag sampler, the observer
-and its fleet sync.
+"""What a control plane runs beside its API: the reconciler, the node health monitor, the warm pool's refill (when
+LITEFLEET_WARM_POOL_SIZE > 0), the lag sampler, the observer and its fleet sync.
 
 `Background.start()` returns at once and a thread of its own brings them up, so the API answers from its first
 moment: the slow steps (the bucket check, which loads boto3; the observer's read key, a `weed shell` session or
@@ -19,6 +19,7 @@ from control_plane.fleet.incarnations import Fleet
 from control_plane.observer import LagSampler, LagThresholds, Observer, ObserverSettings
 from control_plane.observer.fleet_sync import sync_followers
 from control_plane.reconciler.health import HealthMonitor
+from control_plane.reconciler.pool import PoolRefiller
 from control_plane.reconciler.runners import runners
 from control_plane.reconciler.worker import Reconciler
 from control_plane.settings import Settings
@@ -101,6 +102,8 @@ class Background:
                 node_workers=self.settings.node_workers,
             )
             if not self._launch(reconciler) or not self._launch(HealthMonitor(self.engine, self.fleet, self.settings)):
+                return
+            if self.settings.warm_pool_size and not self._launch(PoolRefiller(self.fleet)):
                 return
             sampler = lag_sampler(self.settings, self.fleet)
             with self._lock:
