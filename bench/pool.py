@@ -9,12 +9,15 @@ Figures (one JSON line each; p50/p90 of --runs):
   provision_pool_s   the same on a control plane with LITEFLEET_WARM_POOL_SIZE=1, each time once the node's pool
                      shows a ready container (`GET /v1/nodes`): the claim (rename, tenant network, limits, identity
                      and secrets by one docker exec) instead of create + start
+  *_agent_s          of which the operation's own `agent.started` span: container created or claimed -> /readyz
+                     and the first replica (the rest: the API, the queue, placement, the key, CURRENT, rows)
 Both control planes run tenant networks (a tenant's own bridge and rules), as a real fleet does; `--no-isolation`
 measures without them."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import sys
 import tempfile
@@ -63,7 +66,7 @@ def by_hand(store: EmbeddedStore, image: str, node: TestbedNode, runs: int) -> l
 
 def provisions(
     store: EmbeddedStore, image: str, node: TestbedNode, scratch: Path, bed: Testbed, runs: int, pool: int, **extra: str
-) -> list[float]:
+) -> tuple[list[float], list[float]]:
     state = scratch / f"plane-pool{pool}"
     state.mkdir()
     plane = ControlPlaneProcess.beside(
@@ -73,7 +76,7 @@ def provisions(
     try:
         plane.register(node.name, node.engine_url, node.ip, tls=node.tls_name)
         api = plane.client
-        seconds_each = []
+        seconds_each, agent_each = [], []
         for _ in range(runs):
             if pool:
                 for _ in poll(120, 0.2):  # the refill has a ready container on the node again
@@ -85,8 +88,10 @@ def provisions(
             if claimed != bool(pool):
                 raise SystemExit(f"provision of {tenant}: claimed={claimed} with a pool of {pool}")
             seconds_each.append(seconds)
+            agent_each.append(next(s["seconds"] for s in op["steps"] if s.get("step") == "agent.started"))
+            print(json.dumps({"pool": pool, "created_at": op.get("created_at"), "steps": op["steps"]}), file=sys.stderr)
             timed(api, "DELETE", f"/v1/tenants/{tenant}", purge=True)
-        return seconds_each
+        return seconds_each, agent_each
     finally:
         plane.stop()
         for container in node.client().containers.list(all=True, filters={"label": "io.litefleet.pool=true"}):
@@ -114,8 +119,10 @@ def main() -> None:
             emit("baseline_start_s", by_hand(store, image, node, args.runs))
             cold = provisions(store, image, node, Path(scratch), bed, args.runs, 0, **extra)
             warm = provisions(store, image, node, Path(scratch), bed, args.runs, 1, **extra)
-            emit("provision_cold_s", cold, isolation=not args.no_isolation)
-            emit("provision_pool_s", warm, isolation=not args.no_isolation)
+            emit("provision_cold_s", cold[0], isolation=not args.no_isolation)
+            emit("provision_cold_agent_s", cold[1])
+            emit("provision_pool_s", warm[0], isolation=not args.no_isolation)
+            emit("provision_pool_agent_s", warm[1])
         finally:
             if store is not None:
                 store.down()
