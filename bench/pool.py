@@ -9,6 +9,9 @@ Figures (one JSON line each; p50/p90 of --runs):
   provision_pool_s   the same on a control plane with LITEFLEET_WARM_POOL_SIZE=1, each time once the node's pool
                      shows a ready container (`GET /v1/nodes`): the claim (rename, tenant network, limits, identity
                      and secrets by one docker exec) instead of create + start
+  driver_cold_s      no control plane: `DockerDriver.run` + /readyz and the first replica (no tenant network)
+  driver_claim_s     the same through `DockerDriver.claim` of a pool container that idles, ready, on the node
+                     (cold and claim alternate, start for start)
   *_agent_s          of which the operation's own `agent.started` span: container created or claimed -> /readyz
                      and the first replica (the rest: the API, the queue, placement, the key, CURRENT, rows)
 Both control planes run tenant networks (a tenant's own bridge and rules), as a real fleet does; `--no-isolation`
@@ -33,7 +36,7 @@ from fleet import BUCKET, by_hand_ready, emit, timed  # noqa: E402 (a sibling in
 
 from control_plane.cli.local import ControlPlaneProcess  # noqa: E402
 from control_plane.drivers import DockerDriver  # noqa: E402
-from control_plane.drivers.agent_spec import AgentSpec, run_agent  # noqa: E402
+from control_plane.drivers.agent_spec import AgentSpec, PoolSpec, run_agent  # noqa: E402
 from control_plane.drivers.images import build_agent_image  # noqa: E402
 from control_plane.storage import ObjectStorage, SeaweedCredentials  # noqa: E402
 from control_plane.storage.seaweed import EmbeddedStore, free_address  # noqa: E402
@@ -62,6 +65,38 @@ def by_hand(store: EmbeddedStore, image: str, node: TestbedNode, runs: int) -> l
         container.remove(force=True, v=True)
         client.volumes.get(spec.volume).remove(force=True)
     return starts
+
+
+def driver_level(store: EmbeddedStore, image: str, node: TestbedNode, runs: int) -> tuple[list[float], list[float]]:
+    storage = ObjectStorage(store.address.endpoint, *store.admin, BUCKET)
+    credentials = SeaweedCredentials(store, storage)
+    driver = DockerDriver(node.engine_url, tls=node.tls)
+    fleet = "bench-pool"
+    cold: list[float] = []
+    claimed: list[float] = []
+    for _ in range(runs):
+        for into in (cold, claimed):
+            tenant = "d" + secrets.token_hex(4)
+            spec = AgentSpec(
+                tenant=tenant, agent=0, generation=1, bundle="tenants.hello", image=image,
+                replica_url=storage.replica_url(tenant, 0, 1), s3_endpoint=store.address.endpoint,
+                credentials=credentials.issue_incarnation(tenant, 0, 1), agent_token=secrets.token_urlsafe(32),
+                admin_token=secrets.token_urlsafe(32), publish_ip=node.ip, fleet=fleet,
+            )  # fmt: skip
+            storage.advance_current(tenant, 0, 1, None)
+            member = None
+            if into is claimed:
+                member = driver.start_pool(PoolSpec(image=image, fleet=fleet, publish_ip=node.ip))
+                for _ in poll(60, 0.05):  # idle: its entrypoint waits for a claim
+                    if b"agent.pooled" in node.client().containers.get(member.name).logs():
+                        break
+            started = time.monotonic()
+            incarnation = driver.run(spec) if member is None else driver.claim(member.name, spec)
+            assert incarnation is not None
+            by_hand_ready(node.client().containers.get(spec.name), spec.agent_token)
+            into.append(time.monotonic() - started)
+            driver.remove(spec.name)
+    return cold, claimed
 
 
 def provisions(
@@ -117,6 +152,9 @@ def main() -> None:
             ObjectStorage(store.address.endpoint, *store.admin, BUCKET).ensure_bucket()
             DockerDriver(node.engine_url, tls=node.tls).ensure_image(image)  # outside the measurements
             emit("baseline_start_s", by_hand(store, image, node, args.runs))
+            driver_cold, driver_claim = driver_level(store, image, node, args.runs)
+            emit("driver_cold_s", driver_cold)
+            emit("driver_claim_s", driver_claim)
             cold = provisions(store, image, node, Path(scratch), bed, args.runs, 0, **extra)
             warm = provisions(store, image, node, Path(scratch), bed, args.runs, 1, **extra)
             emit("provision_cold_s", cold[0], isolation=not args.no_isolation)
