@@ -1,5 +1,5 @@
-"""What a control plane runs beside its API: the reconciler, the node health monitor, the warm pool's refill (when
-LITEFLEET_WARM_POOL_SIZE > 0), the lag sampler, the observer and its fleet sync.
+"""What a control plane runs beside its API: the reconciler, the node health monitor, the warm pool's refill, the lag
+sampler, the observer and its fleet sync.
 
 `Background.start()` returns at once and a thread of its own brings them up, so the API answers from its first
 moment: the slow steps (the bucket check, which loads boto3; the observer's read key, a `weed shell` session or
@@ -103,7 +103,7 @@ class Background:
             )
             if not self._launch(reconciler) or not self._launch(HealthMonitor(self.engine, self.fleet, self.settings)):
                 return
-            if self.settings.warm_pool_size and not self._launch(PoolRefiller(self.fleet)):
+            if not self._launch(PoolRefiller(self.fleet)):  # with no pool wanted, it empties the old ones once
                 return
             sampler = lag_sampler(self.settings, self.fleet)
             with self._lock:

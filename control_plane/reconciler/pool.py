@@ -81,8 +81,11 @@ class PoolRefiller:
 
     def tick(self) -> None:
         """One round over the nodes. Re-running is harmless: each node's refill counts what its engine has."""
+        query = select(Node).where(col(Node.state) == NodeState.ready)
+        if not self.fleet.settings.warm_pool_size:  # no pool wanted: empty only the pools a refill left behind
+            query = query.where(or_(col(Node.pool_size) > 0, col(Node.pool_ready) > 0))
         with Session(self.fleet.engine) as session:
-            nodes = list(session.exec(select(Node).where(col(Node.state) == NodeState.ready)))
+            nodes = list(session.exec(query))
         for node in nodes:
             self.refill(node)
 

@@ -159,3 +159,17 @@ def test_a_claim_the_driver_refuses_starts_cold(engine: Engine) -> None:
     assert_converged(world, op, running=1)
     started = [c for name in NODES for c in driver(world, name).containers.values()]
     assert [c.claimed_from for c in started] == [None]
+
+
+def test_a_pool_no_longer_wanted_is_emptied_once(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = new_world(engine)
+    refill_all(pooled(world, size=2))
+    assert all(len(driver(world, name).pool) == 2 for name in NODES)
+    refill_all(pooled(world, size=0))
+    assert all(driver(world, name).pool == {} for name in NODES)
+    with Session(engine) as session:
+        assert {(n.pool_size, n.pool_ready) for n in (session.get(Node, name) for name in NODES) if n} == {(0, 0)}
+    touched: list[str] = []
+    monkeypatch.setattr("control_plane.reconciler.pool.claim_node", lambda engine, name, lease: touched.append(name))
+    refill_all(pooled(world, size=0))
+    assert touched == []  # the next rounds touch no node: nothing is recorded there any more
