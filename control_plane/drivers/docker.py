@@ -229,16 +229,27 @@ class DockerDriver:
         """Create and start one pool container (its name is new each time: refilling twice makes two, which the
         refill's count absorbs; it never duplicates an incarnation)."""
         with _engine(self.engine_url):
-            return _member(run_pool(self.client, spec))
+            return self._member(run_pool(self.client, spec))
 
     def list_pool(self, fleet: str) -> list[PoolMember]:
         """The fleet's unclaimed pool containers on this node (a claimed one is an incarnation: `list_managed`)."""
         with _engine(self.engine_url):
             labels = [f"{POOL_LABEL}=true", f"{LABEL}.fleet={fleet}"]
             containers = self.client.containers.list(all=True, filters={"label": labels})
-            return sorted(
-                (_member(c) for c in containers if c.name.startswith(POOL_PREFIX)), key=lambda member: member.name
-            )
+            members = [self._member(c) for c in containers if c.name.startswith(POOL_PREFIX)]
+            return sorted(members, key=lambda member: member.name)
+
+    def _member(self, container: Any) -> PoolMember:
+        """A pool container; its image is named `<tag> (outdated)` when the node's tag now points at other content
+        (`ensure_image` copied a new build under the same tag): the refill replaces it, a claim passes it over."""
+        member = _member(container)
+        try:
+            current = self.client.images.get(member.image).id
+        except docker.errors.ImageNotFound:
+            current = None
+        if container.attrs.get("Image") != current:
+            return dataclasses.replace(member, image=f"{member.image} (outdated)")
+        return member
 
     def claim(self, name: str, spec: AgentSpec) -> Incarnation | None:
         """Make the running pool container `name` the NEW incarnation `spec` (no restore: its volume is empty), or
@@ -257,7 +268,7 @@ class DockerDriver:
                 or POOL_LABEL not in container.labels
                 or not container.name.startswith(POOL_PREFIX)
                 or container.status != "running"
-                or container.attrs["Config"]["Image"] != spec.image
+                or self._member(container).image != spec.image  # the tag's current content only
             ):
                 return None
             isolated = self._isolated(spec)

@@ -17,7 +17,7 @@ from sqlalchemy import or_, update
 from sqlalchemy.engine import CursorResult, Engine
 from sqlmodel import Session, col, select
 
-from control_plane.db.models import Node, NodeState
+from control_plane.db.models import Agent, AgentState, Node, NodeState
 from control_plane.drivers.base import EngineUnreachable
 from control_plane.fleet import pool
 from control_plane.fleet.incarnations import Fleet
@@ -86,8 +86,12 @@ class PoolRefiller:
             query = query.where(or_(col(Node.pool_size) > 0, col(Node.pool_ready) > 0))
         with Session(self.fleet.engine) as session:
             nodes = list(session.exec(query))
+            # a pool container's start takes CPU from an agent starting on the same node (a claim's is what the
+            # pool is for): refill such a node in a later round, once its agents are up
+            busy = set(session.exec(select(Agent.node).where(col(Agent.state) == AgentState.starting)))
         for node in nodes:
-            self.refill(node)
+            if node.name not in busy:
+                self.refill(node)
 
     def refill(self, node: Node) -> int | None:
         """Refill one node's pool; its ready count, or None when another control plane holds it or it failed."""

@@ -82,3 +82,23 @@ def test_a_claimed_pool_container_serves_replicates_restarts_and_is_removed_whol
     assert driver.inspect(spec.name) is None
     with pytest.raises(docker.errors.NotFound):
         client.volumes.get(volume)
+
+
+def test_a_pool_container_of_a_moved_tag_is_outdated_and_never_claimed(
+    agents: Agents, pool_driver: tuple[DockerDriver, str]
+) -> None:
+    driver, fleet = pool_driver
+    client = agents.client
+    tag = f"lfpool/agent:{secrets.token_hex(4)}"
+    client.images.get(agents.image).tag(tag)
+    try:
+        member = driver.start_pool(PoolSpec(image=tag, fleet=fleet))
+        assert driver.list_pool(fleet) == [member] and member.image == tag
+        client.images.get("litefleet/base:bookworm").tag(tag)  # the node's tag now names other content
+        assert [m.image for m in driver.list_pool(fleet)] == [f"{tag} (outdated)"]
+        tenant = agents.tenant()
+        agents.advance(tenant, 1)
+        assert driver.claim(member.name, agents.spec(tenant, 1, fleet=fleet, image=tag)) is None
+        assert [m.name for m in driver.list_pool(fleet)] == [member.name]  # left as it was, for the refill
+    finally:
+        client.images.remove(tag)

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from control_plane.db.models import Node, Operation, TenantCreate
+from control_plane.db.models import AgentState, Node, Operation, TenantCreate
 from control_plane.drivers.agent_spec import PoolSpec
 from control_plane.drivers.fake import FakeDriver
 from control_plane.errors import NoCapacityError
@@ -173,3 +173,14 @@ def test_a_pool_no_longer_wanted_is_emptied_once(engine: Engine, monkeypatch: py
     monkeypatch.setattr("control_plane.reconciler.pool.claim_node", lambda engine, name, lease: touched.append(name))
     refill_all(pooled(world, size=0))
     assert touched == []  # the next rounds touch no node: nothing is recorded there any more
+
+
+def test_a_node_with_an_agent_starting_is_refilled_after_it(engine: Engine) -> None:
+    world = new_world(engine)
+    fleet = pooled(world, size=1)
+    fleet.set_agent("acme", 0, generation=1, node="n1", state=AgentState.starting)
+    refill_all(fleet)
+    assert driver(world, "n1").pool == {} and len(driver(world, "n2").pool) == 1
+    fleet.set_agent("acme", 0, state=AgentState.running)
+    refill_all(fleet)
+    assert len(driver(world, "n1").pool) == 1
