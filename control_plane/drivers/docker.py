@@ -271,15 +271,24 @@ class DockerDriver:
                 or self._member(container).image != spec.image  # the tag's current content only
             ):
                 return None
+            started = time.monotonic()
             isolated = self._isolated(spec)
+            network = round(time.monotonic() - started, 3)
             try:
-                claim_pool(self.client, container, isolated)
+                seconds = claim_pool(self.client, container, isolated)
             except (docker.errors.APIError, SecretsNotDelivered) as exc:
                 log.warning("pool.claim_failed", container=name, incarnation=spec.name, error=str(exc)[:300])
                 with contextlib.suppress(docker.errors.APIError):
                     self.remove(container.id)
                 return None
-            log.info("pool.claimed", container=name, incarnation=spec.name, engine=self.engine_url)
+            log.info(
+                "pool.claimed",
+                container=name,
+                incarnation=spec.name,
+                engine=self.engine_url,
+                ensure_network=network,
+                **seconds,
+            )
             return _incarnation(container)
 
     # -- tenant network isolation (control_plane/drivers/network.py) ----------------------------------------------
