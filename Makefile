@@ -47,6 +47,7 @@ bench: setup
 	$(PY) bench/runtimes.py
 	$(PY) bench/durability.py
 	$(PY) bench/fleet.py
+	$(PY) bench/pool.py
 	mkdir -p var/bench && $(PY) bench/warm_moves.py --sizes 1,50,500 | tee var/bench/warm_moves.jsonl
 	$(PY) bench/move_chart.py var/bench/warm_moves.jsonl --output var/bench/move-downtime.png
 	$(PY) bench/observer.py --agents 100 --modes follow,periodic

@@ -36,6 +36,7 @@ DURABILITY = "LITEFLEET_DURABILITY"  # optional: "local" (default) or "replicate
 DURABILITY_TIMEOUT = "LITEFLEET_DURABILITY_TIMEOUT"  # optional: seconds a replicated acknowledgement waits
 FOLLOW = "LITEFLEET_FOLLOW"  # optional: "1" starts the incarnation as a follower of RESTORE_FROM_URL (warm moves)
 FOLLOW_INTERVAL = "LITEFLEET_FOLLOW_INTERVAL"  # optional: seconds between a follower's polls of the replica
+POOLED = "LITEFLEET_POOLED"  # "1": a warm pool's container, no identity until claimed (agent_image/container/pool.py)
 
 # Set by the image (or a local run).
 DATA_DIR = "LITEFLEET_DATA_DIR"

@@ -1,5 +1,5 @@
-"""What a control plane runs beside its API: the reconciler, the node health monitor, the lag sampler, the observer
-and its fleet sync.
+"""What a control plane runs beside its API: the reconciler, the node health monitor, the warm pool's refill, the lag
+sampler, the observer and its fleet sync.
 
 `Background.start()` returns at once and a thread of its own brings them up, so the API answers from its first
 moment: the slow steps (the bucket check, which loads boto3; the observer's read key, a `weed shell` session or
@@ -94,6 +94,7 @@ class Background:
 
     def _bring_up(self) -> None:
         from control_plane.reconciler.health import HealthMonitor
+        from control_plane.reconciler.pool import PoolRefiller
         from control_plane.reconciler.runners import runners
         from control_plane.reconciler.worker import Reconciler
 
@@ -109,6 +110,8 @@ class Background:
                 node_workers=self.settings.node_workers,
             )
             if not self._launch(reconciler) or not self._launch(HealthMonitor(self.engine, self.fleet, self.settings)):
+                return
+            if not self._launch(PoolRefiller(self.fleet)):  # with no pool wanted, it empties the old ones once
                 return
             sampler = lag_sampler(self.settings, self.fleet)
             with self._lock:

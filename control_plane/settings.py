@@ -8,7 +8,7 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     move_strategy: Literal["warm", "cold"] = "warm"
     warm_catchup_timeout: float = 120.0  # a follower must reach the source's replica txid in this, else cold
     warm_promote_timeout: float = 30.0  # a promoted follower applies the source's final transactions in this
+    # warm pool (issue 14): identity-less agent containers each ready node keeps started; a new agent (provision,
+    # scale-up of an ordinal without history) claims one instead of starting cold. Their memory counts in capacity.
+    warm_pool_size: int = Field(default=0, ge=0, le=64)
+    warm_pool_memory_mb: int = Field(
+        default=256, ge=64
+    )  # the limit a pool container idles with (a claim sets the tenant's)
+    warm_pool_interval: float = Field(default=5.0, gt=0)  # seconds between refills
     warm_follow_interval: float = 0.2  # seconds between a follower's polls of the source's replica (S3 LISTs)
     preflight_timeout: float = 3.0  # each check before an operation stops anything (store, engines) answers in this
     rollback_timeout: float = 120.0  # how long a failed move keeps trying to start its old incarnation again

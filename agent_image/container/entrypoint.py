@@ -8,6 +8,9 @@ Secrets: the container starts with no secret in its environment and waits (up to
 the control plane to write its secrets file (`agent_image.container.secrets_in`, through `docker exec`). The S3 keys
 then go into Litestream's config file (0600, in the run directory on the secrets tmpfs), never into an environment.
 
+A pooled container (LITEFLEET_POOLED=1, `pool.py`) starts with no identity: it imports what comes next and waits for
+the control plane's claim (identity and secrets, through the same `docker exec` channel), then goes on as a new agent.
+
 A follower (LITEFLEET_FOLLOW=1, `follower.py`) first follows RESTORE_FROM_URL without touching CURRENT or the store
 and continues here only once promoted, with the followed database on its volume.
 
@@ -26,7 +29,7 @@ import structlog
 
 from agent_image import contract
 from agent_image._store import Store
-from agent_image.container import follower, litestream
+from agent_image.container import follower, litestream, pool
 from agent_image.container.fence import check_fence
 from agent_image.container.identity import AgentIdentity, IdentityError
 from agent_image.contract import StartRefused
@@ -85,7 +88,12 @@ def agent_command(identity: AgentIdentity) -> str:
 def main() -> None:
     configure_logging()
     try:
-        identity = AgentIdentity.from_env()
+        env: dict[str, str] = dict(os.environ)
+        if pool.pooled(env):
+            env = pool.wait_for_claim(env, ready=lambda: log.info("agent.pooled", path=str(pool.claim_path(env))))
+            os.environ.clear()  # Litestream and the agent server (`AgentIdentity.from_env()`) read the claimed one
+            os.environ.update(env)
+        identity = AgentIdentity.from_env(env)
     except (IdentityError, ValueError) as exc:
         print(f"litefleet-agent: bad_identity: {exc}", file=sys.stderr)
         raise SystemExit(contract.EXIT_BAD_IDENTITY) from None

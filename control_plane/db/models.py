@@ -84,6 +84,8 @@ class NodePublic(NodeBase):
     memory_mb_used: int = 0
     last_seen_at: float | None = None
     created_at: float
+    pool_size: int = 0  # warm pool containers this node keeps (LITEFLEET_WARM_POOL_SIZE when last refilled)
+    pool_ready: int = 0  # of which were running and unclaimed at the last refill
 
 
 class Node(NodeBase, table=True):
@@ -94,6 +96,12 @@ class Node(NodeBase, table=True):
     created_at: float = Field(default_factory=_now)
     # the OCI runtimes its engine offers (`docker info`), read at registration and refreshed by heartbeats
     runtimes: list[str] = Field(default_factory=lambda: [DEFAULT_RUNTIME.value], sa_column=Column(JSON))
+    # the warm pool (reconciler/pool.py): what the last refill saw, and its lease on this node's pool
+    pool_size: int = 0
+    pool_ready: int = 0
+    pool_memory_mb: int = 0  # each pool container's memory limit: size x this is taken from capacity_memory_mb
+    pool_lock_token: str | None = Field(default=None, max_length=64)
+    pool_locked_until: float | None = None
 
 
 # -- tenants --------------------------------------------------------------------------------------------------------

@@ -7,13 +7,18 @@ plane's start (serving the API) does not need; its health monitor and reconciler
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from control_plane.drivers.base import Driver, EngineUnreachable, Incarnation
+from control_plane.drivers.base import Driver, EngineUnreachable, Incarnation, PoolMember
 
 if TYPE_CHECKING:
-    from control_plane.drivers.agent_spec import AgentSpec, incarnation_name
+    from control_plane.drivers.agent_spec import AgentSpec, PoolSpec, incarnation_name
     from control_plane.drivers.docker import DockerDriver
 
-_LAZY = {"AgentSpec": "agent_spec", "incarnation_name": "agent_spec", "DockerDriver": "docker"}
+_LAZY = {
+    "AgentSpec": "agent_spec",
+    "PoolSpec": "agent_spec",
+    "incarnation_name": "agent_spec",
+    "DockerDriver": "docker",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -22,4 +27,13 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["AgentSpec", "DockerDriver", "Driver", "EngineUnreachable", "Incarnation", "incarnation_name"]
+__all__ = [
+    "AgentSpec",
+    "DockerDriver",
+    "Driver",
+    "EngineUnreachable",
+    "Incarnation",
+    "PoolMember",
+    "PoolSpec",
+    "incarnation_name",
+]

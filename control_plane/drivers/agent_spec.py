@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets as _secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent_image.contract import AgentSecrets, ContainerEnv, Promotion
+from agent_image.contract import POOLED, AgentSecrets, ContainerEnv, Promotion
 from control_plane.drivers import agent_http
 from control_plane.drivers.agent_http import AgentExited, AgentNotReady
+from control_plane.drivers.names import incarnation_name as incarnation_name  # its public home since the pool
 from control_plane.drivers.network import Isolation
 from control_plane.drivers.runtimes import DEFAULT_RUNTIME, pids_limit
 from control_plane.drivers.sdk import errors as docker_errors
@@ -29,6 +31,9 @@ LABEL = "io.litefleet"
 ISOLATION_LABEL = f"{LABEL}.isolation"
 SECRETS_WRITER = ["/opt/litefleet/bin/python3", "-m", "agent_image.container.secrets_in"]
 FOLLOWER = ["/opt/litefleet/bin/python3", "-m", "agent_image.container.follower"]
+CLAIM_WRITER = ["/opt/litefleet/bin/python3", "-m", "agent_image.container.pool", "claim"]
+POOL_LABEL = f"{LABEL}.pool"
+POOL_PREFIX = "lfwarm-"
 TMPFS = {
     "/tmp": "rw,size=16m,mode=1777",
     "/run/litefleet": "rw,noexec,nosuid,nodev,size=1m,uid=10001,gid=10001,mode=0700",
@@ -39,11 +44,6 @@ class SecretsNotDelivered(RuntimeError):
     """`secrets_in` did not write the incarnation's secrets file (its exit code and stderr, never the secrets)."""
 
     code = "secrets_not_delivered"
-
-
-def incarnation_name(tenant: str, agent: int, generation: int) -> str:
-    """The container (and volume) name of one incarnation: `lf-<tenant>-<agent>-g<generation>`."""
-    return f"lf-{tenant}-{agent}-g{generation}"
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,92 @@ class AgentSpec:
         if self.isolation is not None:  # a restart or removal finds what to ensure or release from the container
             labels[ISOLATION_LABEL] = self.isolation.to_label()
         return labels
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A warm pool container: the agent image, no identity, no secret, no tenant network (it runs no tenant code
+    until claimed), the default limits. Its volume is named like it; a claim renames the container, not the volume."""
+
+    image: str
+    fleet: str = "litefleet"
+    publish_ip: str = "127.0.0.1"
+    memory_mb: int = 256
+    cpus: float = 1.0
+    pids: int = 256
+    name: str = field(default_factory=lambda: f"{POOL_PREFIX}{_secrets.token_hex(6)}")
+
+    def labels(self) -> dict[str, str]:
+        # not `managed`: an unclaimed container is no incarnation; list_managed finds claimed ones by their name
+        return {POOL_LABEL: "true", f"{LABEL}.fleet": self.fleet}
+
+
+def run_pool(client: Any, spec: PoolSpec) -> Any:
+    """Create and start one pool container (never pulling): `run_agent`'s hardening, with LITEFLEET_POOLED=1 as its
+    whole contract environment. It waits, unbounded and idle, for `deliver_claim`."""
+    client.images.get(spec.image)
+    return client.containers.run(
+        spec.image,
+        name=spec.name,
+        detach=True,
+        environment={POOLED: "1"},
+        labels=spec.labels(),
+        volumes={spec.name: {"bind": "/data", "mode": "rw"}},
+        ports={f"{AGENT_PORT}/tcp": (spec.publish_ip, None)},
+        mem_limit=f"{spec.memory_mb}m",
+        nano_cpus=int(spec.cpus * 1e9),
+        pids_limit=spec.pids,
+        read_only=True,
+        tmpfs=dict(TMPFS),
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        restart_policy={"Name": "no"},
+        extra_hosts={"host.docker.internal": "host-gateway"},
+    )
+
+
+def claim_pool(client: Any, container: Any, spec: AgentSpec) -> dict[str, float]:
+    """Turn a running pool container into `spec`'s incarnation: its name, its tenant's network instead of the
+    default bridge (when `spec.network` is set), its limits, then its identity and secrets in one exec. Docker cannot
+    change labels or environment after creation: the name carries the identity (`parse_incarnation_name`), the
+    claim record on the volume the rest. Not idempotent by itself: `DockerDriver.claim` looks for the name first.
+    Returns the seconds each part took (the claim's log line says where its time went)."""
+    seconds: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def took(step: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        seconds[step], mark = round(now - mark, 3), now
+
+    container.rename(spec.name)
+    took("rename")
+    if spec.network is not None:
+        client.networks.get(spec.network).connect(container)
+        client.networks.get("bridge").disconnect(container)
+        took("network")
+    memory = spec.memory_mb * 2**20
+    limits = {
+        "Memory": memory,
+        "MemorySwap": 2 * memory,
+        "NanoCpus": int(spec.cpus * 1e9),
+        "PidsLimit": spec.pids_limit,
+    }
+    response = client.api._post_json(client.api._url("/containers/{0}/update", container.id), data=limits)
+    client.api._raise_for_status(response)  # the SDK's `update` knows neither NanoCpus nor PidsLimit
+    took("limits")
+    deliver_claim(client, container.id, spec)
+    took("claim_exec")
+    return seconds
+
+
+def deliver_claim(client: Any, container_id: str, spec: AgentSpec, timeout: float = 30.0) -> None:
+    """The claim (`agent_image.container.pool`): the incarnation's environment and secrets, one JSON line on stdin.
+    Safe to repeat: the same claim writes the same bytes. Raises SecretsNotDelivered."""
+    from agent_image.container.pool import Claim
+
+    claim = Claim(spec.environment(), spec.secrets())
+    _exec_line(client, container_id, CLAIM_WRITER, claim.to_json(), "claim", timeout)
 
 
 def run_agent(client: Any, spec: AgentSpec) -> Any:

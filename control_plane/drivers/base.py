@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 from agent_image.contract import AgentSecrets
 
 if TYPE_CHECKING:  # agent_spec imports the docker SDK, which the protocol does not need
-    from control_plane.drivers.agent_spec import AgentSpec
+    from control_plane.drivers.agent_spec import AgentSpec, PoolSpec
 
 
 class EngineUnreachable(Exception):
@@ -29,6 +29,19 @@ class Incarnation:
     url: str | None
 
 
+@dataclass(frozen=True)
+class PoolMember:
+    """One warm pool container on a node, not claimed yet: `ready` when it runs (idle, waiting for a claim)."""
+
+    name: str
+    image: str
+    status: str
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "running"
+
+
 class Driver(Protocol):
     def ping(self) -> None: ...
     def runtimes(self) -> list[str]: ...
@@ -42,3 +55,7 @@ class Driver(Protocol):
     # warm moves: a follower is `run` from a spec with `follow=True`; it serves nothing until promoted
     def follower_txid(self, name: str) -> int | None: ...
     def promote(self, name: str, secrets: AgentSecrets, txid: int, timeout: float) -> Incarnation | None: ...
+    # warm pool: identity-less containers started ahead; a claim turns one into a NEW agent's incarnation
+    def start_pool(self, spec: PoolSpec) -> PoolMember: ...
+    def list_pool(self, fleet: str) -> list[PoolMember]: ...
+    def claim(self, name: str, spec: AgentSpec) -> Incarnation | None: ...

@@ -20,16 +20,24 @@ from agent_image.contract import AgentSecrets, Promotion
 from control_plane.drivers.agent_spec import (
     ISOLATION_LABEL,
     LABEL,
+    POOL_LABEL,
+    POOL_PREFIX,
     AgentSpec,
+    PoolSpec,
+    SecretsNotDelivered,
     agent_url,
+    claim_pool,
+    deliver_claim,
     deliver_promotion,
     deliver_secrets,
     find_agent,
     follower_status,
     run_agent,
+    run_pool,
 )
-from control_plane.drivers.base import EngineUnreachable, Incarnation
+from control_plane.drivers.base import EngineUnreachable, Incarnation, PoolMember
 from control_plane.drivers.engine_client import engine_client
+from control_plane.drivers.names import parse_incarnation_name
 from control_plane.drivers.network import (
     Isolation,
     TenantNetwork,
@@ -111,6 +119,8 @@ class DockerDriver:
         with _engine(self.engine_url):
             existing = find_agent(self.client, spec)
             if existing is not None:
+                if POOL_LABEL in existing.labels and existing.status == "running":
+                    deliver_claim(self.client, existing.id, spec)  # a claim cut short after its rename (same bytes)
                 return _incarnation(existing)
             with self._reaping(spec.runtime, spec.name, spec.image):
                 return _incarnation(run_agent(self.client, self._isolated(spec)))
@@ -134,7 +144,7 @@ class DockerDriver:
             if container is None:
                 return None
             if container.status != "running":
-                self._ensure_isolation(container.labels)  # a rebooted node kept the network, not the rules
+                self._ensure_isolation(_labels(container))  # a rebooted node kept the network, not the rules
                 with self._reaping(_runtime_of(container), name, container.attrs["Config"]["Image"]):
                     container.start()
             deliver(container.id)
@@ -158,16 +168,20 @@ class DockerDriver:
         volume in use by a container being removed): it answers 409 and we try again, for up to a minute."""
         busy: docker.errors.APIError | None = None
         labels: dict[str, str] | None = None  # kept across retries: the container may be gone by the second try
+        volumes = {name}  # a claimed pool container keeps the volume of its pool name
         with _engine(self.engine_url):
             for _ in poll(60, 0.2):
                 try:
                     container = self._get(name)
                     if container is not None:
-                        labels = container.labels
+                        labels = _labels(container)
+                        if POOL_LABEL in container.labels:
+                            volumes |= {m["Name"] for m in container.attrs.get("Mounts", []) if m.get("Name")}
                         with contextlib.suppress(docker.errors.NotFound):
                             container.remove(force=True)
-                    with contextlib.suppress(docker.errors.NotFound):
-                        self.client.volumes.get(name).remove(force=True)
+                    for volume in sorted(volumes):
+                        with contextlib.suppress(docker.errors.NotFound):
+                            self.client.volumes.get(volume).remove(force=True)
                     if labels is not None:
                         self._release_isolation(labels)
                     else:  # removed by an earlier call that stopped before the release: finish it
@@ -201,11 +215,81 @@ class DockerDriver:
         )
 
     def list_managed(self, fleet: str | None = None) -> list[Incarnation]:
-        """litefleet's containers on this engine (only `fleet`'s, when given)."""
+        """litefleet's containers on this engine (only `fleet`'s, when given), claimed pool containers included."""
         with _engine(self.engine_url):
-            labels = [f"{LABEL}.managed=true"] + ([f"{LABEL}.fleet={fleet}"] if fleet else [])
+            found = []
+            for kind in (f"{LABEL}.managed=true", f"{POOL_LABEL}=true"):
+                labels = [kind] + ([f"{LABEL}.fleet={fleet}"] if fleet else [])
+                found += self.client.containers.list(all=True, filters={"label": labels})
+            return [_incarnation(container) for container in found if not container.name.startswith(POOL_PREFIX)]
+
+    # -- the warm pool (agent_image/container/pool.py) -------------------------------------------------------------
+
+    def start_pool(self, spec: PoolSpec) -> PoolMember:
+        """Create and start one pool container (its name is new each time: refilling twice makes two, which the
+        refill's count absorbs; it never duplicates an incarnation)."""
+        with _engine(self.engine_url):
+            return self._member(run_pool(self.client, spec))
+
+    def list_pool(self, fleet: str) -> list[PoolMember]:
+        """The fleet's unclaimed pool containers on this node (a claimed one is an incarnation: `list_managed`)."""
+        with _engine(self.engine_url):
+            labels = [f"{POOL_LABEL}=true", f"{LABEL}.fleet={fleet}"]
             containers = self.client.containers.list(all=True, filters={"label": labels})
-            return [_incarnation(container) for container in containers]
+            members = [self._member(c) for c in containers if c.name.startswith(POOL_PREFIX)]
+            return sorted(members, key=lambda member: member.name)
+
+    def _member(self, container: Any) -> PoolMember:
+        """A pool container; its image is named `<tag> (outdated)` when the node's tag now points at other content
+        (`ensure_image` copied a new build under the same tag): the refill replaces it, a claim passes it over."""
+        member = _member(container)
+        try:
+            current = self.client.images.get(member.image).id
+        except docker.errors.ImageNotFound:
+            current = None
+        if container.attrs.get("Image") != current:
+            return dataclasses.replace(member, image=f"{member.image} (outdated)")
+        return member
+
+    def claim(self, name: str, spec: AgentSpec) -> Incarnation | None:
+        """Make the running pool container `name` the NEW incarnation `spec` (no restore: its volume is empty), or
+        answer None when it cannot serve (gone, stopped, another image or runtime, taken meanwhile): the caller then
+        starts the incarnation cold. A claim that fails halfway removes the container (it may hold a half-made
+        identity) and answers None. Safe to repeat: when `spec`'s incarnation exists it is returned as it is."""
+        if spec.restore_from_url is not None or spec.follow or spec.runtime != Runtime.runc:
+            return None
+        with _engine(self.engine_url):
+            existing = find_agent(self.client, spec)
+            if existing is not None:
+                return _incarnation(existing)
+            container = self._get(name)
+            if (
+                container is None
+                or POOL_LABEL not in container.labels
+                or not container.name.startswith(POOL_PREFIX)
+                or container.status != "running"
+                or self._member(container).image != spec.image  # the tag's current content only
+            ):
+                return None
+            started = time.monotonic()
+            isolated = self._isolated(spec)
+            network = round(time.monotonic() - started, 3)
+            try:
+                seconds = claim_pool(self.client, container, isolated)
+            except (docker.errors.APIError, SecretsNotDelivered) as exc:
+                log.warning("pool.claim_failed", container=name, incarnation=spec.name, error=str(exc)[:300])
+                with contextlib.suppress(docker.errors.APIError):
+                    self.remove(container.id)
+                return None
+            log.info(
+                "pool.claimed",
+                container=name,
+                incarnation=spec.name,
+                engine=self.engine_url,
+                ensure_network=network,
+                **seconds,
+            )
+            return _incarnation(container)
 
     # -- tenant network isolation (control_plane/drivers/network.py) ----------------------------------------------
 
@@ -220,7 +304,7 @@ class DockerDriver:
 
     def _ensure_isolation(self, labels: dict[str, str]) -> None:
         raw = labels.get(ISOLATION_LABEL)
-        if raw is not None:
+        if raw:  # "": a claimed container on a network made before networks carried their isolation
             network = TenantNetwork(labels.get(f"{LABEL}.fleet", ""), labels.get(f"{LABEL}.tenant", ""))
             ensure_tenant_network(self.client, network, Isolation.from_label(raw), self._helper())
 
@@ -280,9 +364,36 @@ def _exit_code(container: Any) -> int | None:
     return None if state.get("Running") else state.get("ExitCode")
 
 
+def _labels(container: Any) -> dict[str, str]:
+    """The container's litefleet labels; for a claimed pool container, the ones it would carry had it been created
+    for its incarnation (identity from its name, isolation from its tenant network's labels)."""
+    labels = dict(container.labels)
+    parsed = parse_incarnation_name(container.name)
+    if POOL_LABEL not in labels or parsed is None:
+        return labels
+    tenant, agent, generation = parsed
+    labels |= {f"{LABEL}.tenant": tenant, f"{LABEL}.agent": str(agent), f"{LABEL}.generation": str(generation)}
+    network = TenantNetwork(labels.get(f"{LABEL}.fleet", ""), tenant)
+    if network.name in (container.attrs.get("NetworkSettings", {}).get("Networks") or {}):
+        labels[ISOLATION_LABEL] = _network_isolation(container.client, network.name)
+    return labels
+
+
+def _network_isolation(client: Any, name: str) -> str:
+    try:
+        return str(client.networks.get(name).attrs.get("Labels", {}).get(ISOLATION_LABEL, ""))
+    except docker.errors.NotFound:
+        return ""
+
+
+def _member(container: Any) -> PoolMember:
+    container.reload()
+    return PoolMember(name=container.name, image=str(container.attrs["Config"]["Image"]), status=container.status)
+
+
 def _incarnation(container: Any) -> Incarnation:
     container.reload()
-    labels = container.labels
+    labels = _labels(container)
     url = agent_url(container) if container.status == "running" else None
     return Incarnation(
         name=container.name,

@@ -3,7 +3,8 @@
 `reachable = False` turns the node off: every verb then raises EngineUnreachable, as a lost node's engine would.
 `on_run` and `on_stop` let a test play the agent's part (its replica, its shutdown record); `on_follow` says how far a
 follower's copy is (default: it applied everything), `follower_lag` holds it that many transactions behind, and
-`refuse_promotion` makes a promoted follower exit (exit code 5: the tail never arrived)."""
+`refuse_promotion` makes a promoted follower exit (exit code 5: the tail never arrived). `pool` holds the warm pool's
+unclaimed containers; a claim moves one into `containers` (`claimed` names the pool containers each claim used)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent_image.contract import AgentSecrets
-from control_plane.drivers.agent_spec import AgentSpec
-from control_plane.drivers.base import EngineUnreachable, Incarnation
+from control_plane.drivers.agent_spec import AgentSpec, PoolSpec
+from control_plane.drivers.base import EngineUnreachable, Incarnation, PoolMember
 
 
 @dataclass
@@ -24,6 +25,7 @@ class FakeContainer:
     deliveries: list[AgentSecrets] = field(default_factory=list)  # secrets delivered, one per start (tests check)
     following: bool = False  # a warm move's follower not promoted yet: serves nothing, writes no replica
     promoted_at: int | None = None  # the source's final txid its promotion named
+    claimed_from: str | None = None  # the pool container it was (None: started cold)
 
 
 class FakeDriver:
@@ -44,6 +46,7 @@ class FakeDriver:
         self._on_follow = on_follow
         self.follower_lag = 0
         self.refuse_promotion = False
+        self.pool: dict[str, tuple[PoolSpec, str]] = {}  # name -> (spec, status)
         self._lock = threading.RLock()
 
     def ping(self) -> None:
@@ -111,6 +114,38 @@ class FakeDriver:
                     self._on_run(container.spec)
             return self._incarnation(name)
 
+    def start_pool(self, spec: PoolSpec) -> PoolMember:
+        with self._lock:
+            self._check()
+            self.pool[spec.name] = (spec, "running")
+            return PoolMember(spec.name, spec.image, "running")
+
+    def list_pool(self, fleet: str) -> list[PoolMember]:
+        with self._lock:
+            self._check()
+            return [
+                PoolMember(name, spec.image, status)
+                for name, (spec, status) in sorted(self.pool.items())
+                if spec.fleet == fleet
+            ]
+
+    def claim(self, name: str, spec: AgentSpec) -> Incarnation | None:
+        """As DockerDriver.claim: None (start cold) for a restore, a follower, runsc, another image, a pool container
+        that is gone or stopped; an existing incarnation is returned as it is."""
+        with self._lock:
+            self._check()
+            if spec.name in self.containers:
+                return self._incarnation(spec.name)
+            member = self.pool.get(name)
+            if spec.restore_from_url is not None or spec.follow or spec.runtime != "runc" or member is None:
+                return None
+            if member[1] != "running" or member[0].image != spec.image:
+                return None
+            del self.pool[name]
+            self.containers[spec.name] = FakeContainer(spec, deliveries=[spec.secrets()], claimed_from=name)
+            self._on_run(spec)
+            return self._incarnation(spec.name)
+
     def stop(self, name: str, timeout: float) -> Incarnation | None:
         with self._lock:
             self._check()
@@ -126,6 +161,7 @@ class FakeDriver:
         with self._lock:
             self._check()
             self.containers.pop(name, None)
+            self.pool.pop(name, None)
 
     def list_managed(self, fleet: str | None = None) -> list[Incarnation]:
         with self._lock:

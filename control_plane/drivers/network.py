@@ -37,6 +37,7 @@ from typing import Any
 import structlog
 
 from control_plane.drivers.images import DEFAULT_BASE, ImageError, ensure_base_image
+from control_plane.drivers.names import parse_incarnation_name
 from control_plane.drivers.sdk import errors as docker_errors
 
 log = structlog.get_logger("control_plane.drivers.network")
@@ -333,7 +334,7 @@ def ensure_tenant_network(client: Any, network: TenantNetwork, isolation: Isolat
                     "com.docker.network.bridge.name": network.bridge,
                     "com.docker.network.bridge.enable_icc": "false",
                 },
-                labels=network.labels(),
+                labels={**network.labels(), f"{LABEL}.isolation": isolation.to_label()},  # for claimed pool containers
                 check_duplicate=True,
             )
         except docker_errors.APIError as exc:
@@ -352,6 +353,11 @@ def release_tenant_network(client: Any, network: TenantNetwork, helper: str) -> 
     labels = [f"{LABEL}.managed=true", f"{LABEL}.fleet={network.fleet}", f"{LABEL}.tenant={network.tenant}"]
     if client.containers.list(all=True, filters={"label": labels}):
         return False
+    pooled = client.containers.list(
+        all=True, filters={"label": [f"{LABEL}.pool=true", f"{LABEL}.fleet={network.fleet}"]}
+    )
+    if any((parse_incarnation_name(found.name) or ("",))[0] == network.tenant for found in pooled):
+        return False  # a claimed pool container of the tenant: its identity is in its name, not its labels
     for found in client.networks.list(names=[network.name]):
         if found.name != network.name:
             continue

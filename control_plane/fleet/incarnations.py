@@ -27,6 +27,7 @@ from control_plane.drivers.agent_spec import AgentSpec, SecretsNotDelivered, inc
 from control_plane.drivers.base import Driver, EngineUnreachable, Incarnation
 from control_plane.drivers.network import IsolationFailed, tenant_isolation
 from control_plane.errors import OperationFailed
+from control_plane.fleet import pool
 from control_plane.fleet.fence import advance_current, fence_out, retreat_current
 from control_plane.fleet.placement import choose_node, node_loads
 from control_plane.fleet.steps import StepLog
@@ -100,7 +101,8 @@ class Fleet:
         self, tenant: Tenant, exclude: AbstractSet[str] = frozenset(), reserved: Sequence[tuple[str, Tenant]] = ()
     ) -> Node:
         """A node for one more agent of `tenant`. Placed agents count (running, starting, stopping), and so do
-        `reserved` (node, tenant) places already promised to agents that have not started there yet."""
+        `reserved` (node, tenant) places already promised to agents that have not started there yet (and each node's
+        warm pool: `node_loads`)."""
         with Session(self.engine) as session:
             loads = node_loads(session, tenant.name)
         for name, owner in reserved:
@@ -153,7 +155,15 @@ class Fleet:
         incarnation = driver.inspect(name)
         spec = self._spec(tenant, ordinal, generation, node, restore_from, creds, agent_token, admin_token)
         try:
-            if incarnation is None:
+            claimed = None
+            if incarnation is None and restore_from is None and self.settings.warm_pool_size:
+                claimed = pool.claim(driver, spec)  # a new agent: a warm container takes its identity and secrets
+            if claimed is not None:
+                incarnation = claimed
+                ctx.step(
+                    "agent.claimed", f"gen {generation} claimed a warm pool container", agent=ordinal, node=node.name
+                )
+            elif incarnation is None:
                 incarnation = driver.run(spec)  # creates, starts and delivers the secrets
             elif incarnation.status != "running":
                 # the incarnation stopped outside an operation (a crash, `docker stop`): its volume holds the newest

@@ -37,8 +37,10 @@ class NodeLoad:
 
 def node_loads(session: Session, tenant: str) -> dict[str, NodeLoad]:
     """Every node's load from the fleet DB: its placed agents, their memory, and how many are `tenant`'s. One
-    grouped query (not a row per agent: 40,000 agents took seconds to load as objects)."""
-    loads = {node.name: NodeLoad(node, 0, 0, 0) for node in session.exec(select(Node))}
+    grouped query (not a row per agent: 40,000 agents took seconds to load as objects). A node's warm pool takes
+    its containers' memory (as its last refill recorded it): a claim turns one into an agent, the refill starts
+    another, so the pool's share stays taken."""
+    loads = {node.name: NodeLoad(node, 0, _pooled(node), 0) for node in session.exec(select(Node))}
     query = (
         select(
             Agent.node,
@@ -52,8 +54,12 @@ def node_loads(session: Session, tenant: str) -> dict[str, NodeLoad]:
     )
     for name, agents, memory_mb, mine in session.exec(query):
         if name in loads:
-            loads[name] = NodeLoad(loads[name].node, int(agents), int(memory_mb), int(mine))
+            loads[name] = NodeLoad(loads[name].node, int(agents), _pooled(loads[name].node) + int(memory_mb), int(mine))
     return loads
+
+
+def _pooled(node: Node) -> int:
+    return node.pool_size * node.pool_memory_mb
 
 
 def choose_node(

@@ -45,7 +45,11 @@ def node_public(session: Session, node: Node) -> NodePublic:
 
 
 def _public(node: Node, load: tuple[int, int]) -> NodePublic:
-    return NodePublic(**node.model_dump(exclude={"missed_heartbeats"}), agents=load[0], memory_mb_used=load[1])
+    return NodePublic(
+        **node.model_dump(exclude={"missed_heartbeats", "pool_memory_mb", "pool_lock_token", "pool_locked_until"}),
+        agents=load[0],
+        memory_mb_used=load[1],
+    )
 
 
 def _loads(session: Session, names: list[str] | None) -> dict[str, tuple[int, int]]:

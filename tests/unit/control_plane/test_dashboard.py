@@ -341,3 +341,16 @@ def test_tenant_page_workflows_by_status_and_store_side_replication(engine: Engi
     assert (placements[0]["replica_txid"], placements[0]["local_txid"], placements[0]["lag_txids"]) == (41, 50, 9)
     assert placements[0]["lag_seconds"] >= 70 and placements[1]["replication"] == "ok"
     assert placements[2]["replication"] == "unknown"
+
+
+def test_each_nodes_warm_pool_shows_on_the_overview_and_in_the_api(api: TestClient, engine: Engine) -> None:
+    from control_plane.reconciler.pool import claim_node, finish_node
+
+    token = claim_node(engine, "n2", lease=60)
+    assert token is not None and finish_node(engine, "n2", token, size=2, ready=1, memory_mb=256)
+    node = api.get("/v1/nodes/n2", headers=AUTH).json()
+    assert (node["pool_size"], node["pool_ready"]) == (2, 1)
+    assert not {"pool_lock_token", "pool_locked_until", "pool_memory_mb"} & set(node)
+    sign_in(api)
+    page = api.get("/ui").text
+    assert "warm pool ready / size" in page and '<td class="num pool">1 / 2</td>' in page

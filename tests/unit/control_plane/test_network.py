@@ -63,3 +63,13 @@ def test_isolation_follows_the_endpoint_and_blocks_a_public_node_address() -> No
     assert public.s3_port == 443 and public.blocked[-1] == "198.51.100.7/32"
     assert Isolation.from_label(public.to_label()) == public
     assert tenant_isolation("http://localhost:8333", "node-a.example").s3_ips == ("127.0.0.1",)
+
+
+def test_a_claimed_pool_containers_identity_is_its_name() -> None:
+    from control_plane.drivers.agent_spec import incarnation_name
+    from control_plane.drivers.names import parse_incarnation_name
+
+    assert parse_incarnation_name(incarnation_name("acme-eu-2", 3, 12)) == ("acme-eu-2", 3, 12)
+    assert parse_incarnation_name("/" + incarnation_name("a", 0, 1)) == ("a", 0, 1)
+    for other in ("lfwarm-0123456789ab", "lf-acme-0-1", "lf-Acme-0-g1", "lf--0-g1", "lf-acme-x-g1"):
+        assert parse_incarnation_name(other) is None

@@ -1,0 +1,104 @@
+"""The warm pool against the real engine, SeaweedFS and Litestream: a pool container idles with no identity and no
+secret; a claim turns it into a new agent that serves and replicates; the claimed container restarts as that agent
+and its removal takes its pool-named volume with it. Refused claims leave the pool container as it was."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import docker.errors
+import pytest
+
+from agent_image import contract
+from control_plane.drivers import DockerDriver
+from control_plane.drivers.agent_spec import PoolSpec
+from tests.integration.conftest import Agents, eventually
+
+
+@pytest.fixture
+def pool_driver(docker_client: Any) -> Iterator[tuple[DockerDriver, str]]:
+    fleet = f"lfpool-{secrets.token_hex(3)}"
+    driver = DockerDriver("unix:///var/run/docker.sock")
+    yield driver, fleet
+    for found in docker_client.containers.list(all=True, filters={"label": f"io.litefleet.fleet={fleet}"}):
+        driver.remove(found.name)
+
+
+def _logs(client: Any, name: str) -> str:
+    return str(client.containers.get(name).logs().decode(errors="replace"))
+
+
+def test_a_claimed_pool_container_serves_replicates_restarts_and_is_removed_whole(
+    agents: Agents, pool_driver: tuple[DockerDriver, str]
+) -> None:
+    driver, fleet = pool_driver
+    client = agents.client
+    member = driver.start_pool(PoolSpec(image=agents.image, fleet=fleet, memory_mb=128, cpus=0.5))
+    eventually(lambda: "agent.pooled" in _logs(client, member.name), timeout=60)
+    pooled = client.containers.get(member.name)
+    assert pooled.attrs["Config"]["Env"].count(f"{contract.POOLED}=1") == 1
+    assert not any(v.startswith("LITEFLEET_TENANT") for v in pooled.attrs["Config"]["Env"])
+    assert [m.name for m in driver.list_pool(fleet)] == [member.name] and driver.list_pool(fleet)[0].ready
+    assert driver.list_managed(fleet) == []  # an unclaimed pool container is no incarnation
+
+    tenant = agents.tenant()
+    spec = agents.spec(tenant, 1, fleet=fleet, memory_mb=256, cpus=1.0)
+    assert driver.claim(member.name, dataclasses.replace(spec, image="litefleet/other:none")) is None  # image
+    assert driver.claim(member.name, agents.spec(tenant, 2, restore_from=1, fleet=fleet)) is None  # a restore
+    agents.advance(tenant, 1)
+    incarnation = driver.claim(member.name, spec)
+    assert incarnation is not None
+    assert (incarnation.name, incarnation.tenant, incarnation.agent, incarnation.generation) == (
+        spec.name,
+        tenant,
+        0,
+        1,
+    )
+    assert driver.list_pool(fleet) == [] and [i.name for i in driver.list_managed(fleet)] == [spec.name]
+    container = client.containers.get(spec.name)
+    agents.specs[spec.name] = spec
+    agents.ready(container)
+    prefix = agents.storage.replica_prefix(tenant, 0, 1)
+    eventually(lambda: bool(agents.storage.keys(prefix)), timeout=30)  # replicating to its own generation's path
+    host = container.attrs["HostConfig"]
+    assert (host["Memory"], host["NanoCpus"]) == (256 * 2**20, 10**9)
+    environment = " ".join(container.attrs["Config"]["Env"])
+    assert spec.admin_token not in environment and spec.credentials.secret_key not in environment
+    record = container.exec_run(["cat", "/data/claim.json"]).output.decode()
+    assert tenant in record and spec.agent_token not in record and spec.credentials.secret_key not in record
+    assert driver.claim(member.name, spec) == driver.inspect(spec.name)  # a repeated claim changes nothing
+
+    stopped = driver.stop(spec.name, timeout=30)  # a claimed container stops with a proven final sync
+    assert stopped is not None and stopped.exit_code == 0
+    driver.restart(spec.name, spec.secrets())  # and starts again as the same agent (the record is on the volume)
+    agents.ready(client.containers.get(spec.name))
+    assert "bad_identity" not in _logs(client, spec.name)
+
+    volume = pooled.attrs["Mounts"][0]["Name"]
+    driver.remove(spec.name)
+    assert driver.inspect(spec.name) is None
+    with pytest.raises(docker.errors.NotFound):
+        client.volumes.get(volume)
+
+
+def test_a_pool_container_of_a_moved_tag_is_outdated_and_never_claimed(
+    agents: Agents, pool_driver: tuple[DockerDriver, str]
+) -> None:
+    driver, fleet = pool_driver
+    client = agents.client
+    tag = f"lfpool/agent:{secrets.token_hex(4)}"
+    client.images.get(agents.image).tag(tag)
+    try:
+        member = driver.start_pool(PoolSpec(image=tag, fleet=fleet))
+        assert driver.list_pool(fleet) == [member] and member.image == tag
+        client.images.get("litefleet/base:bookworm").tag(tag)  # the node's tag now names other content
+        assert [m.image for m in driver.list_pool(fleet)] == [f"{tag} (outdated)"]
+        tenant = agents.tenant()
+        agents.advance(tenant, 1)
+        assert driver.claim(member.name, agents.spec(tenant, 1, fleet=fleet, image=tag)) is None
+        assert [m.name for m in driver.list_pool(fleet)] == [member.name]  # left as it was, for the refill
+    finally:
+        client.images.remove(tag)

@@ -1,0 +1,186 @@
+"""The warm pool in the control plane, on the fakes: the refill keeps each ready node at `warm_pool_size` (and
+removes stopped, outdated and surplus members) under a lease on the node's row; a provision and a scale-up claim a
+pool container for each new agent and fall back to a cold start when none is ready; a restore never claims; the pool's
+memory counts in capacity and `GET /v1/nodes` shows size and ready count. Against real Docker:
+tests/integration/test_pool.py."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from control_plane.db.models import AgentState, Node, Operation, TenantCreate
+from control_plane.drivers.agent_spec import PoolSpec
+from control_plane.drivers.fake import FakeDriver
+from control_plane.errors import NoCapacityError
+from control_plane.fleet.incarnations import Fleet
+from control_plane.fleet.placement import node_loads
+from control_plane.reconciler.pool import PoolRefiller, claim_node, finish_node
+from control_plane.services import nodes as node_services
+from control_plane.services import tenants
+from control_plane.settings import Settings
+from tests.unit.control_plane.test_crash_operations import NODES, World, assert_converged, new_world
+
+
+def pooled(world: World, size: int = 2) -> Fleet:
+    fleet = world.fleet()
+    fleet.settings = Settings(**{**fleet.settings.model_dump(), "warm_pool_size": size})
+    return fleet
+
+
+def driver(world: World, node: str) -> FakeDriver:
+    return world.engines(f"fake-{node}")
+
+
+def refill_all(fleet: Fleet) -> None:
+    PoolRefiller(fleet).tick()
+
+
+def run_with(world: World, fleet: Fleet, op_id: str) -> None:
+    world.fleet = lambda crasher=None: fleet  # type: ignore[method-assign]
+    world.run(op_id)
+
+
+def test_the_refill_fills_each_ready_node_and_records_it(engine: Engine) -> None:
+    world = new_world(engine)
+    fleet = pooled(world, size=2)
+    refill_all(fleet)
+    for name in NODES:
+        assert [m.ready for m in driver(world, name).list_pool(fleet.storage.bucket)] == [True, True]
+    refill_all(fleet)  # again: nothing more
+    assert sum(len(driver(world, name).pool) for name in NODES) == 6
+    with Session(engine) as session:
+        public = node_services.get_node(session, "n1")
+    assert (public.pool_size, public.pool_ready) == (2, 2)
+    assert "pool_lock_token" not in public.model_dump()
+
+
+def test_the_refill_replaces_stopped_and_outdated_members_and_trims_surplus(engine: Engine) -> None:
+    world = new_world(engine)
+    fleet = pooled(world, size=2)
+    one = driver(world, "n1")
+    bucket = fleet.storage.bucket
+    stopped = one.start_pool(PoolSpec(image=fleet.settings.image, fleet=bucket))
+    one.pool[stopped.name] = (one.pool[stopped.name][0], "exited")
+    old = one.start_pool(PoolSpec(image="litefleet/agent:old", fleet=bucket))
+    for _ in range(3):
+        one.start_pool(PoolSpec(image=fleet.settings.image, fleet=bucket))
+    other_fleet = one.start_pool(PoolSpec(image=fleet.settings.image, fleet="another-fleet"))
+    refill_all(fleet)
+    members = one.list_pool(bucket)
+    assert len(members) == 2 and all(m.ready and m.image == fleet.settings.image for m in members)
+    assert stopped.name not in one.pool and old.name not in one.pool
+    assert other_fleet.name in one.pool  # another control plane's pool is not ours to touch
+
+
+def test_a_node_under_another_control_planes_lease_is_left_alone(engine: Engine) -> None:
+    world = new_world(engine)
+    fleet = pooled(world, size=1)
+    token = claim_node(engine, "n1", lease=60)
+    assert token is not None and claim_node(engine, "n1", lease=60) is None
+    assert PoolRefiller(fleet).refill(fleet.node("n1")) is None
+    assert driver(world, "n1").pool == {}
+    assert finish_node(engine, "n1", token, size=1, ready=0, memory_mb=256)
+    assert not finish_node(engine, "n1", token, size=1, ready=0, memory_mb=256)  # the token is spent
+    assert PoolRefiller(fleet).refill(fleet.node("n1")) == 1
+
+
+def test_a_provision_claims_pool_containers_and_falls_back_to_cold(engine: Engine) -> None:
+    world = new_world(engine)
+    fleet = pooled(world, size=1)
+    refill_all(fleet)
+    op = world.queue(lambda s: tenants.create_tenant(s, TenantCreate(name="acme", agents=4)))
+    run_with(world, fleet, op)
+    assert_converged(world, op, running=4)
+    started = [c for name in NODES for c in driver(world, name).containers.values()]
+    claimed = [c for c in started if c.claimed_from is not None]
+    assert len(claimed) == 3 and len(started) == 4  # one pool container per node, the 4th agent started cold
+    assert [len(c.deliveries) for c in started] == [1, 1, 1, 1]  # the claim delivered them, nothing again
+    assert all(driver(world, name).pool == {} for name in NODES)
+    with Session(engine) as session:
+        operation = session.get(Operation, op)
+        assert operation is not None
+        assert [s["step"] for s in operation.steps].count("agent.claimed") == 3
+    refill_all(fleet)  # the pool refills behind the claims
+    assert all(len(driver(world, name).pool) == 1 for name in NODES)
+
+
+def test_a_scale_up_that_restores_never_claims(engine: Engine) -> None:
+    world = new_world(engine)
+    fleet = pooled(world, size=1)
+    op = world.queue(lambda s: tenants.create_tenant(s, TenantCreate(name="acme", agents=2)))
+    run_with(world, fleet, op)
+    down = world.queue(lambda s: tenants.scale_tenant(s, "acme", 1))
+    run_with(world, fleet, down)
+    refill_all(fleet)
+    up = world.queue(lambda s: tenants.scale_tenant(s, "acme", 2))
+    run_with(world, fleet, up)
+    assert_converged(world, up, running=2)
+    restored = [
+        c for name in NODES for c in driver(world, name).containers.values() if c.spec.restore_from_url is not None
+    ]
+    assert len(restored) == 1 and restored[0].claimed_from is None
+    assert all(len(driver(world, name).pool) == 1 for name in NODES)  # nothing was taken from the pools
+
+
+def test_the_pools_memory_counts_in_capacity(engine: Engine) -> None:
+    world = new_world(engine)
+    with Session(engine) as session:
+        for name in NODES:
+            node = session.get(Node, name)
+            assert node is not None
+            node.capacity_memory_mb = 1024
+            session.add(node)
+        session.commit()
+    fleet = pooled(world, size=2)
+    refill_all(fleet)
+    with Session(engine) as session:
+        assert {load.memory_mb for load in node_loads(session, "acme").values()} == {2 * 256}
+    op = world.queue(lambda s: tenants.create_tenant(s, TenantCreate(name="acme", agents=3, memory_mb=256)))
+    run_with(world, fleet, op)
+    assert_converged(world, op, running=3)
+    # 1024 MiB - 2 x 256 of pool - one 256 MiB agent: 256 free on each node, where 768 would be free without the pool
+    with Session(engine) as session, pytest.raises(NoCapacityError, match="256 MiB free, needs 512"):
+        tenants.create_tenant(session, TenantCreate(name="big", agents=1, memory_mb=512))
+
+
+def test_a_claim_the_driver_refuses_starts_cold(engine: Engine) -> None:
+    world = new_world(engine)
+    fleet = pooled(world, size=1)
+    refill_all(fleet)
+    for name in NODES:  # the pool holds another image: claims are refused, nothing waits on them
+        one = driver(world, name)
+        one.pool = {k: (dataclasses.replace(spec, image="other:1"), status) for k, (spec, status) in one.pool.items()}
+    op = world.queue(lambda s: tenants.create_tenant(s, TenantCreate(name="acme", agents=1)))
+    run_with(world, fleet, op)
+    assert_converged(world, op, running=1)
+    started = [c for name in NODES for c in driver(world, name).containers.values()]
+    assert [c.claimed_from for c in started] == [None]
+
+
+def test_a_pool_no_longer_wanted_is_emptied_once(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = new_world(engine)
+    refill_all(pooled(world, size=2))
+    assert all(len(driver(world, name).pool) == 2 for name in NODES)
+    refill_all(pooled(world, size=0))
+    assert all(driver(world, name).pool == {} for name in NODES)
+    with Session(engine) as session:
+        assert {(n.pool_size, n.pool_ready) for n in (session.get(Node, name) for name in NODES) if n} == {(0, 0)}
+    touched: list[str] = []
+    monkeypatch.setattr("control_plane.reconciler.pool.claim_node", lambda engine, name, lease: touched.append(name))
+    refill_all(pooled(world, size=0))
+    assert touched == []  # the next rounds touch no node: nothing is recorded there any more
+
+
+def test_a_node_with_an_agent_starting_is_refilled_after_it(engine: Engine) -> None:
+    world = new_world(engine)
+    fleet = pooled(world, size=1)
+    fleet.set_agent("acme", 0, generation=1, node="n1", state=AgentState.starting)
+    refill_all(fleet)
+    assert driver(world, "n1").pool == {} and len(driver(world, "n2").pool) == 1
+    fleet.set_agent("acme", 0, state=AgentState.running)
+    refill_all(fleet)
+    assert len(driver(world, "n1").pool) == 1
