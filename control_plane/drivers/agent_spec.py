@@ -22,7 +22,7 @@ from control_plane.drivers import agent_http
 from control_plane.drivers.agent_http import AgentExited, AgentNotReady
 from control_plane.drivers.names import incarnation_name as incarnation_name  # its public home since the pool
 from control_plane.drivers.network import Isolation
-from control_plane.drivers.runtimes import DEFAULT_RUNTIME, pids_limit
+from control_plane.drivers.runtimes import DEFAULT_RUNTIME, Runtime, pids_limit
 from control_plane.drivers.sdk import errors as docker_errors
 from control_plane.storage.credentials import TenantCredentials
 
@@ -38,6 +38,20 @@ TMPFS = {
     "/tmp": "rw,size=16m,mode=1777",
     "/run/litefleet": "rw,noexec,nosuid,nodev,size=1m,uid=10001,gid=10001,mode=0700",
 }
+
+
+def _hardening() -> dict[str, Any]:
+    """How every container of the agent image is created, an incarnation or a pool member: a read-only root with
+    tmpfs scratch, no capability, no privilege gain, no restart by the engine (see the module docstring: restarts go
+    through the control plane), and the host reachable by name. Fresh each call: the engine client gets its own."""
+    return {
+        "read_only": True,
+        "tmpfs": dict(TMPFS),
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "restart_policy": {"Name": "no"},
+        "extra_hosts": {"host.docker.internal": "host-gateway"},
+    }
 
 
 class SecretsNotDelivered(RuntimeError):
@@ -83,6 +97,12 @@ class AgentSpec:
     @property
     def pids_limit(self) -> int:
         return pids_limit(self.runtime, self.pids)
+
+    @property
+    def claimable(self) -> bool:
+        """Whether a warm pool container can become this incarnation: a new agent (nothing to restore, no follower)
+        on runc, which is what the pool runs, with an empty volume."""
+        return self.restore_from_url is None and not self.follow and self.runtime == Runtime.runc
 
     @property
     def volume(self) -> str:
@@ -163,12 +183,7 @@ def run_pool(client: Any, spec: PoolSpec) -> Any:
         mem_limit=f"{spec.memory_mb}m",
         nano_cpus=int(spec.cpus * 1e9),
         pids_limit=spec.pids,
-        read_only=True,
-        tmpfs=dict(TMPFS),
-        cap_drop=["ALL"],
-        security_opt=["no-new-privileges"],
-        restart_policy={"Name": "no"},
-        extra_hosts={"host.docker.internal": "host-gateway"},
+        **_hardening(),
     )
 
 
@@ -232,13 +247,8 @@ def run_agent(client: Any, spec: AgentSpec) -> Any:
         nano_cpus=int(spec.cpus * 1e9),
         pids_limit=spec.pids_limit,
         runtime=spec.runtime,
-        read_only=True,
-        tmpfs=dict(TMPFS),
-        cap_drop=["ALL"],
-        security_opt=["no-new-privileges"],
-        restart_policy={"Name": "no"},  # see the module docstring: restarts go through the control plane
-        extra_hosts={"host.docker.internal": "host-gateway"},
         network=spec.network,
+        **_hardening(),
     )
     deliver_secrets(client, container.id, spec.secrets())
     return container

@@ -256,7 +256,7 @@ class DockerDriver:
         answer None when it cannot serve (gone, stopped, another image or runtime, taken meanwhile): the caller then
         starts the incarnation cold. A claim that fails halfway removes the container (it may hold a half-made
         identity) and answers None. Safe to repeat: when `spec`'s incarnation exists it is returned as it is."""
-        if spec.restore_from_url is not None or spec.follow or spec.runtime != Runtime.runc:
+        if not spec.claimable:
             return None
         with _engine(self.engine_url):
             existing = find_agent(self.client, spec)

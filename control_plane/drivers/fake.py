@@ -137,7 +137,7 @@ class FakeDriver:
             if spec.name in self.containers:
                 return self._incarnation(spec.name)
             member = self.pool.get(name)
-            if spec.restore_from_url is not None or spec.follow or spec.runtime != "runc" or member is None:
+            if not spec.claimable or member is None:
                 return None
             if member[1] != "running" or member[0].image != spec.image:
                 return None

@@ -156,7 +156,7 @@ class Fleet:
         spec = self._spec(tenant, ordinal, generation, node, restore_from, creds, agent_token, admin_token)
         try:
             claimed = None
-            if incarnation is None and restore_from is None and self.settings.warm_pool_size:
+            if incarnation is None and spec.claimable and self.settings.warm_pool_size:
                 claimed = pool.claim(driver, spec)  # a new agent: a warm container takes its identity and secrets
             if claimed is not None:
                 incarnation = claimed

@@ -40,7 +40,9 @@ def node_loads(session: Session, tenant: str) -> dict[str, NodeLoad]:
     grouped query (not a row per agent: 40,000 agents took seconds to load as objects). A node's warm pool takes
     its containers' memory (as its last refill recorded it): a claim turns one into an agent, the refill starts
     another, so the pool's share stays taken."""
-    loads = {node.name: NodeLoad(node, 0, _pooled(node), 0) for node in session.exec(select(Node))}
+    loads = {
+        node.name: NodeLoad(node, 0, node.pool_size * node.pool_memory_mb, 0) for node in session.exec(select(Node))
+    }
     query = (
         select(
             Agent.node,
@@ -54,12 +56,9 @@ def node_loads(session: Session, tenant: str) -> dict[str, NodeLoad]:
     )
     for name, agents, memory_mb, mine in session.exec(query):
         if name in loads:
-            loads[name] = NodeLoad(loads[name].node, int(agents), _pooled(loads[name].node) + int(memory_mb), int(mine))
+            pooled = loads[name]  # the node's warm pool only, so far
+            loads[name] = NodeLoad(pooled.node, int(agents), pooled.memory_mb + int(memory_mb), int(mine))
     return loads
-
-
-def _pooled(node: Node) -> int:
-    return node.pool_size * node.pool_memory_mb
 
 
 def choose_node(

@@ -42,7 +42,7 @@ def refill(driver: Driver, settings: Settings, fleet: str, publish_ip: str) -> i
 def claim(driver: Driver, spec: AgentSpec) -> Incarnation | None:
     """`spec`'s incarnation made from a ready pool container of its image, or None (start it cold): no pool, none
     ready, or each claim refused. Only a new agent's start asks (no restore, no follower: `DockerDriver.claim`)."""
-    if spec.restore_from_url is not None or spec.follow or spec.runtime != "runc":
+    if not spec.claimable:
         return None  # the pool runs runc containers with empty volumes: not even worth asking the engine
     members = [m for m in driver.list_pool(spec.fleet) if m.ready and m.image == spec.image]
     for member in members:
