@@ -164,27 +164,13 @@ class Store:
         return cast(T, pending.result)
 
     def _commit_alone(self, fn: Write[T]) -> T:
-        """`_commit` of a batch of one, by its caller (who holds `_committing`), without the batch machinery: the
-        same transaction, the same errors (`fn`'s own, or RuntimeStorageError when the transaction fails)."""
-        conn = self._write_conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except apsw.Error as exc:
-            raise RuntimeStorageError(f"commit failed: {exc}") from None
-        try:
-            result = fn(conn)
-        except BaseException:
-            if not conn.getautocommit():
-                conn.execute("ROLLBACK")
-            raise
-        try:
-            conn.execute("COMMIT")
-        except apsw.Error as exc:
-            if not conn.getautocommit():
-                conn.execute("ROLLBACK")
-            raise RuntimeStorageError(f"commit failed: {exc}") from None
-        self._commits += 1
-        return result
+        """`_commit` of a batch of one, by its caller (who holds `_committing`): the same transaction, the same
+        errors (`fn`'s own, or RuntimeStorageError when the transaction fails)."""
+        pending = _Pending(fn)
+        self._commit([pending])
+        if pending.error is not None:
+            raise pending.error
+        return cast(T, pending.result)
 
     def _write_loop(self) -> None:
         while True:
