@@ -229,11 +229,10 @@ def build_app(settings: Settings) -> FastAPI:
 
 
 def serve(settings: Settings) -> None:
-    """Build the app and serve it. The cyclic garbage collector is off while the app is built: start-up allocates
-    for good (modules, routes, models), so its passes found nothing to free and cost ~10% of the start. What was
-    built is then frozen out of later passes. No websockets: nothing here speaks them, and uvicorn would load a
-    websockets library to offer them."""
-    gc.disable()
+    """Build the app and serve it. The cyclic garbage collector is off until the app is built (the launcher turned
+    it off before the imports: `cli/launch.py`): start-up allocates for good (modules, routes, models), so its passes
+    found nothing to free and cost ~10% of the start. What was built is then frozen out of later passes. No
+    websockets: nothing here speaks them, and uvicorn would load a websockets library to offer them."""
     try:
         app = build_app(settings)
     finally:

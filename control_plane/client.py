@@ -38,9 +38,6 @@ class FleetClient:
         Raises httpx.HTTPError when the control plane does not answer."""
         return self._http.request(method, f"{self.api_url}{path}", timeout=timeout or self.timeout, **kwargs)
 
-    def close(self) -> None:
-        self._http.close()
-
     def request(
         self, method: str, path: str, *, json_body: Any = None, http_timeout: float | None = None, **params: Any
     ) -> Any:
