@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
 from control_plane.api.deps import ProbeDep, SessionDep, TimeoutQuery, WaitQuery, accepted, require_admin
-from control_plane.api.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery
+from control_plane.api.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery, page_answer
 from control_plane.db.models import MoveStrategy, NodeCreate, NodePublic, NodeState, OperationPublic, Page
 from control_plane.services import nodes
 
@@ -18,9 +18,9 @@ def register_node(body: NodeCreate, session: SessionDep, probe: ProbeDep) -> Nod
     return nodes.register_node(session, body, probe)
 
 
-@router.get("")
-def list_nodes(session: SessionDep, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None) -> Page[NodePublic]:
-    return nodes.list_nodes(session, limit, cursor)
+@router.get("", response_model=Page[NodePublic])
+def list_nodes(session: SessionDep, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None) -> Response:
+    return page_answer(nodes.list_nodes(session, limit, cursor))
 
 
 @router.get("/{name}")

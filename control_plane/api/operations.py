@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from control_plane.api.deps import SessionDep, TimeoutQuery, WaitQuery, require_admin
-from control_plane.api.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery
+from control_plane.api.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery, page_answer
 from control_plane.api.waiting import operation_after_wait, read_operation
 from control_plane.db.models import EventPublic, OperationPublic, Page
 from control_plane.services import operations
@@ -17,15 +17,15 @@ from control_plane.services import operations
 router = APIRouter(prefix="/v1/operations", tags=["operations"], dependencies=[Depends(require_admin)])
 
 
-@router.get("")
+@router.get("", response_model=Page[OperationPublic])
 def list_operations(
     session: SessionDep,
     tenant: str | None = None,
     state: str | None = None,
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
-) -> Page[OperationPublic]:
-    return operations.list_operations(session, tenant, state, limit, cursor)
+) -> Response:
+    return page_answer(operations.list_operations(session, tenant, state, limit, cursor))
 
 
 @router.get("/{op_id}")
@@ -42,7 +42,7 @@ async def get_operation(request: Request, op_id: str, wait: WaitQuery = False, t
 events_router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[Depends(require_admin)])
 
 
-@events_router.get("")
+@events_router.get("", response_model=Page[EventPublic])
 def list_events(
     session: SessionDep,
     tenant: str | None = None,
@@ -51,5 +51,5 @@ def list_events(
     since: float | None = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 200,
     cursor: CursorQuery = None,
-) -> Page[EventPublic]:
-    return operations.list_events(session, tenant, node, kind, since, limit, cursor)
+) -> Response:
+    return page_answer(operations.list_events(session, tenant, node, kind, since, limit, cursor))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
 
 from control_plane.api.deps import SessionDep, TimeoutQuery, WaitQuery, accepted, require_admin, require_tenant
-from control_plane.api.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery
+from control_plane.api.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery, page_answer
 from control_plane.db.models import EvacuateRequest, OperationPublic, Page, ScaleRequest, TenantCreate, TenantPublic
 from control_plane.services import tenants
 
@@ -24,11 +24,9 @@ def create_tenant(
     return accepted(session, tenants.create_tenant(session, body), wait, timeout)
 
 
-@router.get("")
-def list_tenants(
-    session: SessionDep, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
-) -> Page[TenantPublic]:
-    return tenants.list_tenants(session, limit, cursor)
+@router.get("", response_model=Page[TenantPublic])
+def list_tenants(session: SessionDep, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None) -> Response:
+    return page_answer(tenants.list_tenants(session, limit, cursor))
 
 
 @tenant_router.get("/{name}")

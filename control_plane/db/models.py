@@ -12,6 +12,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, StringConstraints, computed_field, model_validator
 from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
+from sqlalchemy.engine import Row
 from sqlmodel import Field, SQLModel
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
@@ -243,7 +244,7 @@ class AgentLag(SQLModel):
     lag_sampled_at: float | None = None
 
 
-class AgentPublic(SQLModel):
+class AgentPublic(BaseModel):
     """An agent as the API shows it. Replication is the store-side measurement: `replica_txid` is the replica's
     newest txid in object storage, `local_txid` the last one the agent reported committing, `lag_txids` the
     difference, `lag_seconds` how long ago `synced_at` was (writes acknowledged after it may not be in the
@@ -274,7 +275,8 @@ class AgentPublic(SQLModel):
     @model_validator(mode="before")
     @classmethod
     def _from_row(cls, data: Any) -> Any:
-        if not isinstance(data, Agent):
+        """From an `Agent`, or a row of its table read without the ORM (lists of many agents)."""
+        if not isinstance(data, Agent | Row):
             return data
         now = time.time()
         running = data.state == AgentState.running

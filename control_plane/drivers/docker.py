@@ -68,18 +68,28 @@ class DockerDriver:
     ) -> None:
         self.engine_url, self._tls, self._insecure = engine_url, tls, insecure
         self.client = engine_client(engine_url, tls=tls, insecure=insecure, timeout=timeout)
+        self._pinger: docker.DockerClient | None = None
 
     def ping(self, timeout: float = 3.0) -> None:
-        """A heartbeat: a short timeout of its own, so an unreachable node costs seconds, not the API timeout."""
-        version = self.client.api.api_version  # negotiated once: a ping is one request
+        """A heartbeat: a short timeout of its own, so an unreachable node costs seconds, not the API timeout. The
+        pinging client is kept (a keep-alive connection: a ping is one request, where a new client per ping cost
+        ~5 ms of CPU, 5 s a round over 1,000 nodes); after a failed ping it is dropped and the next one connects
+        afresh (an engine that restarted, a connection a partition broke)."""
         try:
-            client = engine_client(
-                self.engine_url, tls=self._tls, insecure=self._insecure, timeout=timeout, version=version
-            )
-            with contextlib.closing(client):
-                client.ping()
+            pinger = self._pinger
+            if pinger is None:
+                version = self.client.api.api_version  # negotiated once
+                pinger = engine_client(
+                    self.engine_url, tls=self._tls, insecure=self._insecure, timeout=timeout, version=version
+                )
+                self._pinger = pinger
+            pinger.ping()
         except Exception as exc:  # whatever the transport raises (ssh://, TLS): the node is unreachable
             log.debug("engine.ping_failed", engine=self.engine_url, error=type(exc).__name__, exc_info=True)
+            dropped, self._pinger = self._pinger, None
+            if dropped is not None:
+                with contextlib.suppress(Exception):
+                    dropped.close()
             raise EngineUnreachable(f"engine {self.engine_url} does not answer") from None
 
     def runtimes(self) -> list[str]:

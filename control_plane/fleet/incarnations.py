@@ -55,11 +55,18 @@ class Fleet:
     # -- reads ------------------------------------------------------------------------------------------------------
 
     def driver(self, node: Node) -> Driver:
+        """The node's driver, made on first use. Made outside the lock: a DockerDriver asks its engine for its API
+        version, and a heartbeat round that meets 1,000 new nodes (a restarted control plane) must not make them
+        one after another (~5 ms each, past the ping timeout). Two threads racing for a new node may each make
+        one; the first kept wins."""
+        key = f"{node.engine_url} {node.tls} {node.insecure}"  # re-registered with other credentials: new driver
         with self._lock:
-            key = f"{node.engine_url} {node.tls} {node.insecure}"  # re-registered with other credentials: new driver
-            if key not in self._drivers:
-                self._drivers[key] = self._new_driver(node)
-            return self._drivers[key]
+            found = self._drivers.get(key)
+        if found is None:
+            made = self._new_driver(node)
+            with self._lock:
+                found = self._drivers.setdefault(key, made)
+        return found
 
     def _new_driver(self, node: Node) -> Driver:
         if self.make_driver is not None:  # tests: one fake engine per URL

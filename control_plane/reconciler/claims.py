@@ -32,15 +32,29 @@ class Stopping(LostLease):
 def claim(
     engine: Engine, lease: float, *, only: Only | None = None, node_wide_limit: int = 1
 ) -> tuple[Operation, str] | None:
-    """Take the oldest due operation that nothing ahead of it conflicts with, stamping a fresh lock token; None when
-    nothing is due. Operations conflict, the older one going first, when they touch the same things:
+    """Take the oldest due operation (`claim_batch` of one); None when nothing is due."""
+    taken = claim_batch(engine, lease, only=only, node_wide_limit=node_wide_limit, limit=1)
+    return taken[0] if taken else None
+
+
+def claim_batch(
+    engine: Engine, lease: float, *, only: Only | None = None, node_wide_limit: int = 1, limit: int = 1
+) -> list[tuple[Operation, str]]:
+    """Take up to `limit` due operations, oldest first, that nothing ahead of them conflicts with (an operation
+    taken in this batch counts as ahead of the later ones, as it would for a later claim), each stamped with a
+    fresh lock token, in one read of the queue and one transaction: a pass over a long queue costs one read, not
+    one per operation. Operations conflict, the older one going first, when they touch the same things:
     - a tenant's operations: one at a time, in order;
     - a node-wide one (drain, fail-over) touches the agents placed on its node, and those its recorded plan moves
       (`_scopes`): it waits for the operations of those agents' tenants asked before it, and they wait for it;
     - two node-wide ones conflict only when they share an agent (fail-overs of two nodes move disjoint agents,
       so they run side by side, at most `node_wide_limit` held at once across every control plane).
-    A node-wide operation without a node is fleet-wide and runs alone, as every node-wide one used to."""
+    A node-wide operation without a node is fleet-wide and runs alone, as every node-wide one used to.
+    Safe against other claimers: each row is taken by a conditional UPDATE (unlocked or lease run out), and a row
+    another worker took between the read and the update is skipped."""
     now = time.time()
+    taken: list[str] = []
+    tokens: dict[str, str] = {}
     with Session(engine) as session:
         unfinished = session.execute(
             columns(
@@ -76,10 +90,12 @@ def claim(
             else:
                 free = not fleet_wide_ahead and tenant not in tenant_ops_ahead and tenant not in node_wide_tenants
                 wanted = only != "node"
-            if free and wanted and not _held(until, now):
-                taken = _take(session, op_id, now, lease)
-                if taken is not None:
-                    return taken
+            if free and wanted and len(taken) < limit and not _held(until, now):
+                token = _take(session, op_id, now, lease)
+                if token is not None:
+                    taken.append(op_id)
+                    tokens[op_id] = token
+                    node_wide_held += kind in NODE_WIDE
             anything_ahead = True
             if kind not in NODE_WIDE:
                 tenant_ops_ahead.add(tenant)
@@ -88,14 +104,20 @@ def claim(
             else:
                 node_wide_agents |= scope
                 node_wide_tenants |= tenants
-    return None
+        session.commit()
+        if not taken:
+            return []
+        rows = {op.id: op for op in session.exec(select(Operation).where(col(Operation.id).in_(taken)))}
+    return [(rows[op_id], tokens[op_id]) for op_id in taken if op_id in rows]
 
 
 def _held(locked_until: float | None, now: float) -> bool:
     return locked_until is not None and locked_until > now
 
 
-def _take(session: Session, op_id: str, now: float, lease: float) -> tuple[Operation, str] | None:
+def _take(session: Session, op_id: str, now: float, lease: float) -> str | None:
+    """Stamp a fresh lock token on the operation if it is still unlocked (or its lease ran out); the token, or
+    None when another worker took it since it was read. Committed with the rest of the batch."""
     token = secrets.token_hex(8)
     claimed = session.execute(
         update(Operation)
@@ -109,11 +131,7 @@ def _take(session: Session, op_id: str, now: float, lease: float) -> tuple[Opera
             updated_at=now,
         )
     )
-    session.commit()
-    if _rows(claimed) != 1:  # another worker took it between our read and our update
-        return None
-    op = session.get(Operation, op_id)
-    return None if op is None else (op, token)
+    return token if _rows(claimed) == 1 else None
 
 
 def _scopes(

@@ -8,6 +8,8 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+from collections import deque
+from collections.abc import Callable
 from functools import partial
 
 import structlog
@@ -17,11 +19,46 @@ from sqlalchemy.exc import SQLAlchemyError
 from control_plane.db.models import Operation, OperationKind
 from control_plane.errors import OperationFailed
 from control_plane.reconciler import stuck
-from control_plane.reconciler.claims import LostLease, Only, Stopping, claim, finish, release, renew
+from control_plane.reconciler.claims import LostLease, Only, Stopping, claim_batch, finish, release, renew
 from control_plane.reconciler.context import OpContext, Runner
 from control_plane.timing import Periodic
 
 log = structlog.get_logger("control_plane.reconciler")
+Claimed = tuple[Operation, str]
+
+
+class _Lane:
+    """The workers that take one kind of operation (`only`). Whichever of them is idle claims for all of them: up
+    to as many operations as the lane has idle workers, in one read of the queue (`claim_batch`); the others take
+    theirs from the hand-over queue at their next look (0.2 s at most) without reading the queue again."""
+
+    def __init__(self, only: Only | None, size: int) -> None:
+        self.only = only
+        self.size = size
+        self._lock = threading.Lock()
+        self._handed: deque[Claimed] = deque()
+        self._busy = 0
+
+    def take(self, claim: Callable[[Only | None, int], list[Claimed]]) -> Claimed | None:
+        """An operation for the calling (idle) worker: one handed over, else a fresh batch's first; None when
+        nothing is due."""
+        with self._lock:
+            if not self._handed:
+                self._handed.extend(claim(self.only, self.size - self._busy))
+            if not self._handed:
+                return None
+            self._busy += 1
+            return self._handed.popleft()
+
+    def done(self) -> None:
+        with self._lock:
+            self._busy -= 1
+
+    def leftovers(self) -> list[Claimed]:
+        """Claimed and never started (the workers stopped first): to be released."""
+        with self._lock:
+            left, self._handed = list(self._handed), deque()
+            return left
 
 
 class Reconciler:
@@ -50,12 +87,13 @@ class Reconciler:
         self.runners = runners
         self.lease = lease
         self._stopping = threading.Event()
-        shared: Only | None = "tenant" if node_workers else None
         self.node_wide_limit = node_workers or max(1, workers - 1)
+        shared = _Lane("tenant" if node_workers else None, workers)
+        self._lanes = [shared] + ([_Lane("node", node_workers)] if node_workers else [])
         self._workers = [
             Periodic(f"litefleet-op-{i}", 0.2, partial(self._work, shared), first_at_once=True) for i in range(workers)
         ] + [
-            Periodic(f"litefleet-node-op-{i}", 0.2, partial(self._work, "node"), first_at_once=True)
+            Periodic(f"litefleet-node-op-{i}", 0.2, partial(self._work, self._lanes[-1]), first_at_once=True)
             for i in range(node_workers)
         ]
         if stuck_after is not None:
@@ -74,7 +112,11 @@ class Reconciler:
         for worker in self._workers:
             worker.stop()
         deadline = time.monotonic() + timeout
-        return all([worker.join(max(0.0, deadline - time.monotonic())) for worker in self._workers])
+        ended = all([worker.join(max(0.0, deadline - time.monotonic())) for worker in self._workers])
+        for lane in self._lanes:
+            for op, token in lane.leftovers():
+                release(self.engine, op.id, token)
+        return ended
 
     def _sweep(self, stuck_after: float) -> None:
         try:
@@ -82,20 +124,26 @@ class Reconciler:
         except SQLAlchemyError as exc:  # the database blinked: the next sweep looks again
             log.warning("reconciler.sweep_failed", error=str(exc))
 
-    def _work(self, only: Only | None) -> None:
+    def _claim(self, only: Only | None, limit: int) -> list[Claimed]:
+        return claim_batch(self.engine, self.lease, only=only, node_wide_limit=self.node_wide_limit, limit=limit)
+
+    def _work(self, lane: _Lane) -> None:
         """Run due operations one after another until none is due (the thread then waits 0.2 s)."""
         while not self._stopping.is_set():
             try:
-                claimed = claim(self.engine, self.lease, only=only, node_wide_limit=self.node_wide_limit)
+                claimed = lane.take(self._claim)
             except SQLAlchemyError as exc:  # the database blinked: try again shortly
                 log.warning("reconciler.claim_failed", error=str(exc), exc_info=True)
                 return
             if claimed is None:
                 return
-            if self._stopping.is_set():  # claimed as stop() began: hand it straight back
-                release(self.engine, claimed[0].id, claimed[1])
-                return
-            self.run(*claimed)
+            try:
+                if self._stopping.is_set():  # claimed as stop() began: hand it straight back
+                    release(self.engine, claimed[0].id, claimed[1])
+                    return
+                self.run(*claimed)
+            finally:
+                lane.done()
 
     def run(self, op: Operation, token: str) -> None:
         ctx = OpContext(self.engine, op, token, self._stopping.is_set)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select as columns  # sqlmodel's select builds ORM objects; this reads rows
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -49,20 +50,19 @@ def tenant_public(session: Session, tenant: Tenant) -> TenantPublic:
     return _public(tenant, _agents_of(session, [tenant.name]).get(tenant.name, []))
 
 
-def _public(tenant: Tenant, agents: list[Agent]) -> TenantPublic:
-    return TenantPublic(
-        **tenant.model_dump(exclude={"wake_agents", "admin_token"}),
-        placements=[AgentPublic.model_validate(agent, from_attributes=True) for agent in agents],
-    )
+def _public(tenant: Tenant, agents: list[AgentPublic]) -> TenantPublic:
+    return TenantPublic(**tenant.model_dump(exclude={"wake_agents", "admin_token"}), placements=agents)
 
 
-def _agents_of(session: Session, names: list[str]) -> dict[str, list[Agent]]:
-    """The agents of these tenants by ordinal, in one query."""
-    found: dict[str, list[Agent]] = {}
+def _agents_of(session: Session, names: list[str]) -> dict[str, list[AgentPublic]]:
+    """The agents of these tenants by ordinal, in one query, read as plain rows: a page's 400 agents cost a few
+    milliseconds this way, against tens as ORM objects."""
+    found: dict[str, list[AgentPublic]] = {}
     if names:
-        query = select(Agent).where(col(Agent.tenant).in_(names)).order_by(col(Agent.tenant), col(Agent.ordinal))
-        for agent in session.exec(query):
-            found.setdefault(agent.tenant, []).append(agent)
+        table = Agent.__table__  # type: ignore[attr-defined]
+        query = columns(table).where(table.c.tenant.in_(names)).order_by(table.c.tenant, table.c.ordinal)
+        for row in session.connection().execute(query):
+            found.setdefault(row.tenant, []).append(AgentPublic.model_validate(row))
     return found
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from control_plane.drivers.agent_http import MAX_TXID, Readiness
+from control_plane.drivers.agent_http import MAX_READYZ_BYTES, MAX_TXID, AgentHttp, Readiness
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
@@ -49,3 +54,54 @@ def test_any_json_parses_into_bounded_numbers(status: int, body: Any) -> None:
     seconds = readiness.seconds_since_sync
     assert seconds is None or 0 <= seconds < 3.2e8
     assert readiness.ready is (status == 200)
+
+
+class _Agent(BaseHTTPRequestHandler):
+    """A /readyz that answers what the test sets, and records the bearer token it was sent."""
+
+    answers: ClassVar[dict[str, tuple[int, bytes]]] = {}
+    tokens: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.tokens.append(self.headers.get("Authorization", ""))
+        status, body = self.answers[self.headers.get("Authorization", "").removeprefix("Bearer ")]
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def agent_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Agent)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_probe_reads_readiness_over_http_and_anything_else_is_no_answer(agent_url: str) -> None:
+    ready = {"status": "ready", "replication": {"local_txid": 7, "replica_txid": 6, "lag_txids": 1}}
+    _Agent.answers.update(
+        {
+            "good": (200, json.dumps(ready).encode()),
+            "starting": (503, b'{"status": "starting"}'),
+            "refused": (401, b'{"detail": "bad token"}'),
+            "garbage": (200, b"<html>"),
+            "huge": (200, b'{"pad": "' + b"x" * (MAX_READYZ_BYTES + 10) + b'"}'),
+        }
+    )
+    api = AgentHttp()
+    assert api.readyz(agent_url, "good") == Readiness(ready=True, local_txid=7, replica_txid=6, lag_txids=1)
+    assert api.readyz(agent_url, "starting") == Readiness(ready=False)
+    assert [api.readyz(agent_url, token) for token in ("refused", "garbage", "huge")] == [None, None, None]
+    assert _Agent.tokens[0] == "Bearer good"
+    with socket.socket() as unused:  # a port nothing listens on: no answer, at once
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    assert api.readyz(f"http://127.0.0.1:{port}", "good", timeout=1) is None
+    assert api.readyz("ftp://127.0.0.1:1", "good") is None

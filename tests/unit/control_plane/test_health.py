@@ -181,3 +181,25 @@ def test_agents_are_probed_at_once_and_no_write_waits_for_a_round(engine: Engine
         rows = {a.id: a for a in session.exec(select(Agent)).all()}
     assert rows["t0/0"].ready is False and rows["t0/0"].probed_at is not None
     assert all(rows[f"t{i}/0"].ready and rows[f"t{i}/0"].replica_txid == 7 for i in range(1, 200))
+
+
+def test_a_round_meeting_many_new_nodes_makes_their_drivers_side_by_side(engine: Engine) -> None:
+    """A restarted control plane's first heartbeat makes a driver per node, and a real one asks its engine for its
+    API version first. Made one at a time (under the fleet's lock, as they once were), 1,000 of them outlast the
+    ping timeout and nodes miss beats they answered: here four makers meet at a barrier, which only passes when
+    all four are being made at once."""
+    from tests.unit.control_plane.fakes import FakeCredentials, FakeReplicas
+
+    all_making = threading.Barrier(4, timeout=5)
+
+    def make(url: str) -> FakeDriver:
+        all_making.wait()
+        return FakeDriver(url)
+
+    with Session(engine) as session:
+        session.add_all([Node(name=f"n{i}", engine_url=f"fake-{i}", missed_heartbeats=1) for i in range(4)])
+        session.commit()
+    fleet = Fleet(engine, Settings(), FakeReplicas(), FakeCredentials(), make_driver=make)
+    HealthMonitor(engine, fleet, Settings(heartbeat_timeout=10)).heartbeat()
+    with Session(engine) as session:
+        assert {node.missed_heartbeats for node in session.exec(select(Node))} == {0}

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from control_plane.db.models import Operation, OperationKind, OperationState
-from control_plane.reconciler import LostLease, OpContext, Reconciler, claim, finish
+from control_plane.reconciler import LostLease, OpContext, Reconciler, claim, finish, worker
 
 
 def queue(engine: Engine, kind: OperationKind = OperationKind.scale, tenant: str | None = "acme") -> str:
@@ -88,3 +90,56 @@ def test_the_reconciler_runs_operations_to_a_final_state(engine: Engine) -> None
         assert (done.state, done.result, done.error) == (OperationState.succeeded, {"agents": 1}, None)
         assert failed.state == OperationState.failed and failed.error == "RuntimeError: engine went away"
         assert [step["step"] for step in failed.steps] == ["agent.started", "operation.failed"]
+
+
+def test_idle_workers_share_one_read_of_the_queue_and_run_side_by_side(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four operations of four tenants, four idle workers: one claim reads the queue and takes all four (as many as
+    the lane has idle workers), and the four run at once, each on its own worker."""
+    ids = {queue(engine, tenant=name) for name in ("a", "b", "c", "d")}
+    reads: list[int] = []
+    real = worker.claim_batch
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        taken = real(*args, **kwargs)
+        if taken:
+            reads.append(len(taken))
+        return taken
+
+    monkeypatch.setattr(worker, "claim_batch", counted)
+    all_started = threading.Barrier(4, timeout=5)
+    threads: set[str] = set()
+
+    def runner(ctx: OpContext) -> None:
+        threads.add(threading.current_thread().name)
+        all_started.wait()  # breaks (and the operation fails) unless all four run at once
+
+    reconciler = Reconciler(engine, {OperationKind.scale: runner}, workers=4, lease=30)
+    reconciler.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with Session(engine) as session:
+                states = {session.get(Operation, i).state for i in ids}  # type: ignore[union-attr]
+            if states <= {OperationState.succeeded, OperationState.failed}:
+                break
+            time.sleep(0.05)
+    finally:
+        reconciler.stop()
+    assert states == {OperationState.succeeded}
+    assert reads == [4], "one read of the queue took all four"
+    assert len(threads) == 4
+
+
+def test_operations_claimed_for_workers_that_never_took_them_are_released_at_stop(engine: Engine) -> None:
+    """A batch claimed for two idle workers, of which one never took its share before stop(): stop hands that one
+    back, so any control plane claims it at once, not a lease later."""
+    first, second = queue(engine), queue(engine, tenant="globex")
+    reconciler = Reconciler(engine, {OperationKind.scale: lambda ctx: None}, workers=2, lease=30)
+    taken = reconciler._lanes[0].take(reconciler._claim)
+    assert taken is not None and taken[0].id == first
+    assert claim(engine, lease=30) is None, "the second is claimed, handed over to the other worker"
+    reconciler.stop()
+    again = claim(engine, lease=30)
+    assert again is not None and again[0].id == second

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from control_plane.db.models import Agent, AgentState, Node, NodeState, Operation, OperationKind, OperationState
 from control_plane.db.models import Tenant as TenantRow
-from control_plane.reconciler import OpContext, Reconciler, claim
+from control_plane.reconciler import OpContext, Reconciler, claim, claim_batch
 from control_plane.reconciler.runners import runners
 from control_plane.settings import Settings
 from tests.unit.control_plane.fakes import fake_fleet
@@ -46,14 +50,26 @@ def _op(kind: OperationKind, *, tenant: str | None = None, node: str | None = No
     return Operation(kind=kind, tenant=tenant, node=node, params=params, created_at=at)
 
 
-def _claimed(engine: Engine, **kwargs: Any) -> list[str]:
+def _one_by_one(engine: Engine, **kwargs: Any) -> list[str]:
     ids = []
     while (taken := claim(engine, lease=30, **kwargs)) is not None:
         ids.append(taken[0].id)
     return ids
 
 
-def test_fail_overs_of_different_nodes_run_together_and_block_only_their_own_tenants(engine: Engine) -> None:
+def _in_one_batch(engine: Engine, **kwargs: Any) -> list[str]:
+    return [op.id for op, _ in claim_batch(engine, lease=30, limit=1000, **kwargs)]
+
+
+@pytest.fixture(params=[_one_by_one, _in_one_batch], ids=["one_by_one", "in_one_batch"])
+def claim_all(request: pytest.FixtureRequest) -> Callable[..., list[str]]:
+    """Every claim rule holds the same whether a worker claims one operation at a time or a pass claims a batch."""
+    return request.param  # type: ignore[no-any-return]
+
+
+def test_fail_overs_of_different_nodes_run_together_and_block_only_their_own_tenants(
+    engine: Engine, claim_all: Callable[..., list[str]]
+) -> None:
     _add(engine, _agent("a", 0, "n1"), _agent("a", 1, "n2"), _agent("b", 0, "n2"), _agent("c", 0, "n3"))
     scale_b = _op(OperationKind.scale, tenant="b", at=1)  # asked before n2 went down: n2's fail-over waits for it
     fail_n1 = _op(OperationKind.failover, node="n1", at=2)
@@ -62,31 +78,90 @@ def test_fail_overs_of_different_nodes_run_together_and_block_only_their_own_ten
     scale_c = _op(OperationKind.scale, tenant="c", at=5)  # unrelated to every fail-over ahead: runs
     ids = _add(engine, scale_b, fail_n1, fail_n2, scale_a, scale_c)
 
-    assert _claimed(engine, node_wide_limit=4) == [ids[0], ids[1], ids[4]]
+    assert claim_all(engine, node_wide_limit=4) == [ids[0], ids[1], ids[4]]
     with Session(engine) as session:  # b's scale finished: n2's fail-over may go, beside n1's
         op = session.get(Operation, ids[0])
         assert op is not None
         op.state, op.locked_until = OperationState.succeeded, None
         session.add(op)
         session.commit()
-    assert _claimed(engine, node_wide_limit=4) == [ids[2]]
-    assert _claimed(engine, node_wide_limit=4) == [], "a's scale waits for both of a's fail-overs"
+    assert claim_all(engine, node_wide_limit=4) == [ids[2]]
+    assert claim_all(engine, node_wide_limit=4) == [], "a's scale waits for both of a's fail-overs"
 
 
-def test_node_wide_operations_are_bounded_and_tenant_workers_never_take_them(engine: Engine) -> None:
+def test_node_wide_operations_are_bounded_and_tenant_workers_never_take_them(
+    engine: Engine, claim_all: Callable[..., list[str]]
+) -> None:
     _add(engine, *[_agent(f"t{i}", 0, f"n{i}") for i in range(5)])
     fails = _add(engine, *[_op(OperationKind.failover, node=f"n{i}", at=i) for i in range(5)])
     other = _add(engine, _op(OperationKind.scale, tenant="other", at=10))
-    assert _claimed(engine, only="tenant", node_wide_limit=3) == other
-    assert _claimed(engine, only="node", node_wide_limit=3) == fails[:3]
-    assert _claimed(engine, only="node", node_wide_limit=3) == [], "three held: the bound"
+    assert claim_all(engine, only="tenant", node_wide_limit=3) == other
+    assert claim_all(engine, only="node", node_wide_limit=3) == fails[:3]
+    assert claim_all(engine, only="node", node_wide_limit=3) == [], "three held: the bound"
 
 
-def test_a_drain_without_a_node_is_fleet_wide_and_runs_alone(engine: Engine) -> None:
+def test_a_drain_without_a_node_is_fleet_wide_and_runs_alone(
+    engine: Engine, claim_all: Callable[..., list[str]]
+) -> None:
     _add(engine, _agent("a", 0, "n1"))
     first = _add(engine, _op(OperationKind.scale, tenant="a", at=1))
     _add(engine, _op(OperationKind.drain, at=2), _op(OperationKind.scale, tenant="z", at=3))
-    assert _claimed(engine, node_wide_limit=4) == first, "the drain waits for what is ahead; z waits for the drain"
+    assert claim_all(engine, node_wide_limit=4) == first, "the drain waits for what is ahead; z waits for the drain"
+
+
+QUEUES = st.lists(
+    st.tuples(
+        st.sampled_from([OperationKind.scale, OperationKind.failover, OperationKind.drain]),
+        st.sampled_from(["a", "b", "c"]),
+        st.sampled_from(["n1", "n2", "n3", None]),
+    ),
+    max_size=12,
+)
+
+
+@examples(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    queue=QUEUES,
+    placed=st.lists(st.sampled_from(["n1", "n2", "n3"]), min_size=6, max_size=6),
+    only=st.sampled_from([None, "tenant", "node"]),
+    node_wide_limit=st.integers(1, 3),
+)
+def test_a_batch_takes_exactly_what_claims_one_at_a_time_take(
+    engine: Engine,
+    queue: list[tuple[OperationKind, str, str | None]],
+    placed: list[str],
+    only: Any,
+    node_wide_limit: int,
+) -> None:
+    """Any queue, any placement: one `claim_batch` takes the same operations, in the same order, as claiming one
+    at a time until nothing is due (then the queue is put back and the batch claims it)."""
+    with Session(engine) as session:
+        for row in session.exec(select(Operation)).all():
+            session.delete(row)
+        for row in session.exec(select(Agent)).all():
+            session.delete(row)
+        session.commit()
+    _add(engine, *[_agent(tenant, i, node) for i, (tenant, node) in enumerate(zip("abcabc", placed, strict=True))])
+    ids = _add(
+        engine,
+        *[
+            _op(
+                kind,
+                tenant=None if kind != OperationKind.scale else tenant,
+                node=None if kind == OperationKind.scale else node,
+                at=i,
+            )
+            for i, (kind, tenant, node) in enumerate(queue)
+        ],
+    )
+    one_by_one = _one_by_one(engine, only=only, node_wide_limit=node_wide_limit)
+    with Session(engine) as session:
+        for row in session.exec(select(Operation)).all():
+            row.state, row.lock_token, row.locked_until, row.attempts = OperationState.pending, None, None, 0
+            session.add(row)
+        session.commit()
+    assert _in_one_batch(engine, only=only, node_wide_limit=node_wide_limit) == one_by_one
+    assert set(one_by_one) <= set(ids)
 
 
 DOWN, UP = 50, 10
