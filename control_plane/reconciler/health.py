@@ -261,9 +261,11 @@ class HealthMonitor:
         except EngineUnreachable:
             return
         with Session(self.engine) as session:
+            ids = [f"{incarnation.tenant}/{incarnation.agent}" for incarnation in found]
+            agents = {agent.id: agent for agent in session.exec(select(Agent).where(col(Agent.id).in_(ids)))}
             stale: dict[str, list[str]] = {}
-            for incarnation in found:
-                if is_stale(incarnation, session.get(Agent, f"{incarnation.tenant}/{incarnation.agent}"), node.name):
+            for agent_id, incarnation in zip(ids, found, strict=True):
+                if is_stale(incarnation, agents.get(agent_id), node.name):
                     stale.setdefault(incarnation.tenant, []).append(incarnation.name)
             for tenant, names in sorted(stale.items()):
                 if _busy(session, tenant):
