@@ -14,6 +14,7 @@ import contextlib
 import json
 import secrets as _secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,6 +179,7 @@ def run_pool(client: Any, spec: PoolSpec) -> Any:
         detach=True,
         environment={POOLED: "1"},
         stdin_open=True,  # the claim's fast channel: `attach_claim`
+        network="none",  # no network until claimed: a claim is one connect, with no port mapping to take down
         labels=spec.labels(),
         volumes={spec.name: {"bind": "/data", "mode": "rw"}},
         ports={f"{AGENT_PORT}/tcp": (spec.publish_ip, None)},
@@ -188,12 +190,14 @@ def run_pool(client: Any, spec: PoolSpec) -> Any:
     )
 
 
-def claim_pool(client: Any, container: Any, spec: AgentSpec) -> dict[str, float]:
-    """Turn a running pool container into `spec`'s incarnation: its name, its tenant's network instead of the
-    default bridge (when `spec.network` is set), its limits, then its identity and secrets in one exec. Docker cannot
-    change labels or environment after creation: the name carries the identity (`parse_incarnation_name`), the
-    claim record on the volume the rest. Not idempotent by itself: `DockerDriver.claim` looks for the name first.
-    Returns the seconds each part took (the claim's log line says where its time went)."""
+def claim_pool(
+    client: Any, container: Any, spec: AgentSpec, complete: Callable[[], AgentSpec] | None = None
+) -> dict[str, float]:
+    """Turn a running pool container into `spec`'s incarnation: its name, its tenant's network (`spec.network`, else
+    the default bridge) as its only network, its limits, then its identity and secrets (those of `complete()`, called
+    only then, else of `spec`) on its stdin. Docker cannot change labels or environment after creation: the name
+    carries the identity (`parse_incarnation_name`), the claim record on the volume the rest. Not idempotent by
+    itself: `DockerDriver.claim` looks for the name first. Returns the seconds each part took (its log line)."""
     seconds: dict[str, float] = {}
     mark = time.monotonic()
 
@@ -204,10 +208,16 @@ def claim_pool(client: Any, container: Any, spec: AgentSpec) -> dict[str, float]
 
     container.rename(spec.name)
     took("rename")
-    if spec.network is not None:
-        client.networks.get(spec.network).connect(container)
-        client.networks.get("bridge").disconnect(container)
-        took("network")
+    target = spec.network or "bridge"
+    joined = set(container.attrs.get("NetworkSettings", {}).get("Networks") or {})
+    if "none" in joined:  # a pool container has no network (Docker refuses another one beside "none")
+        client.networks.get("none").disconnect(container)
+        joined.discard("none")
+    if target not in joined:
+        client.networks.get(target).connect(container)
+    for other in sorted(joined - {target}):  # one made on the default bridge by an earlier control plane
+        client.networks.get(other).disconnect(container)
+    took("network")
     memory = spec.memory_mb * 2**20
     limits = {
         "Memory": memory,
@@ -218,11 +228,13 @@ def claim_pool(client: Any, container: Any, spec: AgentSpec) -> dict[str, float]
     response = client.api._post_json(client.api._url("/containers/{0}/update", container.id), data=limits)
     client.api._raise_for_status(response)  # the SDK's `update` knows neither NanoCpus nor PidsLimit
     took("limits")
+    full = spec if complete is None else complete()
+    took("secrets")
     if container.attrs.get("Config", {}).get("OpenStdin"):
-        attach_claim(client, container.id, spec)
+        attach_claim(client, container.id, full)
         took("claim_attach")
     else:  # made by an earlier control plane, before pool containers listened on their stdin
-        deliver_claim(client, container.id, spec)
+        deliver_claim(client, container.id, full)
         took("claim_exec")
     return seconds
 

@@ -251,11 +251,15 @@ class DockerDriver:
             return dataclasses.replace(member, image=f"{member.image} (outdated)")
         return member
 
-    def claim(self, name: str, spec: AgentSpec) -> Incarnation | None:
+    def claim(self, name: str, spec: AgentSpec, complete: Callable[[], AgentSpec] | None = None) -> Incarnation | None:
         """Make the running pool container `name` the NEW incarnation `spec` (no restore: its volume is empty), or
         answer None when it cannot serve (gone, stopped, another image or runtime, taken meanwhile): the caller then
         starts the incarnation cold. A claim that fails halfway removes the container (it may hold a half-made
-        identity) and answers None. Safe to repeat: when `spec`'s incarnation exists it is returned as it is."""
+        identity) and answers None; when `complete()` raises, the container is removed and the error raised.
+        `complete()` gives `spec` with its secrets (default: `spec` has them). It is called only once the container
+        is on its network with its limits, just before the identity goes in: the caller's key mint and CURRENT write
+        overlap the network move.
+        Safe to repeat: when `spec`'s incarnation exists it is returned as it is."""
         if not spec.claimable:
             return None
         with _engine(self.engine_url):
@@ -275,7 +279,11 @@ class DockerDriver:
             isolated = self._isolated(spec)
             network = round(time.monotonic() - started, 3)
             try:
-                seconds = claim_pool(self.client, container, isolated)
+                seconds = claim_pool(self.client, container, isolated, _Completed(complete or (lambda: spec)))
+            except _SecretsFailed as failed:
+                with contextlib.suppress(docker.errors.APIError):
+                    self.remove(container.id)  # it holds no identity yet: nothing is lost
+                raise failed.error from None
             except (docker.errors.APIError, SecretsNotDelivered) as exc:
                 log.warning("pool.claim_failed", container=name, incarnation=spec.name, error=str(exc)[:300])
                 with contextlib.suppress(docker.errors.APIError):
@@ -349,6 +357,26 @@ class DockerDriver:
             return self.client.containers.get(name)
         except docker.errors.NotFound:
             return None
+
+
+class _SecretsFailed(Exception):
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Completed:
+    """A claim's complete spec, asked for when the claim is sent (`DockerDriver.claim`); a failure to make it (the
+    key mint, CURRENT) is told apart from a failed delivery."""
+
+    def __init__(self, make: Callable[[], AgentSpec]) -> None:
+        self.make = make
+
+    def __call__(self) -> AgentSpec:
+        try:
+            return self.make()
+        except Exception as exc:
+            raise _SecretsFailed(exc) from exc
 
 
 def _restart_policy(container: Any) -> str:

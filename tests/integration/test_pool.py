@@ -41,6 +41,7 @@ def test_a_claimed_pool_container_serves_replicates_restarts_and_is_removed_whol
     pooled = client.containers.get(member.name)
     assert pooled.attrs["Config"]["Env"].count(f"{contract.POOLED}=1") == 1
     assert not any(v.startswith("LITEFLEET_TENANT") for v in pooled.attrs["Config"]["Env"])
+    assert set(pooled.attrs["NetworkSettings"]["Networks"]) == {"none"}  # no network before its claim
     assert [m.name for m in driver.list_pool(fleet)] == [member.name] and driver.list_pool(fleet)[0].ready
     assert driver.list_managed(fleet) == []  # an unclaimed pool container is no incarnation
 
@@ -63,6 +64,7 @@ def test_a_claimed_pool_container_serves_replicates_restarts_and_is_removed_whol
     agents.ready(container)
     prefix = agents.storage.replica_prefix(tenant, 0, 1)
     eventually(lambda: bool(agents.storage.keys(prefix)), timeout=30)  # replicating to its own generation's path
+    assert set(container.attrs["NetworkSettings"]["Networks"]) == {"bridge"}  # its one network (no isolation here)
     host = container.attrs["HostConfig"]
     assert (host["Memory"], host["NanoCpus"]) == (256 * 2**20, 10**9)
     environment = " ".join(container.attrs["Config"]["Env"])
