@@ -52,7 +52,10 @@ def prepare_database(identity: AgentIdentity) -> str:
         if url is None:
             continue
         document = litestream.agent_config(identity, url, socket=False)
-        config = litestream.write_config(document, identity.run_dir / "restore.json")
+        config = litestream.write_config(document, identity.run_dir / "restore.json", read_back=False)
+        if not required and litestream.no_replica(config):
+            continue  # a new agent: Litestream never reads this config (its read-back is a process, ~0.1 s)
+        litestream.read_back_config(document, config)
         check = identity.integrity_check
         if litestream.restore(config, identity.db_path, if_replica_exists=not required, integrity_check=check):
             return url

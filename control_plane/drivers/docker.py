@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import docker
@@ -42,7 +43,9 @@ from control_plane.drivers.network import (
     Isolation,
     TenantNetwork,
     build_helper_image,
+    create_tenant_network,
     ensure_tenant_network,
+    install_tenant_rules,
     release_tenant_network,
 )
 from control_plane.drivers.runtimes import Runtime, engine_runtimes, reap_failed_start
@@ -50,6 +53,7 @@ from control_plane.pki import EngineTLS
 from control_plane.timing import poll
 
 log = structlog.get_logger("control_plane.drivers")
+_BESIDE = ThreadPoolExecutor(8, thread_name_prefix="litefleet-claim")  # a claim's rules install, beside its move
 
 
 @contextlib.contextmanager
@@ -276,10 +280,19 @@ class DockerDriver:
             ):
                 return None
             started = time.monotonic()
-            isolated = self._isolated(spec)
+            isolated, rules = self._network_for_claim(spec)
             network = round(time.monotonic() - started, 3)
+
+            def ready() -> AgentSpec:  # the tenant's rules are in place before anything of the tenant's runs
+                if rules is not None:
+                    rules.result()
+                return spec if complete is None else complete()
+
             try:
-                seconds = claim_pool(self.client, container, isolated, _Completed(complete or (lambda: spec)))
+                with contextlib.ExitStack() as closing:
+                    if rules is not None:
+                        closing.callback(rules.exception)  # never leave before the helper's exec ended
+                    seconds = claim_pool(self.client, container, isolated, _Completed(ready))
             except _SecretsFailed as failed:
                 with contextlib.suppress(docker.errors.APIError):
                     self.remove(container.id)  # it holds no identity yet: nothing is lost
@@ -309,6 +322,19 @@ class DockerDriver:
         network = TenantNetwork(spec.fleet, spec.tenant)
         ensure_tenant_network(self.client, network, spec.isolation, self._helper())
         return dataclasses.replace(spec, network=network.name)
+
+    def _network_for_claim(self, spec: AgentSpec) -> tuple[AgentSpec, Future[None] | None]:
+        """As `_isolated`, for a claim: the network is created now, its rules are installed on a thread of their
+        own (the future) while the pool container moves onto it. The container runs nothing of the tenant's until
+        the claim's identity goes in, which waits for the rules (fail closed: an IsolationFailed removes it)."""
+        if spec.isolation is None:
+            return spec, None
+        network = TenantNetwork(spec.fleet, spec.tenant)
+        helper = self._helper()
+        create_tenant_network(self.client, network, spec.isolation)
+        isolation = spec.isolation
+        rules = _BESIDE.submit(install_tenant_rules, self.client, network, isolation, helper)
+        return dataclasses.replace(spec, network=network.name), rules
 
     def _ensure_isolation(self, labels: dict[str, str]) -> None:
         raw = labels.get(ISOLATION_LABEL)
