@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -134,13 +135,16 @@ def provisions(
                     if api.send("GET", f"/v1/nodes/{node.name}").json().get("pool_ready", 0) >= 1:
                         break
             tenant = "p" + secrets.token_hex(4)
+            posted = time.time()
             seconds, op = timed(api, "POST", "/v1/tenants", {"name": tenant, "agents": 1})
+            answered = time.time()
             claimed = any(step.get("step") == "agent.claimed" for step in op["steps"])
             if claimed != bool(pool):
                 raise SystemExit(f"provision of {tenant}: claimed={claimed} with a pool of {pool}")
             seconds_each.append(seconds)
             agent_each.append(next(s["seconds"] for s in op["steps"] if s.get("step") == "agent.started"))
             print(json.dumps({"pool": pool, "created_at": op.get("created_at"), "steps": op["steps"]}), file=sys.stderr)
+            print(json.dumps(profile(node, tenant, pool, posted, answered, op)), file=sys.stderr)
             timed(api, "DELETE", f"/v1/tenants/{tenant}", purge=True)
         return seconds_each, agent_each
     finally:
@@ -150,6 +154,29 @@ def provisions(
                 print(line, file=sys.stderr)
         for container in node.client().containers.list(all=True, filters={"label": "io.litefleet.pool=true"}):
             DockerDriver(node.engine_url, tls=node.tls).remove(container.name)
+
+
+def profile(node: TestbedNode, tenant: str, pool: int, posted: float, answered: float, op: dict[str, Any]) -> Any:
+    """Where one provision's time went, in seconds after the POST (one clock: the containers share the host's):
+    the operation's steps and the agent's own start phases (`agent.start_phase`, from its container's log)."""
+    marks: dict[str, float] = {"answered": answered - posted}
+    for step in op["steps"]:
+        if isinstance(step.get("at"), int | float):
+            marks.setdefault(str(step.get("step")), step["at"] - posted)
+    container = node.client().containers.get(f"lf-{tenant}-0-g1")
+    for line in container.logs().decode(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "agent.start_phase" and isinstance(event.get("at"), int | float):
+            marks.setdefault(f"phase.{event['phase']}", event["at"] - posted)
+    ordered = sorted(marks.items(), key=lambda item: item[1])
+    return {
+        "profile": "pool" if pool else "cold",
+        "tenant": tenant,
+        "after_post_s": {k: round(v, 3) for k, v in ordered},
+    }
 
 
 def main() -> None:

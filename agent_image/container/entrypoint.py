@@ -24,11 +24,14 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import threading
 import time
+from collections.abc import Callable
 
 import structlog
 
 from agent_image import contract
+from agent_image._phases import mark
 from agent_image._store import Store
 from agent_image.container import follower, litestream, pool, warm
 from agent_image.container.fence import check_fence
@@ -103,6 +106,7 @@ def main() -> None:
                 answer=_answer,
             )
             _close_stdin()  # nothing written there after the claim reaches the agent (tenant code runs here)
+            mark("claimed")
             os.environ.clear()  # Litestream and the agent server (`AgentIdentity.from_env()`) read the claimed one
             os.environ.update(env)
         identity = AgentIdentity.from_env(env)
@@ -133,23 +137,49 @@ def main() -> None:
             identity = identity.with_secrets()  # the promotion delivered the incarnation's own secrets
             started = time.monotonic()
         check_fence(identity)
+        document = litestream.agent_config(identity, identity.replica_url)
+        config = litestream.write_config(document, identity.run_dir / "litestream.json", read_back=False)
+        read_back = _Beside(lambda: litestream.read_back_config(document, config))  # a Litestream process
         try:
             source = prepare_database(identity)
             initialise_schema(identity)
         except Exception as exc:
             raise StartRefused("restore_failed", contract.EXIT_RESTORE_FAILED, str(exc)) from None
-        document = litestream.agent_config(identity, identity.replica_url)
-        config = litestream.write_config(document, identity.run_dir / "litestream.json")
+        finally:
+            read_back.join()
+        read_back.result()  # before Litestream uses the config
     except StartRefused as exc:
         log.error("agent.refused", code=exc.code, error=str(exc))
         print(f"litefleet-agent: {exc.code}: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
     size = identity.db_path.stat().st_size
     log.info("agent.database_ready", source=source, bytes=size, seconds=round(time.monotonic() - started, 3))
+    mark("configured", source=source)
     if pooled:  # the server is imported already: serve in this process, Litestream as its child
         raise SystemExit(warm.serve(identity, config, agent_arguments(identity)))
     argv = [litestream.binary(), "replicate", "-config", str(config), "-exec", agent_command(identity)]
     os.execve(argv[0], argv, litestream.environment())
+
+
+class _Beside(threading.Thread):
+    """`work()` on a thread of its own; `result()` re-raises what it raised."""
+
+    def __init__(self, work: Callable[[], object]) -> None:
+        super().__init__(name="litefleet-beside", daemon=True)
+        self.work = work
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.work()
+        except BaseException as exc:
+            self.error = exc
+
+    def result(self) -> None:
+        self.join()
+        if self.error is not None:
+            raise self.error
 
 
 def _answer(line: str) -> None:

@@ -22,6 +22,8 @@ and waits for its secrets like any restart."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import subprocess
 import threading
@@ -75,6 +77,7 @@ def serve(identity: AgentIdentity, config: Path, argv: list[str]) -> int:
             os._exit(1)
 
     threading.Thread(target=watch, name="litefleet-litestream", daemon=True).start()
+    _import_bundle(identity.bundle)  # while Litestream starts (the serve below finds it imported)
     _wait_for_socket(identity.socket_path, replicate)
     mark("litestream_started")
     serving.set()
@@ -92,6 +95,15 @@ def serve(identity: AgentIdentity, config: Path, argv: list[str]) -> int:
             replicate.kill()
             replicate.wait()
     return code
+
+
+def _import_bundle(bundle: str) -> None:
+    """Import a bundle named as a module (what containers run), ignoring any failure: `serve` imports it again
+    (from the module cache, or failing there with its own message and exit code)."""
+    if os.path.exists(bundle):
+        return  # a path is executed anew by every load: leave it to `serve`
+    with contextlib.suppress(Exception):  # `serve` reports it
+        importlib.import_module(bundle)
 
 
 def _wait_for_socket(path: Path, replicate: subprocess.Popen[bytes]) -> None:

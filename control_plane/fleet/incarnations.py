@@ -504,9 +504,13 @@ class Fleet:
     def _wait_ready(self, driver: Driver, incarnation: Incarnation, token: str) -> str:
         """Wait for /readyz and the first replica (replica txid >= 1); fail with the agent's reason if it exits."""
         url: str | None = None
+        inspected = 0.0
 
         def alive() -> None:
-            nonlocal url
+            nonlocal url, inspected
+            if url is not None and time.monotonic() - inspected < 0.5:
+                return  # its address is known: /readyz is polled every round, the engine (several calls) less often
+            inspected = time.monotonic()
             current = driver.inspect(incarnation.name)
             if current is None:
                 raise OperationFailed(f"{incarnation.name} disappeared while starting")
