@@ -4,7 +4,8 @@
     make bench            (or: .venv/bin/python bench/pool.py [--runs 5] [--prefix lfb] [--subnet 10.97.0])
 
 Figures (one JSON line each; p50/p90 of --runs):
-  baseline_start_s   the floor: `run_agent` + wait for /readyz and the first replica, by hand, same engine
+  baseline_start_s   the floor: `run_agent` + wait for /readyz and the first replica, by hand, same engine, one
+                     before each API provision (interleaved with both control planes' runs)
   provision_cold_s   POST /v1/tenants (1 agent) with ?wait=true on a control plane without a pool
   provision_pool_s   the same on a control plane with LITEFLEET_WARM_POOL_SIZE=1, each time once the node's pool
                      shows a ready container (`GET /v1/nodes`): the claim (rename, tenant network, limits, identity
@@ -25,7 +26,9 @@ import secrets
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -44,27 +47,31 @@ from control_plane.timing import poll  # noqa: E402
 from infra.testbed import Testbed, TestbedNode  # noqa: E402
 
 
-def by_hand(store: EmbeddedStore, image: str, node: TestbedNode, runs: int) -> list[float]:
-    storage = ObjectStorage(store.address.endpoint, *store.admin, BUCKET)
-    credentials = SeaweedCredentials(store, storage)
-    client = node.client(timeout=120)
-    starts = []
-    for _ in range(runs):
+class ByHand:
+    """The floor, one start per call: `run_agent` + /readyz and the first replica, no control plane, same engine."""
+
+    def __init__(self, store: EmbeddedStore, image: str, node: TestbedNode) -> None:
+        self.storage = ObjectStorage(store.address.endpoint, *store.admin, BUCKET)
+        self.credentials = SeaweedCredentials(store, self.storage)
+        self.store, self.image, self.node = store, image, node
+        self.client = node.client(timeout=120)
+        self.starts: list[float] = []
+
+    def __call__(self) -> None:
         tenant = "h" + secrets.token_hex(4)
         spec = AgentSpec(
-            tenant=tenant, agent=0, generation=1, bundle="tenants.hello", image=image,
-            replica_url=storage.replica_url(tenant, 0, 1), s3_endpoint=store.address.endpoint,
-            credentials=credentials.issue_incarnation(tenant, 0, 1), agent_token=secrets.token_urlsafe(32),
-            admin_token=secrets.token_urlsafe(32), publish_ip=node.ip,
+            tenant=tenant, agent=0, generation=1, bundle="tenants.hello", image=self.image,
+            replica_url=self.storage.replica_url(tenant, 0, 1), s3_endpoint=self.store.address.endpoint,
+            credentials=self.credentials.issue_incarnation(tenant, 0, 1), agent_token=secrets.token_urlsafe(32),
+            admin_token=secrets.token_urlsafe(32), publish_ip=self.node.ip,
         )  # fmt: skip
-        storage.advance_current(tenant, 0, 1, None)
+        self.storage.advance_current(tenant, 0, 1, None)
         started = time.monotonic()
-        container = run_agent(client, spec)
+        container = run_agent(self.client, spec)
         by_hand_ready(container, spec.agent_token)
-        starts.append(time.monotonic() - started)
+        self.starts.append(time.monotonic() - started)
         container.remove(force=True, v=True)
-        client.volumes.get(spec.volume).remove(force=True)
-    return starts
+        self.client.volumes.get(spec.volume).remove(force=True)
 
 
 def driver_level(store: EmbeddedStore, image: str, node: TestbedNode, runs: int) -> tuple[list[float], list[float]]:
@@ -100,8 +107,17 @@ def driver_level(store: EmbeddedStore, image: str, node: TestbedNode, runs: int)
 
 
 def provisions(
-    store: EmbeddedStore, image: str, node: TestbedNode, scratch: Path, bed: Testbed, runs: int, pool: int, **extra: str
+    store: EmbeddedStore,
+    image: str,
+    node: TestbedNode,
+    scratch: Path,
+    bed: Testbed,
+    runs: int,
+    pool: int,
+    between: Callable[[], None],
+    **extra: str,
 ) -> tuple[list[float], list[float]]:
+    """`runs` provisions through the API, each after one `between()` (the by-hand floor, interleaved)."""
     state = scratch / f"plane-pool{pool}"
     state.mkdir()
     plane = ControlPlaneProcess.beside(
@@ -113,18 +129,22 @@ def provisions(
         api = plane.client
         seconds_each, agent_each = [], []
         for _ in range(runs):
+            between()
             if pool:
                 for _ in poll(120, 0.2):  # the refill has a ready container on the node again
                     if api.send("GET", f"/v1/nodes/{node.name}").json().get("pool_ready", 0) >= 1:
                         break
             tenant = "p" + secrets.token_hex(4)
+            posted = time.time()
             seconds, op = timed(api, "POST", "/v1/tenants", {"name": tenant, "agents": 1})
+            answered = time.time()
             claimed = any(step.get("step") == "agent.claimed" for step in op["steps"])
             if claimed != bool(pool):
                 raise SystemExit(f"provision of {tenant}: claimed={claimed} with a pool of {pool}")
             seconds_each.append(seconds)
             agent_each.append(next(s["seconds"] for s in op["steps"] if s.get("step") == "agent.started"))
             print(json.dumps({"pool": pool, "created_at": op.get("created_at"), "steps": op["steps"]}), file=sys.stderr)
+            print(json.dumps(profile(node, tenant, pool, posted, answered, op)), file=sys.stderr)
             timed(api, "DELETE", f"/v1/tenants/{tenant}", purge=True)
         return seconds_each, agent_each
     finally:
@@ -136,12 +156,36 @@ def provisions(
             DockerDriver(node.engine_url, tls=node.tls).remove(container.name)
 
 
+def profile(node: TestbedNode, tenant: str, pool: int, posted: float, answered: float, op: dict[str, Any]) -> Any:
+    """Where one provision's time went, in seconds after the POST (one clock: the containers share the host's):
+    the operation's steps and the agent's own start phases (`agent.start_phase`, from its container's log)."""
+    marks: dict[str, float] = {"answered": answered - posted}
+    for step in op["steps"]:
+        if isinstance(step.get("at"), int | float):
+            marks.setdefault(str(step.get("step")), step["at"] - posted)
+    container = node.client().containers.get(f"lf-{tenant}-0-g1")
+    for line in container.logs().decode(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "agent.start_phase" and isinstance(event.get("at"), int | float):
+            marks.setdefault(f"phase.{event['phase']}", event["at"] - posted)
+    ordered = sorted(marks.items(), key=lambda item: item[1])
+    return {
+        "profile": "pool" if pool else "cold",
+        "tenant": tenant,
+        "after_post_s": {k: round(v, 3) for k, v in ordered},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--prefix", default="lfb", help="the test bed's names (several beds on one host differ)")
     parser.add_argument("--subnet", default="10.97.0", help="the test bed's /24")
     parser.add_argument("--no-isolation", action="store_true", help="control planes without tenant networks")
+    parser.add_argument("--skip-driver", action="store_true", help="no driver-level figures (API and by hand only)")
     args = parser.parse_args()
     image = build_agent_image(docker.from_env()).tag
     extra = {"tenant_networks": "false"} if args.no_isolation else {}
@@ -154,12 +198,14 @@ def main() -> None:
             store.up()
             ObjectStorage(store.address.endpoint, *store.admin, BUCKET).ensure_bucket()
             DockerDriver(node.engine_url, tls=node.tls).ensure_image(image)  # outside the measurements
-            emit("baseline_start_s", by_hand(store, image, node, args.runs))
-            driver_cold, driver_claim = driver_level(store, image, node, args.runs)
-            emit("driver_cold_s", driver_cold)
-            emit("driver_claim_s", driver_claim)
-            cold = provisions(store, image, node, Path(scratch), bed, args.runs, 0, **extra)
-            warm = provisions(store, image, node, Path(scratch), bed, args.runs, 1, **extra)
+            if not args.skip_driver:
+                driver_cold, driver_claim = driver_level(store, image, node, args.runs)
+                emit("driver_cold_s", driver_cold)
+                emit("driver_claim_s", driver_claim)
+            by_hand = ByHand(store, image, node)
+            cold = provisions(store, image, node, Path(scratch), bed, args.runs, 0, by_hand, **extra)
+            warm = provisions(store, image, node, Path(scratch), bed, args.runs, 1, by_hand, **extra)
+            emit("baseline_start_s", by_hand.starts)
             emit("provision_cold_s", cold[0], isolation=not args.no_isolation)
             emit("provision_cold_agent_s", cold[1])
             emit("provision_pool_s", warm[0], isolation=not args.no_isolation)

@@ -8,8 +8,9 @@ Secrets: the container starts with no secret in its environment and waits (up to
 the control plane to write its secrets file (`agent_image.container.secrets_in`, through `docker exec`). The S3 keys
 then go into Litestream's config file (0600, in the run directory on the secrets tmpfs), never into an environment.
 
-A pooled container (LITEFLEET_POOLED=1, `pool.py`) starts with no identity: it imports what comes next and waits for
-the control plane's claim (identity and secrets, through the same `docker exec` channel), then goes on as a new agent.
+A pooled container (LITEFLEET_POOLED=1, `pool.py`) starts with no identity: it imports the agent server (`warm.py`)
+and waits for the control plane's claim (identity and secrets, on its stdin or through the same `docker exec`
+channel), then goes on as a new agent that keeps this process: Litestream becomes its child (`warm.serve`).
 
 A follower (LITEFLEET_FOLLOW=1, `follower.py`) first follows RESTORE_FROM_URL without touching CURRENT or the store
 and continues here only once promoted, with the followed database on its volume.
@@ -23,13 +24,16 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import threading
 import time
+from collections.abc import Callable
 
 import structlog
 
 from agent_image import contract
+from agent_image._phases import mark
 from agent_image._store import Store
-from agent_image.container import follower, litestream, pool
+from agent_image.container import follower, litestream, pool, warm
 from agent_image.container.fence import check_fence
 from agent_image.container.identity import AgentIdentity, IdentityError
 from agent_image.contract import StartRefused
@@ -51,7 +55,10 @@ def prepare_database(identity: AgentIdentity) -> str:
         if url is None:
             continue
         document = litestream.agent_config(identity, url, socket=False)
-        config = litestream.write_config(document, identity.run_dir / "restore.json")
+        config = litestream.write_config(document, identity.run_dir / "restore.json", read_back=False)
+        if not required and litestream.no_replica(config):
+            continue  # a new agent: Litestream never reads this config (its read-back is a process, ~0.1 s)
+        litestream.read_back_config(document, config)
         check = identity.integrity_check
         if litestream.restore(config, identity.db_path, if_replica_exists=not required, integrity_check=check):
             return url
@@ -64,33 +71,42 @@ def initialise_schema(identity: AgentIdentity) -> None:
 
 
 def agent_command(identity: AgentIdentity) -> str:
-    return shlex.join(
-        [
-            sys.executable,
-            "-m",
-            "agent_image",
-            "serve",
-            "--replicated",
-            "--bundle",
-            identity.bundle,
-            "--db",
-            str(identity.db_path),
-            "--host",
-            "0.0.0.0",
-            "--port",
-            str(identity.port),
-            "--synchronous",
-            identity.synchronous,
-        ]
-    )
+    return shlex.join([sys.executable, "-m", "agent_image", *agent_arguments(identity)])
+
+
+def agent_arguments(identity: AgentIdentity) -> list[str]:
+    """`agent_image serve`'s arguments for this agent (a child of Litestream, or in-process in a pool container)."""
+    return [
+        "serve",
+        "--replicated",
+        "--bundle",
+        identity.bundle,
+        "--db",
+        str(identity.db_path),
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(identity.port),
+        "--synchronous",
+        identity.synchronous,
+    ]
 
 
 def main() -> None:
     configure_logging()
     try:
         env: dict[str, str] = dict(os.environ)
-        if pool.pooled(env):
-            env = pool.wait_for_claim(env, ready=lambda: log.info("agent.pooled", path=str(pool.claim_path(env))))
+        pooled = pool.pooled(env)
+        if pooled:
+            warm.preload()
+            env = pool.wait_for_claim(
+                env,
+                ready=lambda: log.info("agent.pooled", path=str(pool.claim_path(env))),
+                stdin=sys.stdin.fileno(),
+                answer=_answer,
+            )
+            _close_stdin()  # nothing written there after the claim reaches the agent (tenant code runs here)
+            mark("claimed")
             os.environ.clear()  # Litestream and the agent server (`AgentIdentity.from_env()`) read the claimed one
             os.environ.update(env)
         identity = AgentIdentity.from_env(env)
@@ -121,21 +137,61 @@ def main() -> None:
             identity = identity.with_secrets()  # the promotion delivered the incarnation's own secrets
             started = time.monotonic()
         check_fence(identity)
+        document = litestream.agent_config(identity, identity.replica_url)
+        config = litestream.write_config(document, identity.run_dir / "litestream.json", read_back=False)
+        read_back = _Beside(lambda: litestream.read_back_config(document, config))  # a Litestream process
         try:
             source = prepare_database(identity)
             initialise_schema(identity)
         except Exception as exc:
             raise StartRefused("restore_failed", contract.EXIT_RESTORE_FAILED, str(exc)) from None
-        document = litestream.agent_config(identity, identity.replica_url)
-        config = litestream.write_config(document, identity.run_dir / "litestream.json")
+        finally:
+            read_back.join()
+        read_back.result()  # before Litestream uses the config
     except StartRefused as exc:
         log.error("agent.refused", code=exc.code, error=str(exc))
         print(f"litefleet-agent: {exc.code}: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
     size = identity.db_path.stat().st_size
     log.info("agent.database_ready", source=source, bytes=size, seconds=round(time.monotonic() - started, 3))
+    mark("configured", source=source)
+    if pooled:  # the server is imported already: serve in this process, Litestream as its child
+        raise SystemExit(warm.serve(identity, config, agent_arguments(identity)))
     argv = [litestream.binary(), "replicate", "-config", str(config), "-exec", agent_command(identity)]
     os.execve(argv[0], argv, litestream.environment())
+
+
+class _Beside(threading.Thread):
+    """`work()` on a thread of its own; `result()` re-raises what it raised."""
+
+    def __init__(self, work: Callable[[], object]) -> None:
+        super().__init__(name="litefleet-beside", daemon=True)
+        self.work = work
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.work()
+        except BaseException as exc:
+            self.error = exc
+
+    def result(self) -> None:
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _answer(line: str) -> None:
+    """A claim's outcome, to whoever attached to this container's stdin and stdout (the control plane)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _close_stdin() -> None:
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -107,13 +107,20 @@ def agent_config(identity: AgentIdentity, replica_url: str, *, socket: bool = Tr
     )
 
 
-def write_config(document: dict[str, Any], path: Path) -> Path:
-    """Write the config and check that Litestream reads back exactly the database and replica we meant."""
+def write_config(document: dict[str, Any], path: Path, *, read_back: bool = True) -> Path:
+    """Write the config and check that Litestream reads back exactly the database and replica we meant (without
+    `read_back`, the caller calls `read_back_config` before Litestream uses it)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)  # never readable by others
     with os.fdopen(fd, "w") as file:
         file.write(json.dumps(document, indent=2))
+    return read_back_config(document, path) if read_back else path
+
+
+def read_back_config(document: dict[str, Any], path: Path) -> Path:
+    """Check that Litestream reads `path` as exactly `document`'s databases and replicas (unknown keys are ignored
+    by Litestream silently: a config is generated, then read back, never trusted blind)."""
     seen = json.loads(_run([binary(), "databases", "-json", "-config", str(path)]).stdout or "[]")
     found = [(entry.get("path"), entry.get("replica")) for entry in seen] if isinstance(seen, list) else []
     expected = [(db["path"], "s3") for db in document["dbs"]]
@@ -137,11 +144,11 @@ def restore(
     Returns False only when `if_replica_exists` and there is no replica. Raises when the replica is missing
     (if required), unreadable, or fails the integrity check; a partial file is removed first.
 
-    "No replica" is first asked of the store directly (`_no_replica`: one LIST, in-process): a new agent's start
+    "No replica" is first asked of the store directly (`no_replica`: one LIST, in-process): a new agent's start
     then skips a `litestream restore` process (~0.1 s of Go start-up here) that would find nothing. Any doubt (an
     error, a key under the replica path) runs Litestream as before, which decides."""
     target = output or db_path
-    if if_replica_exists and _no_replica(config_path):
+    if if_replica_exists and no_replica(config_path):
         return False
     command = [binary(), "restore", "-config", str(config_path), "-if-db-not-exists", "-o", str(target)]
     if if_replica_exists:
@@ -210,7 +217,7 @@ def terminate(process: subprocess.Popen[Any], timeout: float) -> None:
         process.wait(timeout)
 
 
-def _no_replica(config_path: Path) -> bool:
+def no_replica(config_path: Path) -> bool:
     """True only when the store answers that nothing exists under the config's replica path (keys from the config
     file, as Litestream would use them). False on any doubt: then Litestream is asked."""
     try:

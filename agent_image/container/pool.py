@@ -14,12 +14,21 @@ that incarnation at once and waits for its secrets like any restart. Claiming ag
 harmless (the secrets are written again, the record is unchanged); another identity is refused (exit 4).
 
 Exit codes of `claim`: 0 written; 2 the claim is invalid (one line naming the field, never a value); 3 it could not
-be written; 4 this container is already claimed by another incarnation."""
+be written; 4 this container is already claimed by another incarnation.
+
+The first claim of a pool container usually comes faster, on the container's own stdin: a pool container is created
+with stdin open, and the control plane attaches to it through the engine (the same authenticated connection as
+`docker exec`, without starting a process: ~0.05 s against ~0.35-0.75 s for an exec of Python on a busy node). The
+waiting entrypoint reads the same `Claim` line there, checks and writes it exactly as `claim` does, and answers one
+JSON line on stdout, `{"claim": <the exit code above>, "error": "..."}`; then it closes its stdin, so nothing
+written there later reaches the agent. Only the engine's clients can write to a container's stdin. A repeated
+delivery (a claim cut short, a restart) goes through `claim` by exec as before."""
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -119,13 +128,28 @@ def wait_for_claim(
     poll: float = 0.01,
     sleep: Callable[[float], None] = time.sleep,
     ready: Callable[[], None] = lambda: None,
+    stdin: int | None = None,
+    answer: Callable[[str], None] = lambda line: None,
 ) -> dict[str, str]:
     """Wait (without a bound: an unclaimed pool container idles) for the claim record; return the agent's env.
-    A record that does not make a valid identity raises IdentityError (the entrypoint exits bad_identity)."""
+    With `stdin` (a file descriptor), a claim line arriving there is checked and written as `claim` does, and
+    `answer` gets the outcome's JSON line (see the module docstring); at its end of file only the record is
+    watched. A record that does not make a valid identity raises IdentityError (the entrypoint exits bad_identity)."""
     path = claim_path(env)
+    lines = None if stdin is None else _Lines(stdin)
     ready()
     while not path.exists():
-        sleep(poll)
+        if lines is None:
+            sleep(poll)
+            continue
+        line = lines.next(poll)
+        if line is None:
+            continue
+        if line == b"":  # end of file: no attach channel (stdin was /dev/null), or it closed
+            lines = None
+            continue
+        code, error = accept(line, env)
+        answer(json.dumps({"claim": code, "error": error}))
     try:
         claimed = json.loads(path.read_bytes())
     except (OSError, ValueError) as exc:
@@ -133,6 +157,42 @@ def wait_for_claim(
     if not isinstance(claimed, dict):
         raise IdentityError(f"the claim record {path} is not an object")
     return identity_env(env, {str(k): str(v) for k, v in claimed.items()})
+
+
+def accept(raw: bytes, env: Mapping[str, str]) -> tuple[int, str]:
+    """Check and write one claim line: `claim`'s exit code and its one-line reason (a field or a path, never a
+    value). Safe to repeat, as `claim` is."""
+    try:
+        write_claim(Claim.parse(raw, env), env)
+    except IdentityError as exc:
+        return 2, f"invalid: {exc}"
+    except FileExistsError:
+        return 4, "already_claimed: this container holds another incarnation"
+    except OSError as exc:
+        return 3, f"cannot write the claim: {exc.strerror or exc}"
+    return 0, ""
+
+
+class _Lines:
+    """Lines from a file descriptor without blocking longer than asked (select, then read what is there)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.buffer = fd, b""
+
+    def next(self, timeout: float) -> bytes | None:
+        """One line (without its newline), b"" at end of file, None when no whole line came within `timeout`. A
+        line longer than a claim may be is returned as it is, cut: the claim's check refuses it."""
+        while b"\n" not in self.buffer and len(self.buffer) <= MAX_CLAIM_BYTES:
+            readable, _, _ = select.select([self.fd], [], [], timeout)
+            if not readable:
+                return None
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                line, self.buffer = self.buffer, b""
+                return line or b""
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
 
 
 def write_claim(claim: Claim, env: Mapping[str, str]) -> None:
@@ -166,20 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     if not pooled(env):
         print("pool: invalid: this container is not a pooled one", file=sys.stderr)
         return 2
-    try:
-        claim = Claim.parse(sys.stdin.buffer.readline(MAX_CLAIM_BYTES + 1), env)
-    except IdentityError as exc:
-        print(f"pool: invalid: {exc}", file=sys.stderr)
-        return 2
-    try:
-        write_claim(claim, env)
-    except FileExistsError:
-        print("pool: already_claimed: this container holds another incarnation", file=sys.stderr)
-        return 4
-    except OSError as exc:
-        print(f"pool: cannot write the claim: {exc.strerror or exc}", file=sys.stderr)
-        return 3
-    return 0
+    code, error = accept(sys.stdin.buffer.readline(MAX_CLAIM_BYTES + 1), env)
+    if code:
+        print(f"pool: {error}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import contextlib
 import json
 import secrets as _secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,6 +178,8 @@ def run_pool(client: Any, spec: PoolSpec) -> Any:
         name=spec.name,
         detach=True,
         environment={POOLED: "1"},
+        stdin_open=True,  # the claim's fast channel: `attach_claim`
+        network="none",  # no network until claimed: a claim is one connect, with no port mapping to take down
         labels=spec.labels(),
         volumes={spec.name: {"bind": "/data", "mode": "rw"}},
         ports={f"{AGENT_PORT}/tcp": (spec.publish_ip, None)},
@@ -187,12 +190,14 @@ def run_pool(client: Any, spec: PoolSpec) -> Any:
     )
 
 
-def claim_pool(client: Any, container: Any, spec: AgentSpec) -> dict[str, float]:
-    """Turn a running pool container into `spec`'s incarnation: its name, its tenant's network instead of the
-    default bridge (when `spec.network` is set), its limits, then its identity and secrets in one exec. Docker cannot
-    change labels or environment after creation: the name carries the identity (`parse_incarnation_name`), the
-    claim record on the volume the rest. Not idempotent by itself: `DockerDriver.claim` looks for the name first.
-    Returns the seconds each part took (the claim's log line says where its time went)."""
+def claim_pool(
+    client: Any, container: Any, spec: AgentSpec, complete: Callable[[], AgentSpec] | None = None
+) -> dict[str, float]:
+    """Turn a running pool container into `spec`'s incarnation: its name, its tenant's network (`spec.network`, else
+    the default bridge) as its only network, its limits, then its identity and secrets (those of `complete()`, called
+    only then, else of `spec`) on its stdin. Docker cannot change labels or environment after creation: the name
+    carries the identity (`parse_incarnation_name`), the claim record on the volume the rest. Not idempotent by
+    itself: `DockerDriver.claim` looks for the name first. Returns the seconds each part took (its log line)."""
     seconds: dict[str, float] = {}
     mark = time.monotonic()
 
@@ -203,10 +208,16 @@ def claim_pool(client: Any, container: Any, spec: AgentSpec) -> dict[str, float]
 
     container.rename(spec.name)
     took("rename")
-    if spec.network is not None:
-        client.networks.get(spec.network).connect(container)
-        client.networks.get("bridge").disconnect(container)
-        took("network")
+    target = spec.network or "bridge"
+    joined = set(container.attrs.get("NetworkSettings", {}).get("Networks") or {})
+    if "none" in joined:  # a pool container has no network (Docker refuses another one beside "none")
+        client.networks.get("none").disconnect(container)
+        joined.discard("none")
+    if target not in joined:
+        client.networks.get(target).connect(container)
+    for other in sorted(joined - {target}):  # one made on the default bridge by an earlier control plane
+        client.networks.get(other).disconnect(container)
+    took("network")
     memory = spec.memory_mb * 2**20
     limits = {
         "Memory": memory,
@@ -217,9 +228,65 @@ def claim_pool(client: Any, container: Any, spec: AgentSpec) -> dict[str, float]
     response = client.api._post_json(client.api._url("/containers/{0}/update", container.id), data=limits)
     client.api._raise_for_status(response)  # the SDK's `update` knows neither NanoCpus nor PidsLimit
     took("limits")
-    deliver_claim(client, container.id, spec)
-    took("claim_exec")
+    full = spec if complete is None else complete()
+    took("secrets")
+    if container.attrs.get("Config", {}).get("OpenStdin"):
+        attach_claim(client, container.id, full)
+        took("claim_attach")
+    else:  # made by an earlier control plane, before pool containers listened on their stdin
+        deliver_claim(client, container.id, full)
+        took("claim_exec")
     return seconds
+
+
+def attach_claim(client: Any, container_id: str, spec: AgentSpec, timeout: float = 30.0) -> None:
+    """The first claim of a pool container, on its stdin (`agent_image.container.pool`): attach to its stdin and
+    stdout through the engine, send the claim line, read the waiting entrypoint's answer. No process is started in
+    the container (an exec of Python costs ~0.35-0.75 s on a busy node; an attach ~0.05 s). The secrets travel only
+    on the engine's connection, as with `docker exec`. Raises SecretsNotDelivered when the answer is not 0 or does
+    not come in `timeout`."""
+    from agent_image.container.pool import Claim
+
+    line = Claim(spec.environment(), spec.secrets()).to_json()
+    params = {"stdin": 1, "stdout": 1, "stderr": 0, "stream": 1, "logs": 0}
+    try:
+        sock = client.api.attach_socket(container_id, params=params)
+    except docker_errors.APIError as exc:
+        raise SecretsNotDelivered(f"cannot attach to {container_id[:12]}: {exc.explanation}") from None
+    raw = getattr(sock, "_sock", sock)
+    try:
+        raw.settimeout(timeout)
+        raw.sendall(line.encode() + b"\n")
+        answer = _first_stdout_line(raw, time.monotonic() + timeout)
+    except (TimeoutError, OSError) as exc:
+        raise SecretsNotDelivered(f"claim of {container_id[:12]} failed: {type(exc).__name__}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            sock.close()
+    try:
+        outcome = json.loads(answer)
+        code, said = int(outcome["claim"]), str(outcome.get("error", ""))[:300]
+    except (ValueError, KeyError, TypeError):
+        raise SecretsNotDelivered(f"claim of {container_id[:12]}: no answer ({answer[:100]!r})") from None
+    if code != 0:
+        raise SecretsNotDelivered(f"claim of {container_id[:12]} refused ({code}): {said}")
+
+
+def _first_stdout_line(raw: Any, deadline: float) -> bytes:
+    """The first line the container writes on stdout, from the engine's multiplexed attach stream (frames of an
+    8-byte header, stream type and length, then the payload). b"" when the stream ends first."""
+    buffer, stdout = b"", b""
+    while b"\n" not in stdout and time.monotonic() < deadline:
+        chunk = raw.recv(4096)
+        if not chunk:
+            break
+        buffer += chunk
+        while len(buffer) >= 8 and len(buffer) >= 8 + int.from_bytes(buffer[4:8], "big"):
+            size = int.from_bytes(buffer[4:8], "big")
+            if buffer[0] == 1:
+                stdout += buffer[8 : 8 + size]
+            buffer = buffer[8 + size :]
+    return stdout.partition(b"\n")[0]
 
 
 def deliver_claim(client: Any, container_id: str, spec: AgentSpec, timeout: float = 30.0) -> None:

@@ -5,6 +5,7 @@ engine does not answer (in time): callers need to catch that one exception, neve
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -58,4 +59,6 @@ class Driver(Protocol):
     # warm pool: identity-less containers started ahead; a claim turns one into a NEW agent's incarnation
     def start_pool(self, spec: PoolSpec) -> PoolMember: ...
     def list_pool(self, fleet: str) -> list[PoolMember]: ...
-    def claim(self, name: str, spec: AgentSpec) -> Incarnation | None: ...
+    def claim(
+        self, name: str, spec: AgentSpec, complete: Callable[[], AgentSpec] | None = None
+    ) -> Incarnation | None: ...

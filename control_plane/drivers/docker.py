@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import docker
@@ -42,7 +43,9 @@ from control_plane.drivers.network import (
     Isolation,
     TenantNetwork,
     build_helper_image,
+    create_tenant_network,
     ensure_tenant_network,
+    install_tenant_rules,
     release_tenant_network,
 )
 from control_plane.drivers.runtimes import Runtime, engine_runtimes, reap_failed_start
@@ -50,6 +53,7 @@ from control_plane.pki import EngineTLS
 from control_plane.timing import poll
 
 log = structlog.get_logger("control_plane.drivers")
+_BESIDE = ThreadPoolExecutor(8, thread_name_prefix="litefleet-claim")  # a claim's rules install, beside its move
 
 
 @contextlib.contextmanager
@@ -261,11 +265,15 @@ class DockerDriver:
             return dataclasses.replace(member, image=f"{member.image} (outdated)")
         return member
 
-    def claim(self, name: str, spec: AgentSpec) -> Incarnation | None:
+    def claim(self, name: str, spec: AgentSpec, complete: Callable[[], AgentSpec] | None = None) -> Incarnation | None:
         """Make the running pool container `name` the NEW incarnation `spec` (no restore: its volume is empty), or
         answer None when it cannot serve (gone, stopped, another image or runtime, taken meanwhile): the caller then
         starts the incarnation cold. A claim that fails halfway removes the container (it may hold a half-made
-        identity) and answers None. Safe to repeat: when `spec`'s incarnation exists it is returned as it is."""
+        identity) and answers None; when `complete()` raises, the container is removed and the error raised.
+        `complete()` gives `spec` with its secrets (default: `spec` has them). It is called only once the container
+        is on its network with its limits, just before the identity goes in: the caller's key mint and CURRENT write
+        overlap the network move.
+        Safe to repeat: when `spec`'s incarnation exists it is returned as it is."""
         if not spec.claimable:
             return None
         with _engine(self.engine_url):
@@ -282,10 +290,23 @@ class DockerDriver:
             ):
                 return None
             started = time.monotonic()
-            isolated = self._isolated(spec)
+            isolated, rules = self._network_for_claim(spec)
             network = round(time.monotonic() - started, 3)
+
+            def ready() -> AgentSpec:  # the tenant's rules are in place before anything of the tenant's runs
+                if rules is not None:
+                    rules.result()
+                return spec if complete is None else complete()
+
             try:
-                seconds = claim_pool(self.client, container, isolated)
+                with contextlib.ExitStack() as closing:
+                    if rules is not None:
+                        closing.callback(rules.exception)  # never leave before the helper's exec ended
+                    seconds = claim_pool(self.client, container, isolated, _Completed(ready))
+            except _SecretsFailed as failed:
+                with contextlib.suppress(docker.errors.APIError):
+                    self.remove(container.id)  # it holds no identity yet: nothing is lost
+                raise failed.error from None
             except (docker.errors.APIError, SecretsNotDelivered) as exc:
                 log.warning("pool.claim_failed", container=name, incarnation=spec.name, error=str(exc)[:300])
                 with contextlib.suppress(docker.errors.APIError):
@@ -311,6 +332,19 @@ class DockerDriver:
         network = TenantNetwork(spec.fleet, spec.tenant)
         ensure_tenant_network(self.client, network, spec.isolation, self._helper())
         return dataclasses.replace(spec, network=network.name)
+
+    def _network_for_claim(self, spec: AgentSpec) -> tuple[AgentSpec, Future[None] | None]:
+        """As `_isolated`, for a claim: the network is created now, its rules are installed on a thread of their
+        own (the future) while the pool container moves onto it. The container runs nothing of the tenant's until
+        the claim's identity goes in, which waits for the rules (fail closed: an IsolationFailed removes it)."""
+        if spec.isolation is None:
+            return spec, None
+        network = TenantNetwork(spec.fleet, spec.tenant)
+        helper = self._helper()
+        create_tenant_network(self.client, network, spec.isolation)
+        isolation = spec.isolation
+        rules = _BESIDE.submit(install_tenant_rules, self.client, network, isolation, helper)
+        return dataclasses.replace(spec, network=network.name), rules
 
     def _ensure_isolation(self, labels: dict[str, str]) -> None:
         raw = labels.get(ISOLATION_LABEL)
@@ -359,6 +393,26 @@ class DockerDriver:
             return self.client.containers.get(name)
         except docker.errors.NotFound:
             return None
+
+
+class _SecretsFailed(Exception):
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Completed:
+    """A claim's complete spec, asked for when the claim is sent (`DockerDriver.claim`); a failure to make it (the
+    key mint, CURRENT) is told apart from a failed delivery."""
+
+    def __init__(self, make: Callable[[], AgentSpec]) -> None:
+        self.make = make
+
+    def __call__(self) -> AgentSpec:
+        try:
+            return self.make()
+        except Exception as exc:
+            raise _SecretsFailed(exc) from exc
 
 
 def _restart_policy(container: Any) -> str:

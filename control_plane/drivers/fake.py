@@ -129,9 +129,10 @@ class FakeDriver:
                 if spec.fleet == fleet
             ]
 
-    def claim(self, name: str, spec: AgentSpec) -> Incarnation | None:
+    def claim(self, name: str, spec: AgentSpec, complete: Callable[[], AgentSpec] | None = None) -> Incarnation | None:
         """As DockerDriver.claim: None (start cold) for a restore, a follower, runsc, another image, a pool container
-        that is gone or stopped; an existing incarnation is returned as it is."""
+        that is gone or stopped; an existing incarnation is returned as it is; `complete()` (spec with its secrets)
+        is called last, and when it raises the pool container is gone and the error raised."""
         with self._lock:
             self._check()
             if spec.name in self.containers:
@@ -142,8 +143,10 @@ class FakeDriver:
             if member[1] != "running" or member[0].image != spec.image:
                 return None
             del self.pool[name]
-            self.containers[spec.name] = FakeContainer(spec, deliveries=[spec.secrets()], claimed_from=name)
-            self._on_run(spec)
+        full = spec if complete is None else complete()  # outside the lock, as the real key mint runs
+        with self._lock:
+            self.containers[spec.name] = FakeContainer(full, deliveries=[full.secrets()], claimed_from=name)
+            self._on_run(full)
             return self._incarnation(spec.name)
 
     def stop(self, name: str, timeout: float) -> Incarnation | None:

@@ -324,6 +324,16 @@ def ensure_tenant_network(client: Any, network: TenantNetwork, isolation: Isolat
     the rules are rebuilt to the same content. Fails closed: when the rules cannot be installed it raises, and the
     caller starts nothing."""
     started = time.monotonic()
+    create_tenant_network(client, network, isolation)
+    install_tenant_rules(client, network, isolation, helper)
+    log.info(
+        "network.ensured", tenant=network.tenant, network=network.name, seconds=round(time.monotonic() - started, 3)
+    )
+
+
+def create_tenant_network(client: Any, network: TenantNetwork, isolation: Isolation) -> None:
+    """`ensure_tenant_network`'s first half: the network, created when missing (no rules yet: nothing may run on it
+    before `install_tenant_rules`). Safe to repeat."""
     existing = client.networks.list(names=[network.name])
     if not any(found.name == network.name for found in existing):
         try:
@@ -340,10 +350,12 @@ def ensure_tenant_network(client: Any, network: TenantNetwork, isolation: Isolat
         except docker_errors.APIError as exc:
             if exc.status_code != 409:  # 409: created meanwhile by a concurrent start of the same tenant
                 raise
+
+
+def install_tenant_rules(client: Any, network: TenantNetwork, isolation: Isolation, helper: str) -> None:
+    """`ensure_tenant_network`'s second half: the tenant's chains, rebuilt to the same content (safe to repeat).
+    Raises IsolationFailed; the caller then runs nothing of the tenant's."""
     run_helper(client, helper, install_script(network, isolation), network)
-    log.info(
-        "network.ensured", tenant=network.tenant, network=network.name, seconds=round(time.monotonic() - started, 3)
-    )
 
 
 def release_tenant_network(client: Any, network: TenantNetwork, helper: str) -> bool:

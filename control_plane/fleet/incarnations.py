@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,12 +148,45 @@ class Fleet:
         seconds from container start to ready.
 
         Re-running is safe: CURRENT only ever moves forward to `generation`; an existing container of that
-        incarnation is reused (started again if it stopped), not duplicated; the agent row is written last."""
+        incarnation is reused (started again if it stopped), not duplicated; the agent row is written last.
+
+        A new agent that may take a warm pool container writes CURRENT, its key and its row on a thread of its own
+        while the pool container moves to the tenant's network: the claim asks for them (`complete`) before the
+        container gets its identity, so CURRENT still moves before the agent starts, and every start waits for them.
+        """
         if tenant.runtime not in (node.runtimes or []):  # an explicit target (evacuate --to) that lacks it
             raise OperationFailed(f"node {node.name} has no {tenant.runtime} runtime for tenant {tenant.name}")
-        advance_current(self.storage, tenant.name, ordinal, generation)
-        creds, agent_token, admin_token = self._secrets(tenant.name, ordinal, generation)
-        self.set_agent(tenant.name, ordinal, generation=generation, node=node.name, state=AgentState.starting)
+
+        def fence() -> tuple[TenantCredentials, str, str]:
+            advance_current(self.storage, tenant.name, ordinal, generation)
+            found = self._secrets(tenant.name, ordinal, generation)
+            self.set_agent(tenant.name, ordinal, generation=generation, node=node.name, state=AgentState.starting)
+            return found
+
+        with ThreadPoolExecutor(1, thread_name_prefix="litefleet-fence") as beside:  # its exit waits for the fence
+            fenced = beside.submit(fence) if self.settings.warm_pool_size and restore_from is None else None
+            done = None if fenced is not None else fence()
+
+            def complete() -> AgentSpec:
+                found = done if fenced is None else fenced.result()
+                assert found is not None
+                creds, agent_token, admin_token = found
+                return self._spec(tenant, ordinal, generation, node, restore_from, creds, agent_token, admin_token)
+
+            return self._started(ctx, tenant, ordinal, generation, node, restore_from, fenced is not None, complete)
+
+    def _started(
+        self,
+        ctx: StepLog,
+        tenant: Tenant,
+        ordinal: int,
+        generation: int,
+        node: Node,
+        restore_from: int | None,
+        warm: bool,
+        complete: Callable[[], AgentSpec],
+    ) -> float:
+        """`start` once CURRENT, the key and the row are written or being written (`complete()` waits for them)."""
         driver = self.driver(node)
         copied = driver.ensure_image(self.settings.image)
         if copied:
@@ -160,11 +194,14 @@ class Fleet:
         name = incarnation_name(tenant.name, ordinal, generation)
         started = time.monotonic()
         incarnation = driver.inspect(name)
-        spec = self._spec(tenant, ordinal, generation, node, restore_from, creds, agent_token, admin_token)
         try:
             claimed = None
-            if incarnation is None and spec.claimable and self.settings.warm_pool_size:
-                claimed = pool.claim(driver, spec)  # a new agent: a warm container takes its identity and secrets
+            if warm and incarnation is None:  # a new agent: a warm container takes its identity and secrets
+                unkeyed = TenantCredentials(tenant.name, "", "")  # `complete()` brings the key, at the claim's end
+                skeleton = self._spec(tenant, ordinal, generation, node, restore_from, unkeyed, "", "")
+                claimed = pool.claim(driver, skeleton, complete)
+            spec = complete()
+            agent_token = spec.agent_token
             if claimed is not None:
                 incarnation = claimed
                 ctx.step(
@@ -183,7 +220,9 @@ class Fleet:
                     node=node.name,
                 )
             else:
-                # running: a re-run of this start, maybe after a crash between `run` and the delivery (same bytes)
+                # running: a re-run of this start, maybe after a crash between `run` and the delivery (same bytes),
+                # or between a pool container's rename and its claim (`run` sends the claim again, then)
+                driver.run(spec)
                 driver.restart(name, spec.secrets())
         except (SecretsNotDelivered, IsolationFailed) as exc:
             raise OperationFailed(str(exc)) from None
@@ -472,9 +511,13 @@ class Fleet:
     def _wait_ready(self, driver: Driver, incarnation: Incarnation, token: str) -> str:
         """Wait for /readyz and the first replica (replica txid >= 1); fail with the agent's reason if it exits."""
         url: str | None = None
+        inspected = 0.0
 
         def alive() -> None:
-            nonlocal url
+            nonlocal url, inspected
+            if url is not None and time.monotonic() - inspected < 0.5:
+                return  # its address is known: /readyz is polled every round, the engine (several calls) less often
+            inspected = time.monotonic()
             current = driver.inspect(incarnation.name)
             if current is None:
                 raise OperationFailed(f"{incarnation.name} disappeared while starting")

@@ -6,6 +6,8 @@ or replacing one never loses anything, so both verbs can be repeated, raced or c
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import structlog
 
 from control_plane.drivers.agent_spec import AgentSpec, PoolSpec
@@ -39,14 +41,15 @@ def refill(driver: Driver, settings: Settings, fleet: str, publish_ip: str) -> i
     return len(keep) + max(missing, 0)
 
 
-def claim(driver: Driver, spec: AgentSpec) -> Incarnation | None:
+def claim(driver: Driver, spec: AgentSpec, complete: Callable[[], AgentSpec] | None = None) -> Incarnation | None:
     """`spec`'s incarnation made from a ready pool container of its image, or None (start it cold): no pool, none
-    ready, or each claim refused. Only a new agent's start asks (no restore, no follower: `DockerDriver.claim`)."""
+    ready, or each claim refused. Only a new agent's start asks (no restore, no follower: `DockerDriver.claim`).
+    `complete()`: `spec` with its secrets, asked for only when a container is ready to take them (`Driver.claim`)."""
     if not spec.claimable:
         return None  # the pool runs runc containers with empty volumes: not even worth asking the engine
     members = [m for m in driver.list_pool(spec.fleet) if m.ready and m.image == spec.image]
     for member in members:
-        incarnation = driver.claim(member.name, spec)
+        incarnation = driver.claim(member.name, spec, complete)
         if incarnation is not None:
             return incarnation
     return None

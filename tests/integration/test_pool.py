@@ -13,7 +13,7 @@ import docker.errors
 import pytest
 
 from agent_image import contract
-from control_plane.drivers import DockerDriver
+from control_plane.drivers import DockerDriver, agent_spec
 from control_plane.drivers.agent_spec import PoolSpec
 from tests.integration.conftest import Agents, eventually
 
@@ -41,6 +41,7 @@ def test_a_claimed_pool_container_serves_replicates_restarts_and_is_removed_whol
     pooled = client.containers.get(member.name)
     assert pooled.attrs["Config"]["Env"].count(f"{contract.POOLED}=1") == 1
     assert not any(v.startswith("LITEFLEET_TENANT") for v in pooled.attrs["Config"]["Env"])
+    assert set(pooled.attrs["NetworkSettings"]["Networks"]) == {"none"}  # no network before its claim
     assert [m.name for m in driver.list_pool(fleet)] == [member.name] and driver.list_pool(fleet)[0].ready
     assert driver.list_managed(fleet) == []  # an unclaimed pool container is no incarnation
 
@@ -63,6 +64,7 @@ def test_a_claimed_pool_container_serves_replicates_restarts_and_is_removed_whol
     agents.ready(container)
     prefix = agents.storage.replica_prefix(tenant, 0, 1)
     eventually(lambda: bool(agents.storage.keys(prefix)), timeout=30)  # replicating to its own generation's path
+    assert set(container.attrs["NetworkSettings"]["Networks"]) == {"bridge"}  # its one network (no isolation here)
     host = container.attrs["HostConfig"]
     assert (host["Memory"], host["NanoCpus"]) == (256 * 2**20, 10**9)
     environment = " ".join(container.attrs["Config"]["Env"])
@@ -102,3 +104,42 @@ def test_a_pool_container_of_a_moved_tag_is_outdated_and_never_claimed(
         assert [m.name for m in driver.list_pool(fleet)] == [member.name]  # left as it was, for the refill
     finally:
         client.images.remove(tag)
+
+
+def test_a_claimed_agent_serves_in_its_preloaded_process_and_dies_with_litestream(
+    agents: Agents, pool_driver: tuple[DockerDriver, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim came on the pool container's stdin (no exec), the pre-imported entrypoint process (PID 1) serves,
+    Litestream is its child; when Litestream is killed the agent does not go on unreplicated: the container exits."""
+    driver, fleet = pool_driver
+    client = agents.client
+    member = driver.start_pool(PoolSpec(image=agents.image, fleet=fleet))
+    eventually(lambda: "agent.pooled" in _logs(client, member.name), timeout=60)
+    assert client.containers.get(member.name).attrs["Config"]["OpenStdin"]
+    tenant = agents.tenant()
+    spec = agents.spec(tenant, 1, fleet=fleet)
+    agents.advance(tenant, 1)
+
+    def no_exec(*_: object) -> None:
+        raise AssertionError("a first claim goes on the container's stdin, not by exec")
+
+    monkeypatch.setattr(agent_spec, "deliver_claim", no_exec)
+    assert driver.claim(member.name, spec) is not None
+    container = client.containers.get(spec.name)
+    agents.specs[spec.name] = spec
+    agents.ready(container)
+    logs = _logs(client, spec.name)
+    assert '"phase": "preloaded"' in logs and spec.credentials.secret_key not in logs
+    assert spec.agent_token not in logs
+    one = container.exec_run(["cat", "/proc/1/cmdline"]).output.replace(b"\0", b" ").decode()
+    assert "agent_image.container.entrypoint" in one  # the agent is PID 1; Litestream its child
+    kill = (
+        "import os, signal\n"
+        "for p in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    if open(f'/proc/{p}/cmdline', 'rb').read().split(b'\\0')[0].endswith(b'litestream'):\n"
+        "        os.kill(int(p), signal.SIGKILL)"
+    )
+    container.exec_run(["/opt/litefleet/bin/python3", "-c", kill])
+    eventually(lambda: client.containers.get(spec.name).status == "exited", timeout=30)
+    assert client.containers.get(spec.name).attrs["State"]["ExitCode"] == 1
+    assert "litestream.exited" in _logs(client, spec.name)

@@ -144,3 +144,69 @@ def _url(tenant: str) -> str:
 
 def _never(seconds: float) -> None:
     raise AssertionError("should not wait")
+
+
+def test_a_claim_on_stdin_is_answered_and_a_bad_one_leaves_the_container_waiting(tmp_path: Path) -> None:
+    env = image_env(tmp_path)
+    read, write = os.pipe()
+    answers: list[dict[str, object]] = []
+    got: list[dict[str, str]] = []
+    waiting = threading.Event()
+
+    def wait() -> None:
+        claimed = pool.wait_for_claim(
+            env, ready=waiting.set, stdin=read, answer=lambda line: answers.append(json.loads(line))
+        )
+        got.append(claimed)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    assert waiting.wait(10)
+    os.write(write, claim_line({**NEW, contract.RESTORE_FROM_URL: _url("acme")}).encode() + b"\n")
+    os.write(write, b"not json\n")
+    deadline = time.monotonic() + 10
+    while len(answers) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [a["claim"] for a in answers] == [2, 2] and not got  # refused, still waiting
+    assert "RESTORE_FROM_URL" in str(answers[0]["error"]) and "acme" not in str(answers[0]["error"])
+    assert not (tmp_path / "data" / pool.CLAIM_FILE).exists()
+    os.write(write, claim_line()[:100].encode())  # a line in two writes
+    os.write(write, claim_line()[100:].encode() + b"\n")
+    thread.join(10)
+    os.close(write)
+    os.close(read)
+    assert answers[-1] == {"claim": 0, "error": ""} and got and contract.POOLED not in got[0]
+    identity = AgentIdentity.from_env(got[0]).with_secrets()
+    assert identity.secrets == SECRETS and (identity.tenant, identity.generation) == ("acme", 5)
+    record = (tmp_path / "data" / pool.CLAIM_FILE).read_text()
+    assert SECRETS.agent_token not in record and SECRETS.secret_key not in record
+    assert stat.S_IMODE(os.stat(env[contract.SECRETS_FILE]).st_mode) == 0o400
+    # the same identity again by the exec writer (a re-delivery) is harmless; another one is refused
+    assert run_claim(tmp_path, claim_line()).returncode == 0
+    other = {**NEW, contract.TENANT: "other", contract.REPLICA_URL: _url("other")}
+    assert run_claim(tmp_path, claim_line(other)).returncode == 4
+
+
+def test_without_an_attach_channel_the_record_alone_is_watched(tmp_path: Path) -> None:
+    env = image_env(tmp_path)
+    read, write = os.pipe()
+    os.close(write)  # stdin at end of file (a container created without open stdin reads /dev/null)
+    got: list[dict[str, str]] = []
+    thread = threading.Thread(target=lambda: got.append(pool.wait_for_claim(env, stdin=read)))
+    thread.start()
+    time.sleep(0.05)
+    assert not got
+    (tmp_path / "data").mkdir()
+    pool.write_claim(pool.Claim(dict(NEW), SECRETS), env)
+    thread.join(10)
+    os.close(read)
+    assert got and got[0][contract.TENANT] == "acme"
+
+
+def test_the_pooled_process_preloads_the_server_but_no_bundle() -> None:
+    from tests.unit.agent_image.test_start import imported_by
+
+    statement = "from agent_image.logs import configure_logging; configure_logging()"
+    loaded = imported_by(f"{statement}; from agent_image.container import warm; warm.preload()")
+    assert {"agent_image.server._app", "uvicorn", "starlette.applications", "agent_image._runtime"} <= loaded
+    assert not {name for name in loaded if name.startswith("tenants")}

@@ -7,13 +7,15 @@ tests/integration/test_pool.py."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from control_plane.db.models import AgentState, Node, Operation, TenantCreate
-from control_plane.drivers.agent_spec import PoolSpec
+from control_plane.drivers.agent_spec import AgentSpec, PoolSpec
 from control_plane.drivers.fake import FakeDriver
 from control_plane.errors import NoCapacityError
 from control_plane.fleet.incarnations import Fleet
@@ -184,3 +186,65 @@ def test_a_node_with_an_agent_starting_is_refilled_after_it(engine: Engine) -> N
     fleet.set_agent("acme", 0, state=AgentState.running)
     refill_all(fleet)
     assert len(driver(world, "n1").pool) == 1
+
+
+def test_a_claim_takes_the_key_last_after_current_moved_and_holds_the_recorded_secrets(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key mint, CURRENT and the agent row run beside the claim's network move; the container gets its identity
+    only after them: CURRENT names its generation and the secrets it gets are the ones recorded on its row."""
+    world = new_world(engine)
+    fleet = pooled(world, size=1)
+    refill_all(fleet)
+    seen: list[tuple[int | None, bool]] = []
+    claim = FakeDriver.claim
+
+    def spying(self: FakeDriver, name: str, spec: AgentSpec, complete: Callable[[], AgentSpec] | None = None) -> Any:
+        assert complete is not None and spec.credentials.secret_key == "" and spec.agent_token == ""
+
+        def watched() -> AgentSpec:
+            full = complete()
+            current = fleet.storage.read_current(spec.tenant, spec.agent)
+            seen.append(
+                (None if current is None else current.generation, (spec.tenant, 0, 1) in world.credentials.issued)
+            )
+            return full
+
+        return claim(self, name, spec, watched)
+
+    monkeypatch.setattr(FakeDriver, "claim", spying)
+    op = world.queue(lambda s: tenants.create_tenant(s, TenantCreate(name="acme", agents=1)))
+    run_with(world, fleet, op)
+    assert_converged(world, op, running=1)
+    assert seen == [(1, True)]
+    (container,) = [c for name in NODES for c in driver(world, name).containers.values()]
+    agent = fleet.agent("acme", 0)
+    (delivered,) = container.deliveries
+    assert container.claimed_from is not None and delivered.agent_token == agent.agent_token
+    assert (delivered.access_key, delivered.secret_key) == (agent.access_key, agent.secret_key)
+    assert delivered.admin_token and delivered.secret_key
+
+
+def test_a_failed_key_mint_during_a_claim_leaves_no_half_claimed_container_and_a_rerun_converges(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = new_world(engine)
+    fleet = pooled(world, size=1)
+    refill_all(fleet)
+    issue = world.credentials.issue_incarnation
+    calls = []
+
+    def failing_once(tenant: str, agent: int, generation: int) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("the store's shell did not answer")
+        return issue(tenant, agent, generation)
+
+    monkeypatch.setattr(world.credentials, "issue_incarnation", failing_once)
+    op = world.queue(lambda s: tenants.create_tenant(s, TenantCreate(name="acme", agents=1)))
+    run_with(world, fleet, op)
+    assert all(driver(world, name).containers == {} for name in NODES)  # the taken pool container held nothing
+    assert sum(len(driver(world, name).pool) for name in NODES) == len(NODES) - 1
+    again = world.queue(lambda s: tenants.scale_tenant(s, "acme", 1))
+    run_with(world, fleet, again)
+    assert_converged(world, again, running=1)
