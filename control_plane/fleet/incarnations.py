@@ -273,6 +273,7 @@ class Fleet:
         if driver.inspect(name) is None:
             ctx.step("agent.follower_gone", f"gen {generation} follower is gone: cold start", agent=ordinal)
             return self.start(ctx, tenant, ordinal, generation, node, source)
+        fenced = time.monotonic()
         advance_current(self.storage, tenant.name, ordinal, generation)
         creds, agent_token, admin_token = self._secrets(tenant.name, ordinal, generation)
         self.set_agent(tenant.name, ordinal, generation=generation, node=node.name, state=AgentState.starting)
@@ -284,6 +285,7 @@ class Fleet:
             raise OperationFailed(str(exc)) from None
         if incarnation is None:
             raise OperationFailed(f"follower {name} disappeared while being promoted")
+        ordered = time.monotonic()
         url = self._wait_ready(driver, incarnation, agent_token)
         seconds = round(time.monotonic() - started, 3)
         self.set_agent(tenant.name, ordinal, state=AgentState.running, url=url)
@@ -295,6 +297,9 @@ class Fleet:
             generation=generation,
             seconds=seconds,
             txid=txid,
+            current_s=round(started - fenced, 3),  # CURRENT, the row's secrets
+            order_s=round(ordered - started, 3),  # the promotion's docker exec
+            ready_s=round(time.monotonic() - ordered, 3),
         )
         return seconds
 
@@ -311,10 +316,12 @@ class Fleet:
         self.set_agent(agent.tenant, agent.ordinal, state=AgentState.stopping)
         if drain and agent.url:
             self._drain(ctx, agent)
+        began = time.monotonic()
         try:
             stopped = driver.stop(name, timeout=self.settings.stop_timeout)
         except EngineUnreachable as exc:
             raise OperationFailed(f"cannot stop {name}: {exc}") from None
+        exited = time.monotonic()
         record = self.storage.read_shutdown(agent.tenant, agent.ordinal, agent.generation)
         if record is None or not record.get("proven"):
             why = "no shutdown record" if record is None else record.get("error")
@@ -332,6 +339,8 @@ class Fleet:
             node=agent.node,
             generation=agent.generation,
             txid=record["txid"],
+            stop_s=round(exited - began, 3),  # docker stop: drain, SIGTERM, final sync, exit
+            proof_s=round(time.monotonic() - exited, 3),  # the shutdown record against the replica
         )
         return record
 
