@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -315,9 +316,6 @@ class Fleet:
         re-run); a promoted follower ignores a repeated order; the row is written `running` last."""
         name = incarnation_name(tenant.name, ordinal, generation)
         driver = self.driver(node)
-        if driver.inspect(name) is None:
-            ctx.step("agent.follower_gone", f"gen {generation} follower is gone: cold start", agent=ordinal)
-            return self.start(ctx, tenant, ordinal, generation, node, source)
         fenced = time.monotonic()
         advance_current(self.storage, tenant.name, ordinal, generation)
         creds, agent_token, admin_token = self._secrets(tenant.name, ordinal, generation)
@@ -328,8 +326,9 @@ class Fleet:
             incarnation = driver.promote(name, spec.secrets(), txid, self.settings.warm_promote_timeout)
         except (SecretsNotDelivered, IsolationFailed) as exc:
             raise OperationFailed(str(exc)) from None
-        if incarnation is None:
-            raise OperationFailed(f"follower {name} disappeared while being promoted")
+        if incarnation is None:  # asked in the same engine call as the promotion: no inspect of its own first
+            ctx.step("agent.follower_gone", f"gen {generation} follower is gone: cold start", agent=ordinal)
+            return self.start(ctx, tenant, ordinal, generation, node, source, replicated=False)
         ordered = time.monotonic()
         url = self._wait_ready(driver, incarnation, agent_token, replicated=False)
         seconds = round(time.monotonic() - started, 3)
@@ -379,6 +378,7 @@ class Fleet:
         if incarnation is None:
             raise OperationFailed(f"{name} is gone before its first replica")
         started = time.monotonic()
+        first = None if incarnation.url is None else self.agents_api.readyz(incarnation.url, agent.agent_token)
         self._wait_ready(driver, incarnation, agent.agent_token, replicated=True)
         seconds = round(time.monotonic() - started, 3)
         ctx.step(
@@ -387,6 +387,8 @@ class Fleet:
             agent=ordinal,
             generation=generation,
             seconds=seconds,
+            # routed while its replica was still empty (the first snapshot may also beat the agent's start)
+            routed_unreplicated=first is not None and not first.replicated,
         )
         return seconds
 
@@ -409,12 +411,14 @@ class Fleet:
         except EngineUnreachable as exc:
             raise OperationFailed(f"cannot stop {name}: {exc}") from None
         exited = time.monotonic()
-        record = self.storage.read_shutdown(agent.tenant, agent.ordinal, agent.generation)
+        with ThreadPoolExecutor(max_workers=1) as beside:  # the container exited: both reads are final, ask at once
+            listed = beside.submit(self.storage.replica_txid, agent.tenant, agent.ordinal, agent.generation)
+            record = self.storage.read_shutdown(agent.tenant, agent.ordinal, agent.generation)
+            replica_txid = listed.result()
         if record is None or not record.get("proven"):
             why = "no shutdown record" if record is None else record.get("error")
             exit_code = None if stopped is None else stopped.exit_code
             raise OperationFailed(f"final sync of {name} not proven ({why}; exit code {exit_code})")
-        replica_txid = self.storage.replica_txid(agent.tenant, agent.ordinal, agent.generation)
         if replica_txid < int(record["txid"]):
             raise OperationFailed(
                 f"replica of {name} ends at txid {replica_txid}, the agent closed at {record['txid']}"
