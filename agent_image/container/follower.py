@@ -12,6 +12,9 @@ final txid (bounded), stops the restore, checks the copy, marks the volume's dat
 entrypoint goes on as for any start (fence check, schema, `litestream replicate -exec agent` on the "volume"
 path). A restart after that finds the mark and starts as a normal agent.
 
+`promote` returns once the follower is promoted (its restore exited, the copy checked and marked), so the control
+plane can lower the container's memory limit (the follower's allowance) before the agent server starts.
+
 `python -m agent_image.container.follower status` prints `{"txid": N|null, "promoted": bool}`: how far the copy
 is (what the control plane waits on before it stops the source).
 
@@ -151,6 +154,23 @@ def write_order(order: Promotion, path: Path) -> None:
     os.replace(temporary, path)
 
 
+PROMOTION_MARGIN = 2.0  # seconds `promote` waits beyond the order's timeout (the copy's check, the mark)
+
+
+def await_promotion(data_dir: Path, seconds: float, poll: float = 0.02) -> int:
+    """`promote` returns only once the follower marked the volume's database its own (0), i.e. its `restore -f`
+    has exited: the control plane then lowers the container's memory limit from the follower's allowance to the
+    agent's while the entrypoint's fence check and Litestream start run, before the agent server (tenant code)
+    starts. 4 when that did not happen within `seconds` (the follower failed: its container exits 5)."""
+    deadline = time.monotonic() + seconds
+    while not promoted(data_dir):
+        if time.monotonic() > deadline:
+            print(f"follower: not promoted within {seconds:g}s", file=sys.stderr)
+            return 4
+        time.sleep(poll)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     data_dir = Path(os.environ.get(contract.DATA_DIR, "/data"))
@@ -174,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             print(f"follower: cannot write the promotion: {exc.strerror or exc}", file=sys.stderr)
             return 3
-        return 0
+        return await_promotion(data_dir, order.timeout + PROMOTION_MARGIN)
     print("usage: python -m agent_image.container.follower status|promote", file=sys.stderr)
     return 2
 

@@ -276,14 +276,13 @@ def limit_memory(client: Any, container_id: str, memory_mb: int) -> None:
     client.api._raise_for_status(response)
 
 
-def deliver_promotion(
-    client: Any, container_id: str, secrets: AgentSecrets, promotion: Promotion, timeout: float = 30.0
-) -> None:
+def deliver_promotion(client: Any, container_id: str, secrets: AgentSecrets, promotion: Promotion) -> None:
     """Hand a follower its own secrets and its promotion through the secrets' channel in one exec (`follower
-    promote`: the secrets line, then the order line, on stdin). Safe to repeat: the same bytes are written again.
-    Raises SecretsNotDelivered."""
+    promote`: the secrets line, then the order line, on stdin); it returns once the follower is promoted (its
+    restore exited, the copy checked), within the order's timeout. Safe to repeat: the same bytes are written
+    again, a promoted follower answers at once. Raises SecretsNotDelivered."""
     line = secrets.to_json() + "\n" + promotion.to_json()
-    _exec_line(client, container_id, [*FOLLOWER, "promote"], line, "promotion", timeout)
+    _exec_line(client, container_id, [*FOLLOWER, "promote"], line, "promotion", promotion.timeout + 15)
 
 
 def follower_status(client: Any, container_id: str) -> dict[str, Any] | None:

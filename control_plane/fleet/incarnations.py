@@ -329,6 +329,9 @@ class Fleet:
         if incarnation is None:  # asked in the same engine call as the promotion: no inspect of its own first
             ctx.step("agent.follower_gone", f"gen {generation} follower is gone: cold start", agent=ordinal)
             return self.start(ctx, tenant, ordinal, generation, node, source, replicated=False)
+        # the promotion returned once the follower's restore exited: its memory allowance ends before the agent
+        # server (tenant code) starts, while the entrypoint checks the fence and starts Litestream
+        self.end_follower_allowance(ctx, tenant, ordinal, generation, node)
         ordered = time.monotonic()
         url = self._wait_ready(driver, incarnation, agent_token, replicated=False)
         seconds = round(time.monotonic() - started, 3)
@@ -342,7 +345,7 @@ class Fleet:
             seconds=seconds,
             txid=txid,
             current_s=round(started - fenced, 3),  # CURRENT, the row's secrets
-            order_s=round(ordered - started, 3),  # the promotion's docker exec
+            order_s=round(ordered - started, 3),  # the promotion's docker exec: the tail, the check; the limit
             ready_s=round(time.monotonic() - ordered, 3),
         )
         return seconds

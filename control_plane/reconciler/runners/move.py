@@ -162,7 +162,7 @@ def move(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent) -> None:
     if not (served and ctx.recalled("ready_at", agent.id) is not None):  # else routed already: only replicate
         _cut_over(fleet, ctx, tenant, agent, plan, warm=warm, source_up=source_up, served=served)
     node = fleet.node(plan.node)
-    if warm:
+    if warm and served:  # a re-run: the promotion that lowers it may have been cut short
         fleet.end_follower_allowance(ctx, tenant, agent.ordinal, plan.generation, node)
     # after the cutover slot: the snapshot upload is no part of the downtime the destination's pace learns from
     fleet.await_replica(ctx, agent.tenant, agent.ordinal, plan.generation, node)
