@@ -205,8 +205,15 @@ def main() -> None:
                 timed(operations, "POST", "/v1/tenants", {"name": tenant, "agents": 1})
             api.send("POST", f"/v1/nodes/{nodes[1].name}/uncordon")
             seconds, op = timed(operations, "POST", f"/v1/nodes/{nodes[0].name}/drain")
-            emit("drain_s", [seconds], agents=args.drain_agents, downtime_p50=statistics.median(
-                op["result"]["downtime_s"].values()))  # fmt: skip
+            drained = sorted(op["result"]["downtime_s"].values())
+            emit(
+                "drain_s",
+                [seconds],
+                agents=args.drain_agents,
+                downtime_p50=statistics.median(drained),
+                downtimes=drained,
+                ratio_vs_single=round(statistics.median(drained) / statistics.median(downtimes), 2),
+            )
         finally:
             if plane is not None:
                 plane.stop()

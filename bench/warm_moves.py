@@ -48,14 +48,41 @@ def emit(name: str, values: list[float], **fields: Any) -> None:
     print(json.dumps({"metric": name, **summary, **fields}), flush=True)
 
 
-def evacuate(api: FleetClient, tenant: str, strategy: str) -> tuple[float, float, float]:
-    """(downtime, began, ended) of one evacuation with `strategy`."""
+PARTS = ("stop_s", "proof_s", "current_s", "order_s", "ready_s", "seconds")
+
+
+def parts(op: dict[str, Any]) -> dict[str, float]:
+    """Where one move's time went, from its step log: each step's timed parts (`agent.stopped` stop_s/proof_s,
+    `agent.promoted` current_s/order_s/ready_s, `agent.started` seconds, `agent.replicated` seconds) and the
+    seconds between consecutive steps from the stop on (`gap:<step>`)."""
+    found: dict[str, float] = {}
+    previous: float | None = None
+    for step in op["steps"]:
+        if step.get("agent") != 0:
+            continue
+        name = step["step"].removeprefix("agent.")
+        if name == "stopped" or previous is not None:
+            if previous is not None:
+                found[f"gap:{name}"] = round(step["at"] - previous, 3)
+            previous = step["at"]
+            for key in PARTS:
+                if isinstance(step.get(key), int | float):
+                    found[f"{name}.{key}"] = step[key]
+    return found
+
+
+def evacuate(api: FleetClient, tenant: str, strategy: str, size_mb: int) -> tuple[float, float, float]:
+    """(downtime, began, ended) of one evacuation with `strategy`; prints where its time went (`move_parts`)."""
     began = time.monotonic()
     op = api.wait("POST", f"/v1/tenants/{tenant}/evacuate", json_body={"strategy": strategy})
     ended = time.monotonic()
     if op["state"] != "succeeded" or op["result"]["strategy"][f"{tenant}/0"] != strategy:
         raise SystemExit(f"evacuation ({strategy}) of {tenant} did not succeed as asked: {op['error']}")
-    return float(op["result"]["downtime_s"][f"{tenant}/0"]), began, ended
+    downtime = float(op["result"]["downtime_s"][f"{tenant}/0"])
+    detail = {"metric": "move_parts", "strategy": strategy, "size_mb": size_mb, "downtime_s": downtime}
+    detail["op_s"] = round(ended - began, 3)
+    print(json.dumps({**detail, **parts(op)}), flush=True)
+    return downtime, began, ended
 
 
 def main() -> None:
@@ -96,7 +123,7 @@ def main() -> None:
                 failed = {"warm": 0, "cold": 0}
                 for _ in range(args.runs):
                     for strategy in ("warm", "cold"):
-                        downtime, began, ended = evacuate(api, tenant, strategy)
+                        downtime, began, ended = evacuate(api, tenant, strategy, megabytes)
                         downtimes[strategy].append(downtime)
                         time.sleep(1)
                         failed[strategy] += client.failed_between(began, ended)

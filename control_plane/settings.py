@@ -55,7 +55,10 @@ class Settings(BaseSettings):
         default=256, ge=64
     )  # the limit a pool container idles with (a claim sets the tenant's)
     warm_pool_interval: float = Field(default=5.0, gt=0)  # seconds between refills
-    warm_follow_interval: float = 0.2  # seconds between a follower's polls of the source's replica (S3 LISTs)
+    warm_follow_interval: float = 0.1  # seconds between a follower's polls of the source's replica (S3 LISTs)
+    # memory a follower gets on top of its tenant's limit until promoted: `litestream restore -f` holds ~240 MB of
+    # anonymous memory following a 1 GB database (the agent's 256 MiB limit killed it); lowered once it exited
+    warm_follower_memory_mb: int = Field(default=768, ge=0)
     preflight_timeout: float = 3.0  # each check before an operation stops anything (store, engines) answers in this
     rollback_timeout: float = 120.0  # how long a failed move keeps trying to start its old incarnation again
     stuck_after: float = 300.0  # an agent starting/stopping this long with no operation of its tenant is stuck

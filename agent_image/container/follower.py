@@ -12,36 +12,46 @@ final txid (bounded), stops the restore, checks the copy, marks the volume's dat
 entrypoint goes on as for any start (fence check, schema, `litestream replicate -exec agent` on the "volume"
 path). A restart after that finds the mark and starts as a normal agent.
 
+`promote` returns once the follower is promoted (its restore exited, the copy checked and marked), so the control
+plane can lower the container's memory limit (the follower's allowance) before the agent server starts.
+
 `python -m agent_image.container.follower status` prints `{"txid": N|null, "promoted": bool}`: how far the copy
 is (what the control plane waits on before it stops the source).
 
-Exit codes: as the entrypoint's; 5 (restore_failed) when the restore dies or the tail is not applied in time."""
+Exit codes: as the entrypoint's; 5 (restore_failed) when the restore dies or the tail is not applied in time.
+
+`promote` runs inside a warm move's downtime as a fresh Python process (docker exec): it imports only the contract
+and the secrets writer. Litestream's client, the identity (http.client, the S3 client) and structlog, ~0.25-0.35 s
+of imports in the image (`python -X importtime`), are imported by `follow`, which runs long before."""
 
 from __future__ import annotations
 
 import json
 import os
 import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path
-
-import structlog
+from typing import TYPE_CHECKING
 
 from agent_image import contract
-from agent_image.container import litestream
-from agent_image.container.identity import AgentIdentity
 from agent_image.container.secrets_in import write_secrets
 from agent_image.contract import AgentSecrets, IdentityError, Promotion, StartRefused
 
-log = structlog.get_logger("agent_image.follower")
+if TYPE_CHECKING:
+    import subprocess
+
+    from agent_image.container.identity import AgentIdentity
+
+TXID_SUFFIX = "-txid"  # where `restore -f` records the txid it applied (litestream.followed_txid_path)
 
 
 def applied_txid(db_path: Path) -> int | None:
-    """The last transaction `restore -f` applied to the copy, None before the first."""
-    position = litestream.followed_position(db_path)
-    return None if position is None else position[0]
+    """The last transaction `restore -f` applied to the copy, None before the first (or while unreadable)."""
+    try:
+        return int(Path(f"{db_path}{TXID_SUFFIX}").read_text().strip(), 16)
+    except (OSError, ValueError):
+        return None
 
 
 def promoted(data_dir: Path) -> bool:
@@ -51,6 +61,13 @@ def promoted(data_dir: Path) -> bool:
 def follow(identity: AgentIdentity, *, poll: float = 0.05) -> None:
     """Follow until promoted (see the module docstring); returns with the volume's database ready to serve.
     Raises StartRefused (restore_failed) when the restore dies or the tail does not arrive in time."""
+    import subprocess
+
+    import structlog
+
+    from agent_image.container import litestream
+
+    log = structlog.get_logger("agent_image.follower")
     if promoted(identity.data_dir):
         return
     assert identity.restore_from_url is not None  # the contract refuses FOLLOW without it
@@ -68,7 +85,7 @@ def follow(identity: AgentIdentity, *, poll: float = 0.05) -> None:
         order = _wait_for_order(process, promotion_path, poll)
         _apply_tail(identity, process, order, poll)
     finally:
-        litestream.terminate(process, 10)
+        litestream.terminate(process, 10)  # the restore's memory is freed before the agent starts
     litestream.followed_txid_path(identity.db_path).unlink(missing_ok=True)
     _check(identity)
     _mark_promoted(identity.data_dir)
@@ -137,6 +154,23 @@ def write_order(order: Promotion, path: Path) -> None:
     os.replace(temporary, path)
 
 
+PROMOTION_MARGIN = 2.0  # seconds `promote` waits beyond the order's timeout (the copy's check, the mark)
+
+
+def await_promotion(data_dir: Path, seconds: float, poll: float = 0.02) -> int:
+    """`promote` returns only once the follower marked the volume's database its own (0), i.e. its `restore -f`
+    has exited: the control plane then lowers the container's memory limit from the follower's allowance to the
+    agent's while the entrypoint's fence check and Litestream start run, before the agent server (tenant code)
+    starts. 4 when that did not happen within `seconds` (the follower failed: its container exits 5)."""
+    deadline = time.monotonic() + seconds
+    while not promoted(data_dir):
+        if time.monotonic() > deadline:
+            print(f"follower: not promoted within {seconds:g}s", file=sys.stderr)
+            return 4
+        time.sleep(poll)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     data_dir = Path(os.environ.get(contract.DATA_DIR, "/data"))
@@ -160,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             print(f"follower: cannot write the promotion: {exc.strerror or exc}", file=sys.stderr)
             return 3
-        return 0
+        return await_promotion(data_dir, order.timeout + PROMOTION_MARGIN)
     print("usage: python -m agent_image.container.follower status|promote", file=sys.stderr)
     return 2
 

@@ -90,6 +90,7 @@ class AgentSpec:
     fleet: str = "litefleet"  # which control plane owns it (its bucket): another fleet's containers are not ours
     follow: bool = False  # a warm move's follower of `restore_from_url` until promoted (agent_image follower.py)
     follow_interval: float = 0.25
+    follower_memory_mb: int = 0  # a follower's memory on top of `memory_mb` until promoted (`restore -f` grows)
 
     @property
     def name(self) -> str:
@@ -98,6 +99,11 @@ class AgentSpec:
     @property
     def pids_limit(self) -> int:
         return pids_limit(self.runtime, self.pids)
+
+    @property
+    def container_memory_mb(self) -> int:
+        """The container's memory limit at creation: a follower's allowance on top until `limit_memory` lowers it."""
+        return self.memory_mb + (self.follower_memory_mb if self.follow else 0)
 
     @property
     def claimable(self) -> bool:
@@ -310,7 +316,7 @@ def run_agent(client: Any, spec: AgentSpec) -> Any:
         labels=spec.labels(),
         volumes={spec.volume: {"bind": "/data", "mode": "rw"}},
         ports={f"{AGENT_PORT}/tcp": (spec.publish_ip, None)},
-        mem_limit=f"{spec.memory_mb}m",
+        mem_limit=f"{spec.container_memory_mb}m",
         nano_cpus=int(spec.cpus * 1e9),
         pids_limit=spec.pids_limit,
         runtime=spec.runtime,
@@ -328,14 +334,22 @@ def deliver_secrets(client: Any, container_id: str, secrets: AgentSecrets, timeo
     _exec_line(client, container_id, SECRETS_WRITER, secrets.to_json(), "secrets", timeout)
 
 
-def deliver_promotion(
-    client: Any, container_id: str, secrets: AgentSecrets, promotion: Promotion, timeout: float = 30.0
-) -> None:
+def limit_memory(client: Any, container_id: str, memory_mb: int) -> None:
+    """Set a running container's memory limit (a promoted follower's, down to its agent's). Safe to repeat."""
+    memory = memory_mb * 2**20
+    response = client.api._post_json(
+        client.api._url("/containers/{0}/update", container_id), data={"Memory": memory, "MemorySwap": 2 * memory}
+    )
+    client.api._raise_for_status(response)
+
+
+def deliver_promotion(client: Any, container_id: str, secrets: AgentSecrets, promotion: Promotion) -> None:
     """Hand a follower its own secrets and its promotion through the secrets' channel in one exec (`follower
-    promote`: the secrets line, then the order line, on stdin). Safe to repeat: the same bytes are written again.
-    Raises SecretsNotDelivered."""
+    promote`: the secrets line, then the order line, on stdin); it returns once the follower is promoted (its
+    restore exited, the copy checked), within the order's timeout. Safe to repeat: the same bytes are written
+    again, a promoted follower answers at once. Raises SecretsNotDelivered."""
     line = secrets.to_json() + "\n" + promotion.to_json()
-    _exec_line(client, container_id, [*FOLLOWER, "promote"], line, "promotion", timeout)
+    _exec_line(client, container_id, [*FOLLOWER, "promote"], line, "promotion", promotion.timeout + 15)
 
 
 def follower_status(client: Any, container_id: str) -> dict[str, Any] | None:

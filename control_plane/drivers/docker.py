@@ -33,6 +33,7 @@ from control_plane.drivers.agent_spec import (
     deliver_secrets,
     find_agent,
     follower_status,
+    limit_memory,
     run_agent,
     run_pool,
 )
@@ -227,6 +228,16 @@ class DockerDriver:
         return self._started_then(
             name, lambda container_id: deliver_promotion(self.client, container_id, secrets, order)
         )
+
+    def limit_memory(self, name: str, memory_mb: int) -> bool:
+        """Lower (or raise) a container's memory limit in place: a promoted follower's allowance ends (`docker
+        update`). False when the container is gone. Safe to repeat."""
+        with _engine(self.engine_url):
+            container = self._get(name)
+            if container is None:
+                return False
+            limit_memory(self.client, container.id, memory_mb)
+            return True
 
     def list_managed(self, fleet: str | None = None) -> list[Incarnation]:
         """litefleet's containers on this engine (only `fleet`'s, when given), claimed pool containers included."""

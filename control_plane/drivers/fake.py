@@ -25,6 +25,7 @@ class FakeContainer:
     deliveries: list[AgentSecrets] = field(default_factory=list)  # secrets delivered, one per start (tests check)
     following: bool = False  # a warm move's follower not promoted yet: serves nothing, writes no replica
     promoted_at: int | None = None  # the source's final txid its promotion named
+    memory_mb: int | None = None  # the container's memory limit (a follower's allowance until lowered)
     claimed_from: str | None = None  # the pool container it was (None: started cold)
 
 
@@ -65,7 +66,9 @@ class FakeDriver:
         with self._lock:
             self._check()
             if spec.name not in self.containers:
-                self.containers[spec.name] = FakeContainer(spec, deliveries=[spec.secrets()], following=spec.follow)
+                self.containers[spec.name] = FakeContainer(
+                    spec, deliveries=[spec.secrets()], following=spec.follow, memory_mb=spec.container_memory_mb
+                )
                 if not spec.follow:
                     self._on_run(spec)
             return self._incarnation(spec.name)
@@ -113,6 +116,15 @@ class FakeDriver:
                     container.following, container.promoted_at = False, txid
                     self._on_run(container.spec)
             return self._incarnation(name)
+
+    def limit_memory(self, name: str, memory_mb: int) -> bool:
+        with self._lock:
+            self._check()
+            container = self.containers.get(name)
+            if container is None:
+                return False
+            container.memory_mb = memory_mb
+            return True
 
     def start_pool(self, spec: PoolSpec) -> PoolMember:
         with self._lock:

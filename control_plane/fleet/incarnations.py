@@ -142,10 +142,19 @@ class Fleet:
     # -- incarnations -----------------------------------------------------------------------------------------------
 
     def start(
-        self, ctx: StepLog, tenant: Tenant, ordinal: int, generation: int, node: Node, restore_from: int | None
+        self,
+        ctx: StepLog,
+        tenant: Tenant,
+        ordinal: int,
+        generation: int,
+        node: Node,
+        restore_from: int | None,
+        *,
+        replicated: bool = True,
     ) -> float:
-        """Run generation `generation` of the agent on `node` until it is ready and replicating; returns the
-        seconds from container start to ready.
+        """Run generation `generation` of the agent on `node` until it is ready and (with `replicated`, the default)
+        its replica holds a transaction; returns the seconds from container start to ready. `restore_from` is
+        replaced by the newest earlier generation with a replica when its own replica is empty (`restore_source`).
 
         Re-running is safe: CURRENT only ever moves forward to `generation`; an existing container of that
         incarnation is reused (started again if it stopped), not duplicated; the agent row is written last.
@@ -156,6 +165,17 @@ class Fleet:
         """
         if tenant.runtime not in (node.runtimes or []):  # an explicit target (evacuate --to) that lacks it
             raise OperationFailed(f"node {node.name} has no {tenant.runtime} runtime for tenant {tenant.name}")
+        if restore_from is not None:
+            found = self.restore_source(tenant.name, ordinal, restore_from)
+            if found != restore_from:
+                ctx.step(
+                    "agent.restore_source",
+                    f"gen {restore_from}'s replica is empty (it served before its first replica): "
+                    f"gen {generation} restores gen {found}'s",
+                    agent=ordinal,
+                    generation=found,
+                )
+                restore_from = found
 
         def fence() -> tuple[TenantCredentials, str, str]:
             advance_current(self.storage, tenant.name, ordinal, generation)
@@ -173,7 +193,9 @@ class Fleet:
                 creds, agent_token, admin_token = found
                 return self._spec(tenant, ordinal, generation, node, restore_from, creds, agent_token, admin_token)
 
-            return self._started(ctx, tenant, ordinal, generation, node, restore_from, fenced is not None, complete)
+            return self._started(
+                ctx, tenant, ordinal, generation, node, restore_from, fenced is not None, complete, replicated
+            )
 
     def _started(
         self,
@@ -185,6 +207,7 @@ class Fleet:
         restore_from: int | None,
         warm: bool,
         complete: Callable[[], AgentSpec],
+        replicated: bool,
     ) -> float:
         """`start` once CURRENT, the key and the row are written or being written (`complete()` waits for them)."""
         driver = self.driver(node)
@@ -226,7 +249,7 @@ class Fleet:
                 driver.restart(name, spec.secrets())
         except (SecretsNotDelivered, IsolationFailed) as exc:
             raise OperationFailed(str(exc)) from None
-        url = self._wait_ready(driver, incarnation, agent_token)
+        url = self._wait_ready(driver, incarnation, agent_token, replicated=replicated)
         seconds = round(time.monotonic() - started, 3)
         self.set_agent(tenant.name, ordinal, state=AgentState.running, url=url)
         source = f"restored from gen-{restore_from}" if restore_from else "new database"
@@ -239,6 +262,23 @@ class Fleet:
             seconds=seconds,
         )
         return seconds
+
+    def restore_source(self, tenant: str, ordinal: int, generation: int) -> int:
+        """The generation a successor of `generation` restores from: `generation` itself when its replica holds a
+        transaction, else the newest earlier one whose replica does (`generation` when none does: the start then
+        fails on the missing replica, as before, rather than starting empty).
+
+        An empty replica means `generation` never completed its first sync: a moved agent is routed once ready
+        and replicates after (`promote`, `runners/move.py` `move`), and its node may be lost in between. Its
+        predecessor's replica holds everything the predecessor committed (the move proved its final sync before
+        the cutover) and so everything the empty generation started from; what that generation acknowledged
+        before its node was lost is inside the fail-over's loss window (invariant 3). Reads only: safe to repeat."""
+        for candidate in range(generation, 0, -1):
+            if self.storage.replica_txid(tenant, ordinal, candidate) >= 1:
+                return candidate
+            if candidate < generation:  # one step back is what a move leaves; older gaps are not ours to bridge
+                break
+        return generation
 
     # -- warm moves: a follower first, promoted after the source's proven stop -------------------------------------
 
@@ -268,7 +308,12 @@ class Fleet:
         spec = self._spec(
             tenant, ordinal, generation, node, source, creds, secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         )
-        spec = dataclasses.replace(spec, follow=True, follow_interval=self.settings.warm_follow_interval)
+        spec = dataclasses.replace(
+            spec,
+            follow=True,
+            follow_interval=self.settings.warm_follow_interval,
+            follower_memory_mb=self.settings.warm_follower_memory_mb,
+        )
         try:
             driver.run(spec)
         except (SecretsNotDelivered, IsolationFailed) as exc:
@@ -309,16 +354,17 @@ class Fleet:
         """Make the follower generation `generation` of the agent, after `source` stopped with its final sync proven
         at `txid`: CURRENT moves to `generation` first (the fence: the follower checks it before it writes), then its
         own secrets and the promotion go through docker exec; it applies the tail up to `txid` and starts
-        replicating to its own path. Returns seconds from the promotion to ready. A follower that is gone (its node
-        restarted, removed by hand) is replaced by a cold start, which is as safe at this point.
+        replicating to its own path. Returns seconds from the promotion to ready: ready, not replicated (the row
+        says `running` and the router sends it requests before its first snapshot reached `gen-<generation>/`;
+        the caller waits for that with `await_replica`, see `runners/move.py` `move` for why this is safe). A
+        follower that is gone (its node restarted, removed by hand) is replaced by a cold start, which is as safe
+        at this point.
 
         Re-running is safe: CURRENT only moves forward to `generation`; the secrets are the row's (the same on a
         re-run); a promoted follower ignores a repeated order; the row is written `running` last."""
         name = incarnation_name(tenant.name, ordinal, generation)
         driver = self.driver(node)
-        if driver.inspect(name) is None:
-            ctx.step("agent.follower_gone", f"gen {generation} follower is gone: cold start", agent=ordinal)
-            return self.start(ctx, tenant, ordinal, generation, node, source)
+        fenced = time.monotonic()
         advance_current(self.storage, tenant.name, ordinal, generation)
         creds, agent_token, admin_token = self._secrets(tenant.name, ordinal, generation)
         self.set_agent(tenant.name, ordinal, generation=generation, node=node.name, state=AgentState.starting)
@@ -328,9 +374,14 @@ class Fleet:
             incarnation = driver.promote(name, spec.secrets(), txid, self.settings.warm_promote_timeout)
         except (SecretsNotDelivered, IsolationFailed) as exc:
             raise OperationFailed(str(exc)) from None
-        if incarnation is None:
-            raise OperationFailed(f"follower {name} disappeared while being promoted")
-        url = self._wait_ready(driver, incarnation, agent_token)
+        if incarnation is None:  # asked in the same engine call as the promotion: no inspect of its own first
+            ctx.step("agent.follower_gone", f"gen {generation} follower is gone: cold start", agent=ordinal)
+            return self.start(ctx, tenant, ordinal, generation, node, source, replicated=False)
+        # the promotion returned once the follower's restore exited: its memory allowance ends before the agent
+        # server (tenant code) starts, while the entrypoint checks the fence and starts Litestream
+        self.end_follower_allowance(ctx, tenant, ordinal, generation, node)
+        ordered = time.monotonic()
+        url = self._wait_ready(driver, incarnation, agent_token, replicated=False)
         seconds = round(time.monotonic() - started, 3)
         self.set_agent(tenant.name, ordinal, state=AgentState.running, url=url)
         ctx.step(
@@ -341,6 +392,54 @@ class Fleet:
             generation=generation,
             seconds=seconds,
             txid=txid,
+            current_s=round(started - fenced, 3),  # CURRENT, the row's secrets
+            order_s=round(ordered - started, 3),  # the promotion's docker exec: the tail, the check; the limit
+            ready_s=round(time.monotonic() - ordered, 3),
+        )
+        return seconds
+
+    def end_follower_allowance(self, ctx: StepLog, tenant: Tenant, ordinal: int, generation: int, node: Node) -> None:
+        """Lower a promoted follower's memory limit to its tenant's (`docker update`): its `restore -f` had the
+        `warm_follower_memory_mb` allowance on top, and has exited once the agent answered ready. A limit that
+        cannot be lowered (memory the kernel cannot reclaim) is reported, not fatal: the agent serves either way.
+        Re-running sets the same limit again."""
+        if not self.settings.warm_follower_memory_mb:
+            return
+        name = incarnation_name(tenant.name, ordinal, generation)
+        try:
+            self.driver(node).limit_memory(name, tenant.memory_mb)
+        except Exception as exc:  # an engine refusing one update must not fail a move that served
+            ctx.step(
+                "agent.memory_not_lowered",
+                f"gen {generation} keeps its follower's memory allowance: {type(exc).__name__}: {exc}",
+                agent=ordinal,
+                node=node.name,
+            )
+
+    def await_replica(self, ctx: StepLog, tenant: str, ordinal: int, generation: int, node: Node) -> float:
+        """Wait (up to `ready_timeout`) until the running incarnation's replica holds a transaction (its first
+        snapshot reached `gen-<generation>/`); returns the seconds waited. Raises OperationFailed when it does not
+        (the incarnation keeps serving). Re-running only asks again."""
+        agent = self.agent(tenant, ordinal)
+        if agent.generation != generation or agent.agent_token is None:
+            raise OperationFailed(f"{tenant}/{ordinal} is not gen {generation} any more: no replica to wait for")
+        driver = self.driver(node)
+        name = incarnation_name(tenant, ordinal, generation)
+        incarnation = driver.inspect(name)
+        if incarnation is None:
+            raise OperationFailed(f"{name} is gone before its first replica")
+        started = time.monotonic()
+        first = None if incarnation.url is None else self.agents_api.readyz(incarnation.url, agent.agent_token)
+        self._wait_ready(driver, incarnation, agent.agent_token, replicated=True)
+        seconds = round(time.monotonic() - started, 3)
+        ctx.step(
+            "agent.replicated",
+            f"gen {generation}'s first replica is in the store ({seconds}s after it was routed)",
+            agent=ordinal,
+            generation=generation,
+            seconds=seconds,
+            # routed while its replica was still empty (the first snapshot may also beat the agent's start)
+            routed_unreplicated=first is not None and not first.replicated,
         )
         return seconds
 
@@ -357,16 +456,20 @@ class Fleet:
         self.set_agent(agent.tenant, agent.ordinal, state=AgentState.stopping)
         if drain and agent.url:
             self._drain(ctx, agent)
+        began = time.monotonic()
         try:
             stopped = driver.stop(name, timeout=self.settings.stop_timeout)
         except EngineUnreachable as exc:
             raise OperationFailed(f"cannot stop {name}: {exc}") from None
-        record = self.storage.read_shutdown(agent.tenant, agent.ordinal, agent.generation)
+        exited = time.monotonic()
+        with ThreadPoolExecutor(max_workers=1) as beside:  # the container exited: both reads are final, ask at once
+            listed = beside.submit(self.storage.replica_txid, agent.tenant, agent.ordinal, agent.generation)
+            record = self.storage.read_shutdown(agent.tenant, agent.ordinal, agent.generation)
+            replica_txid = listed.result()
         if record is None or not record.get("proven"):
             why = "no shutdown record" if record is None else record.get("error")
             exit_code = None if stopped is None else stopped.exit_code
             raise OperationFailed(f"final sync of {name} not proven ({why}; exit code {exit_code})")
-        replica_txid = self.storage.replica_txid(agent.tenant, agent.ordinal, agent.generation)
         if replica_txid < int(record["txid"]):
             raise OperationFailed(
                 f"replica of {name} ends at txid {replica_txid}, the agent closed at {record['txid']}"
@@ -378,6 +481,8 @@ class Fleet:
             node=agent.node,
             generation=agent.generation,
             txid=record["txid"],
+            stop_s=round(exited - began, 3),  # docker stop: drain, SIGTERM, final sync, exit
+            proof_s=round(time.monotonic() - exited, 3),  # the shutdown record against the replica
         )
         return record
 
@@ -508,8 +613,9 @@ class Fleet:
             fleet=self.storage.bucket,
         )
 
-    def _wait_ready(self, driver: Driver, incarnation: Incarnation, token: str) -> str:
-        """Wait for /readyz and the first replica (replica txid >= 1); fail with the agent's reason if it exits."""
+    def _wait_ready(self, driver: Driver, incarnation: Incarnation, token: str, *, replicated: bool) -> str:
+        """Wait for /readyz (and with `replicated` the first replica: replica txid >= 1); fail with the agent's
+        reason if it exits."""
         url: str | None = None
         inspected = 0.0
 
@@ -530,7 +636,7 @@ class Fleet:
                 lambda: url,
                 token=token,
                 timeout=self.settings.ready_timeout,
-                replicated=True,
+                replicated=replicated,
                 check=alive,
                 agents=self.agents_api,
                 what=incarnation.name,

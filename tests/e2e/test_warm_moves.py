@@ -42,10 +42,23 @@ def test_warm_evacuation_under_write_load_loses_nothing(control_plane: ControlPl
             "agent.caught_up",
             "agent.stopped",
             "agent.promoted",
+            "agent.replicated",
             "agent.removed",
             "agent.moved",
         ], warm["steps"]
-        assert _steps(cold, ordinal) == ["agent.stopped", "agent.started", "agent.removed", "agent.moved"]
+        assert _steps(cold, ordinal) == [
+            "agent.stopped",
+            "agent.started",
+            "agent.replicated",
+            "agent.removed",
+            "agent.moved",
+        ]
+        # routed on ready (the downtime ends there), replicated after, the source removed only then
+        for op in (warm, cold):
+            at = {s["step"]: s for s in op["steps"] if s.get("agent") == ordinal}
+            routed = at["agent.promoted" if op is warm else "agent.started"]["at"]
+            assert routed <= at["agent.replicated"]["at"] <= at["agent.removed"]["at"]
+            print(f"agent {ordinal}: routed with an empty replica: {at['agent.replicated']['routed_unreplicated']}")
     key = [f"{tenant}/0", f"{tenant}/1"]
     assert [warm["result"]["strategy"][k] for k in key] == ["warm", "warm"]
     warm_downtime = [warm["result"]["downtime_s"][k] for k in key]

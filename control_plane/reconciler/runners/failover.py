@@ -37,7 +37,9 @@ def fail_over(fleet: Fleet, ctx: OpContext, agent_id: str, node: str, declared_d
         raise OperationFailed(f"no fail-over planned for agent {agent_id}")
     old = plan.from_generation
     # measured before anything changes (the row is still gen `old`'s) and kept, so a re-run reports the same
-    loss = ctx.remember("loss", loss_report(fleet, agent, old, declared_down), agent_id)
+    # gen `old` moved here and its node went before its first replica: its predecessor's is what restores
+    restorable = fleet.restore_source(agent.tenant, agent.ordinal, old)
+    loss = ctx.remember("loss", loss_report(fleet, agent, restorable, declared_down), agent_id)
     fleet.set_agent(agent.tenant, agent.ordinal, state=AgentState.lost)
     fence_out(fleet.credentials, agent.tenant, agent.ordinal, old)
     wait_out_lease(fleet, ctx, agent_id, agent.tenant, agent.ordinal, plan.generation)

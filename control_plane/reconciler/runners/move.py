@@ -120,10 +120,30 @@ def move(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent) -> None:
     generation restoring in full. The strategy an agent took is recorded (`moved_by`, and `cold` when it fell
     back), so a re-run goes on the same way.
 
+    Route on ready, replicate after: the downtime ends when the new generation answers `/readyz` (its row says
+    `running`, so the router sends it requests), not when its first snapshot reached `gen-<g+1>/`; the move then
+    waits for that first replica (`Fleet.await_replica`) before anything depends on it: removing the source's
+    container and volume, and reporting the agent done. Why nothing is lost by that order:
+    - every transaction the source acknowledged is in `gen-<g>/` before the cutover (`Fleet.stop` proved the final
+      sync against the replica), and the new generation starts from exactly that (the follower applied up to the
+      proven txid; a cold start restored it). Nothing acknowledged before the switch depends on `gen-<g+1>/`.
+    - what gen g+1 acknowledges before its first snapshot is in no replica yet: the same asynchronous window every
+      running agent has between its syncs (invariant 3). A `durability=replicated` tenant's writes still wait for
+      their own sync. The window is longer only by the snapshot's upload, which grows with the database.
+    - a fail-over (or any restart elsewhere) while CURRENT = g+1 and `gen-<g+1>/` is still empty restores gen g's
+      proven replica (`Fleet.start` through `Fleet.restore_source`: an empty replica means its generation never
+      synced, so its predecessor's is the newest there is), and the loss report is taken from that replica.
+    - a restart of g+1 in place (its container exited) finds its database on its volume; only the source's
+      volume is ever removed, and only after g+1's first replica is in the store.
+    - a control plane killed between the switch and the first replica: the re-run finds the agent `running` on
+      g+1 with `ready_at` recorded, skips the cutover (never rolls back past a generation that served) and only
+      waits for the replica, then removes the source. If the replica does not come within `ready_timeout`, the
+      operation fails with the agent serving and the source's container kept; a retry waits again.
+
     When anything fails after the old incarnation began to stop (its final sync, the new generation's start or
-    promotion), the move rolls back (`roll_back`): the old incarnation serves again and the operation fails saying
-    why. An agent a failed attempt left down (`failed`) is first started again in place: only a running
-    incarnation can prove its final sync."""
+    promotion, until it is ready), the move rolls back (`roll_back`): the old incarnation serves again and the
+    operation fails saying why. An agent a failed attempt left down (`failed`) is first started again in place: only
+    a running incarnation can prove its final sync."""
     plan = ctx.plan_of(agent.id)
     if not isinstance(plan, MovePlan):
         raise OperationFailed(f"no move planned for agent {agent.id}")
@@ -139,6 +159,41 @@ def move(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent) -> None:
     if not served and source_up and ctx.recalled("stopped_at", agent.id) is None:
         warm_up(fleet, ctx, tenant, agent, plan)
     warm = ctx.recalled("moved_by", agent.id) == "warm" and ctx.recalled("cold", agent.id) is None
+    if not (served and ctx.recalled("ready_at", agent.id) is not None):  # else routed already: only replicate
+        _cut_over(fleet, ctx, tenant, agent, plan, warm=warm, source_up=source_up, served=served)
+    node = fleet.node(plan.node)
+    if warm and served:  # a re-run: the promotion that lowers it may have been cut short
+        fleet.end_follower_allowance(ctx, tenant, agent.ordinal, plan.generation, node)
+    # after the cutover slot: the snapshot upload is no part of the downtime the destination's pace learns from
+    fleet.await_replica(ctx, agent.tenant, agent.ordinal, plan.generation, node)
+    fleet.remove(ctx, agent.tenant, agent.ordinal, plan.from_generation, plan.from_node)
+    ready_at = float(ctx.recalled("ready_at", agent.id))
+    downtime = round(ready_at - float(ctx.recalled("stopped_at", agent.id)), 3)
+    how = "warm" if warm else "cold"
+    ctx.mark_done(agent.id, downtime_s=downtime, strategy=how)
+    ctx.step(
+        "agent.moved",
+        f"{plan.from_node} -> {plan.node} ({how}), downtime {downtime}s",
+        agent=agent.ordinal,
+        downtime_s=downtime,
+        strategy=how,
+    )
+
+
+def _cut_over(
+    fleet: Fleet,
+    ctx: OpContext,
+    tenant: Tenant,
+    agent: Agent,
+    plan: MovePlan,
+    *,
+    warm: bool,
+    source_up: bool,
+    served: bool,
+) -> None:
+    """The downtime, under one of the destination's cutover slots: the source's proven stop, then the promotion
+    (warm) or the start restoring in full (cold), until the new generation is ready and routed (`ready_at`). A
+    failure before the new generation served rolls back."""
     with PACER.slot(plan.node, fleet.settings.move_parallelism):  # the downtime only: followers warm up unpaced
         try:
             if source_up:
@@ -155,25 +210,15 @@ def move(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent) -> None:
                 node = fleet.node(plan.node)
                 fleet.promote(ctx, tenant, agent.ordinal, plan.generation, node, plan.from_generation, int(txid))
             else:
-                fleet.start(ctx, tenant, agent.ordinal, plan.generation, fleet.node(plan.node), plan.from_generation)
+                node = fleet.node(plan.node)
+                fleet.start(ctx, tenant, agent.ordinal, plan.generation, node, plan.from_generation, replicated=False)
         except LostLease:
             raise
         except Exception as exc:
             if ctx.recalled("stopped_at", agent.id) is None or served:
                 raise
             roll_back(fleet, ctx, tenant, agent.ordinal, plan, exc)
-        ready_at = float(ctx.remember("ready_at", time.time(), agent.id))
-    fleet.remove(ctx, agent.tenant, agent.ordinal, plan.from_generation, plan.from_node)
-    downtime = round(ready_at - float(ctx.recalled("stopped_at", agent.id)), 3)
-    how = "warm" if warm else "cold"
-    ctx.mark_done(agent.id, downtime_s=downtime, strategy=how)
-    ctx.step(
-        "agent.moved",
-        f"{plan.from_node} -> {plan.node} ({how}), downtime {downtime}s",
-        agent=agent.ordinal,
-        downtime_s=downtime,
-        strategy=how,
-    )
+        ctx.remember("ready_at", time.time(), agent.id)
 
 
 def warm_up(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent, plan: MovePlan) -> None:

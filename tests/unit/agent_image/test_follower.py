@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,14 +74,33 @@ def test_promote_writes_the_order_and_status_reads_the_copy(tmp_path: Path) -> N
     assert json.loads(_module(["status"], env).stdout)["txid"] == 255
 
     order_lines = SECRETS.to_json() + "\n" + Promotion(255, 12.5).to_json() + "\n"
-    done = _module(["promote"], env, order_lines)
-    assert done.returncode == 0, done.stderr
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "agent_image.container.follower", "promote"],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
+    assert waiting.stdin is not None
+    waiting.stdin.write(order_lines)
+    waiting.stdin.close()
+    for _ in range(200):  # the order arrives, then `promote` waits for the follower to mark its promotion
+        if (tmp_path / "run" / contract.PROMOTION_FILE).exists():
+            break
+        time.sleep(0.02)
+    time.sleep(0.3)
+    assert waiting.poll() is None, "promote returns only once the follower is promoted (its restore exited)"
+    (tmp_path / "data" / contract.PROMOTED_MARK).write_text("promoted\n")
+    assert waiting.wait(10) == 0
     order = Promotion.parse((tmp_path / "run" / contract.PROMOTION_FILE).read_bytes())
     assert order == Promotion(255, 12.5)
     assert AgentSecrets.read(secrets_file) == SECRETS, "the incarnation's own secrets, written before the order"
     assert (secrets_file.stat().st_mode & 0o777) == 0o400
     again = _module(["promote"], env, order_lines)
     assert again.returncode == 0, "repeating the order is harmless"
+    (tmp_path / "data" / contract.PROMOTED_MARK).unlink()
+    late = _module(["promote"], env, SECRETS.to_json() + "\n" + Promotion(255, 0.1).to_json() + "\n")
+    assert late.returncode == 4 and "not promoted" in late.stderr, "a follower that never finishes: not done"
 
     refused = _module(["promote"], env, SECRETS.to_json() + '\n{"txid": "x"}\n')
     assert refused.returncode == 2 and "txid" in refused.stderr

@@ -14,8 +14,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 import control_plane.reconciler.runners.move as move_module
-from control_plane.db.models import Agent, AgentState, Operation, OperationState
+from control_plane.db.models import Agent, AgentState, Node, NodeState, Operation, OperationKind, OperationState
 from control_plane.reconciler.pacing import Pacer
+from tests.unit.control_plane import fakes as crash_fakes
 from tests.unit.control_plane import test_crash_operations as crash
 from tests.unit.control_plane.test_crash_operations import World, assert_converged, crash_everywhere, provisioned
 from tests.unit.control_plane.test_rollback import evacuate, run
@@ -66,6 +67,7 @@ def test_a_warm_evacuation_follows_first_stops_then_promotes(engine: Engine) -> 
         "agent.caught_up",
         "agent.stopped",
         "agent.promoted",
+        "agent.replicated",
         "agent.removed",
         "agent.moved",
     ]
@@ -89,7 +91,7 @@ def test_cold_is_selectable_per_operation(engine: Engine) -> None:
     world = provisioned(engine, agents=2)
     op = run(world, evacuate(world, from_node="n1", strategy="cold"))
     assert op.state == OperationState.succeeded, op.error
-    assert steps(op) == ["agent.stopped", "agent.started", "agent.removed", "agent.moved"]
+    assert steps(op) == ["agent.stopped", "agent.started", "agent.replicated", "agent.removed", "agent.moved"]
     assert op.result["strategy"] == {"acme/0": "cold"}
     assert_converged(world, op.id, running=2)
 
@@ -112,6 +114,7 @@ def test_a_follower_that_never_catches_up_falls_back_to_cold_before_anything_sto
         "agent.warm_fallback",
         "agent.stopped",
         "agent.started",
+        "agent.replicated",
         "agent.removed",
         "agent.moved",
     ]
@@ -209,3 +212,112 @@ def test_only_the_cutover_holds_the_destination_s_slot(engine: Engine, monkeypat
         (history.index(("stop", f"lf-acme-{i}-g1")), history.index(("promote", f"lf-acme-{i}-g2"))) for i in (0, 1)
     )
     assert cutovers[0][1] < cutovers[1][0], f"the cutovers overlapped on one slot: {history}"
+
+
+class FirstReplicaHeld:
+    """Plays a promoted gen 2 whose first snapshot is slow: its replica stays empty until the agent's row says
+    `running` (the router sends it requests), and records whether that happened before the replica existed. With
+    `crash`, the control plane dies (kill -9) at that moment instead, the replica still empty."""
+
+    def __init__(self, world: World, monkeypatch: pytest.MonkeyPatch, *, crash: bool = False) -> None:
+        self.world, self.crash, self.routed_before_replica = world, crash, False
+        for driver in [world.engines(f"fake-{name}") for name in ("n1", "n2", "n3")]:
+            driver._on_run = self._started  # type: ignore[attr-defined]
+        original = crash_fakes.FakeAgents.readyz
+
+        def readyz(agents: Any, url: str, token: str, timeout: float = 2.0) -> Any:
+            if ("acme", 0, 2) in self.held and self._routed():
+                self.routed_before_replica = True
+                if self.crash:
+                    self.crash = False
+                    raise crash_fakes.Crash("killed between the router switch and the first replica")
+                world.replicas.txids[("acme", 0, 2)] = self.held.pop(("acme", 0, 2))
+            return original(agents, url, token, timeout)
+
+        monkeypatch.setattr(crash_fakes.FakeAgents, "readyz", readyz)
+        self.held: dict[tuple[str, int, int], int] = {}
+
+    def _started(self, spec: Any) -> None:
+        self.world.replicas.agent_started(spec)
+        own = (spec.tenant, spec.agent, spec.generation)
+        if own == ("acme", 0, 2) and own not in self.held:
+            self.held[own] = self.world.replicas.txids.pop(own)
+
+    def _routed(self) -> bool:
+        row = agent_row(self.world)
+        return row.generation == 2 and row.state == AgentState.running and row.url is not None
+
+
+@pytest.mark.parametrize("strategy", ["warm", "cold"])
+def test_a_move_routes_on_ready_and_finishes_after_the_first_replica(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, strategy: str
+) -> None:
+    world = provisioned(engine, agents=1)
+    held = FirstReplicaHeld(world, monkeypatch)
+    op = run(world, evacuate(world, from_node="n1", strategy=strategy))
+    assert op.state == OperationState.succeeded, op.error
+    assert held.routed_before_replica, "the router switched while gen 2's replica was still empty"
+    names = steps(op)
+    assert names.index("agent.replicated") < names.index("agent.removed"), "the source goes only after it"
+    assert op.result["downtime_s"]["acme/0"] >= 0
+    assert_converged(world, op.id, running=1)
+
+
+def test_a_crash_between_the_router_switch_and_the_first_replica_converges(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = provisioned(engine, agents=1)
+    held = FirstReplicaHeld(world, monkeypatch, crash=True)
+    op_id = evacuate(world, from_node="n1", strategy="warm")
+    with pytest.raises(crash_fakes.Crash):
+        world.run(op_id)
+    # the new generation serves, the source's container and volume are still there (stopped)
+    assert agent_row(world).state == AgentState.running
+    assert ("fake-n1", "exited", 1) in world.engines.containers("acme", 0)
+    world.run(op_id)
+    assert held.routed_before_replica
+    assert_converged(world, op_id, running=1)
+    with Session(world.engine) as session:
+        op = session.get(Operation, op_id)
+        assert op is not None
+        names = steps(op)
+    assert "agent.rolling_back" not in names, "never rolled back past a generation that served"
+    assert names.count("agent.promoted") == 1, "the re-run only waited for the replica"
+    assert world.replicas.txids[("acme", 0, 2)] >= 1
+
+
+def test_a_follower_has_a_memory_allowance_until_it_is_promoted(engine: Engine) -> None:
+    world = provisioned(engine, agents=1)
+    op = run(world, evacuate(world, from_node="n1", strategy="warm"), warm_follower_memory_mb=512)
+    assert op.state == OperationState.succeeded, op.error
+    moved = agent_row(world)
+    container = world.engines.drivers[f"fake-{moved.node}"].containers["lf-acme-0-g2"]
+    assert container.spec.container_memory_mb == container.spec.memory_mb + 512, "created with the allowance"
+    assert container.memory_mb == container.spec.memory_mb, "lowered to the agent's limit after the promotion"
+
+
+def test_a_fail_over_before_the_first_replica_restores_the_predecessor_s_proven_replica(engine: Engine) -> None:
+    world = provisioned(engine, agents=1)
+    op = run(world, evacuate(world, from_node="n1", to_node="n2", strategy="warm"))
+    assert op.state == OperationState.succeeded, op.error
+    proven = world.replicas.txids[("acme", 0, 1)]
+    del world.replicas.txids[("acme", 0, 2)]  # as if n2 went before gen 2's first snapshot reached the store
+    world.engines.drivers["fake-n2"].reachable = False
+    with Session(engine) as session:
+        node = session.get(Node, "n2")
+        assert node is not None
+        node.state = NodeState.down
+        session.add(node)
+        failover = Operation(kind=OperationKind.failover, node="n2", params={"declared_down_at": 1.0})
+        session.add(failover)
+        session.commit()
+        failover_id = failover.id
+    done = run(world, failover_id)
+    assert done.state == OperationState.succeeded, done.error
+    assert "agent.restore_source" in steps(done)
+    moved = agent_row(world)
+    assert moved.generation == 3 and moved.state == AgentState.running
+    container = world.engines.drivers[f"fake-{moved.node}"].containers["lf-acme-0-g3"]
+    assert container.spec.restore_from_url is not None and container.spec.restore_from_url.endswith("/gen-1/")
+    assert world.replicas.txids[("acme", 0, 3)] == proven + 1, "gen 3 holds everything gen 1 proved"
+    assert done.result["loss"]["acme/0"]["last_replicated_txid"] == proven
