@@ -20,7 +20,7 @@ def register_node(body: NodeCreate, session: SessionDep, probe: ProbeDep) -> Nod
 
 @router.get("", response_model=Page[NodePublic])
 def list_nodes(session: SessionDep, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None) -> Response:
-    return page_answer(nodes.list_nodes(session, limit, cursor))
+    return page_answer(NodePublic, nodes.list_nodes(session, limit, cursor))
 
 
 @router.get("/{name}")

@@ -25,7 +25,7 @@ def list_operations(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Response:
-    return page_answer(operations.list_operations(session, tenant, state, limit, cursor))
+    return page_answer(OperationPublic, operations.list_operations(session, tenant, state, limit, cursor))
 
 
 @router.get("/{op_id}")
@@ -52,4 +52,4 @@ def list_events(
     limit: Annotated[int, Query(ge=1, le=5000)] = 200,
     cursor: CursorQuery = None,
 ) -> Response:
-    return page_answer(operations.list_events(session, tenant, node, kind, since, limit, cursor))
+    return page_answer(EventPublic, operations.list_events(session, tenant, node, kind, since, limit, cursor))

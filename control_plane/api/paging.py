@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Query, Response
+from pydantic import BaseModel
 
 from control_plane.db.models import Page
 from control_plane.services.paging import DEFAULT_LIMIT, MAX_LIMIT
@@ -14,11 +15,13 @@ LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"rows per pag
 CursorQuery = Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")]
 
 
-def page_answer(page: Page[Any]) -> Response:
-    """The page as JSON, serialized once. Returned as a model, FastAPI would dump it, validate the dump against
-    the route's `response_model` and serialize that: three passes over every row, most of a full page's cost.
-    The route keeps `response_model` for its schema; `model_dump_json` is the same serializer."""
-    return Response(page.model_dump_json(), media_type="application/json")
+def page_answer(item: type[BaseModel], page: Page[Any]) -> Response:
+    """The page as JSON, serialized once, as `Page[item]`: only `item`'s fields go out, whatever the service put
+    in the page (what the route's `response_model` guaranteed). Returned as a model, FastAPI would dump it,
+    validate the dump against the `response_model` and serialize that: three passes over every row, most of a full
+    page's cost. The route keeps `response_model` for its schema."""
+    typed = Page[item](items=page.items, next_cursor=page.next_cursor)  # type: ignore[valid-type]
+    return Response(typed.model_dump_json(), media_type="application/json")
 
 
 __all__ = ["DEFAULT_LIMIT", "CursorQuery", "LimitQuery", "page_answer"]

@@ -26,7 +26,7 @@ def create_tenant(
 
 @router.get("", response_model=Page[TenantPublic])
 def list_tenants(session: SessionDep, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None) -> Response:
-    return page_answer(tenants.list_tenants(session, limit, cursor))
+    return page_answer(TenantPublic, tenants.list_tenants(session, limit, cursor))
 
 
 @tenant_router.get("/{name}")

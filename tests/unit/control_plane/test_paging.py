@@ -4,6 +4,7 @@ fleet's size; bad paging input is a clear 422 (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,8 +18,20 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, select
 
+from control_plane.api.paging import page_answer
 from control_plane.app import create_app
-from control_plane.db.models import Agent, AgentState, Event, Node, Operation, OperationKind, Page, Tenant
+from control_plane.db.models import (
+    Agent,
+    AgentState,
+    Event,
+    Node,
+    Operation,
+    OperationKind,
+    Page,
+    Tenant,
+    TenantPublic,
+    TenantState,
+)
 from control_plane.services import nodes, operations, tenants
 from control_plane.settings import Settings, api_token
 
@@ -252,3 +265,17 @@ def test_the_api_pages_and_refuses_bad_paging_input(engine: Engine, tmp_path: Pa
         assert refused.status_code == 422 and refused.json()["code"] == code, (params, refused.text)
     elsewhere = api.get("/v1/operations", params={"cursor": first["next_cursor"]})  # a tenants cursor
     assert elsewhere.status_code == 422 and elsewhere.json()["code"] == "invalid_cursor"
+
+
+def test_a_page_answer_carries_only_the_public_fields_whatever_the_service_put_in() -> None:
+    """List routes serialize their page themselves (not through FastAPI's response_model): a row carrying more
+    than the public model (here a tenant's admin token) still goes out as the public model only."""
+
+    class Leaky(TenantPublic):
+        admin_token: str = "tenant-admin-secret"
+
+    leaky = Leaky(name="acme", agents=1, memory_mb=256, state=TenantState.active, created_at=1.0)
+    body = json.loads(page_answer(TenantPublic, Page(items=[leaky], next_cursor="c")).body)
+    assert body["next_cursor"] == "c" and body["items"][0]["name"] == "acme"
+    assert "admin_token" not in body["items"][0] and "tenant-admin-secret" not in json.dumps(body)
+    assert set(body["items"][0]) == set(TenantPublic.model_fields) | set(TenantPublic.model_computed_fields)
