@@ -8,9 +8,10 @@ call has a short timeout of its own (one hostile or frozen agent slows only itse
 
 from __future__ import annotations
 
-import http.client
 import json
+import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -108,30 +109,59 @@ def pooled_client() -> httpx.Client:
 MAX_READYZ_BYTES = 64 * 1024  # a readiness answer is a few hundred bytes; more is an agent wasting our memory
 
 
+def get_once(url: str, path: str, headers: dict[str, str], timeout: float, limit: int) -> tuple[int, bytes] | None:
+    """GET `path` of the `http://host:port` at `url` on a connection of its own (`Connection: close`): the status
+    and body, or None when the whole answer does not come within `timeout` seconds (one deadline for the connect
+    and every read together: an agent trickling a byte a second holds a probe `timeout`, not hours), is over
+    `limit` bytes, or is not HTTP. A chunked body comes back as sent (it then parses as nothing)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        return None
+    host, port = parts.hostname, parts.port or 80
+    deadline = time.monotonic() + timeout
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
+    request = "\r\n".join([*lines, *(f"{name}: {value}" for name, value in headers.items()), "", ""]).encode()
+    received = bytearray()
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as connection:
+            connection.sendall(request)
+            while len(received) <= limit + 16 * 1024:  # the body's limit, and room for the head
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                connection.settimeout(left)
+                chunk = connection.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+            else:
+                return None
+    except OSError:
+        return None
+    head, found, body = bytes(received).partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].split(b" ", 2)
+    if not found or len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
+        return None
+    return (int(status[1]), body) if len(body) <= limit else None
+
+
 class AgentHttp:
     def readyz(self, url: str, token: str, timeout: float = 2.0) -> Readiness | None:
-        """The agent's `/readyz`, or None when it does not answer (or answers something that is not JSON or over
-        64 KiB, or refuses the token: a 401 is not readiness).
+        """The agent's `/readyz`, or None when it does not answer within `timeout` in all (or answers something
+        that is not JSON or over 64 KiB, or refuses the token: a 401 is not readiness).
 
-        One plain HTTP/1.1 request on a connection of its own (`http.client`), not the pooled httpx client: every
-        agent is an origin of its own (a published port), so a probe round of thousands cannot reuse keep-alive
-        connections anyway, and httpx's pool looks at each of its connections for every request: ~10 ms of CPU a
-        probe with 100 origins in the pool, against ~0.35 ms here (bench/scale.py `heartbeat_round_s`)."""
-        parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
+        One plain HTTP/1.1 request on a connection of its own, read within one deadline (`get_once`), not the
+        pooled httpx client: every agent is an origin of its own (a published port), so a probe round of
+        thousands cannot reuse keep-alive connections anyway, and httpx's pool looks at each of its connections
+        for every request: ~10 ms of CPU a probe with 100 origins in the pool, against ~0.35 ms here
+        (bench/scale.py `heartbeat_round_s`)."""
+        answer = get_once(url, "/readyz", bearer(token), timeout, MAX_READYZ_BYTES)
+        if answer is None or answer[0] in (401, 403):
             return None
-        connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
         try:
-            connection.request("GET", "/readyz", headers=bearer(token))
-            answer = connection.getresponse()
-            body = answer.read(MAX_READYZ_BYTES + 1)
-            if answer.status in (401, 403) or len(body) > MAX_READYZ_BYTES:
-                return None
-            return Readiness.parse(answer.status, json.loads(body))
-        except (OSError, http.client.HTTPException, ValueError):
+            return Readiness.parse(answer[0], json.loads(answer[1]))
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
             return None
-        finally:
-            connection.close()
 
     def drain(self, url: str, admin_token: str) -> int:
         """Tell the agent to stop taking work; returns its workflows in flight. Raises httpx.HTTPError, ValueError."""

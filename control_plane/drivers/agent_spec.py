@@ -197,13 +197,20 @@ def run_pool(client: Any, spec: PoolSpec) -> Any:
 
 
 def claim_pool(
-    client: Any, container: Any, spec: AgentSpec, complete: Callable[[], AgentSpec] | None = None
+    client: Any,
+    container: Any,
+    spec: AgentSpec,
+    complete: Callable[[], AgentSpec] | None = None,
+    *,
+    again: bool = False,
 ) -> dict[str, float]:
     """Turn a running pool container into `spec`'s incarnation: its name, its tenant's network (`spec.network`, else
     the default bridge) as its only network, its limits, then its identity and secrets (those of `complete()`, called
     only then, else of `spec`) on its stdin. Docker cannot change labels or environment after creation: the name
     carries the identity (`parse_incarnation_name`), the claim record on the volume the rest. Not idempotent by
-    itself: `DockerDriver.claim` looks for the name first. Returns the seconds each part took (its log line)."""
+    itself: `DockerDriver.claim` looks for the name first. With `again` (a claim cut short, found under its new
+    name): the same steps, the rename skipped and the identity re-sent by exec (its stdin may be closed already).
+    Returns the seconds each part took (its log line)."""
     seconds: dict[str, float] = {}
     mark = time.monotonic()
 
@@ -212,7 +219,8 @@ def claim_pool(
         now = time.monotonic()
         seconds[step], mark = round(now - mark, 3), now
 
-    container.rename(spec.name)
+    if container.name != spec.name:
+        container.rename(spec.name)
     took("rename")
     target = spec.network or "bridge"
     joined = set(container.attrs.get("NetworkSettings", {}).get("Networks") or {})
@@ -236,7 +244,7 @@ def claim_pool(
     took("limits")
     full = spec if complete is None else complete()
     took("secrets")
-    if container.attrs.get("Config", {}).get("OpenStdin"):
+    if container.attrs.get("Config", {}).get("OpenStdin") and not again:
         attach_claim(client, container.id, full)
         took("claim_attach")
     else:  # made by an earlier control plane, before pool containers listened on their stdin

@@ -28,7 +28,6 @@ from control_plane.drivers.agent_spec import (
     SecretsNotDelivered,
     agent_url,
     claim_pool,
-    deliver_claim,
     deliver_promotion,
     deliver_secrets,
     find_agent,
@@ -135,7 +134,9 @@ class DockerDriver:
             existing = find_agent(self.client, spec)
             if existing is not None:
                 if POOL_LABEL in existing.labels and existing.status == "running":
-                    deliver_claim(self.client, existing.id, spec)  # a claim cut short after its rename (same bytes)
+                    # a claim cut short after its rename: finish it as a claim does (the tenant's network and its
+                    # rules first, as its only network, its limits) before the identity goes in again (same bytes)
+                    claim_pool(self.client, existing, self._isolated(spec), again=True)
                 return _incarnation(existing)
             with self._reaping(spec.runtime, spec.name, spec.image):
                 return _incarnation(run_agent(self.client, self._isolated(spec)))

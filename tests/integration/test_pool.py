@@ -143,3 +143,28 @@ def test_a_claimed_agent_serves_in_its_preloaded_process_and_dies_with_litestrea
     eventually(lambda: client.containers.get(spec.name).status == "exited", timeout=30)
     assert client.containers.get(spec.name).attrs["State"]["ExitCode"] == 1
     assert "litestream.exited" in _logs(client, spec.name)
+
+
+def test_a_claim_cut_short_after_its_rename_is_finished_whole_by_the_start_s_re_run(
+    agents: Agents, pool_driver: tuple[DockerDriver, str]
+) -> None:
+    """A control plane killed between a claim's rename and the rest of it leaves a pool container under the
+    incarnation's name, still on no network and with the pool's limits. The start's re-run (`run`) finishes the
+    claim as a claim does, network and limits first, and only then gives it its identity: it serves on its one
+    network with the tenant's limits."""
+    driver, fleet = pool_driver
+    client = agents.client
+    member = driver.start_pool(PoolSpec(image=agents.image, fleet=fleet, memory_mb=128, cpus=0.5))
+    eventually(lambda: "agent.pooled" in _logs(client, member.name), timeout=60)
+    tenant = agents.tenant()
+    spec = agents.spec(tenant, 1, fleet=fleet, memory_mb=256, cpus=1.0)
+    agents.advance(tenant, 1)
+    client.containers.get(member.name).rename(spec.name)  # the cut: renamed, nothing else
+
+    driver.run(spec)
+    container = client.containers.get(spec.name)
+    agents.specs[spec.name] = spec
+    agents.ready(container)
+    assert set(container.attrs["NetworkSettings"]["Networks"]) == {"bridge"}  # not "none": finished
+    host = container.attrs["HostConfig"]
+    assert (host["Memory"], host["NanoCpus"]) == (256 * 2**20, 10**9)  # the tenant's limits, not the pool's

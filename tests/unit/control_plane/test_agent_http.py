@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
@@ -105,3 +106,30 @@ def test_a_probe_reads_readiness_over_http_and_anything_else_is_no_answer(agent_
         port = unused.getsockname()[1]
     assert api.readyz(f"http://127.0.0.1:{port}", "good", timeout=1) is None
     assert api.readyz("ftp://127.0.0.1:1", "good") is None
+
+
+def test_a_probe_is_bounded_in_all_by_its_timeout_and_deep_json_is_no_answer(agent_url: str) -> None:
+    """A hostile agent trickling its answer a byte at a time holds a probe for the probe's timeout, not for as
+    long as it keeps sending; an answer nested past the JSON parser's depth is no answer, not an exception that
+    would end the whole probe round."""
+    _Agent.answers["deep"] = (200, b"[" * 30_000 + b"]" * 30_000)
+    assert AgentHttp().readyz(agent_url, "deep") is None
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def trickle() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(4096)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Padding: " + b"x" * 100:
+                time.sleep(0.1)
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    threading.Thread(target=trickle, daemon=True).start()
+    began = time.monotonic()
+    assert AgentHttp().readyz(f"http://127.0.0.1:{listener.getsockname()[1]}", "good", timeout=1.0) is None
+    assert time.monotonic() - began < 2.5, "the trickle held the probe past its timeout"
+    listener.close()
