@@ -6,7 +6,9 @@ or replacing one never loses anything, so both verbs can be repeated, raced or c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import structlog
 
@@ -15,6 +17,24 @@ from control_plane.drivers.base import Driver, Incarnation
 from control_plane.settings import Settings
 
 log = structlog.get_logger("control_plane.fleet.pool")
+
+_claiming: set[str] = set()  # pool containers a claim of this process is taking right now
+_claiming_lock = threading.Lock()
+
+
+@contextmanager
+def _taking(name: str) -> Iterator[bool]:
+    """True (and `name` reserved until the block ends) unless another claim of this process is taking it: two
+    starts on one node never work on one container (the second's rename would take the first's container)."""
+    with _claiming_lock:
+        taken = name not in _claiming
+        _claiming.add(name)
+    try:
+        yield taken
+    finally:
+        if taken:
+            with _claiming_lock:
+                _claiming.discard(name)
 
 
 def refill(driver: Driver, settings: Settings, fleet: str, publish_ip: str) -> int:
@@ -25,8 +45,10 @@ def refill(driver: Driver, settings: Settings, fleet: str, publish_ip: str) -> i
     then the missing ones are started."""
     members = driver.list_pool(fleet)
     keep = [m for m in members if m.ready and m.image == settings.image][: settings.warm_pool_size]
+    with _claiming_lock:
+        being_claimed = set(_claiming)
     for member in members:
-        if member not in keep:
+        if member not in keep and member.name not in being_claimed:
             driver.remove(member.name)
     missing = settings.warm_pool_size - len(keep)
     if missing > 0:
@@ -49,7 +71,8 @@ def claim(driver: Driver, spec: AgentSpec, complete: Callable[[], AgentSpec] | N
         return None  # the pool runs runc containers with empty volumes: not even worth asking the engine
     members = [m for m in driver.list_pool(spec.fleet) if m.ready and m.image == spec.image]
     for member in members:
-        incarnation = driver.claim(member.name, spec, complete)
+        with _taking(member.name) as taken:
+            incarnation = driver.claim(member.name, spec, complete) if taken else None
         if incarnation is not None:
             return incarnation
     return None

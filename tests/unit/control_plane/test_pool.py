@@ -7,7 +7,9 @@ tests/integration/test_pool.py."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -24,6 +26,7 @@ from control_plane.reconciler.pool import PoolRefiller, claim_node, finish_node
 from control_plane.services import nodes as node_services
 from control_plane.services import tenants
 from control_plane.settings import Settings
+from control_plane.storage.credentials import TenantCredentials
 from tests.unit.control_plane.test_crash_operations import NODES, World, assert_converged, new_world
 
 
@@ -248,3 +251,44 @@ def test_a_failed_key_mint_during_a_claim_leaves_no_half_claimed_container_and_a
     again = world.queue(lambda s: tenants.scale_tenant(s, "acme", 1))
     run_with(world, fleet, again)
     assert_converged(world, again, running=1)
+
+
+def _spec(tenant: str) -> AgentSpec:
+    return AgentSpec(
+        tenant=tenant,
+        agent=0,
+        generation=1,
+        bundle="tenants.hello",
+        image="litefleet/agent:test",
+        replica_url=f"s3://lf/{tenant}",
+        s3_endpoint="http://127.0.0.1:1",
+        credentials=TenantCredentials(tenant, "key", "secret"),
+        agent_token="token",
+        admin_token="admin",
+        fleet="lf",
+    )
+
+
+def test_two_starts_on_one_node_never_work_on_the_same_pool_container() -> None:
+    """Two new agents claim at once on a node with two pool containers: each works on its own (the real engine
+    would let the second's rename take the first's container), and both are claimed."""
+    from control_plane.fleet import pool
+
+    driver = FakeDriver("fake-0")
+    for _ in range(2):
+        driver.start_pool(PoolSpec(image="litefleet/agent:test", fleet="lf"))
+    both_claiming = threading.Barrier(2, timeout=5)
+    worked_on: list[str] = []
+    real_claim = driver.claim
+
+    def claim(name: str, spec: AgentSpec, complete: Any = None) -> Any:
+        worked_on.append(name)
+        both_claiming.wait()
+        return real_claim(name, spec, complete)
+
+    driver.claim = claim  # type: ignore[method-assign]
+    specs = [_spec(f"t{i}") for i in range(2)]
+    with ThreadPoolExecutor(2) as beside:
+        claimed = list(beside.map(lambda spec: pool.claim(driver, spec), specs))
+    assert all(incarnation is not None for incarnation in claimed)
+    assert sorted(worked_on) == sorted({*worked_on}) and len(worked_on) == 2
