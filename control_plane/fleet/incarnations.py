@@ -379,7 +379,7 @@ class Fleet:
             return self.start(ctx, tenant, ordinal, generation, node, source, replicated=False)
         # the promotion returned once the follower's restore exited: its memory allowance ends before the agent
         # server (tenant code) starts, while the entrypoint checks the fence and starts Litestream
-        self.end_follower_allowance(ctx, tenant, ordinal, generation, node)
+        self.end_follower_allowance(ctx, tenant, ordinal, generation, node, before_serving=True)
         ordered = time.monotonic()
         url = self._wait_ready(driver, incarnation, agent_token, replicated=False)
         seconds = round(time.monotonic() - started, 3)
@@ -398,18 +398,25 @@ class Fleet:
         )
         return seconds
 
-    def end_follower_allowance(self, ctx: StepLog, tenant: Tenant, ordinal: int, generation: int, node: Node) -> None:
+    def end_follower_allowance(
+        self, ctx: StepLog, tenant: Tenant, ordinal: int, generation: int, node: Node, *, before_serving: bool = False
+    ) -> None:
         """Lower a promoted follower's memory limit to its tenant's (`docker update`): its `restore -f` had the
-        `warm_follower_memory_mb` allowance on top, and has exited once the agent answered ready. A limit that
-        cannot be lowered (memory the kernel cannot reclaim) is reported, not fatal: the agent serves either way.
-        Re-running sets the same limit again."""
+        `warm_follower_memory_mb` allowance on top, and has exited once the promotion returned. A limit that cannot
+        be lowered `before_serving` (the promotion, before the router switches) fails the move, which rolls back:
+        the source serves again rather than tenant code keeping the allowance (fail closed). On a re-run after the
+        new generation served, it is reported only. Re-running sets the same limit again."""
         if not self.settings.warm_follower_memory_mb:
             return
         name = incarnation_name(tenant.name, ordinal, generation)
         try:
             self.driver(node).limit_memory(name, tenant.memory_mb)
-        except Exception as exc:  # an engine refusing one update must not fail a move that served
-            ctx.step(
+        except Exception as exc:
+            if before_serving:
+                raise OperationFailed(
+                    f"gen {generation}'s follower memory allowance could not be lowered: {exc}"
+                ) from None
+            ctx.step(  # a move that served already is not failed over one update
                 "agent.memory_not_lowered",
                 f"gen {generation} keeps its follower's memory allowance: {type(exc).__name__}: {exc}",
                 agent=ordinal,

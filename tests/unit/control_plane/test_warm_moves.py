@@ -15,6 +15,7 @@ from sqlmodel import Session
 
 import control_plane.reconciler.runners.move as move_module
 from control_plane.db.models import Agent, AgentState, Node, NodeState, Operation, OperationKind, OperationState
+from control_plane.drivers.fake import FakeDriver
 from control_plane.reconciler.pacing import Pacer
 from tests.unit.control_plane import fakes as crash_fakes
 from tests.unit.control_plane import test_crash_operations as crash
@@ -294,6 +295,24 @@ def test_a_follower_has_a_memory_allowance_until_it_is_promoted(engine: Engine) 
     container = world.engines.drivers[f"fake-{moved.node}"].containers["lf-acme-0-g2"]
     assert container.spec.container_memory_mb == container.spec.memory_mb + 512, "created with the allowance"
     assert container.memory_mb == container.spec.memory_mb, "lowered to the agent's limit after the promotion"
+
+
+def test_a_follower_whose_allowance_cannot_be_lowered_never_serves_and_the_move_rolls_back(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fail closed: tenant code never keeps the follower's extra memory; the source serves again."""
+    world = provisioned(engine, agents=1)
+
+    def refuse(self: Any, name: str, memory_mb: int) -> bool:
+        raise RuntimeError("the kernel cannot reclaim that much")
+
+    monkeypatch.setattr(FakeDriver, "limit_memory", refuse)
+    op = run(world, evacuate(world, from_node="n1", strategy="warm"), warm_follower_memory_mb=512)
+    assert op.state == OperationState.failed and op.error is not None and "rolled back" in op.error
+    assert "memory allowance could not be lowered" in op.error
+    agent = agent_row(world)
+    assert (agent.generation, agent.node, agent.state) == (1, "n1", AgentState.running)
+    assert world.engines.containers("acme", 0) == [("fake-n1", "running", 1)], "the promoted follower is gone"
 
 
 def test_a_fail_over_before_the_first_replica_restores_the_predecessor_s_proven_replica(engine: Engine) -> None:
