@@ -95,9 +95,9 @@ _pooled_lock = threading.Lock()
 
 
 def pooled_client() -> httpx.Client:
-    """One connection pool for every agent call of this process (thread-safe): a health round of thousands of agents
-    reuses keep-alive connections instead of paying a new client and handshake per agent, and a move's drain does not
-    pay a new client's SSL context (~50 ms of CPU, even for plain HTTP)."""
+    """One connection pool for the agent calls of this process that are not probes (drains, in-flight counts;
+    thread-safe): a move's drain does not pay a new client's SSL context (~50 ms of CPU, even for plain HTTP).
+    `/readyz` probes go without it (`get_once`): every agent is an origin of its own."""
     global _pooled
     with _pooled_lock:
         if _pooled is None:

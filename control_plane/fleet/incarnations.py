@@ -178,10 +178,7 @@ class Fleet:
                 restore_from = found
 
         def fence() -> tuple[TenantCredentials, str, str]:
-            advance_current(self.storage, tenant.name, ordinal, generation)
-            found = self._secrets(tenant.name, ordinal, generation)
-            self.set_agent(tenant.name, ordinal, generation=generation, node=node.name, state=AgentState.starting)
-            return found
+            return self._take_generation(tenant.name, ordinal, generation, node)
 
         with ThreadPoolExecutor(1, thread_name_prefix="litefleet-fence") as beside:  # its exit waits for the fence
             fenced = beside.submit(fence) if self.settings.warm_pool_size and restore_from is None else None
@@ -273,11 +270,9 @@ class Fleet:
         predecessor's replica holds everything the predecessor committed (the move proved its final sync before
         the cutover) and so everything the empty generation started from; what that generation acknowledged
         before its node was lost is inside the fail-over's loss window (invariant 3). Reads only: safe to repeat."""
-        for candidate in range(generation, 0, -1):
-            if self.storage.replica_txid(tenant, ordinal, candidate) >= 1:
+        for candidate in (generation, generation - 1):  # one step back is what a move leaves; no older gap is ours
+            if candidate >= 1 and self.storage.replica_txid(tenant, ordinal, candidate) >= 1:
                 return candidate
-            if candidate < generation:  # one step back is what a move leaves; older gaps are not ours to bridge
-                break
         return generation
 
     # -- warm moves: a follower first, promoted after the source's proven stop -------------------------------------
@@ -365,9 +360,7 @@ class Fleet:
         name = incarnation_name(tenant.name, ordinal, generation)
         driver = self.driver(node)
         fenced = time.monotonic()
-        advance_current(self.storage, tenant.name, ordinal, generation)
-        creds, agent_token, admin_token = self._secrets(tenant.name, ordinal, generation)
-        self.set_agent(tenant.name, ordinal, generation=generation, node=node.name, state=AgentState.starting)
+        creds, agent_token, admin_token = self._take_generation(tenant.name, ordinal, generation, node)
         spec = self._spec(tenant, ordinal, generation, node, source, creds, agent_token, admin_token)
         started = time.monotonic()
         try:
@@ -540,6 +533,16 @@ class Fleet:
         ctx.step("agent.removed", f"gen {generation} container and volume removed", agent=ordinal, node=node_name)
 
     # -- helpers ----------------------------------------------------------------------------------------------------
+
+    def _take_generation(
+        self, tenant: str, ordinal: int, generation: int, node: Node
+    ) -> tuple[TenantCredentials, str, str]:
+        """What comes before generation `generation` may run, for a start and a promotion alike: CURRENT moves to it
+        (the fence), its secrets (`_secrets`), its row `starting` on `node`; returns the secrets. Safe to repeat."""
+        advance_current(self.storage, tenant, ordinal, generation)
+        found = self._secrets(tenant, ordinal, generation)
+        self.set_agent(tenant, ordinal, generation=generation, node=node.name, state=AgentState.starting)
+        return found
 
     def _secrets(self, tenant: str, ordinal: int, generation: int) -> tuple[TenantCredentials, str, str]:
         """The incarnation's S3 key, agent token and tenant admin token: the ones recorded on the agent row when it
