@@ -11,7 +11,9 @@ workarounds on this kernel (../shared/ENVIRONMENT.md, "Sandboxes"), all handled 
   it the whole sandbox panics: `pids_limit` gives runsc containers `RUNSC_PIDS_HEADROOM` more;
 - a failed start leaks the sandbox's state, its shim and containerd task (and `docker rm` does not clean them):
   `reap_sandbox` runs `runsc delete --force` and `ctr tasks rm` / `containers rm` *on the node*, through the node's
-  own engine, so it works for a remote node as for a local one (see its docstring)."""
+  own engine, so it works for a remote node as for a local one (see its docstring);
+- this runsc has no `update` subcommand, so `docker update` of a running runsc container fails: `updates_in_place`
+  says so, and a runsc follower gets no memory allowance to lower later (it starts at its agent's limit)."""
 
 from __future__ import annotations
 
@@ -23,7 +25,15 @@ import structlog
 from control_plane.db.models import DEFAULT_RUNTIME, Runtime
 from control_plane.drivers.sdk import errors as docker_errors
 
-__all__ = ["DEFAULT_RUNTIME", "Runtime", "engine_runtimes", "pids_limit", "reap_failed_start", "runsc_runtime"]
+__all__ = [
+    "DEFAULT_RUNTIME",
+    "Runtime",
+    "engine_runtimes",
+    "pids_limit",
+    "reap_failed_start",
+    "runsc_runtime",
+    "updates_in_place",
+]
 
 log = structlog.get_logger("control_plane.drivers.runtimes")
 
@@ -39,6 +49,11 @@ def runsc_runtime(path: str = "/usr/bin/runsc") -> dict[str, object]:
 def pids_limit(runtime: str, pids: int) -> int:
     """The container's pids limit: the agent's own `pids`, plus the sandbox's threads under runsc."""
     return pids + RUNSC_PIDS_HEADROOM if runtime == Runtime.runsc else pids
+
+
+def updates_in_place(runtime: str) -> bool:
+    """Whether a running container's limits can be changed (`docker update`): runc's can, runsc's cannot."""
+    return runtime != Runtime.runsc
 
 
 def engine_runtimes(info: dict[str, Any]) -> list[str]:

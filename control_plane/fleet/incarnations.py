@@ -27,6 +27,7 @@ from control_plane.drivers.agent_http import AgentApi, AgentHttp, AgentNotReady,
 from control_plane.drivers.agent_spec import AgentSpec, SecretsNotDelivered, incarnation_name
 from control_plane.drivers.base import Driver, EngineUnreachable, Incarnation
 from control_plane.drivers.network import IsolationFailed, tenant_isolation
+from control_plane.drivers.runtimes import updates_in_place
 from control_plane.errors import OperationFailed
 from control_plane.fleet import pool
 from control_plane.fleet.fence import advance_current, fence_out, retreat_current
@@ -307,7 +308,7 @@ class Fleet:
             spec,
             follow=True,
             follow_interval=self.settings.warm_follow_interval,
-            follower_memory_mb=self.settings.warm_follower_memory_mb,
+            follower_memory_mb=self._follower_allowance_mb(tenant),
         )
         try:
             driver.run(spec)
@@ -399,7 +400,7 @@ class Fleet:
         be lowered `before_serving` (the promotion, before the router switches) fails the move, which rolls back:
         the source serves again rather than tenant code keeping the allowance (fail closed). On a re-run after the
         new generation served, it is reported only. Re-running sets the same limit again."""
-        if not self.settings.warm_follower_memory_mb:
+        if not self._follower_allowance_mb(tenant):
             return
         name = incarnation_name(tenant.name, ordinal, generation)
         try:
@@ -415,6 +416,11 @@ class Fleet:
                 agent=ordinal,
                 node=node.name,
             )
+
+    def _follower_allowance_mb(self, tenant: Tenant) -> int:
+        """A follower's memory on top of its agent's: `warm_follower_memory_mb`, or none when the tenant's runtime
+        cannot lower a running container's limit (runsc), as tenant code would otherwise keep it."""
+        return self.settings.warm_follower_memory_mb if updates_in_place(tenant.runtime) else 0
 
     def await_replica(self, ctx: StepLog, tenant: str, ordinal: int, generation: int, node: Node) -> float:
         """Wait (up to `ready_timeout`) until the running incarnation's replica holds a transaction (its first

@@ -11,10 +11,20 @@ from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 import control_plane.reconciler.runners.move as move_module
-from control_plane.db.models import Agent, AgentState, Node, NodeState, Operation, OperationKind, OperationState
+from control_plane.db.models import (
+    Agent,
+    AgentState,
+    Node,
+    NodeState,
+    Operation,
+    OperationKind,
+    OperationState,
+    Runtime,
+    Tenant,
+)
 from control_plane.drivers.fake import FakeDriver
 from control_plane.reconciler.pacing import Pacer
 from tests.unit.control_plane import fakes as crash_fakes
@@ -313,6 +323,33 @@ def test_a_follower_whose_allowance_cannot_be_lowered_never_serves_and_the_move_
     agent = agent_row(world)
     assert (agent.generation, agent.node, agent.state) == (1, "n1", AgentState.running)
     assert world.engines.containers("acme", 0) == [("fake-n1", "running", 1)], "the promoted follower is gone"
+
+
+def test_a_runsc_follower_has_no_allowance_as_its_limit_cannot_be_lowered_and_the_move_succeeds(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """runsc has no `update`: a follower starts at its agent's limit and nothing asks to lower it."""
+    world = provisioned(engine, agents=1)
+    with Session(world.engine) as session:
+        tenant = session.get(Tenant, "acme")
+        assert tenant is not None
+        tenant.runtime = Runtime.runsc
+        session.add(tenant)
+        for node in session.exec(select(Node)).all():
+            node.runtimes = ["runc", "runsc"]
+            session.add(node)
+        session.commit()
+
+    def refuse(self: Any, name: str, memory_mb: int) -> bool:
+        raise RuntimeError("runsc: unknown subcommand update")
+
+    monkeypatch.setattr(FakeDriver, "limit_memory", refuse)
+    op = run(world, evacuate(world, from_node="n1", strategy="warm"), warm_follower_memory_mb=512)
+    assert op.state == OperationState.succeeded, op.error
+    moved = agent_row(world)
+    container = world.engines.drivers[f"fake-{moved.node}"].containers["lf-acme-0-g2"]
+    assert container.spec.runtime == "runsc" and container.spec.follow
+    assert container.spec.container_memory_mb == container.spec.memory_mb, "no allowance it could not give back"
 
 
 def test_a_fail_over_before_the_first_replica_restores_the_predecessor_s_proven_replica(engine: Engine) -> None:
