@@ -113,7 +113,9 @@ def get_once(url: str, path: str, headers: dict[str, str], timeout: float, limit
     """GET `path` of the `http://host:port` at `url` on a connection of its own (`Connection: close`): the status
     and body, or None when the whole answer does not come within `timeout` seconds (one deadline for the connect
     and every read together: an agent trickling a byte a second holds a probe `timeout`, not hours), is over
-    `limit` bytes, or is not HTTP. A chunked body comes back as sent (it then parses as nothing)."""
+    `limit` bytes, or is not HTTP. The answer ends at its `Content-Length` (a server that keeps the connection
+    open anyway does not hold the probe), else at the connection's end. A chunked body comes back as sent (it then
+    parses as nothing)."""
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         return None
@@ -122,6 +124,7 @@ def get_once(url: str, path: str, headers: dict[str, str], timeout: float, limit
     lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
     request = "\r\n".join([*lines, *(f"{name}: {value}" for name, value in headers.items()), "", ""]).encode()
     received = bytearray()
+    whole: int | None = None  # the answer's length, once its head says
     try:
         with socket.create_connection((host, port), timeout=timeout) as connection:
             connection.sendall(request)
@@ -134,6 +137,10 @@ def get_once(url: str, path: str, headers: dict[str, str], timeout: float, limit
                 if not chunk:
                     break
                 received += chunk
+                whole = _answer_length(received) if whole is None else whole
+                if whole is not None and len(received) >= whole:
+                    del received[whole:]
+                    break
             else:
                 return None
     except OSError:
@@ -143,6 +150,18 @@ def get_once(url: str, path: str, headers: dict[str, str], timeout: float, limit
     if not found or len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
         return None
     return (int(status[1]), body) if len(body) <= limit else None
+
+
+def _answer_length(received: bytearray) -> int | None:
+    """The whole answer's length in bytes (head and `Content-Length` body) once the head is in, else None."""
+    end = received.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    for line in bytes(received[:end]).split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            return end + 4 + int(value.strip())
+    return None
 
 
 class AgentHttp:

@@ -133,3 +133,32 @@ def test_a_probe_is_bounded_in_all_by_its_timeout_and_deep_json_is_no_answer(age
     assert AgentHttp().readyz(f"http://127.0.0.1:{listener.getsockname()[1]}", "good", timeout=1.0) is None
     assert time.monotonic() - began < 2.5, "the trickle held the probe past its timeout"
     listener.close()
+
+
+def test_a_probe_ends_at_the_answer_s_length_when_the_agent_keeps_the_connection_open() -> None:
+    """`Connection: close` asked, a keep-alive answer given: the probe reads `Content-Length` bytes and is done,
+    where reading to the connection's end waited out the timeout and reported a ready agent as silent."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    body = json.dumps({"status": "ready", "replication": {"local_txid": 3, "replica_txid": 3}}).encode()
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    release = threading.Event()
+
+    def keep_open() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(4096)
+            connection.sendall(answer[:20])  # the head in two parts: the length is read once the head is whole
+            time.sleep(0.05)
+            connection.sendall(answer[20:])
+            release.wait(10)
+
+    threading.Thread(target=keep_open, daemon=True).start()
+    began = time.monotonic()
+    try:
+        readiness = AgentHttp().readyz(f"http://127.0.0.1:{listener.getsockname()[1]}", "good", timeout=3.0)
+        took = time.monotonic() - began
+    finally:
+        release.set()
+        listener.close()
+    assert readiness == Readiness(ready=True, local_txid=3, replica_txid=3)
+    assert took < 1.5, f"the probe waited {took:.2f}s for a connection the agent kept open"
