@@ -258,7 +258,8 @@ def emit(backend: str, figure: str, **values: Any) -> None:
 
 class Server:
     """`create_app` over the fleet DB under uvicorn in a child process (no reconciler, health monitor or observer:
-    this measures the API and the DB, not engines)."""
+    this measures the API and the DB, not engines), built as `litefleet serve` builds it: the collector off during
+    the build, then the heap frozen (unfrozen, a full collection paused a page 85-125 ms)."""
 
     def __init__(self, url: str, workdir: Path) -> None:
         self.url, self.workdir = url, workdir
@@ -278,8 +279,9 @@ class Server:
         app = (
             "from fastapi import FastAPI; app = FastAPI(); app.get('/healthz')(lambda: {'status': 'ok'})"
             if bare
-            else "from control_plane.app import create_app; from control_plane.settings import Settings;"
-            " app = create_app(Settings(), background=False)"
+            else "import gc; gc.disable(); from control_plane.app import create_app;"
+            " from control_plane.settings import Settings; app = create_app(Settings(), background=False);"
+            " gc.freeze(); gc.enable()"  # as `litefleet serve` does (control_plane/app.py `serve`)
         )
         code = f"import uvicorn; {app}; uvicorn.run(app, host='127.0.0.1', port={self.port}, log_level='warning')"
         started = time.perf_counter()

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, StringConstraints, computed_field, model_validator
 from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
-from sqlalchemy.engine import Row
 from sqlmodel import Field, SQLModel
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
@@ -274,29 +273,43 @@ class AgentPublic(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _from_row(cls, data: Any) -> Any:
-        """From an `Agent`, or a row of its table read without the ORM (lists of many agents)."""
-        if not isinstance(data, Agent | Row):
-            return data
-        now = time.time()
-        running = data.state == AgentState.running
-        local, store = data.local_txid, data.store_txid
-        return {
-            **{name: getattr(data, name) for name in ("tenant", "ordinal", "generation", "node", "state", "url")},
-            "updated_at": data.updated_at,
-            "probed_at": data.probed_at,
-            "ready": data.ready,
-            "local_txid": local,
-            "replica_txid": store,
-            "lag_txids": None if local is None or store is None else max(0, local - store),
-            "lag_seconds": None if data.synced_at is None else round(max(0.0, now - data.synced_at), 3),
-            "synced_at": data.synced_at,
-            "replica_checked_at": data.store_checked_at,
-            "replication": ReplicationState(data.replication or "unknown") if running else ReplicationState.unknown,
-            "replication_note": data.replication_note if running else None,
-            "seconds_since_sync": data.seconds_since_sync,
-            "unconfirmed_commits": data.unconfirmed_commits if running else None,
-        }
+    def _from_agent(cls, data: Any) -> Any:
+        if isinstance(data, Agent):
+            return _shown({name: getattr(data, name) for name in _AGENT_COLUMNS})
+        return data
+
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, Any]) -> AgentPublic:
+        """From an agent's columns read without the ORM (a tenant page's 400 agents: ORM objects cost ~3x)."""
+        return cls.model_validate(_shown(columns))
+
+
+def _shown(agent: Mapping[str, Any]) -> dict[str, Any]:
+    """What the API shows of an agent's columns: the replication figures measured against the store, and only a
+    running agent's replication state."""
+    running = agent["state"] == AgentState.running
+    local, store, synced_at = agent["local_txid"], agent["store_txid"], agent["synced_at"]
+    return {
+        **{name: agent[name] for name in _AGENT_AS_IS},
+        "local_txid": local,
+        "replica_txid": store,
+        "lag_txids": None if local is None or store is None else max(0, local - store),
+        "lag_seconds": None if synced_at is None else round(max(0.0, time.time() - synced_at), 3),
+        "replica_checked_at": agent["store_checked_at"],
+        "replication": ReplicationState(agent["replication"] or "unknown") if running else ReplicationState.unknown,
+        "replication_note": agent["replication_note"] if running else None,
+        "unconfirmed_commits": agent["unconfirmed_commits"] if running else None,
+    }
+
+
+_AGENT_AS_IS = (
+    "tenant", "ordinal", "generation", "node", "state", "url", "updated_at", "probed_at", "ready", "synced_at",
+    "seconds_since_sync",
+)  # fmt: skip
+_AGENT_COLUMNS = (
+    *_AGENT_AS_IS, "local_txid", "store_txid", "store_checked_at", "replication", "replication_note",
+    "unconfirmed_commits",
+)  # fmt: skip
 
 
 class Agent(AgentHealth, AgentLag, table=True):

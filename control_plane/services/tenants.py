@@ -61,8 +61,11 @@ def _agents_of(session: Session, names: list[str]) -> dict[str, list[AgentPublic
     if names:
         table = Agent.__table__  # type: ignore[attr-defined]
         query = columns(table).where(table.c.tenant.in_(names)).order_by(table.c.tenant, table.c.ordinal)
-        for row in session.connection().execute(query):
-            found.setdefault(row.tenant, []).append(AgentPublic.model_validate(row))
+        result = session.connection().execute(query)
+        keys = list(result.keys())
+        for row in result:
+            agent = dict(zip(keys, row, strict=True))
+            found.setdefault(agent["tenant"], []).append(AgentPublic.from_columns(agent))
     return found
 
 
