@@ -16,17 +16,19 @@ A follower (LITEFLEET_FOLLOW=1, `follower.py`) first follows RESTORE_FROM_URL wi
 and continues here only once promoted, with the followed database on its volume.
 
 Exit codes before Litestream takes over: 2 bad identity, 3 stale generation (CURRENT names another one),
-4 object store unreachable, 5 restore or database check failed, 6 no (valid) secrets file in time. After: the
-agent's (0 = stopped with a proven final sync, 1 = anything else)."""
+4 object store unreachable, 5 restore or database check failed, 6 no (valid) secrets file in time, 7 stopped
+(SIGTERM) before serving. After: the agent's (0 = stopped with a proven final sync, 1 = anything else)."""
 
 from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
+from types import FrameType
 
 import structlog
 
@@ -94,6 +96,7 @@ def agent_arguments(identity: AgentIdentity) -> list[str]:
 
 def main() -> None:
     configure_logging()
+    signal.signal(signal.SIGTERM, _stop_before_serving)
     try:
         env: dict[str, str] = dict(os.environ)
         pooled = pool.pooled(env)
@@ -159,6 +162,15 @@ def main() -> None:
         raise SystemExit(warm.serve(identity, config, agent_arguments(identity)))
     argv = [litestream.binary(), "replicate", "-config", str(config), "-exec", agent_command(identity)]
     os.execve(argv[0], argv, litestream.environment())
+
+
+def _stop_before_serving(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM before the agent server serves (pooled, waiting for secrets or a promotion, following, restoring):
+    there is no final sync to prove, so exit now; Litestream and a follower's `restore -f` die with the container
+    (this is PID 1). Without a handler, PID 1 ignores SIGTERM and `docker stop` waited out its timeout for the
+    SIGKILL. Litestream's `-exec` (cold) and `warm.serve` (pooled) hand SIGTERM to the agent's proven stop."""
+    print("litefleet-agent: stopped: SIGTERM before serving", file=sys.stderr, flush=True)
+    os._exit(contract.EXIT_STOPPED_BEFORE_SERVING)
 
 
 class _Beside(threading.Thread):

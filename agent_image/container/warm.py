@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -81,6 +82,9 @@ def serve(identity: AgentIdentity, config: Path, argv: list[str]) -> int:
     _wait_for_socket(identity.socket_path, replicate)
     mark("litestream_started")
     serving.set()
+    # the entrypoint's handler would exit at once: from here SIGTERM is the agent server's (its proven stop), and
+    # ignored, as by a PID 1 with no handler, in the moment before the server installs its own
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     code: int = 1
     try:
         agent_main(argv)

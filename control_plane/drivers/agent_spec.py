@@ -55,6 +55,11 @@ def _hardening() -> dict[str, Any]:
     }
 
 
+class PoolMemberTaken(RuntimeError):
+    """A claim's rename found the pool container's name gone (another control plane claimed it) or the
+    incarnation's name taken: nothing of the container was changed."""
+
+
 class SecretsNotDelivered(RuntimeError):
     """`secrets_in` did not write the incarnation's secrets file (its exit code and stderr, never the secrets)."""
 
@@ -203,6 +208,7 @@ def claim_pool(
     complete: Callable[[], AgentSpec] | None = None,
     *,
     again: bool = False,
+    pool_name: str | None = None,
 ) -> dict[str, float]:
     """Turn a running pool container into `spec`'s incarnation: its name, its tenant's network (`spec.network`, else
     the default bridge) as its only network, its limits, then its identity and secrets (those of `complete()`, called
@@ -210,7 +216,9 @@ def claim_pool(
     carries the identity (`parse_incarnation_name`), the claim record on the volume the rest. Not idempotent by
     itself: `DockerDriver.claim` looks for the name first. With `again` (a claim cut short, found under its new
     name): the same steps, the rename skipped and the identity re-sent by exec (its stdin may be closed already).
-    Returns the seconds each part took (its log line)."""
+    Returns the seconds each part took (its log line). The rename goes from `pool_name` (the name the caller found
+    the container under; default its name now) and raises PoolMemberTaken when that name is gone or the
+    incarnation's name is taken: the container is left as it was."""
     seconds: dict[str, float] = {}
     mark = time.monotonic()
 
@@ -220,7 +228,15 @@ def claim_pool(
         seconds[step], mark = round(now - mark, 3), now
 
     if container.name != spec.name:
-        container.rename(spec.name)
+        # by its pool name, not its id: the engine renames a name once, so of two control planes racing for one
+        # pool container only the first gets it; the other changed nothing, and starts its incarnation cold
+        source = pool_name or container.name
+        try:
+            client.api.rename(source, spec.name)
+        except docker_errors.APIError as exc:
+            if exc.status_code in (404, 409):
+                raise PoolMemberTaken(f"{source} -> {spec.name}: {exc.explanation}") from None
+            raise
     took("rename")
     target = spec.network or "bridge"
     joined = set(container.attrs.get("NetworkSettings", {}).get("Networks") or {})

@@ -24,6 +24,7 @@ from control_plane.drivers.agent_spec import (
     POOL_LABEL,
     POOL_PREFIX,
     AgentSpec,
+    PoolMemberTaken,
     PoolSpec,
     SecretsNotDelivered,
     agent_url,
@@ -314,7 +315,10 @@ class DockerDriver:
                 with contextlib.ExitStack() as closing:
                     if rules is not None:
                         closing.callback(rules.exception)  # never leave before the helper's exec ended
-                    seconds = claim_pool(self.client, container, isolated, _Completed(ready))
+                    seconds = claim_pool(self.client, container, isolated, _Completed(ready), pool_name=name)
+            except PoolMemberTaken as exc:  # not ours to remove: another claim has it, or it is left as it was
+                log.info("pool.taken", container=name, incarnation=spec.name, error=str(exc)[:300])
+                return None
             except _SecretsFailed as failed:
                 with contextlib.suppress(docker.errors.APIError):
                     self.remove(container.id)  # it holds no identity yet: nothing is lost

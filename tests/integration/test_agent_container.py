@@ -17,7 +17,7 @@ import apsw
 import httpx
 import pytest
 
-from agent_image import load_bundle
+from agent_image import contract, load_bundle
 from agent_image.__main__ import _parser, open_runtime
 from agent_image._store import Store
 from agent_image.container import litestream
@@ -133,6 +133,28 @@ def test_stale_generation_refuses_to_start(agents: Agents) -> None:
     assert agents.wait_exit(stale) == 3
     assert "stale_generation" in logs(stale) and "generation 2" in logs(stale)
     assert agents.storage.keys(agents.storage.replica_prefix(tenant, 0, 1)) == []  # it never wrote anything
+
+
+def test_a_follower_stopped_before_its_promotion_exits_at_once_and_its_source_serves_on(agents: Agents) -> None:
+    """A rollback stops the follower: PID 1 (the entrypoint) exits on SIGTERM with the before-serving code, its
+    `restore -f` with it, instead of `docker stop` waiting out its grace period for the SIGKILL."""
+    tenant = agents.tenant()
+    agents.advance(tenant, 1)
+    source = agents.start(agents.spec(tenant, 1))
+    agents.ready(source)
+    eventually(lambda: bool(agents.storage.keys(agents.storage.replica_prefix(tenant, 0, 1))), timeout=30)
+    follower = agents.start(agents.spec(tenant, 2, restore_from=1, follow=True, follow_interval=0.25))
+    eventually(lambda: "follower.following" in logs(follower), timeout=60)
+    started = time.monotonic()
+    follower.stop(timeout=30)
+    took = time.monotonic() - started
+    assert agents.wait_exit(follower) == contract.EXIT_STOPPED_BEFORE_SERVING, logs(follower)
+    assert took < 5, f"stopped in {took:.1f}s: the SIGTERM was not handled"
+    source.reload()
+    assert source.status == "running"
+    current = agents.storage.read_current(tenant, 0)
+    assert current is not None and current.generation == 1  # the follower never wrote CURRENT
+    assert agents.storage.keys(agents.storage.replica_prefix(tenant, 0, 2)) == []  # nor replicated
 
 
 def test_missing_restore_replica_fails_loudly_instead_of_starting_empty(agents: Agents) -> None:

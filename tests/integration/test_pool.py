@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -168,3 +169,48 @@ def test_a_claim_cut_short_after_its_rename_is_finished_whole_by_the_start_s_re_
     assert set(container.attrs["NetworkSettings"]["Networks"]) == {"bridge"}  # not "none": finished
     host = container.attrs["HostConfig"]
     assert (host["Memory"], host["NanoCpus"]) == (256 * 2**20, 10**9)  # the tenant's limits, not the pool's
+
+
+def test_an_idle_pool_container_stops_at_once_with_the_before_serving_exit_code(
+    agents: Agents, pool_driver: tuple[DockerDriver, str]
+) -> None:
+    """PID 1 ignores a signal it has no handler for: without the entrypoint's, `docker stop` waited out its whole
+    grace period for the SIGKILL."""
+    driver, fleet = pool_driver
+    client = agents.client
+    member = driver.start_pool(PoolSpec(image=agents.image, fleet=fleet))
+    eventually(lambda: "agent.pooled" in _logs(client, member.name), timeout=60)
+    container = client.containers.get(member.name)
+    started = time.monotonic()
+    container.stop(timeout=30)
+    took = time.monotonic() - started
+    container.reload()
+    assert container.attrs["State"]["ExitCode"] == contract.EXIT_STOPPED_BEFORE_SERVING, _logs(client, member.name)
+    assert took < 5, f"stopped in {took:.1f}s: the SIGTERM was not handled"
+    assert "stopped: SIGTERM before serving" in _logs(client, member.name)
+
+
+def test_of_two_control_planes_claiming_one_pool_container_only_the_first_gets_it(
+    agents: Agents, pool_driver: tuple[DockerDriver, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second control plane looked the pool container up before the first renamed it (two control planes on
+    one PostgreSQL): its claim changes nothing and answers None (it starts cold); the first's agent serves on."""
+    driver, fleet = pool_driver
+    client = agents.client
+    member = driver.start_pool(PoolSpec(image=agents.image, fleet=fleet))
+    eventually(lambda: "agent.pooled" in _logs(client, member.name), timeout=60)
+    stale = client.containers.get(member.name)  # the second control plane's look, before the first's claim
+    first, second = agents.tenant(), agents.tenant()
+    won, lost = agents.spec(first, 1, fleet=fleet), agents.spec(second, 1, fleet=fleet)
+    agents.advance(first, 1)
+    agents.advance(second, 1)
+    assert driver.claim(member.name, won) is not None
+    other = DockerDriver("unix:///var/run/docker.sock")
+    monkeypatch.setattr(other, "_get", lambda name: stale)
+    assert other.claim(member.name, lost) is None
+    container = client.containers.get(won.name)
+    assert container.id == stale.id
+    agents.specs[won.name] = won
+    agents.ready(container)  # the first's agent serves, under its own name
+    with pytest.raises(docker.errors.NotFound):
+        client.containers.get(lost.name)
