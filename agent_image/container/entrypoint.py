@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 import structlog
@@ -49,10 +50,16 @@ def prepare_database(identity: AgentIdentity) -> str:
 
     Order: a database already on the volume (a restart of this incarnation) -> this generation's own replica (the
     container was recreated) -> the restore-from replica, which must exist -> a new, empty database, only when no
-    restore-from was given."""
+    restore-from was given.
+
+    A restore goes to `<db>.restoring` and is renamed to the database only once Litestream checked it: a restore cut
+    short (a stop, a kill) leaves no database a restart would take for the volume's own."""
     if identity.db_path.exists():
         return "volume"
     identity.data_dir.mkdir(parents=True, exist_ok=True)
+    restoring = identity.db_path.with_name(identity.db_path.name + ".restoring")
+    for leftover in identity.data_dir.glob(restoring.name + "*"):
+        leftover.unlink()
     for url, required in ((identity.replica_url, False), (identity.restore_from_url, True)):
         if url is None:
             continue
@@ -62,9 +69,23 @@ def prepare_database(identity: AgentIdentity) -> str:
             continue  # a new agent: Litestream never reads this config (its read-back is a process, ~0.1 s)
         litestream.read_back_config(document, config)
         check = identity.integrity_check
-        if litestream.restore(config, identity.db_path, if_replica_exists=not required, integrity_check=check):
+        restored = litestream.restore(
+            config, identity.db_path, if_replica_exists=not required, integrity_check=check, output=restoring
+        )
+        if restored:
+            os.replace(restoring, identity.db_path)
+            _sync_directory(identity.data_dir)
             return url
     return "new"
+
+
+def _sync_directory(path: Path) -> None:
+    """Make a rename in `path` durable (its directory entry reaches the disk)."""
+    directory = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def initialise_schema(identity: AgentIdentity) -> None:
@@ -169,7 +190,7 @@ def _stop_before_serving(signum: int, frame: FrameType | None) -> None:
     there is no final sync to prove, so exit now; Litestream and a follower's `restore -f` die with the container
     (this is PID 1). Without a handler, PID 1 ignores SIGTERM and `docker stop` waited out its timeout for the
     SIGKILL. Litestream's `-exec` (cold) and `warm.serve` (pooled) hand SIGTERM to the agent's proven stop."""
-    print("litefleet-agent: stopped: SIGTERM before serving", file=sys.stderr, flush=True)
+    os.write(2, b"litefleet-agent: stopped: SIGTERM before serving\n")  # not print: the main thread may be mid-write
     os._exit(contract.EXIT_STOPPED_BEFORE_SERVING)
 
 

@@ -30,6 +30,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from types import FrameType
 
 import structlog
 
@@ -83,8 +84,9 @@ def serve(identity: AgentIdentity, config: Path, argv: list[str]) -> int:
     mark("litestream_started")
     serving.set()
     # the entrypoint's handler would exit at once: from here SIGTERM is the agent server's (its proven stop), and
-    # ignored, as by a PID 1 with no handler, in the moment before the server installs its own
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # dropped, as by a PID 1 with no handler, in the moment before the server installs its own (a handler, not
+    # SIG_IGN: a process the bundle starts gets the default back at exec, where SIG_IGN would be inherited)
+    signal.signal(signal.SIGTERM, _dropped)
     code: int = 1
     try:
         agent_main(argv)
@@ -99,6 +101,11 @@ def serve(identity: AgentIdentity, config: Path, argv: list[str]) -> int:
             replicate.kill()
             replicate.wait()
     return code
+
+
+def _dropped(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM in the moment before the agent server installs its handler (and after it served, during its proven
+    stop, which uvicorn hands back to this one): dropped, as PID 1 with no handler does."""
 
 
 def _import_bundle(bundle: str) -> None:

@@ -124,7 +124,8 @@ def get_once(url: str, path: str, headers: dict[str, str], timeout: float, limit
     lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
     request = "\r\n".join([*lines, *(f"{name}: {value}" for name, value in headers.items()), "", ""]).encode()
     received = bytearray()
-    whole: int | None = None  # the answer's length, once its head says
+    head_end = -1  # where the head ends, once it is in
+    whole: int | None = None  # the answer's length, when the head gives one
     try:
         with socket.create_connection((host, port), timeout=timeout) as connection:
             connection.sendall(request)
@@ -136,8 +137,15 @@ def get_once(url: str, path: str, headers: dict[str, str], timeout: float, limit
                 chunk = connection.recv(65536)
                 if not chunk:
                     break
+                searched_to = len(received)
                 received += chunk
-                whole = _answer_length(received) if whole is None else whole
+                if head_end < 0:  # looked for only in what came since (minus a split "\r\n\r\n"): parsed once
+                    head_end = received.find(b"\r\n\r\n", max(0, searched_to - 3))
+                    if head_end >= 0:
+                        length = _content_length(bytes(received[:head_end]))
+                        if length == _CONFLICTING:
+                            return None
+                        whole = None if length is None else head_end + 4 + int(length)
                 if whole is not None and len(received) >= whole:
                     del received[whole:]
                     break
@@ -147,21 +155,33 @@ def get_once(url: str, path: str, headers: dict[str, str], timeout: float, limit
         return None
     head, found, body = bytes(received).partition(b"\r\n\r\n")
     status = head.split(b"\r\n", 1)[0].split(b" ", 2)
-    if not found or len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
+    if not found or len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not _is_status(status[1]):
         return None
     return (int(status[1]), body) if len(body) <= limit else None
 
 
-def _answer_length(received: bytearray) -> int | None:
-    """The whole answer's length in bytes (head and `Content-Length` body) once the head is in, else None."""
-    end = received.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    for line in bytes(received[:end]).split(b"\r\n")[1:]:
+_CONFLICTING = -1  # two Content-Length headers that disagree: no answer
+
+
+def _content_length(head: bytes) -> int | None:
+    """The head's `Content-Length`: None when it has none (the body ends with the connection), `_CONFLICTING` when
+    it has two that differ or one that is not a plain number of at most 18 digits (Python's `int` refuses strings
+    of more than 4,300 digits with an exception: an agent's header must never raise)."""
+    found: set[bytes] = set()
+    for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length" and value.strip().isdigit():
-            return end + 4 + int(value.strip())
-    return None
+        if name.strip().lower() == b"content-length":
+            found.add(value.strip())
+    if not found:
+        return None
+    value = found.pop()
+    if found or not value.isdigit() or len(value) > 18:
+        return _CONFLICTING
+    return int(value)
+
+
+def _is_status(code: bytes) -> bool:
+    return len(code) == 3 and code.isdigit()
 
 
 class AgentHttp:

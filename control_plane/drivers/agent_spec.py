@@ -56,8 +56,12 @@ def _hardening() -> dict[str, Any]:
 
 
 class PoolMemberTaken(RuntimeError):
-    """A claim's rename found the pool container's name gone (another control plane claimed it) or the
-    incarnation's name taken: nothing of the container was changed."""
+    """A claim found the pool container taken by another claim (its pool name gone, or renamed again after ours),
+    or the incarnation's name taken (`name_taken`): this claim changed nothing of the container."""
+
+    def __init__(self, message: str, *, name_taken: bool = False) -> None:
+        super().__init__(message)
+        self.name_taken = name_taken
 
 
 class SecretsNotDelivered(RuntimeError):
@@ -235,8 +239,12 @@ def claim_pool(
             client.api.rename(source, spec.name)
         except docker_errors.APIError as exc:
             if exc.status_code in (404, 409):
-                raise PoolMemberTaken(f"{source} -> {spec.name}: {exc.explanation}") from None
+                message = f"{source} -> {spec.name}: {exc.explanation}"
+                raise PoolMemberTaken(message, name_taken=exc.status_code == 409) from None
             raise
+        # the engine looks a name up before it locks the container, so a second rename that looked it up in that
+        # moment renames it again: whoever's name it holds now has it, and the other backs off having changed nothing
+        _still_ours(container, spec.name)
     took("rename")
     target = spec.network or "bridge"
     joined = set(container.attrs.get("NetworkSettings", {}).get("Networks") or {})
@@ -260,6 +268,7 @@ def claim_pool(
     took("limits")
     full = spec if complete is None else complete()
     took("secrets")
+    _still_ours(container, spec.name)  # the identity goes only into a container under this incarnation's name
     if container.attrs.get("Config", {}).get("OpenStdin") and not again:
         attach_claim(client, container.id, full)
         took("claim_attach")
@@ -267,6 +276,13 @@ def claim_pool(
         deliver_claim(client, container.id, full)
         took("claim_exec")
     return seconds
+
+
+def _still_ours(container: Any, name: str) -> None:
+    """Raises PoolMemberTaken unless the container is (still) named `name` (it reloads its attributes)."""
+    container.reload()
+    if container.name != name:
+        raise PoolMemberTaken(f"{container.name} took the pool container {name} was claiming")
 
 
 def attach_claim(client: Any, container_id: str, spec: AgentSpec, timeout: float = 30.0) -> None:

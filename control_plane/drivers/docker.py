@@ -318,15 +318,14 @@ class DockerDriver:
                     seconds = claim_pool(self.client, container, isolated, _Completed(ready), pool_name=name)
             except PoolMemberTaken as exc:  # not ours to remove: another claim has it, or it is left as it was
                 log.info("pool.taken", container=name, incarnation=spec.name, error=str(exc)[:300])
-                return None
+                existing = find_agent(self.client, spec) if exc.name_taken else None
+                return None if existing is None else _incarnation(existing)  # the incarnation made meanwhile
             except _SecretsFailed as failed:
-                with contextlib.suppress(docker.errors.APIError):
-                    self.remove(container.id)  # it holds no identity yet: nothing is lost
+                self._remove_if_named(container, spec.name)  # it holds no identity yet: nothing is lost
                 raise failed.error from None
             except (docker.errors.APIError, SecretsNotDelivered) as exc:
                 log.warning("pool.claim_failed", container=name, incarnation=spec.name, error=str(exc)[:300])
-                with contextlib.suppress(docker.errors.APIError):
-                    self.remove(container.id)
+                self._remove_if_named(container, spec.name)
                 return None
             log.info(
                 "pool.claimed",
@@ -403,6 +402,14 @@ class DockerDriver:
             if runtime == Runtime.runsc and reap_failed_start(self.client, name, image):
                 log.warning("runsc.start_failed", container=name, engine=self.engine_url, reaped=True)
             raise
+
+    def _remove_if_named(self, container: Any, name: str) -> None:
+        """Remove a claim's container that failed halfway (it may hold a half-made identity), only while it is
+        under the claim's name: under another, another claim has it (and its agent may serve)."""
+        with contextlib.suppress(docker.errors.APIError):
+            container.reload()
+            if container.name == name:
+                self.remove(container.id)
 
     def _get(self, name: str) -> Any | None:
         try:

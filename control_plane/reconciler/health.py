@@ -197,7 +197,11 @@ class HealthMonitor:
 
     def _probe(self, agent: Agent) -> tuple[float, Readiness | None]:
         probed_at, started = time.time(), time.monotonic()
-        readiness = self.fleet.agents_api.readyz(agent.url or "", agent.agent_token or "", timeout=PROBE_TIMEOUT)
+        try:
+            readiness = self.fleet.agents_api.readyz(agent.url or "", agent.agent_token or "", timeout=PROBE_TIMEOUT)
+        except Exception as exc:  # whatever one agent answers, the round records every other agent's
+            log.warning("health.probe_failed", tenant=agent.tenant, agent=agent.ordinal, error=type(exc).__name__)
+            readiness = None
         PROBE_SECONDS.labels("ok" if readiness is not None else "no_answer").observe(time.monotonic() - started)
         return probed_at, readiness
 

@@ -162,3 +162,35 @@ def test_a_probe_ends_at_the_answer_s_length_when_the_agent_keeps_the_connection
         listener.close()
     assert readiness == Readiness(ready=True, local_txid=3, replica_txid=3)
     assert took < 1.5, f"the probe waited {took:.2f}s for a connection the agent kept open"
+
+
+def _answering(raw: bytes) -> tuple[str, socket.socket]:
+    """A one-shot server that sends `raw` to whatever asks, then keeps the connection open for a moment."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(4096)
+            connection.sendall(raw)
+            time.sleep(1.5)
+
+    threading.Thread(target=answer, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", listener
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n{}",  # past int()'s 4,300 digits
+        b"HTTP/1.1 " + b"2" * 5000 + b" OK\r\nContent-Length: 2\r\n\r\n{}",  # a status line likewise
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 7\r\n\r\n{}",  # two lengths that disagree
+        b"HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\n{}",
+    ],
+)
+def test_a_hostile_head_is_no_answer_never_an_exception(raw: bytes) -> None:
+    url, listener = _answering(raw)
+    try:
+        assert AgentHttp().readyz(url, "good", timeout=1.0) is None
+    finally:
+        listener.close()

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from control_plane.db.models import Agent, AgentState, Event, Node, NodeState, Operation, OperationKind
+from control_plane.drivers.agent_http import Readiness
 from control_plane.drivers.base import Incarnation
 from control_plane.drivers.fake import FakeDriver
 from control_plane.fleet.incarnations import Fleet
@@ -181,6 +182,40 @@ def test_agents_are_probed_at_once_and_no_write_waits_for_a_round(engine: Engine
         rows = {a.id: a for a in session.exec(select(Agent)).all()}
     assert rows["t0/0"].ready is False and rows["t0/0"].probed_at is not None
     assert all(rows[f"t{i}/0"].ready and rows[f"t{i}/0"].replica_txid == 7 for i in range(1, 200))
+
+
+def test_an_agent_whose_probe_raises_is_silent_and_every_other_agent_is_recorded(engine: Engine) -> None:
+    """Whatever one (hostile) agent answers, the round goes on: an exception in its probe made the whole round
+    record nothing, every round."""
+    from tests.unit.control_plane.fakes import FakeCredentials, FakeReplicas
+
+    with Session(engine) as session:
+        session.add(Node(name="n1", engine_url="fake-1"))
+        for i in range(3):
+            session.add(
+                Agent(
+                    id=f"t{i}/0", tenant=f"t{i}", ordinal=0, generation=1, node="n1", state=AgentState.running,
+                    url=f"http://agent-{i}", agent_token=f"token-{i}",
+                )
+            )  # fmt: skip
+        session.commit()
+    fleet = Fleet(engine, Settings(), FakeReplicas(), FakeCredentials(), make_driver=_RunningDriver)
+
+    def readyz(url: str, token: str, timeout: float = 2.0) -> Readiness | None:
+        if url == "http://agent-1":
+            raise ValueError("Exceeds the limit (4300 digits) for integer string conversion")
+        return Readiness(ready=True, local_txid=5, replica_txid=5)
+
+    fleet.agents_api.readyz = readyz  # type: ignore[method-assign]
+    monitor = HealthMonitor(engine, fleet, Settings())
+    try:
+        monitor.probe()
+    finally:
+        monitor.stop()
+    with Session(engine) as session:
+        rows = {a.id: a for a in session.exec(select(Agent)).all()}
+    assert rows["t1/0"].ready is False and rows["t1/0"].probed_at is not None
+    assert rows["t0/0"].ready and rows["t2/0"].ready and rows["t2/0"].replica_txid == 5
 
 
 def test_a_round_meeting_many_new_nodes_makes_their_drivers_side_by_side(engine: Engine) -> None:
