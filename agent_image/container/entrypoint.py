@@ -28,7 +28,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import FrameType
 
 import structlog
@@ -37,6 +36,7 @@ from agent_image import contract
 from agent_image._phases import mark
 from agent_image._store import Store
 from agent_image.container import follower, litestream, pool, warm
+from agent_image.container._files import sync_directory
 from agent_image.container.fence import check_fence
 from agent_image.container.identity import AgentIdentity, IdentityError
 from agent_image.contract import StartRefused
@@ -74,18 +74,9 @@ def prepare_database(identity: AgentIdentity) -> str:
         )
         if restored:
             os.replace(restoring, identity.db_path)
-            _sync_directory(identity.data_dir)
+            sync_directory(identity.data_dir)
             return url
     return "new"
-
-
-def _sync_directory(path: Path) -> None:
-    """Make a rename in `path` durable (its directory entry reaches the disk)."""
-    directory = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def initialise_schema(identity: AgentIdentity) -> None:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent_image import contract
+from agent_image.container._files import sync_directory
 from agent_image.container.secrets_in import write_secrets
 from agent_image.contract import AgentSecrets, IdentityError, Promotion, StartRefused
 
@@ -139,11 +140,7 @@ def _mark_promoted(data_dir: Path) -> None:
         file.write("promoted\n")
         file.flush()
         os.fsync(file.fileno())
-    directory = os.open(data_dir, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    sync_directory(data_dir)
 
 
 def write_order(order: Promotion, path: Path) -> None:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent_image import contract
+from agent_image.container._files import sync_directory
 from agent_image.container.secrets_in import write_secrets
 from agent_image.contract import AgentSecrets, IdentityError
 
@@ -210,11 +211,7 @@ def write_claim(claim: Claim, env: Mapping[str, str]) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    sync_directory(path.parent)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -275,7 +275,7 @@ class AgentPublic(BaseModel):
     @classmethod
     def _from_agent(cls, data: Any) -> Any:
         if isinstance(data, Agent):
-            return _shown({name: getattr(data, name) for name in _AGENT_COLUMNS})
+            return _shown({name: getattr(data, name) for name in AGENT_PUBLIC_COLUMNS})
         return data
 
     @classmethod
@@ -306,7 +306,7 @@ _AGENT_AS_IS = (
     "tenant", "ordinal", "generation", "node", "state", "url", "updated_at", "probed_at", "ready", "synced_at",
     "seconds_since_sync",
 )  # fmt: skip
-_AGENT_COLUMNS = (
+AGENT_PUBLIC_COLUMNS = (  # what `AgentPublic` is made of: a list reads only these (never the tokens)
     *_AGENT_AS_IS, "local_txid", "store_txid", "store_checked_at", "replication", "replication_note",
     "unconfirmed_commits",
 )  # fmt: skip

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from control_plane.db.models import (
+    AGENT_PUBLIC_COLUMNS,
     PLACED_STATES,
     Agent,
     AgentPublic,
@@ -60,7 +61,8 @@ def _agents_of(session: Session, names: list[str]) -> dict[str, list[AgentPublic
     found: dict[str, list[AgentPublic]] = {}
     if names:
         table = Agent.__table__  # type: ignore[attr-defined]
-        query = columns(table).where(table.c.tenant.in_(names)).order_by(table.c.tenant, table.c.ordinal)
+        shown = columns(*(table.c[name] for name in AGENT_PUBLIC_COLUMNS))
+        query = shown.where(table.c.tenant.in_(names)).order_by(table.c.tenant, table.c.ordinal)
         result = session.connection().execute(query)
         keys = list(result.keys())
         for row in result:
