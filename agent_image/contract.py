@@ -36,6 +36,7 @@ DURABILITY = "LITEFLEET_DURABILITY"  # optional: "local" (default) or "replicate
 DURABILITY_TIMEOUT = "LITEFLEET_DURABILITY_TIMEOUT"  # optional: seconds a replicated acknowledgement waits
 FOLLOW = "LITEFLEET_FOLLOW"  # optional: "1" starts the incarnation as a follower of RESTORE_FROM_URL (warm moves)
 FOLLOW_INTERVAL = "LITEFLEET_FOLLOW_INTERVAL"  # optional: seconds between a follower's polls of the replica
+SERVING_MEMORY_MB = "LITEFLEET_SERVING_MEMORY_MB"  # optional: a follower's memory limit once promoted (see below)
 POOLED = "LITEFLEET_POOLED"  # "1": a warm pool's container, no identity until claimed (agent_image/container/pool.py)
 
 # Set by the image (or a local run).
@@ -117,6 +118,9 @@ class ContainerEnv:
     durability_timeout: float = 10.0
     follow: bool = False  # a follower: restores and follows RESTORE_FROM_URL, writes nothing until promoted
     follow_interval: float = 0.25
+    # a follower with a memory allowance (`restore -f` grows): the limit it serves under. The control plane lowers
+    # the container's limit once the promotion returns; no tenant code runs before the cgroup shows it
+    serving_memory_mb: int | None = None
 
     @property
     def effective_lease_timeout(self) -> float:
@@ -144,6 +148,8 @@ class ContainerEnv:
             env[LEASE_TIMEOUT] = str(self.lease_timeout)
         if self.follow:
             env[FOLLOW], env[FOLLOW_INTERVAL] = "1", str(self.follow_interval)
+        if self.serving_memory_mb is not None:
+            env[SERVING_MEMORY_MB] = str(self.serving_memory_mb)
         return env
 
     @staticmethod
@@ -167,6 +173,7 @@ class ContainerEnv:
             "durability_timeout": reader.number(DURABILITY_TIMEOUT, "10"),
             "follow": reader.choice(FOLLOW, "0", ("0", "1")) == "1",
             "follow_interval": reader.number(FOLLOW_INTERVAL, "0.25"),
+            "serving_memory_mb": reader.whole(SERVING_MEMORY_MB, minimum=1) if env.get(SERVING_MEMORY_MB) else None,
         }
         if values["follow"] and values["restore_from_url"] is None:
             raise IdentityError(f"{FOLLOW}=1 needs {RESTORE_FROM_URL}: a follower follows an older generation")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 from pathlib import Path
 
 
@@ -13,3 +14,26 @@ def sync_directory(path: Path) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+class Lines:
+    """Lines from a file descriptor (the container's stdin: the control plane's attach channel) without blocking
+    longer than asked (select, then read what is there)."""
+
+    def __init__(self, fd: int, limit: int) -> None:
+        self.fd, self.limit, self.buffer = fd, limit, b""
+
+    def next(self, timeout: float) -> bytes | None:
+        """One line (without its newline), b"" at end of file, None when no whole line came within `timeout`. A
+        line longer than `limit` is returned as it is, cut: its reader's check refuses it."""
+        while b"\n" not in self.buffer and len(self.buffer) <= self.limit:
+            readable, _, _ = select.select([self.fd], [], [], timeout)
+            if not readable:
+                return None
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                line, self.buffer = self.buffer, b""
+                return line or b""
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line

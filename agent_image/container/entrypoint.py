@@ -13,7 +13,9 @@ and waits for the control plane's claim (identity and secrets, on its stdin or t
 channel), then goes on as a new agent that keeps this process: Litestream becomes its child (`warm.serve`).
 
 A follower (LITEFLEET_FOLLOW=1, `follower.py`) first follows RESTORE_FROM_URL without touching CURRENT or the store
-and continues here only once promoted, with the followed database on its volume.
+and continues here only once promoted, with the followed database on its volume. It imports the agent server while
+it follows and serves in-process once promoted, as a pool container does (the promotion is inside a move's
+downtime; a new Python process importing the server was ~0.5-0.8 s of it).
 
 Exit codes before Litestream takes over: 2 bad identity, 3 stale generation (CURRENT names another one),
 4 object store unreachable, 5 restore or database check failed, 6 no (valid) secrets file in time, 7 stopped
@@ -148,7 +150,8 @@ def main() -> None:
     started = time.monotonic()
     try:
         if identity.follow:  # a warm move's successor: no fence check, no store write until promoted
-            follower.follow(identity)
+            follower.follow(identity, meanwhile=warm.preload, stdin=sys.stdin.fileno(), answer=_answer)
+            _close_stdin()  # nothing written there after the promotion reaches the agent (tenant code runs here)
             identity = identity.with_secrets()  # the promotion delivered the incarnation's own secrets
             started = time.monotonic()
         check_fence(identity)
@@ -163,6 +166,8 @@ def main() -> None:
         finally:
             read_back.join()
         read_back.result()  # before Litestream uses the config
+        if identity.serving_memory_mb is not None:  # a promoted follower: tenant code never gets the allowance
+            follower.await_serving_limit(identity.serving_memory_mb)
     except StartRefused as exc:
         log.error("agent.refused", code=exc.code, error=str(exc))
         print(f"litefleet-agent: {exc.code}: {exc}", file=sys.stderr)
@@ -170,7 +175,7 @@ def main() -> None:
     size = identity.db_path.stat().st_size
     log.info("agent.database_ready", source=source, bytes=size, seconds=round(time.monotonic() - started, 3))
     mark("configured", source=source)
-    if pooled:  # the server is imported already: serve in this process, Litestream as its child
+    if pooled or identity.follow:  # the server was imported while idle: serve in this process, Litestream its child
         raise SystemExit(warm.serve(identity, config, agent_arguments(identity)))
     argv = [litestream.binary(), "replicate", "-config", str(config), "-exec", agent_command(identity)]
     os.execve(argv[0], argv, litestream.environment())
@@ -207,7 +212,8 @@ class _Beside(threading.Thread):
 
 
 def _answer(line: str) -> None:
-    """A claim's outcome, to whoever attached to this container's stdin and stdout (the control plane)."""
+    """A claim's or a promotion's outcome, to whoever attached to this container's stdin and stdout (the control
+    plane)."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
 

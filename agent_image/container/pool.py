@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -36,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent_image import contract
-from agent_image.container._files import sync_directory
+from agent_image.container._files import Lines, sync_directory
 from agent_image.container.secrets_in import write_secrets
 from agent_image.contract import AgentSecrets, IdentityError
 
@@ -137,7 +136,7 @@ def wait_for_claim(
     `answer` gets the outcome's JSON line (see the module docstring); at its end of file only the record is
     watched. A record that does not make a valid identity raises IdentityError (the entrypoint exits bad_identity)."""
     path = claim_path(env)
-    lines = None if stdin is None else _Lines(stdin)
+    lines = None if stdin is None else Lines(stdin, MAX_CLAIM_BYTES)
     ready()
     while not path.exists():
         if lines is None:
@@ -172,28 +171,6 @@ def accept(raw: bytes, env: Mapping[str, str]) -> tuple[int, str]:
     except OSError as exc:
         return 3, f"cannot write the claim: {exc.strerror or exc}"
     return 0, ""
-
-
-class _Lines:
-    """Lines from a file descriptor without blocking longer than asked (select, then read what is there)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd, self.buffer = fd, b""
-
-    def next(self, timeout: float) -> bytes | None:
-        """One line (without its newline), b"" at end of file, None when no whole line came within `timeout`. A
-        line longer than a claim may be is returned as it is, cut: the claim's check refuses it."""
-        while b"\n" not in self.buffer and len(self.buffer) <= MAX_CLAIM_BYTES:
-            readable, _, _ = select.select([self.fd], [], [], timeout)
-            if not readable:
-                return None
-            chunk = os.read(self.fd, 65536)
-            if not chunk:
-                line, self.buffer = self.buffer, b""
-                return line or b""
-            self.buffer += chunk
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return line
 
 
 def write_claim(claim: Claim, env: Mapping[str, str]) -> None:

@@ -142,6 +142,7 @@ class AgentSpec:
             durability=self.durability,
             follow=self.follow,
             follow_interval=self.follow_interval,
+            serving_memory_mb=self.memory_mb if self.follow and self.follower_memory_mb else None,
         ).to_env()
 
     def secrets(self) -> AgentSecrets:
@@ -303,7 +304,7 @@ def attach_claim(client: Any, container_id: str, spec: AgentSpec, timeout: float
     try:
         raw.settimeout(timeout)
         raw.sendall(line.encode() + b"\n")
-        answer = _first_stdout_line(raw, time.monotonic() + timeout)
+        answer = _AttachStream(raw).line(time.monotonic() + timeout) or b""
     except (TimeoutError, OSError) as exc:
         raise SecretsNotDelivered(f"claim of {container_id[:12]} failed: {type(exc).__name__}") from None
     finally:
@@ -318,21 +319,34 @@ def attach_claim(client: Any, container_id: str, spec: AgentSpec, timeout: float
         raise SecretsNotDelivered(f"claim of {container_id[:12]} refused ({code}): {said}")
 
 
-def _first_stdout_line(raw: Any, deadline: float) -> bytes:
-    """The first line the container writes on stdout, from the engine's multiplexed attach stream (frames of an
-    8-byte header, stream type and length, then the payload). b"" when the stream ends first."""
-    buffer, stdout = b"", b""
-    while b"\n" not in stdout and time.monotonic() < deadline:
-        chunk = raw.recv(4096)
-        if not chunk:
-            break
-        buffer += chunk
-        while len(buffer) >= 8 and len(buffer) >= 8 + int.from_bytes(buffer[4:8], "big"):
-            size = int.from_bytes(buffer[4:8], "big")
-            if buffer[0] == 1:
-                stdout += buffer[8 : 8 + size]
-            buffer = buffer[8 + size :]
-    return stdout.partition(b"\n")[0]
+class _AttachStream:
+    """The lines a container writes on stdout, from the engine's multiplexed attach stream (frames of an 8-byte
+    header, stream type and length, then the payload)."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw, self.frames, self.stdout = raw, b"", b""
+
+    def line(self, deadline: float) -> bytes | None:
+        """The next stdout line; None when the stream ended or `deadline` passed first."""
+        while b"\n" not in self.stdout:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self.raw.settimeout(remaining)
+            try:
+                chunk = self.raw.recv(4096)
+            except TimeoutError:
+                return None
+            if not chunk:
+                return None
+            self.frames += chunk
+            while len(self.frames) >= 8 and len(self.frames) >= 8 + int.from_bytes(self.frames[4:8], "big"):
+                size = int.from_bytes(self.frames[4:8], "big")
+                if self.frames[0] == 1:
+                    self.stdout += self.frames[8 : 8 + size]
+                self.frames = self.frames[8 + size :]
+        line, _, self.stdout = self.stdout.partition(b"\n")
+        return line
 
 
 def deliver_claim(client: Any, container_id: str, spec: AgentSpec, timeout: float = 30.0) -> None:
@@ -361,6 +375,7 @@ def run_agent(client: Any, spec: AgentSpec) -> Any:
         pids_limit=spec.pids_limit,
         runtime=spec.runtime,
         network=spec.network,
+        stdin_open=spec.follow,  # a follower's promotion comes there first (`deliver_promotion`)
         **_hardening(),
     )
     deliver_secrets(client, container.id, spec.secrets())
@@ -383,13 +398,62 @@ def limit_memory(client: Any, container_id: str, memory_mb: int) -> None:
     client.api._raise_for_status(response)
 
 
-def deliver_promotion(client: Any, container_id: str, secrets: AgentSecrets, promotion: Promotion) -> None:
-    """Hand a follower its own secrets and its promotion through the secrets' channel in one exec (`follower
-    promote`: the secrets line, then the order line, on stdin); it returns once the follower is promoted (its
-    restore exited, the copy checked), within the order's timeout. Safe to repeat: the same bytes are written
-    again, a promoted follower answers at once. Raises SecretsNotDelivered."""
+def deliver_promotion(
+    client: Any, container_id: str, secrets: AgentSecrets, promotion: Promotion, *, attach: bool = False
+) -> None:
+    """Hand a follower its own secrets and its promotion (the secrets line, then the order line); returns once the
+    follower is promoted (its restore exited, the copy checked), within the order's timeout. With `attach` (a
+    follower created with stdin open) first on its stdin (`_attach_promotion`), else, or when it does not take
+    them there, by exec (`follower promote`, same lines on the exec's stdin). Safe to repeat: the same bytes are
+    written again, a promoted follower answers at once. Raises SecretsNotDelivered."""
     line = secrets.to_json() + "\n" + promotion.to_json()
+    if attach and _attach_promotion(client, container_id, line, promotion.timeout + 15):
+        return
     _exec_line(client, container_id, [*FOLLOWER, "promote"], line, "promotion", promotion.timeout + 15)
+
+
+PROMOTION_ACK_TIMEOUT = 3.0  # seconds for a follower to take the promotion on its stdin before it goes by exec
+
+
+def _attach_promotion(client: Any, container_id: str, line: str, timeout: float) -> bool:
+    """The promotion on the follower's stdin (`agent_image.container.follower`): no process started in the container
+    (an exec of Python is ~0.3 s inside a move's downtime; an attach ~0.05 s). True once it answered promoted; False
+    when it did not take the lines within PROMOTION_ACK_TIMEOUT (its stdin is closed: an earlier delivery promoted
+    it; or it is not reading yet: restarted, still importing), so the caller goes by exec. Raises
+    SecretsNotDelivered when it refused the lines or failed after taking them."""
+    params = {"stdin": 1, "stdout": 1, "stderr": 0, "stream": 1, "logs": 0}
+    try:
+        sock = client.api.attach_socket(container_id, params=params)
+    except docker_errors.APIError:
+        return False  # the exec says why
+    raw = getattr(sock, "_sock", sock)
+    stream, accepted = _AttachStream(raw), False
+    deadline = time.monotonic() + PROMOTION_ACK_TIMEOUT
+    try:
+        raw.settimeout(PROMOTION_ACK_TIMEOUT)
+        raw.sendall(line.encode() + b"\n")
+        while (answer := stream.line(deadline)) is not None:
+            try:
+                outcome = json.loads(answer)
+                said = str(outcome.get("error", ""))[:300]
+            except (ValueError, AttributeError):
+                continue  # not an answer
+            if "accepted" in outcome:
+                if outcome["accepted"] != 0:
+                    raise SecretsNotDelivered(f"promotion of {container_id[:12]} refused: {said}")
+                accepted, deadline = True, time.monotonic() + timeout
+            elif "promoted" in outcome:  # also what a second delivery hears while the first one is applied
+                if outcome["promoted"] != 0:
+                    raise SecretsNotDelivered(f"follower {container_id[:12]} failed its promotion: {said}")
+                return True
+    except OSError as exc:
+        raise SecretsNotDelivered(f"promotion of {container_id[:12]} failed: {type(exc).__name__}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            sock.close()
+    if accepted:
+        raise SecretsNotDelivered(f"follower {container_id[:12]} took its promotion and did not answer in {timeout:g}s")
+    return False
 
 
 def follower_status(client: Any, container_id: str) -> dict[str, Any] | None:
@@ -449,10 +513,12 @@ def find_agent(client: Any, spec: AgentSpec) -> Any | None:
     return found[0] if found else None
 
 
-def agent_url(container: Any) -> str | None:
+def agent_url(container: Any, *, reload: bool = True) -> str | None:
     """The agent's HTTP address as published on the node; None while the port has no binding (a container
-    between restarts, or one whose node's network just came back: seen in CI, `Ports` without the agent port)."""
-    container.reload()
+    between restarts, or one whose node's network just came back: seen in CI, `Ports` without the agent port).
+    `reload=False`: the caller has just reloaded the container's attributes (one engine call fewer)."""
+    if reload:
+        container.reload()
     bindings = (container.attrs["NetworkSettings"].get("Ports") or {}).get(f"{AGENT_PORT}/tcp") or []
     if not bindings:
         return None

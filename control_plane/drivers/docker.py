@@ -153,13 +153,18 @@ class DockerDriver:
         which also finishes a start whose delivery was interrupted."""
         return self._started_then(name, lambda container_id: deliver_secrets(self.client, container_id, secrets))
 
-    def _started_then(self, name: str, deliver: Callable[[str], None]) -> Incarnation | None:
+    def _started_then(
+        self, name: str, deliver: Callable[[str], None], stdin_open: dict[str, bool] | None = None
+    ) -> Incarnation | None:
         """The existing container `name`, started first when it is not running (its network's rules again, a failed
-        runsc start reaped), then `deliver` into it (by docker exec). None when it is gone."""
+        runsc start reaped), then `deliver` into it. `stdin_open` (when given) learns whether the container was
+        created with stdin open, by its id. None when it is gone."""
         with _engine(self.engine_url):
             container = self._get(name)
             if container is None:
                 return None
+            if stdin_open is not None:
+                stdin_open[container.id] = bool(container.attrs.get("Config", {}).get("OpenStdin"))
             if container.status != "running":
                 self._ensure_isolation(_labels(container))  # a rebooted node kept the network, not the rules
                 with self._reaping(_runtime_of(container), name, container.attrs["Config"]["Image"]):
@@ -178,6 +183,21 @@ class DockerDriver:
                     container.update(restart_policy={"Name": "no"})  # (never needed for runsc: it has no `update`)
                 container.stop(timeout=int(timeout))
                 container.wait(timeout=int(timeout) + 30)
+            return _incarnation(container)
+
+    def signal_stop(self, name: str) -> Incarnation | None:
+        """SIGTERM a running container without waiting for its exit (`proof.stop_until_proof` waits for its
+        record instead); it will not come back by itself. Returns the container as it was before the signal, None
+        when it is gone; one that is not running is not signalled (`stop` handles it). Safe to repeat: a stopping
+        agent drops a second SIGTERM."""
+        with _engine(self.engine_url):
+            container = self._get(name)
+            if container is None or container.status != "running":
+                return None if container is None else _incarnation(container)
+            if _restart_policy(container) != "no":  # a stop must not come back by itself
+                container.update(restart_policy={"Name": "no"})
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):  # exited meanwhile (409)
+                container.kill(signal="SIGTERM")
             return _incarnation(container)
 
     def remove(self, name: str) -> None:
@@ -227,9 +247,12 @@ class DockerDriver:
         docker exec). A follower that stopped is started again first (it follows afresh, then takes the
         order). Safe to repeat: same bytes; a promoted agent ignores the order. None when the container is gone."""
         order = Promotion(txid, timeout)
-        return self._started_then(
-            name, lambda container_id: deliver_promotion(self.client, container_id, secrets, order)
-        )
+        opened: dict[str, bool] = {}
+
+        def deliver(container_id: str) -> None:
+            deliver_promotion(self.client, container_id, secrets, order, attach=opened[container_id])
+
+        return self._started_then(name, deliver, opened)
 
     def limit_memory(self, name: str, memory_mb: int) -> bool:
         """Lower (or raise) a container's memory limit in place: a promoted follower's allowance ends (`docker
@@ -481,7 +504,7 @@ def _member(container: Any) -> PoolMember:
 def _incarnation(container: Any) -> Incarnation:
     container.reload()
     labels = _labels(container)
-    url = agent_url(container) if container.status == "running" else None
+    url = agent_url(container, reload=False) if container.status == "running" else None
     return Incarnation(
         name=container.name,
         tenant=labels.get(f"{LABEL}.tenant", ""),

@@ -172,6 +172,14 @@ class FakeDriver:
                 self._on_stop(container.spec)
             return self._incarnation(name)
 
+    def signal_stop(self, name: str) -> Incarnation | None:
+        """A fake container stops at once (its record written): as a real one that exited before the next look."""
+        with self._lock:
+            self._check()
+            found = self._incarnation(name) if name in self.containers else None
+        self.stop(name, timeout=0)
+        return found
+
     def remove(self, name: str) -> None:
         with self._lock:
             self._check()

@@ -32,6 +32,7 @@ from control_plane.errors import OperationFailed
 from control_plane.fleet import pool
 from control_plane.fleet.fence import advance_current, fence_out, retreat_current
 from control_plane.fleet.placement import choose_node, node_loads
+from control_plane.fleet.proof import stop_until_proof
 from control_plane.fleet.steps import StepLog
 from control_plane.pki import credential_set
 from control_plane.settings import Settings
@@ -371,11 +372,24 @@ class Fleet:
         if incarnation is None:  # asked in the same engine call as the promotion: no inspect of its own first
             ctx.step("agent.follower_gone", f"gen {generation} follower is gone: cold start", agent=ordinal)
             return self.start(ctx, tenant, ordinal, generation, node, source, replicated=False)
-        # the promotion returned once the follower's restore exited: its memory allowance ends before the agent
-        # server (tenant code) starts, while the entrypoint checks the fence and starts Litestream
-        self.end_follower_allowance(ctx, tenant, ordinal, generation, node, before_serving=True)
+        # the promotion returned once the follower's restore exited: its memory allowance ends now, beside the
+        # entrypoint's fence check and Litestream start; the follower runs no tenant code before its cgroup shows
+        # the lowered limit (`SERVING_MEMORY_MB`), so /readyz is awaited meanwhile. A limit that was not lowered
+        # fails the move (the follower never serves: it gives up waiting and exits)
         ordered = time.monotonic()
-        url = self._wait_ready(driver, incarnation, agent_token, replicated=False)
+        with ThreadPoolExecutor(1, thread_name_prefix="litefleet-limit") as beside:
+            lowered = beside.submit(
+                self.end_follower_allowance, ctx, tenant, ordinal, generation, node, before_serving=True
+            )
+
+            def limited() -> None:  # a limit that failed ends the wait at once
+                if lowered.done():
+                    lowered.result()
+
+            try:
+                url = self._wait_ready(driver, incarnation, agent_token, replicated=False, check=limited)
+            finally:
+                lowered.result()  # raises OperationFailed when the limit could not be lowered: before the row
         seconds = round(time.monotonic() - started, 3)
         self.set_agent(tenant.name, ordinal, state=AgentState.running, url=url)
         ctx.step(
@@ -387,8 +401,8 @@ class Fleet:
             seconds=seconds,
             txid=txid,
             current_s=round(started - fenced, 3),  # CURRENT, the row's secrets
-            order_s=round(ordered - started, 3),  # the promotion's docker exec: the tail, the check; the limit
-            ready_s=round(time.monotonic() - ordered, 3),
+            order_s=round(ordered - started, 3),  # the promotion (attach, else exec): the tail, the check
+            ready_s=round(time.monotonic() - ordered, 3),  # the limit lowered, beside the agent's start
         )
         return seconds
 
@@ -449,8 +463,10 @@ class Fleet:
         )
         return seconds
 
-    def stop(self, ctx: StepLog, agent: Agent, *, drain: bool) -> dict[str, Any]:
+    def stop(self, ctx: StepLog, agent: Agent, *, drain: bool, until_proof: bool = False) -> dict[str, Any]:
         """Stop the agent's current incarnation with a proven final sync and return its shutdown record.
+        `until_proof` (a move's cutover): return once the stop's new record is in the store, while the container
+        may still be exiting (`proof.stop_until_proof`); else once the container exited.
 
         Re-running is safe: an exited container is not stopped again; the record in object storage is the proof,
         and it is checked against the replica's newest transaction every time."""
@@ -463,15 +479,22 @@ class Fleet:
         if drain and agent.url:
             self._drain(ctx, agent)
         began = time.monotonic()
+        incarnation = (agent.tenant, agent.ordinal, agent.generation)
         try:
-            stopped = driver.stop(name, timeout=self.settings.stop_timeout)
+            if until_proof:
+                stopped, record = stop_until_proof(driver, self.storage, name, incarnation, self.settings.stop_timeout)
+            else:
+                stopped = driver.stop(name, timeout=self.settings.stop_timeout)
         except EngineUnreachable as exc:
             raise OperationFailed(f"cannot stop {name}: {exc}") from None
         exited = time.monotonic()
-        with ThreadPoolExecutor(max_workers=1) as beside:  # the container exited: both reads are final, ask at once
-            listed = beside.submit(self.storage.replica_txid, agent.tenant, agent.ordinal, agent.generation)
-            record = self.storage.read_shutdown(agent.tenant, agent.ordinal, agent.generation)
-            replica_txid = listed.result()
+        if until_proof:  # the record was read once it appeared: the replica is final from then on
+            replica_txid = self.storage.replica_txid(*incarnation)
+        else:
+            with ThreadPoolExecutor(max_workers=1) as beside:  # the container exited: both reads are final, at once
+                listed = beside.submit(self.storage.replica_txid, *incarnation)
+                record = self.storage.read_shutdown(*incarnation)
+                replica_txid = listed.result()
         if record is None or not record.get("proven"):
             why = "no shutdown record" if record is None else record.get("error")
             exit_code = None if stopped is None else stopped.exit_code
@@ -487,7 +510,7 @@ class Fleet:
             node=agent.node,
             generation=agent.generation,
             txid=record["txid"],
-            stop_s=round(exited - began, 3),  # docker stop: drain, SIGTERM, final sync, exit
+            stop_s=round(exited - began, 3),  # SIGTERM, drain, final sync, the record (the exit, unless until_proof)
             proof_s=round(time.monotonic() - exited, 3),  # the shutdown record against the replica
         )
         return record
@@ -506,7 +529,8 @@ class Fleet:
         failed move may have begun is removed, its key revoked and CURRENT given back. Returns seconds to ready.
 
         Re-running is safe: removing a removed container and revoking a revoked key are no-ops, CURRENT steps back
-        only from the abandoned generation, and `start` reuses the existing container."""
+        only from the abandoned generation, stopping a stopped container is a no-op, and `start` reuses the existing
+        container."""
         if abandoned is not None and abandoned[0] != generation:
             successor, where = abandoned
             # a successor left running on an engine that does not answer sees CURRENT move away, has no key: it stops
@@ -523,6 +547,10 @@ class Fleet:
                 tenant.name, ordinal, generation=generation, access_key=None, secret_key=None, agent_token=None
             )
         self.set_agent(tenant.name, ordinal, node=node.name)
+        # a move's stop returned on its proof (`until_proof`): its container may still be exiting; let it finish
+        # (a no-op once exited) so the start below restarts it rather than waiting on a server that is going away
+        with contextlib.suppress(EngineUnreachable):  # the start below says so
+            self.driver(node).stop(incarnation_name(tenant.name, ordinal, generation), self.settings.stop_timeout)
         # a container that is gone restores its own replica first, else its predecessor's (the entrypoint's order)
         return self.start(ctx, tenant, ordinal, generation, node, generation - 1 or None)
 
@@ -629,14 +657,23 @@ class Fleet:
             fleet=self.storage.bucket,
         )
 
-    def _wait_ready(self, driver: Driver, incarnation: Incarnation, token: str, *, replicated: bool) -> str:
+    def _wait_ready(
+        self,
+        driver: Driver,
+        incarnation: Incarnation,
+        token: str,
+        *,
+        replicated: bool,
+        check: Callable[[], None] = lambda: None,
+    ) -> str:
         """Wait for /readyz (and with `replicated` the first replica: replica txid >= 1); fail with the agent's
-        reason if it exits."""
-        url: str | None = None
-        inspected = 0.0
+        reason if it exits, or with what `check()` raises (called every round)."""
+        url = incarnation.url  # as the engine gave it: no engine call before the first /readyz
+        inspected = time.monotonic() if url is not None else 0.0
 
         def alive() -> None:
             nonlocal url, inspected
+            check()
             if url is not None and time.monotonic() - inspected < 0.5:
                 return  # its address is known: /readyz is polled every round, the engine (several calls) less often
             inspected = time.monotonic()

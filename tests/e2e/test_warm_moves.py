@@ -6,9 +6,11 @@ baseline, in the same run."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
+from control_plane.drivers.docker import DockerDriver
 from infra.testbed import Testbed
 from tests.e2e.conftest import ControlPlane, managed_containers, tenant_name
 from tests.e2e.test_fleet import RoutedWriter, running, wait_for_writes, workflow_ids_on
@@ -16,6 +18,22 @@ from tests.e2e.test_fleet import RoutedWriter, running, wait_for_writes, workflo
 
 def _steps(op: dict[str, Any], ordinal: int) -> list[str]:
     return [step["step"] for step in op["steps"] if step.get("agent") == ordinal]
+
+
+def _assert_promoted_fast(testbed: Testbed, node_name: str, name: str) -> None:
+    """The promotion came on the follower's stdin (the engine's attach, no exec), and the promoted follower serves
+    in its own process (PID 1 is the entrypoint's Python, Litestream its child), as a pool container does."""
+    node = next(node for node in testbed.nodes if node.name == node_name)
+    container = DockerDriver(node.engine_url, tls=node.tls).client.containers.get(name)
+    events = [
+        json.loads(line)
+        for line in container.logs(stdout=False, stderr=True).decode(errors="replace").splitlines()
+        if line.startswith("{")
+    ]
+    promoted = [event for event in events if event.get("event") == "follower.promoted"]
+    assert len(promoted) == 1 and promoted[0]["channel"] == "stdin", promoted
+    pid1 = container.exec_run(["cat", "/proc/1/cmdline"]).output.split(b"\0")
+    assert b"python" in pid1[0] and b"agent_image.container.entrypoint" in pid1, pid1
 
 
 def test_warm_evacuation_under_write_load_loses_nothing(control_plane: ControlPlane, testbed: Testbed) -> None:
@@ -30,6 +48,8 @@ def test_warm_evacuation_under_write_load_loses_nothing(control_plane: ControlPl
 
     warm = plane.done("POST", f"/v1/tenants/{tenant}/evacuate", json={"strategy": "warm"})
     during = len(writer.acknowledged) - before
+    for agent in running(plane, tenant):
+        _assert_promoted_fast(testbed, agent["node"], f"lf-{tenant}-{agent['ordinal']}-g2")
     wait_for_writes(writer, len(writer.acknowledged) + 10)  # the promoted generation acknowledges writes too
     cold = plane.done("POST", f"/v1/tenants/{tenant}/evacuate", json={"strategy": "cold"})
     wait_for_writes(writer, len(writer.acknowledged) + 10)

@@ -198,7 +198,7 @@ def _cut_over(
         try:
             if source_up:
                 ctx.remember("stopped_at", time.time(), agent.id)
-                record = fleet.stop(ctx, agent, drain=False)
+                record = fleet.stop(ctx, agent, drain=False, until_proof=True)  # its container may still be exiting
                 ctx.remember("final_txid", int(record["txid"]), agent.id)
                 fleet.set_agent(agent.tenant, agent.ordinal, state=AgentState.retained, url=None)
             if warm:

@@ -119,3 +119,80 @@ def test_a_promoted_follower_starts_as_a_normal_agent(tmp_path: Path) -> None:
     (tmp_path / contract.PROMOTED_MARK).write_text("promoted\n")
     follower.follow(identity)
     assert (tmp_path / "agent.db").read_bytes() == b"the promoted database"
+
+
+def test_serving_memory_is_written_and_read_back() -> None:
+    env = ContainerEnv(**{**ContainerEnv.read(GOOD), "follow": True, "serving_memory_mb": 256}).to_env()
+    assert env["LITEFLEET_SERVING_MEMORY_MB"] == "256"
+    assert AgentIdentity.from_env(env).serving_memory_mb == 256
+    assert AgentIdentity.from_env(GOOD).serving_memory_mb is None
+    with pytest.raises(IdentityError, match="LITEFLEET_SERVING_MEMORY_MB must be a whole number >= 1"):
+        AgentIdentity.from_env({**env, "LITEFLEET_SERVING_MEMORY_MB": "0"})
+
+
+def test_a_promoted_follower_serves_only_once_its_allowance_ended(tmp_path: Path) -> None:
+    """The cgroup v1 file shows the follower's allowance until the control plane's `docker update` lowers it."""
+    v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    v1.write_text(f"{(256 + 768) * 2**20}\n")
+    with pytest.raises(contract.StartRefused, match="memory limit is 1024 MiB, not the agent's 256 MiB") as refused:
+        follower.await_serving_limit(256, paths=(v2, v1), timeout=0.05)
+    assert refused.value.exit_code == contract.EXIT_RESTORE_FAILED
+
+    def lower() -> None:
+        time.sleep(0.1)
+        v1.write_text(f"{256 * 2**20}\n")
+
+    import threading
+
+    lowering = threading.Thread(target=lower)
+    lowering.start()
+    started = time.monotonic()
+    follower.await_serving_limit(256, paths=(v2, v1), timeout=5)
+    assert 0.05 < time.monotonic() - started < 2
+    lowering.join()
+
+
+@pytest.mark.parametrize("shown", [None, "max\n"])
+def test_an_unlimited_or_unreadable_limit_is_refused(tmp_path: Path, shown: str | None) -> None:
+    path = tmp_path / "memory.max"
+    if shown is not None:
+        path.write_text(shown)
+    with pytest.raises(contract.StartRefused, match="memory limit is not shown"):
+        follower.await_serving_limit(256, paths=(path,), timeout=0.02)
+
+
+def test_the_promotion_taken_on_stdin_is_checked_written_and_answered(tmp_path: Path) -> None:
+    """The attach channel: a bad pair of lines is answered with `promote`'s code and the follower keeps waiting; the
+    good pair is written as `promote` writes it (secrets 0400, then the order) and answered accepted."""
+    env = ContainerEnv(**{**ContainerEnv.read(GOOD), "follow": True}).to_env()
+    secrets_file = tmp_path / "run" / "secrets" / "identity.json"
+    identity = AgentIdentity.from_env(
+        {
+            **env,
+            contract.DATA_DIR: str(tmp_path / "data"),
+            contract.RUN_DIR: str(tmp_path / "run"),
+            contract.SECRETS_FILE: str(secrets_file),
+        }
+    )
+    read_end, write_end = os.pipe()
+    restore = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])  # plays `restore -f`
+    answers: list[dict[str, object]] = []
+    try:
+        os.write(write_end, (SECRETS.to_json() + '\n{"txid": "x"}\n').encode())
+        os.write(write_end, (SECRETS.to_json() + "\n" + Promotion(7, 9.0).to_json() + "\n").encode())
+        order, channel = follower._wait_for_order(
+            restore,  # type: ignore[arg-type]
+            tmp_path / "run" / contract.PROMOTION_FILE,
+            0.01,
+            follower.Lines(read_end, follower.ORDER_LINES_BYTES),
+            identity,
+            lambda line: answers.append(json.loads(line)),
+        )
+    finally:
+        restore.kill()
+        os.close(read_end)
+        os.close(write_end)
+    assert (order, channel) == (Promotion(7, 9.0), "stdin")
+    assert answers[0]["accepted"] == 2 and "txid" in str(answers[0]["error"])
+    assert answers[1] == {"accepted": 0, "error": ""}
+    assert AgentSecrets.read(secrets_file) == SECRETS and (secrets_file.stat().st_mode & 0o777) == 0o400

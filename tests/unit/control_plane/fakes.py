@@ -49,6 +49,7 @@ class FakeReplicas:
         self.shutdowns: dict[tuple[str, int, int], dict[str, Any]] = {}
         self._etags = itertools.count(1)
         self._lock = threading.Lock()
+        self.stops = 0
 
     def replica_url(self, tenant: str, agent: int, generation: int) -> str:
         return f"s3://{BUCKET}/fleet/tenants/{tenant}/agents/{agent}/gen-{generation}/"
@@ -100,6 +101,7 @@ class FakeReplicas:
         twin.current, twin.txids = dict(self.current), dict(self.txids)
         twin.shutdowns = {key: dict(record) for key, record in self.shutdowns.items()}
         twin._etags = itertools.count(next(self._etags) + 1000)
+        twin.stops = self.stops + 1000
         return twin
 
     # -- the agents' part -------------------------------------------------------------------------------------------
@@ -124,7 +126,8 @@ class FakeReplicas:
         """A clean stop: the final sync, then the shutdown record naming the last transaction."""
         own = (spec.tenant, spec.agent, spec.generation)
         if not self.frozen:  # else the final sync fails: no record, the container is killed at the stop timeout
-            self.shutdowns[own] = {"proven": True, "txid": self.txids.get(own, 0)}
+            self.stops += 1  # every stop's record is its own, as the agent's `finished_at` makes it
+            self.shutdowns[own] = {"proven": True, "txid": self.txids.get(own, 0), "finished_at": self.stops}
 
 
 class FakeCredentials:
@@ -166,7 +169,9 @@ class RecordingDriver(FakeDriver):
 
     def stop(self, name: str, timeout: float) -> Incarnation | None:
         with self._lock:
-            self.history.append((self.engine_url, "stop", name))
+            container = self.containers.get(name)
+            if container is not None and container.status == "running":  # else nothing changes: not a verb
+                self.history.append((self.engine_url, "stop", name))
             return super().stop(name, timeout)
 
     def remove(self, name: str) -> None:

@@ -287,8 +287,10 @@ def test_a_store_that_freezes_after_the_preflight_rolls_the_move_back(engine: En
     stop = world.engines(f"fake-{home}").stop
 
     def freezing_stop(name: str, timeout: float) -> Any:
-        world.replicas.frozen = True
-        threading.Timer(0.5, lambda: setattr(world.replicas, "frozen", False)).start()
+        if not getattr(freezing_stop, "done", False):  # the move's stop (the rollback's own is a no-op, not frozen)
+            freezing_stop.done = True  # type: ignore[attr-defined]
+            world.replicas.frozen = True
+            threading.Timer(0.5, lambda: setattr(world.replicas, "frozen", False)).start()
         return stop(name, timeout)
 
     world.engines(f"fake-{home}").stop = freezing_stop  # type: ignore[method-assign]

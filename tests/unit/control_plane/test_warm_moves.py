@@ -305,6 +305,8 @@ def test_a_follower_has_a_memory_allowance_until_it_is_promoted(engine: Engine) 
     container = world.engines.drivers[f"fake-{moved.node}"].containers["lf-acme-0-g2"]
     assert container.spec.container_memory_mb == container.spec.memory_mb + 512, "created with the allowance"
     assert container.memory_mb == container.spec.memory_mb, "lowered to the agent's limit after the promotion"
+    serving = container.spec.environment()["LITEFLEET_SERVING_MEMORY_MB"]
+    assert serving == str(container.spec.memory_mb), "the follower serves only once its cgroup shows this limit"
 
 
 def test_a_follower_whose_allowance_cannot_be_lowered_never_serves_and_the_move_rolls_back(
@@ -350,6 +352,7 @@ def test_a_runsc_follower_has_no_allowance_as_its_limit_cannot_be_lowered_and_th
     container = world.engines.drivers[f"fake-{moved.node}"].containers["lf-acme-0-g2"]
     assert container.spec.runtime == "runsc" and container.spec.follow
     assert container.spec.container_memory_mb == container.spec.memory_mb, "no allowance it could not give back"
+    assert "LITEFLEET_SERVING_MEMORY_MB" not in container.spec.environment(), "nothing to wait for"
 
 
 def test_a_fail_over_before_the_first_replica_restores_the_predecessor_s_proven_replica(engine: Engine) -> None:
