@@ -17,6 +17,7 @@ Figures (one JSON line each, per size):
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import secrets
 import statistics
@@ -38,7 +39,7 @@ from control_plane.client import FleetClient  # noqa: E402
 from control_plane.drivers.images import build_agent_image  # noqa: E402
 from control_plane.storage import ObjectStorage  # noqa: E402
 from control_plane.storage.seaweed import EmbeddedStore, free_address  # noqa: E402
-from infra.testbed import Testbed  # noqa: E402
+from infra.testbed import Testbed, TestbedNode  # noqa: E402
 
 BUCKET = "litefleet-bench"
 
@@ -71,8 +72,28 @@ def parts(op: dict[str, Any]) -> dict[str, float]:
     return found
 
 
-def evacuate(api: FleetClient, tenant: str, strategy: str, size_mb: int) -> tuple[float, float, float]:
-    """(downtime, began, ended) of one evacuation with `strategy`; prints where its time went (`move_parts`)."""
+def promotion_phases(nodes: list[TestbedNode], op: dict[str, Any]) -> dict[str, float]:
+    """Where a promoted follower's start went, from its container's log (it stays until the next move): each
+    `agent.start_phase` mark after `follower.promoted`, in seconds after it (the container's clock)."""
+    step = next(s for s in op["steps"] if s["step"] == "agent.promoted")
+    node = next(n for n in nodes if n.name == step["node"])
+    client = node.client()
+    container = next(c for c in client.containers.list() if c.name.endswith(f"-0-g{step['generation']}"))
+    events = [json.loads(line) for line in container.logs(stdout=False).splitlines() if line[:1] == b"{"]
+    promoted = next(e for e in events if e.get("event") == "follower.promoted")
+    at = dt.datetime.fromisoformat(promoted["timestamp"].replace("Z", "+00:00")).timestamp()
+    phases = {"tail_s": promoted.get("tail_s", 0.0), "checked_s": promoted.get("checked_s", 0.0)}
+    for event in events:
+        if event.get("event") == "agent.start_phase" and event.get("at", 0) > at:
+            phases[event["phase"]] = round(event["at"] - at, 3)
+    return phases
+
+
+def evacuate(
+    api: FleetClient, tenant: str, strategy: str, size_mb: int, nodes: list[TestbedNode]
+) -> tuple[float, float, float]:
+    """(downtime, began, ended) of one evacuation with `strategy`; prints where its time went (`move_parts`, and
+    for a warm move the promoted follower's own phases, `promotion_phases`)."""
     began = time.monotonic()
     op = api.wait("POST", f"/v1/tenants/{tenant}/evacuate", json_body={"strategy": strategy})
     ended = time.monotonic()
@@ -82,6 +103,8 @@ def evacuate(api: FleetClient, tenant: str, strategy: str, size_mb: int) -> tupl
     detail = {"metric": "move_parts", "strategy": strategy, "size_mb": size_mb, "downtime_s": downtime}
     detail["op_s"] = round(ended - began, 3)
     print(json.dumps({**detail, **parts(op)}), flush=True)
+    if strategy == "warm":
+        print(json.dumps({"metric": "promotion_phases", "size_mb": size_mb, **promotion_phases(nodes, op)}), flush=True)
     return downtime, began, ended
 
 
@@ -123,7 +146,7 @@ def main() -> None:
                 failed = {"warm": 0, "cold": 0}
                 for _ in range(args.runs):
                     for strategy in ("warm", "cold"):
-                        downtime, began, ended = evacuate(api, tenant, strategy, megabytes)
+                        downtime, began, ended = evacuate(api, tenant, strategy, megabytes, nodes)
                         downtimes[strategy].append(downtime)
                         time.sleep(1)
                         failed[strategy] += client.failed_between(began, ended)

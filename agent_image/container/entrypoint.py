@@ -23,6 +23,7 @@ Exit codes before Litestream takes over: 2 bad identity, 3 stale generation (CUR
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import signal
@@ -31,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import NoReturn
 
 import structlog
 
@@ -166,19 +168,32 @@ def main() -> None:
         finally:
             read_back.join()
         read_back.result()  # before Litestream uses the config
-        if identity.serving_memory_mb is not None:  # a promoted follower: tenant code never gets the allowance
-            follower.await_serving_limit(identity.serving_memory_mb)
     except StartRefused as exc:
-        log.error("agent.refused", code=exc.code, error=str(exc))
-        print(f"litefleet-agent: {exc.code}: {exc}", file=sys.stderr)
-        raise SystemExit(exc.exit_code) from None
+        _refused(exc)
     size = identity.db_path.stat().st_size
     log.info("agent.database_ready", source=source, bytes=size, seconds=round(time.monotonic() - started, 3))
     mark("configured", source=source)
     if pooled or identity.follow:  # the server was imported while idle: serve in this process, Litestream its child
-        raise SystemExit(warm.serve(identity, config, agent_arguments(identity)))
+        limited = functools.partial(_await_serving_limit, identity)
+        raise SystemExit(warm.serve(identity, config, agent_arguments(identity), before_tenant_code=limited))
     argv = [litestream.binary(), "replicate", "-config", str(config), "-exec", agent_command(identity)]
     os.execve(argv[0], argv, litestream.environment())
+
+
+def _refused(exc: StartRefused) -> NoReturn:
+    log.error("agent.refused", code=exc.code, error=str(exc))
+    print(f"litefleet-agent: {exc.code}: {exc}", file=sys.stderr)
+    raise SystemExit(exc.exit_code) from None
+
+
+def _await_serving_limit(identity: AgentIdentity) -> None:
+    """A promoted follower runs no tenant code before its cgroup shows the agent's memory limit (the control plane
+    lowers it once the promotion returned, beside the fence check and Litestream's start)."""
+    if identity.serving_memory_mb is not None:
+        try:
+            follower.await_serving_limit(identity.serving_memory_mb)
+        except StartRefused as exc:
+            _refused(exc)
 
 
 def _stop_before_serving(signum: int, frame: FrameType | None) -> None:

@@ -29,6 +29,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -59,9 +60,12 @@ def preload() -> None:
     mark("preloaded")
 
 
-def serve(identity: AgentIdentity, config: Path, argv: list[str]) -> int:
+def serve(
+    identity: AgentIdentity, config: Path, argv: list[str], before_tenant_code: Callable[[], None] = lambda: None
+) -> int:
     """Start Litestream on `config`, serve `agent_image serve argv` in this process, stop Litestream; the agent's
-    exit code (0: stopped with a proven final sync)."""
+    exit code (0: stopped with a proven final sync). `before_tenant_code()` runs while Litestream starts, before the
+    bundle is imported; it refuses by raising SystemExit (Litestream is stopped, its code returned)."""
     from agent_image.__main__ import main as agent_main
 
     replicate = subprocess.Popen(
@@ -79,16 +83,17 @@ def serve(identity: AgentIdentity, config: Path, argv: list[str]) -> int:
             os._exit(1)
 
     threading.Thread(target=watch, name="litefleet-litestream", daemon=True).start()
-    _import_bundle(identity.bundle)  # while Litestream starts (the serve below finds it imported)
-    _wait_for_socket(identity.socket_path, replicate)
-    mark("litestream_started")
-    serving.set()
-    # the entrypoint's handler would exit at once: from here SIGTERM is the agent server's (its proven stop), and
-    # dropped, as by a PID 1 with no handler, in the moment before the server installs its own (a handler, not
-    # SIG_IGN: a process the bundle starts gets the default back at exec, where SIG_IGN would be inherited)
-    signal.signal(signal.SIGTERM, _dropped)
     code: int = 1
     try:
+        before_tenant_code()
+        _import_bundle(identity.bundle)  # while Litestream starts (the serve below finds it imported)
+        _wait_for_socket(identity.socket_path, replicate)
+        mark("litestream_started")
+        serving.set()
+        # the entrypoint's handler would exit at once: from here SIGTERM is the agent server's (its proven stop), and
+        # dropped, as by a PID 1 with no handler, in the moment before the server installs its own (a handler, not
+        # SIG_IGN: a process the bundle starts gets the default back at exec, where SIG_IGN would be inherited)
+        signal.signal(signal.SIGTERM, _dropped)
         agent_main(argv)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1

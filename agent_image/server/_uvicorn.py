@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 from types import FrameType
@@ -38,6 +39,7 @@ class AgentServer(uvicorn.Server):
         )
         super().__init__(config)
         self.runtime = runtime
+        self._woken: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
@@ -45,6 +47,21 @@ class AgentServer(uvicorn.Server):
         # Now, not at uvicorn's next 0.1 s tick; on a thread, since a signal handler must not take the
         # runtime's lock (the interrupted main thread might hold it).
         threading.Thread(target=self.runtime.interrupt, name="litefleet-interrupt", daemon=True).start()
+        if self._woken is not None:  # the shutdown starts now too (a move's downtime waits for it)
+            loop, woken = self._woken
+            loop.call_soon_threadsafe(woken.set)
+
+    async def main_loop(self) -> None:
+        """uvicorn's loop, which looks at `should_exit` every 0.1 s; this one also wakes at once on SIGTERM."""
+        woken = asyncio.Event()
+        self._woken = (asyncio.get_running_loop(), woken)
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter = (counter + 1) % 864000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), 0.1)
+            should_exit = await self.on_tick(counter)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)

@@ -390,7 +390,8 @@ def deliver_secrets(client: Any, container_id: str, secrets: AgentSecrets, timeo
 
 
 def limit_memory(client: Any, container_id: str, memory_mb: int) -> None:
-    """Set a running container's memory limit (a promoted follower's, down to its agent's). Safe to repeat."""
+    """Set a running container's memory limit (a promoted follower's, down to its agent's); `container_id` may be
+    its name. Raises docker's NotFound when it is gone. Safe to repeat."""
     memory = memory_mb * 2**20
     response = client.api._post_json(
         client.api._url("/containers/{0}/update", container_id), data={"Memory": memory, "MemorySwap": 2 * memory}

@@ -243,9 +243,10 @@ class DockerDriver:
         return txid if isinstance(txid, int) else None
 
     def promote(self, name: str, secrets: AgentSecrets, txid: int, timeout: float) -> Incarnation | None:
-        """Promote a follower: its own secrets and the order to apply up to `txid` and start as the agent (one
-        docker exec). A follower that stopped is started again first (it follows afresh, then takes the
-        order). Safe to repeat: same bytes; a promoted agent ignores the order. None when the container is gone."""
+        """Promote a follower: its own secrets and the order to apply up to `txid` and start as the agent (on its
+        stdin through an attach when it was created with stdin open, else or when it does not take them there by one
+        docker exec). A follower that stopped is started again first (it follows afresh, then takes the order).
+        Safe to repeat: same bytes; a promoted agent ignores the order. None when the container is gone."""
         order = Promotion(txid, timeout)
         opened: dict[str, bool] = {}
 
@@ -256,12 +257,13 @@ class DockerDriver:
 
     def limit_memory(self, name: str, memory_mb: int) -> bool:
         """Lower (or raise) a container's memory limit in place: a promoted follower's allowance ends (`docker
-        update`). False when the container is gone. Safe to repeat."""
+        update`, by name: one engine call inside a move's downtime). False when the container is gone. Safe to
+        repeat."""
         with _engine(self.engine_url):
-            container = self._get(name)
-            if container is None:
+            try:
+                limit_memory(self.client, name, memory_mb)
+            except docker.errors.NotFound:
                 return False
-            limit_memory(self.client, container.id, memory_mb)
             return True
 
     def list_managed(self, fleet: str | None = None) -> list[Incarnation]:

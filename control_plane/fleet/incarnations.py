@@ -378,9 +378,7 @@ class Fleet:
         # fails the move (the follower never serves: it gives up waiting and exits)
         ordered = time.monotonic()
         with ThreadPoolExecutor(1, thread_name_prefix="litefleet-limit") as beside:
-            lowered = beside.submit(
-                self.end_follower_allowance, ctx, tenant, ordinal, generation, node, before_serving=True
-            )
+            lowered = beside.submit(self._end_allowance_before_serving, ctx, tenant, ordinal, generation, node)
 
             def limited() -> None:  # a limit that failed ends the wait at once
                 if lowered.done():
@@ -402,9 +400,18 @@ class Fleet:
             txid=txid,
             current_s=round(started - fenced, 3),  # CURRENT, the row's secrets
             order_s=round(ordered - started, 3),  # the promotion (attach, else exec): the tail, the check
-            ready_s=round(time.monotonic() - ordered, 3),  # the limit lowered, beside the agent's start
+            ready_s=round(time.monotonic() - ordered, 3),  # the agent's start, the limit lowered beside it
+            limit_s=lowered.result(),
         )
         return seconds
+
+    def _end_allowance_before_serving(
+        self, ctx: StepLog, tenant: Tenant, ordinal: int, generation: int, node: Node
+    ) -> float:
+        """`end_follower_allowance` of a promotion (a refusal fails the move); the seconds it took."""
+        began = time.monotonic()
+        self.end_follower_allowance(ctx, tenant, ordinal, generation, node, before_serving=True)
+        return round(time.monotonic() - began, 3)
 
     def end_follower_allowance(
         self, ctx: StepLog, tenant: Tenant, ordinal: int, generation: int, node: Node, *, before_serving: bool = False
