@@ -285,9 +285,13 @@ class Promotion:
     txid: int
     timeout: float = 30.0
     version: int = 1
+    nonce: str = ""  # echoed in the follower's answers on stdout (the attach): other output there is not an answer
 
     def to_json(self) -> str:
-        return json.dumps({"version": self.version, "txid": self.txid, "timeout": self.timeout})
+        document: dict[str, object] = {"version": self.version, "txid": self.txid, "timeout": self.timeout}
+        if self.nonce:
+            document["nonce"] = self.nonce
+        return json.dumps(document)
 
     @classmethod
     def parse(cls, raw: str | bytes) -> Promotion:
@@ -302,4 +306,7 @@ class Promotion:
             raise IdentityError("promotion field txid must be a whole number >= 0")
         if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
             raise IdentityError("promotion field timeout must be a positive number of seconds")
-        return cls(txid, float(timeout))
+        nonce = document.get("nonce", "")
+        if not isinstance(nonce, str) or len(nonce) > 64 or (nonce and not nonce.isalnum()):
+            raise IdentityError("promotion field nonce must be up to 64 letters and digits")
+        return cls(txid, float(timeout), nonce=nonce)

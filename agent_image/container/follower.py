@@ -10,8 +10,9 @@ own `AgentSecrets`, as `secrets_in` takes them, then one `Promotion` line) write
 RUN_DIR/promote.json. The first promotion usually comes faster, on the follower's own stdin (created open, as a pool
 container's: the control plane attaches through the engine instead of starting a Python process, ~0.05 s against
 ~0.3 s): the same two lines, checked and written the same way (`accept`), answered on stdout with the JSON line
-`{"accepted": <promote's exit code>, "error": "..."}`, then `{"promoted": 0}` once promoted (5 and why when the
-follower fails); then stdin is closed.
+`{"accepted": <promote's exit code>, "error": "...", "nonce": <the order's>}`, then `{"promoted": 0, ...}` once
+promoted (5 and why when the follower fails); then stdin is closed. The control plane takes only lines with its
+order's nonce as answers (a re-sent order may reach a container whose tenant code writes to stdout).
 
 The follower then waits until Litestream's `<db>-txid` file reaches the source's final txid (bounded), stops the
 restore, checks the copy, marks the volume's database as its own and returns: the
@@ -105,10 +106,12 @@ def follow(
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=2, env=litestream.environment())
     log.info("follower.following", source=identity.restore_from_url, pid=process.pid)
     lines = None if stdin is None else Lines(stdin, ORDER_LINES_BYTES)
+    nonce = ""  # the order's, once it came: every answer after it carries it
     try:
         try:
             meanwhile()
             order, channel = _wait_for_order(process, promotion_path, poll, lines, identity, answer)
+            nonce = order.nonce
             ordered = time.monotonic()
             _apply_tail(identity, process, order, poll)
             applied = time.monotonic()
@@ -117,10 +120,11 @@ def follow(
         litestream.followed_txid_path(identity.db_path).unlink(missing_ok=True)
         _check(identity)
     except StartRefused as exc:
-        answer(json.dumps({"promoted": contract.EXIT_RESTORE_FAILED, "error": f"{exc.code}: {exc}"[:300]}))
+        said = {"promoted": contract.EXIT_RESTORE_FAILED, "error": f"{exc.code}: {exc}"[:300], "nonce": nonce}
+        answer(json.dumps(said))
         raise
     _mark_promoted(identity.data_dir)
-    answer(json.dumps({"promoted": 0, "error": ""}))
+    answer(json.dumps({"promoted": 0, "error": "", "nonce": order.nonce}))
     log.info(
         "follower.promoted",
         txid=order.txid,
@@ -165,7 +169,7 @@ def _wait_for_order(
         else:
             code, error = accept(secrets_line, line, identity.secrets_path, identity.run_dir)
             secrets_line = None
-            answer(json.dumps({"accepted": code, "error": error}))
+            answer(json.dumps({"accepted": code, "error": error, "nonce": _nonce(line)}))
             channel = "stdin" if code == 0 else channel
 
 
@@ -214,7 +218,8 @@ def write_order(order: Promotion, path: Path) -> None:
 
 
 CGROUP_MEMORY_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
-ALLOWANCE_TIMEOUT = 15.0  # seconds for the control plane's `docker update` after the promotion returned (~0.1 s)
+ALLOWANCE_TIMEOUT = 90.0  # seconds for the control plane's `docker update` after the promotion (~0.1 s; the
+# control plane waits up to 60 s for an engine's answer, and fails the move at once when the update is refused)
 
 
 def memory_limit_bytes(paths: tuple[Path, ...] = CGROUP_MEMORY_LIMITS) -> int | None:
@@ -262,6 +267,13 @@ def await_promotion(data_dir: Path, seconds: float, poll: float = 0.02) -> int:
             return 4
         time.sleep(poll)
     return 0
+
+
+def _nonce(order_raw: bytes) -> str:
+    try:
+        return Promotion.parse(order_raw).nonce
+    except IdentityError:
+        return ""
 
 
 def accept(secrets_raw: bytes, order_raw: bytes, secrets_path: Path, run_dir: Path) -> tuple[int, str]:

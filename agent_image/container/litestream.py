@@ -256,7 +256,10 @@ def sync_wait(socket_path: Path, db_path: Path, timeout: float = 30.0) -> SyncRe
     if response.status != 200 or not isinstance(document, dict):
         said = document.get("error") if isinstance(document, dict) else None
         raise LitestreamError(f"litestream sync failed: {said or body[:200]!r}")
-    return SyncResult(int(document.get("txid", 0)), int(document.get("replicated_txid", 0)))
+    try:
+        return SyncResult(int(document.get("txid", 0)), int(document.get("replicated_txid", 0)))
+    except (TypeError, ValueError):
+        raise LitestreamError(f"litestream sync answered {body[:200]!r}") from None
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):

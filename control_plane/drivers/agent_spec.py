@@ -11,6 +11,7 @@ started again by the control plane (the health monitor's repair), which delivers
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import secrets as _secrets
 import time
@@ -323,14 +324,16 @@ class _AttachStream:
     """The lines a container writes on stdout, from the engine's multiplexed attach stream (frames of an 8-byte
     header, stream type and length, then the payload)."""
 
+    LIMIT = 1 << 20  # bytes read at most: what the container writes there may be anything, of any size
+
     def __init__(self, raw: Any) -> None:
-        self.raw, self.frames, self.stdout = raw, b"", b""
+        self.raw, self.frames, self.stdout, self.read = raw, b"", b"", 0
 
     def line(self, deadline: float) -> bytes | None:
-        """The next stdout line; None when the stream ended or `deadline` passed first."""
+        """The next stdout line; None when the stream ended, `deadline` passed or LIMIT bytes were read first."""
         while b"\n" not in self.stdout:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self.read > self.LIMIT:
                 return None
             self.raw.settimeout(remaining)
             try:
@@ -339,6 +342,7 @@ class _AttachStream:
                 return None
             if not chunk:
                 return None
+            self.read += len(chunk)
             self.frames += chunk
             while len(self.frames) >= 8 and len(self.frames) >= 8 + int.from_bytes(self.frames[4:8], "big"):
                 size = int.from_bytes(self.frames[4:8], "big")
@@ -407,16 +411,17 @@ def deliver_promotion(
     follower created with stdin open) first on its stdin (`_attach_promotion`), else, or when it does not take
     them there, by exec (`follower promote`, same lines on the exec's stdin). Safe to repeat: the same bytes are
     written again, a promoted follower answers at once. Raises SecretsNotDelivered."""
-    line = secrets.to_json() + "\n" + promotion.to_json()
-    if attach and _attach_promotion(client, container_id, line, promotion.timeout + 15):
+    order = dataclasses.replace(promotion, nonce=promotion.nonce or _secrets.token_hex(8))
+    line = secrets.to_json() + "\n" + order.to_json()
+    if attach and _attach_promotion(client, container_id, line, order.timeout + 15, order.nonce):
         return
-    _exec_line(client, container_id, [*FOLLOWER, "promote"], line, "promotion", promotion.timeout + 15)
+    _exec_line(client, container_id, [*FOLLOWER, "promote"], line, "promotion", order.timeout + 15)
 
 
 PROMOTION_ACK_TIMEOUT = 3.0  # seconds for a follower to take the promotion on its stdin before it goes by exec
 
 
-def _attach_promotion(client: Any, container_id: str, line: str, timeout: float) -> bool:
+def _attach_promotion(client: Any, container_id: str, line: str, timeout: float, nonce: str) -> bool:
     """The promotion on the follower's stdin (`agent_image.container.follower`): no process started in the container
     (an exec of Python is ~0.3 s inside a move's downtime; an attach ~0.05 s). True once it answered promoted; False
     when it did not take the lines within PROMOTION_ACK_TIMEOUT (its stdin is closed: an earlier delivery promoted
@@ -439,6 +444,8 @@ def _attach_promotion(client: Any, container_id: str, line: str, timeout: float)
                 said = str(outcome.get("error", ""))[:300]
             except (ValueError, AttributeError):
                 continue  # not an answer
+            if outcome.get("nonce") != nonce:
+                continue  # not an answer to this order (tenant code may write to a promoted container's stdout)
             if "accepted" in outcome:
                 if outcome["accepted"] != 0:
                     raise SecretsNotDelivered(f"promotion of {container_id[:12]} refused: {said}")

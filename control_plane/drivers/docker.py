@@ -194,11 +194,12 @@ class DockerDriver:
             container = self._get(name)
             if container is None or container.status != "running":
                 return None if container is None else _incarnation(container)
+            before = _incarnation(container)  # as it was when signalled (after the kill it may have exited)
             if _restart_policy(container) != "no":  # a stop must not come back by itself
                 container.update(restart_policy={"Name": "no"})
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):  # exited meanwhile (409)
                 container.kill(signal="SIGTERM")
-            return _incarnation(container)
+            return before
 
     def remove(self, name: str) -> None:
         """Remove the container and its volume. Docker may still be busy with it (a removal in progress, a

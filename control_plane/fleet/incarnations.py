@@ -522,6 +522,25 @@ class Fleet:
         )
         return record
 
+    def finish_stop(self, ctx: StepLog, tenant: str, ordinal: int, generation: int, node_name: str) -> None:
+        """After a move's cutover: the source's container, whose stop returned on its proof (`until_proof`), is
+        stopped for good (`docker stop`: a no-op once it exited, SIGKILL `stop_timeout` after SIGTERM otherwise), so
+        a source that wrote its record and did not exit (tenant code can write its own record) is bounded as before.
+        An engine that does not answer is left to the removal. Re-running is a no-op."""
+        try:
+            stopped = self.driver(self.node(node_name)).stop(
+                incarnation_name(tenant, ordinal, generation), self.settings.stop_timeout
+            )
+        except EngineUnreachable:
+            return
+        if stopped is not None and stopped.exit_code not in (None, 0):
+            ctx.step(
+                "agent.source_stopped",
+                f"gen {generation} exited {stopped.exit_code} after its proof",
+                agent=ordinal,
+                node=node_name,
+            )
+
     def reinstate(
         self,
         ctx: StepLog,

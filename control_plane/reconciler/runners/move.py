@@ -161,6 +161,7 @@ def move(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent) -> None:
     warm = ctx.recalled("moved_by", agent.id) == "warm" and ctx.recalled("cold", agent.id) is None
     if not (served and ctx.recalled("ready_at", agent.id) is not None):  # else routed already: only replicate
         _cut_over(fleet, ctx, tenant, agent, plan, warm=warm, source_up=source_up, served=served)
+    fleet.finish_stop(ctx, agent.tenant, agent.ordinal, plan.from_generation, plan.from_node)
     node = fleet.node(plan.node)
     if warm and served:  # a re-run: the promotion that lowers it may have been cut short
         fleet.end_follower_allowance(ctx, tenant, agent.ordinal, plan.generation, node)

@@ -42,6 +42,8 @@ def test_follow_is_written_and_read_back_and_needs_a_source() -> None:
         (b'{"txid": -1}', "txid"),
         (b'{"txid": true}', "txid"),
         (b'{"txid": 3, "timeout": 0}', "timeout"),
+        (b'{"txid": 3, "nonce": "a b"}', "nonce"),
+        (b'{"txid": 3, "nonce": 7}', "nonce"),
     ],
 )
 def test_a_bad_promotion_is_refused(raw: bytes, message: str) -> None:
@@ -179,7 +181,7 @@ def test_the_promotion_taken_on_stdin_is_checked_written_and_answered(tmp_path: 
     answers: list[dict[str, object]] = []
     try:
         os.write(write_end, (SECRETS.to_json() + '\n{"txid": "x"}\n').encode())
-        os.write(write_end, (SECRETS.to_json() + "\n" + Promotion(7, 9.0).to_json() + "\n").encode())
+        os.write(write_end, (SECRETS.to_json() + "\n" + Promotion(7, 9.0, nonce="n0nce").to_json() + "\n").encode())
         order, channel = follower._wait_for_order(
             restore,  # type: ignore[arg-type]
             tmp_path / "run" / contract.PROMOTION_FILE,
@@ -192,7 +194,7 @@ def test_the_promotion_taken_on_stdin_is_checked_written_and_answered(tmp_path: 
         restore.kill()
         os.close(read_end)
         os.close(write_end)
-    assert (order, channel) == (Promotion(7, 9.0), "stdin")
+    assert (order, channel) == (Promotion(7, 9.0, nonce="n0nce"), "stdin")
     assert answers[0]["accepted"] == 2 and "txid" in str(answers[0]["error"])
-    assert answers[1] == {"accepted": 0, "error": ""}
+    assert answers[1] == {"accepted": 0, "error": "", "nonce": "n0nce"}, "the order's nonce: the control plane's key"
     assert AgentSecrets.read(secrets_file) == SECRETS and (secrets_file.stat().st_mode & 0o777) == 0o400

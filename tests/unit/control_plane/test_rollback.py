@@ -360,9 +360,9 @@ def test_a_resumed_move_never_rolls_back_past_a_generation_that_served(engine: E
     with Session(engine) as session:
         session.execute(update(Operation).where(col(Operation.id) == op_id).values(locked_until=0.0))
         session.commit()
-    # after the preflight's 3 calls (2 pings, 1 store read) and the follower's memory limit (4: reported, not
-    # fatal): the re-run of a routed move only waits for the first replica, and that fails here
-    faulty = Faulty(at=5)
+    # after the preflight's 3 calls (2 pings, 1 store read), the source's stop finished (4) and the follower's memory
+    # limit (5: reported, not fatal): the re-run of a routed move only waits for the first replica, and that fails
+    faulty = Faulty(at=6)
     op = run(world, op_id, faulty)
     assert faulty.fired and op.state == OperationState.failed, [s["step"] for s in op.steps]
     assert "agent.rolling_back" not in [s["step"] for s in op.steps]
