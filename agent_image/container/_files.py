@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import select
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -37,3 +39,17 @@ class Lines:
             self.buffer += chunk
         line, _, self.buffer = self.buffer.partition(b"\n")
         return line
+
+
+def poll_line(
+    lines: Lines | None, poll: float, sleep: Callable[[float], None] = time.sleep
+) -> tuple[Lines | None, bytes | None]:
+    """One wait of up to `poll` on an optional stdin channel: the channel (None once it ended: no attach channel,
+    stdin was /dev/null, or it closed) and a whole line, or None. Without a channel it only sleeps."""
+    if lines is None:
+        sleep(poll)
+        return None, None
+    line = lines.next(poll)
+    if line == b"":
+        return None, None
+    return lines, line

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent_image import contract
-from agent_image.container._files import Lines, sync_directory
+from agent_image.container._files import Lines, poll_line, sync_directory
 from agent_image.container.secrets_in import write_secrets
 from agent_image.contract import AgentSecrets, IdentityError, Promotion, StartRefused
 
@@ -156,15 +156,10 @@ def _wait_for_order(
                 return Promotion.parse(path.read_bytes()), channel
             except IdentityError as exc:
                 raise StartRefused("restore_failed", contract.EXIT_RESTORE_FAILED, str(exc)) from None
-        if lines is None:
-            time.sleep(poll)
-            continue
-        line = lines.next(poll)
+        lines, line = poll_line(lines, poll)
         if line is None:
             continue
-        if line == b"":  # end of file: no attach channel (stdin was /dev/null), or it closed
-            lines = None
-        elif secrets_line is None:
+        if secrets_line is None:
             secrets_line = line
         else:
             code, error = accept(secrets_line, line, identity.secrets_path, identity.run_dir)

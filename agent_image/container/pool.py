@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent_image import contract
-from agent_image.container._files import Lines, sync_directory
+from agent_image.container._files import Lines, poll_line, sync_directory
 from agent_image.container.secrets_in import write_secrets
 from agent_image.contract import AgentSecrets, IdentityError
 
@@ -139,14 +139,8 @@ def wait_for_claim(
     lines = None if stdin is None else Lines(stdin, MAX_CLAIM_BYTES)
     ready()
     while not path.exists():
-        if lines is None:
-            sleep(poll)
-            continue
-        line = lines.next(poll)
+        lines, line = poll_line(lines, poll, sleep)
         if line is None:
-            continue
-        if line == b"":  # end of file: no attach channel (stdin was /dev/null), or it closed
-            lines = None
             continue
         code, error = accept(line, env)
         answer(json.dumps({"claim": code, "error": error}))
