@@ -232,6 +232,9 @@ class Testbed:
                     container.remove(force=True, v=True)
             if node.pid is not None:
                 _stop(node.pid)
+            # the engine's exec root: its own network namespace stays bind-mounted there after it stopped
+            _quiet("umount", f"/run/{node.name}/netns/default")
+            shutil.rmtree(f"/run/{node.name}", ignore_errors=True)
             _quiet("ip", "netns", "delete", node.name)
             _quiet("ip", "link", "delete", node.veth)
             for controller in Path("/sys/fs/cgroup").glob(f"*/{node.name}"):
