@@ -5,6 +5,7 @@ The fleet DB is SQLite in a temp dir, or PostgreSQL when LITEFLEET_TEST_DATABASE
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -46,12 +47,15 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
     # once each need their own (LITEFLEET_E2E_PREFIX, LITEFLEET_E2E_SUBNET)
     prefix = os.environ.get("LITEFLEET_E2E_PREFIX", "lft")
     subnet = os.environ.get("LITEFLEET_E2E_SUBNET", "10.98.0")
-    bed = Testbed(Path(f"/var/lib/litefleet-testbed-{secrets.token_hex(3)}"), prefix=prefix, subnet=subnet)
+    state_dir = Path(f"/var/lib/litefleet-testbed-{secrets.token_hex(3)}")
+    bed = Testbed(state_dir, prefix=prefix, subnet=subnet)
     try:
         bed.up(2)
         yield bed
     finally:
         bed.down()
+        with contextlib.suppress(OSError):  # empty once down; anything left there is kept to look at
+            state_dir.rmdir()
 
 
 @pytest.fixture(scope="session")
