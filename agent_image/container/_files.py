@@ -1,4 +1,4 @@
-"""File steps the container's processes share."""
+"""File steps the container's processes share, and their reading of the control plane's lines on stdin."""
 
 from __future__ import annotations
 

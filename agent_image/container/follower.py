@@ -162,9 +162,9 @@ def _wait_for_order(
         if secrets_line is None:
             secrets_line = line
         else:
-            code, error = accept(secrets_line, line, identity.secrets_path, identity.run_dir)
+            code, error, taken = accept(secrets_line, line, identity.secrets_path, identity.run_dir)
             secrets_line = None
-            answer(json.dumps({"accepted": code, "error": error, "nonce": _nonce(line)}))
+            answer(json.dumps({"accepted": code, "error": error, "nonce": "" if taken is None else taken.nonce}))
             channel = "stdin" if code == 0 else channel
 
 
@@ -264,28 +264,23 @@ def await_promotion(data_dir: Path, seconds: float, poll: float = 0.02) -> int:
     return 0
 
 
-def _nonce(order_raw: bytes) -> str:
-    try:
-        return Promotion.parse(order_raw).nonce
-    except IdentityError:
-        return ""
-
-
-def accept(secrets_raw: bytes, order_raw: bytes, secrets_path: Path, run_dir: Path) -> tuple[int, str]:
+def accept(
+    secrets_raw: bytes, order_raw: bytes, secrets_path: Path, run_dir: Path
+) -> tuple[int, str, Promotion | None]:
     """Check and write the promotion's two lines, the incarnation's own secrets then the order (the follower reads
-    the secrets once it sees the order): `promote`'s exit code and its one-line reason (a field or a path, never a
-    value). Writing the same promotion twice is harmless."""
+    the secrets once it sees the order): `promote`'s exit code, its one-line reason (a field or a path, never a
+    value) and the order (None when the lines do not parse). Writing the same promotion twice is harmless."""
     try:
         secrets = AgentSecrets.parse(secrets_raw)
         order = Promotion.parse(order_raw)
     except IdentityError as exc:
-        return 2, f"invalid: {exc}"
+        return 2, f"invalid: {exc}", None
     try:
         write_secrets(secrets, secrets_path)
         write_order(order, run_dir / contract.PROMOTION_FILE)
     except OSError as exc:
-        return 3, f"cannot write the promotion: {exc.strerror or exc}"
-    return 0, ""
+        return 3, f"cannot write the promotion: {exc.strerror or exc}", order
+    return 0, "", order
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,11 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         order_raw = sys.stdin.buffer.readline(ORDER_BYTES)
         run_dir = Path(os.environ.get(contract.RUN_DIR, "/tmp/litefleet"))
         secrets_path = Path(os.environ.get(contract.SECRETS_FILE, contract.DEFAULT_SECRETS_FILE))
-        code, error = accept(secrets_raw, order_raw, secrets_path, run_dir)
-        if code:
+        code, error, order = accept(secrets_raw, order_raw, secrets_path, run_dir)
+        if code or order is None:
             print(f"follower: {error}", file=sys.stderr)
             return code
-        return await_promotion(data_dir, Promotion.parse(order_raw).timeout + PROMOTION_MARGIN)
+        return await_promotion(data_dir, order.timeout + PROMOTION_MARGIN)
     print("usage: python -m agent_image.container.follower status|promote", file=sys.stderr)
     return 2
 

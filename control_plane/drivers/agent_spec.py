@@ -15,7 +15,7 @@ import dataclasses
 import json
 import secrets as _secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -296,21 +296,15 @@ def attach_claim(client: Any, container_id: str, spec: AgentSpec, timeout: float
     from agent_image.container.pool import Claim
 
     line = Claim(spec.environment(), spec.secrets()).to_json()
-    params = {"stdin": 1, "stdout": 1, "stderr": 0, "stream": 1, "logs": 0}
     try:
-        sock = client.api.attach_socket(container_id, params=params)
-    except docker_errors.APIError as exc:
+        with _attached(client, container_id) as raw:
+            raw.settimeout(timeout)
+            raw.sendall(line.encode() + b"\n")
+            answer = _AttachStream(raw).line(time.monotonic() + timeout) or b""
+    except docker_errors.APIError as exc:  # (before OSError: the SDK's errors are OSErrors too)
         raise SecretsNotDelivered(f"cannot attach to {container_id[:12]}: {exc.explanation}") from None
-    raw = getattr(sock, "_sock", sock)
-    try:
-        raw.settimeout(timeout)
-        raw.sendall(line.encode() + b"\n")
-        answer = _AttachStream(raw).line(time.monotonic() + timeout) or b""
-    except (TimeoutError, OSError) as exc:
+    except OSError as exc:
         raise SecretsNotDelivered(f"claim of {container_id[:12]} failed: {type(exc).__name__}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            sock.close()
     try:
         outcome = json.loads(answer)
         code, said = int(outcome["claim"]), str(outcome.get("error", ""))[:300]
@@ -318,6 +312,19 @@ def attach_claim(client: Any, container_id: str, spec: AgentSpec, timeout: float
         raise SecretsNotDelivered(f"claim of {container_id[:12]}: no answer ({answer[:100]!r})") from None
     if code != 0:
         raise SecretsNotDelivered(f"claim of {container_id[:12]} refused ({code}): {said}")
+
+
+@contextlib.contextmanager
+def _attached(client: Any, container_id: str) -> Iterator[Any]:
+    """The container's stdin and stdout through an engine attach: the raw socket, closed on the way out. Raises
+    docker's APIError when the engine refuses the attach (the container is not running)."""
+    params = {"stdin": 1, "stdout": 1, "stderr": 0, "stream": 1, "logs": 0}
+    sock = client.api.attach_socket(container_id, params=params)
+    try:
+        yield getattr(sock, "_sock", sock)
+    finally:
+        with contextlib.suppress(OSError):
+            sock.close()
 
 
 class _AttachStream:
@@ -427,38 +434,33 @@ def _attach_promotion(client: Any, container_id: str, line: str, timeout: float,
     when it did not take the lines within PROMOTION_ACK_TIMEOUT (its stdin is closed: an earlier delivery promoted
     it; or it is not reading yet: restarted, still importing), so the caller goes by exec. Raises
     SecretsNotDelivered when it refused the lines or failed after taking them."""
-    params = {"stdin": 1, "stdout": 1, "stderr": 0, "stream": 1, "logs": 0}
-    try:
-        sock = client.api.attach_socket(container_id, params=params)
-    except docker_errors.APIError:
-        return False  # the exec says why
-    raw = getattr(sock, "_sock", sock)
-    stream, accepted = _AttachStream(raw), False
+    accepted = False
     deadline = time.monotonic() + PROMOTION_ACK_TIMEOUT
     try:
-        raw.settimeout(PROMOTION_ACK_TIMEOUT)
-        raw.sendall(line.encode() + b"\n")
-        while (answer := stream.line(deadline)) is not None:
-            try:
-                outcome = json.loads(answer)
-                said = str(outcome.get("error", ""))[:300]
-            except (ValueError, AttributeError):
-                continue  # not an answer
-            if outcome.get("nonce") != nonce:
-                continue  # not an answer to this order (tenant code may write to a promoted container's stdout)
-            if "accepted" in outcome:
-                if outcome["accepted"] != 0:
-                    raise SecretsNotDelivered(f"promotion of {container_id[:12]} refused: {said}")
-                accepted, deadline = True, time.monotonic() + timeout
-            elif "promoted" in outcome:  # also what a second delivery hears while the first one is applied
-                if outcome["promoted"] != 0:
-                    raise SecretsNotDelivered(f"follower {container_id[:12]} failed its promotion: {said}")
-                return True
+        with _attached(client, container_id) as raw:
+            stream = _AttachStream(raw)
+            raw.settimeout(PROMOTION_ACK_TIMEOUT)
+            raw.sendall(line.encode() + b"\n")
+            while (answer := stream.line(deadline)) is not None:
+                try:
+                    outcome = json.loads(answer)
+                    said = str(outcome.get("error", ""))[:300]
+                except (ValueError, AttributeError):
+                    continue  # not an answer
+                if outcome.get("nonce") != nonce:
+                    continue  # not an answer to this order (tenant code may write to a promoted container's stdout)
+                if "accepted" in outcome:
+                    if outcome["accepted"] != 0:
+                        raise SecretsNotDelivered(f"promotion of {container_id[:12]} refused: {said}")
+                    accepted, deadline = True, time.monotonic() + timeout
+                elif "promoted" in outcome:  # also what a second delivery hears while the first one is applied
+                    if outcome["promoted"] != 0:
+                        raise SecretsNotDelivered(f"follower {container_id[:12]} failed its promotion: {said}")
+                    return True
+    except docker_errors.APIError:  # (before OSError: the SDK's errors are OSErrors too)
+        return False  # the attach was refused: the exec says why
     except OSError as exc:
         raise SecretsNotDelivered(f"promotion of {container_id[:12]} failed: {type(exc).__name__}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            sock.close()
     if accepted:
         raise SecretsNotDelivered(f"follower {container_id[:12]} took its promotion and did not answer in {timeout:g}s")
     return False

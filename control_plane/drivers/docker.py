@@ -145,31 +145,26 @@ class DockerDriver:
     def inspect(self, name: str) -> Incarnation | None:
         with _engine(self.engine_url):
             container = self._get(name)
-            return None if container is None else _incarnation(container)
+            return None if container is None else _incarnation(container, reload=False)
 
     def restart(self, name: str, secrets: AgentSecrets) -> Incarnation | None:
         """Start an existing, stopped incarnation again (same container, same volume, same generation) and deliver
         its secrets again: the start emptied its tmpfs. A running one gets them again too (harmless: same bytes),
         which also finishes a start whose delivery was interrupted."""
-        return self._started_then(name, lambda container_id: deliver_secrets(self.client, container_id, secrets))
+        return self._started_then(name, lambda container: deliver_secrets(self.client, container.id, secrets))
 
-    def _started_then(
-        self, name: str, deliver: Callable[[str], None], stdin_open: dict[str, bool] | None = None
-    ) -> Incarnation | None:
+    def _started_then(self, name: str, deliver: Callable[[Any], None]) -> Incarnation | None:
         """The existing container `name`, started first when it is not running (its network's rules again, a failed
-        runsc start reaped), then `deliver` into it. `stdin_open` (when given) learns whether the container was
-        created with stdin open, by its id. None when it is gone."""
+        runsc start reaped), then `deliver` into it (given the container). None when it is gone."""
         with _engine(self.engine_url):
             container = self._get(name)
             if container is None:
                 return None
-            if stdin_open is not None:
-                stdin_open[container.id] = bool(container.attrs.get("Config", {}).get("OpenStdin"))
             if container.status != "running":
                 self._ensure_isolation(_labels(container))  # a rebooted node kept the network, not the rules
                 with self._reaping(_runtime_of(container), name, container.attrs["Config"]["Image"]):
                     container.start()
-            deliver(container.id)
+            deliver(container)
             return _incarnation(container)
 
     def stop(self, name: str, timeout: float) -> Incarnation | None:
@@ -193,8 +188,8 @@ class DockerDriver:
         with _engine(self.engine_url):
             container = self._get(name)
             if container is None or container.status != "running":
-                return None if container is None else _incarnation(container)
-            before = _incarnation(container)  # as it was when signalled (after the kill it may have exited)
+                return None if container is None else _incarnation(container, reload=False)
+            before = _incarnation(container, reload=False)  # as signalled (after the kill it may have exited)
             if _restart_policy(container) != "no":  # a stop must not come back by itself
                 container.update(restart_policy={"Name": "no"})
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):  # exited meanwhile (409)
@@ -249,12 +244,12 @@ class DockerDriver:
         docker exec). A follower that stopped is started again first (it follows afresh, then takes the order).
         Safe to repeat: same bytes; a promoted agent ignores the order. None when the container is gone."""
         order = Promotion(txid, timeout)
-        opened: dict[str, bool] = {}
 
-        def deliver(container_id: str) -> None:
-            deliver_promotion(self.client, container_id, secrets, order, attach=opened[container_id])
+        def deliver(container: Any) -> None:
+            opened = bool(container.attrs.get("Config", {}).get("OpenStdin"))
+            deliver_promotion(self.client, container.id, secrets, order, attach=opened)
 
-        return self._started_then(name, deliver, opened)
+        return self._started_then(name, deliver)
 
     def limit_memory(self, name: str, memory_mb: int) -> bool:
         """Lower (or raise) a container's memory limit in place: a promoted follower's allowance ends (`docker
@@ -274,7 +269,8 @@ class DockerDriver:
             for kind in (f"{LABEL}.managed=true", f"{POOL_LABEL}=true"):
                 labels = [kind] + ([f"{LABEL}.fleet={fleet}"] if fleet else [])
                 found += self.client.containers.list(all=True, filters={"label": labels})
-            return [_incarnation(container) for container in found if not container.name.startswith(POOL_PREFIX)]
+            fetched = (container for container in found if not container.name.startswith(POOL_PREFIX))
+            return [_incarnation(container, reload=False) for container in fetched]
 
     # -- the warm pool (agent_image/container/pool.py) -------------------------------------------------------------
 
@@ -504,8 +500,11 @@ def _member(container: Any) -> PoolMember:
     return PoolMember(name=container.name, image=str(container.attrs["Config"]["Image"]), status=container.status)
 
 
-def _incarnation(container: Any) -> Incarnation:
-    container.reload()
+def _incarnation(container: Any, *, reload: bool = True) -> Incarnation:
+    """What the engine says of `container`, read again first (`reload=False`: it was fetched just now: `_get`,
+    `containers.list`, one engine call fewer)."""
+    if reload:
+        container.reload()
     labels = _labels(container)
     url = agent_url(container, reload=False) if container.status == "running" else None
     return Incarnation(
