@@ -204,6 +204,7 @@ def test_a_workflow_started_after_follow_shows_up_within_seconds(
     assert observer.workflows("fresh", 0).workflows == []
 
     agent.runtime.start(greet, ["late"], id="late").result(10)
+
     # the agent's 0.1 s sync + the follower's poll: about a second on a quiet machine (bench/observer.py measures
     # staleness); the bound leaves room for a CI machine at load 10. The start and the finish can reach the store in
     # two syncs, so the copy may show the workflow RUNNING first; what must arrive is the finished row.
