@@ -136,6 +136,19 @@ def baselines(store: EmbeddedStore, image: str, nodes: list[TestbedNode], runs: 
     emit("baseline_move_s", moves)
 
 
+def cutovers(op: dict[str, Any]) -> list[list[float]]:
+    """Each agent's cutover in a node's operation, [from the source's SIGTERM, to the new generation routed] in
+    seconds after the first began, from the step log: how many overlapped (pacing, reconciler/pacing.py)."""
+    stopped = {s["tenant"]: s["at"] - s["stop_s"] - s["proof_s"] for s in op["steps"] if s["step"] == "agent.stopped"}
+    routed = {s["tenant"]: s["at"] for s in op["steps"] if s["step"] in ("agent.promoted", "agent.started")}
+    first = min(stopped.values(), default=0.0)
+    return sorted(
+        [round(stopped[t] - first, 2), round(routed[t] - first, 2)]
+        for t in stopped
+        if t in routed and routed[t] > stopped[t]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
@@ -213,6 +226,7 @@ def main() -> None:
                 downtime_p50=statistics.median(drained),
                 downtimes=drained,
                 ratio_vs_single=round(statistics.median(drained) / statistics.median(downtimes), 2),
+                cutovers=cutovers(op),
             )
         finally:
             if plane is not None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import structlog
@@ -36,17 +37,32 @@ class OpContext:
         self.result: dict[str, Any] = dict(op.result)
         self.token = token
         self._lock = threading.RLock()
+        self._thread = threading.local()  # which tenant this thread's lines are about (`about`)
         self.log = log.bind(op=op.id, kind=op.kind.value, tenant=op.tenant, node=op.node)
 
     # -- the step log -------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def about(self, tenant: str) -> Iterator[None]:
+        """Lines this thread logs inside the block name `tenant`: a node's drain or fail-over moves many tenants'
+        agents, each in a thread of its own, and a line (or an event) saying `agent 0` would not say whose."""
+        outer = getattr(self._thread, "tenant", None)
+        self._thread.tenant = tenant
+        try:
+            yield
+        finally:
+            self._thread.tenant = outer
 
     def step(self, name: str, message: str = "", *, agent: int | None = None, **detail: Any) -> None:
         """Append a line to the operation's log (and an event), e.g. `ctx.step("agent.started", agent=0)`.
         Lines of agents moving in parallel are appended one at a time: none is lost."""
         entry = {"at": round(time.time(), 3), "step": name, "message": message, **detail}
+        tenant = self.tenant or getattr(self._thread, "tenant", None)
+        if tenant is not None and self.tenant is None:
+            entry["tenant"] = tenant
         if agent is not None:
             entry["agent"] = agent
-        self.log.info(name, message=message, agent=agent, **detail)
+        self.log.info(name, message=message, agent=agent, **({"tenant": tenant} | detail))
         with self._lock, Session(self.engine) as session:
             op = self._owned(session)
             op.steps = [*op.steps, entry]
@@ -55,7 +71,7 @@ class OpContext:
             session.add(
                 Event(
                     kind=name,
-                    tenant=self.tenant,
+                    tenant=tenant,
                     node=detail.get("node") or self.node,
                     agent=agent,
                     operation=self.id,

@@ -131,5 +131,5 @@ def run_failover(fleet: Fleet, ctx: OpContext) -> None:
     declared_down = float(ctx.remember("declared_down_at", time.time()))
     agent_ids = {agent.id for agent in placed_on(fleet, node)} | ctx.planned()
     plan_moves(fleet, ctx, agent_ids, None)
-    in_parallel(fleet, agent_ids, lambda agent_id: fail_over(fleet, ctx, agent_id, node, declared_down))
+    in_parallel(fleet, ctx, agent_ids, lambda agent_id: fail_over(fleet, ctx, agent_id, node, declared_down))
     ctx.set_result("moved", len(ctx.done()))

@@ -53,11 +53,14 @@ def max_unavailable(fleet: Fleet, ctx: OpContext) -> int:
     return max(1, int(ctx.params.get("max_unavailable") or fleet.settings.max_unavailable))
 
 
-def in_parallel(fleet: Fleet, agent_ids: set[str], one: Callable[[str], None], limit: int | None = None) -> None:
+def in_parallel(
+    fleet: Fleet, ctx: OpContext, agent_ids: set[str], one: Callable[[str], None], limit: int | None = None
+) -> None:
     """Run `one` for up to `move_parallelism` agents at a time and, with `limit`, never for more than `limit`
     agents of one tenant at once (a rolling move: the router keeps serving on the others). After the first
     failure no further agent begins (those not begun keep running); the operation then fails with it, preferring
-    a failed rollback over a completed one. A re-run resumes from the recorded plans."""
+    a failed rollback over a completed one. A re-run resumes from the recorded plans. The lines each agent's
+    thread logs name its tenant (`OpContext.about`)."""
     tenants = {split(agent_id)[0] for agent_id in agent_ids}
     gates = {tenant: threading.BoundedSemaphore(limit or len(agent_ids) or 1) for tenant in tenants}
     failed = threading.Event()
@@ -67,7 +70,8 @@ def in_parallel(fleet: Fleet, agent_ids: set[str], one: Callable[[str], None], l
             if failed.is_set():
                 return
             try:
-                one(agent_id)
+                with ctx.about(split(agent_id)[0]):
+                    one(agent_id)
             except BaseException:
                 if limit is not None:
                     failed.set()
@@ -100,10 +104,10 @@ def moved_rolling(fleet: Fleet, ctx: OpContext, agent_ids: set[str], one: Callab
             ctx.step("operation.refused", str(refused), code=refused.code)
             pending = {a for a in agent_ids if ctx.recalled("stopped_at", a) is not None and not ctx.is_done(a)}
             if pending:
-                in_parallel(fleet, pending, one, limit)
+                in_parallel(fleet, ctx, pending, one, limit)
             raise
         ctx.step("operation.preflight", f"the store and {len(nodes)} engines answer; every agent has a place")
-    in_parallel(fleet, agent_ids, one, limit)
+    in_parallel(fleet, ctx, agent_ids, one, limit)
 
 
 def strategy(fleet: Fleet, ctx: OpContext) -> str:

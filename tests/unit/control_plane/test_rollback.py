@@ -27,6 +27,7 @@ from control_plane.db.models import (
     Operation,
     OperationKind,
     OperationState,
+    TenantCreate,
 )
 from control_plane.drivers.base import EngineUnreachable
 from control_plane.fleet.incarnations import Fleet
@@ -120,9 +121,9 @@ def evacuate(world: World, **body: Any) -> str:
     return world.queue(lambda s: tenants.evacuate_tenant(s, "acme", EvacuateRequest(**body)))
 
 
-def agents(world: World) -> list[Agent]:
+def agents(world: World, tenant: str = "acme") -> list[Agent]:
     with Session(world.engine) as session:
-        return list(session.exec(select(Agent).where(Agent.tenant == "acme").order_by(col(Agent.ordinal))).all())
+        return list(session.exec(select(Agent).where(Agent.tenant == tenant).order_by(col(Agent.ordinal))).all())
 
 
 def assert_serving(world: World, count: int) -> None:
@@ -414,6 +415,22 @@ def test_a_drain_moves_at_most_one_agent_of_each_tenant_at_a_time(engine: Engine
     assert sorted(stops(world)) == sorted(f"lf-acme-{i}-g1" for i in on_n1)
     assert_serving(world, 4)
     assert all(a.node != "n1" for a in agents(world))
+
+
+def test_a_drain_s_lines_and_events_name_the_tenant_of_every_agent_they_are_about(engine: Engine) -> None:
+    """A node's operation moves many tenants' agents, each in its own thread: `agent 0` alone would not say whose."""
+    world = provisioned(engine, agents=2)
+    world.run(world.queue(lambda s: tenants.create_tenant(s, TenantCreate(name="zeta", agents=3))))
+    on_n1 = {(a.tenant, a.ordinal) for a in agents(world, "acme") + agents(world, "zeta") if a.node == "n1"}
+    assert {tenant for tenant, _ in on_n1} == {"acme", "zeta"}
+    op = run(world, world.queue(lambda s: node_services.drain_node(s, "n1")))
+    assert op.state == OperationState.succeeded, op.error
+    about_agents = [s for s in op.steps if "agent" in s]
+    assert all(s.get("tenant") in ("acme", "zeta") for s in about_agents), about_agents
+    assert {(s["tenant"], s["agent"]) for s in about_agents if s["step"] == "agent.moved"} == on_n1
+    with Session(engine) as session:
+        moved = session.exec(select(Event).where(Event.operation == op.id, Event.kind == "agent.moved")).all()
+    assert sorted((e.tenant, e.agent) for e in moved) == sorted(on_n1), "each tenant's history shows its move"
 
 
 def test_a_failed_move_stops_the_rollout(engine: Engine) -> None:
