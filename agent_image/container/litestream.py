@@ -167,22 +167,20 @@ def restore(
     return target.exists()
 
 
-def follow_command(config_path: Path, db_path: Path, output: Path, interval: float) -> list[str]:
+def follow_command(
+    config_path: Path, db_path: Path, output: Path, interval: float, *, integrity_check: str = "none"
+) -> list[str]:
     """`litestream restore -f`: rebuild `output` from `db_path`'s configured replica, then keep applying its new
     LTX files every `interval` seconds (it writes the applied txid to `<output>-txid`). Used by a warm move's
-    follower and by the observer's followed copies."""
-    return [
-        binary(),
-        "restore",
-        "-config",
-        str(config_path),
-        "-f",
-        "-follow-interval",
-        f"{max(1, round(interval * 1000))}ms",
-        "-o",
-        str(output),
-        str(db_path),
-    ]
+    follower and by the observer's followed copies. With `integrity_check` (quick, full) the rebuilt copy is
+    checked before the first txid is written, and a copy that fails makes the command exit 1 instead of following.
+    The LTX files applied after it are each checked against their own checksum (a file that fails is not counted
+    in the txid), so the copy at any txid is the checked one plus pages exactly as the source committed them."""
+    command = [binary(), "restore", "-config", str(config_path), "-f"]
+    command += ["-follow-interval", f"{max(1, round(interval * 1000))}ms"]
+    if integrity_check != "none":
+        command += ["-integrity-check", integrity_check]
+    return [*command, "-o", str(output), str(db_path)]
 
 
 def followed_txid_path(output: Path) -> Path:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -155,6 +156,56 @@ def test_a_follower_stopped_before_its_promotion_exits_at_once_and_its_source_se
     current = agents.storage.read_current(tenant, 0)
     assert current is not None and current.generation == 1  # the follower never wrote CURRENT
     assert agents.storage.keys(agents.storage.replica_prefix(tenant, 0, 2)) == []  # nor replicated
+
+
+def corrupt_replica(work: Path) -> Path:
+    """A file replica, as Litestream writes one, of a database whose b-tree pages 10-12 are broken (their cell
+    offsets point outside the page): every LTX file is sound, the database in them is not."""
+    db = work / "corrupt.db"
+    connection = sqlite3.connect(db)
+    connection.execute("PRAGMA journal_mode=wal")
+    connection.execute("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT)")
+    connection.execute("CREATE INDEX tb ON t (b)")
+    connection.executemany("INSERT INTO t (b) VALUES (?)", [(f"v{i:06d}" * 10,) for i in range(5000)])
+    connection.commit()
+    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    connection.close()
+    with db.open("r+b") as file:
+        for page in (10, 11, 12):
+            file.seek(4096 * (page - 1) + 8)
+            file.write(b"\x00\x00\xff\xff")
+    with sqlite3.connect(db) as check:
+        assert check.execute("PRAGMA quick_check").fetchone()[0] != "ok"
+    replica = work / "replica"
+    config = work / "litestream.yml"
+    config.write_text(f"dbs:\n  - path: {db}\n    replicas:\n      - url: file://{replica}\n")
+    process = subprocess.Popen([litestream.binary(), "replicate", "-config", str(config)], stderr=subprocess.DEVNULL)
+    try:
+        eventually(lambda: any(replica.glob("ltx/0/*.ltx")), timeout=30)
+        time.sleep(1)
+    finally:
+        process.terminate()
+        process.wait(10)
+    return replica
+
+
+def test_a_follower_of_a_corrupt_replica_exits_before_it_reports_a_txid(agents: Agents, tmp_path: Path) -> None:
+    """A follower's copy is checked as it is rebuilt (`-integrity-check` on `restore -f`), while its source still
+    serves: a copy that fails ends the follower (restore_failed) before `follower status` shows any txid, so the
+    control plane never stops the source for it (its catch-up fails, and the warm move falls back to cold)."""
+    tenant = agents.tenant()
+    agents.advance(tenant, 1)
+    replica = corrupt_replica(tmp_path)
+    prefix = agents.storage.replica_prefix(tenant, 0, 1)
+    for path in sorted(replica.glob("ltx/*/*.ltx")):  # the S3 layout: <path>/<level as %04x>/<min>-<max>.ltx
+        key = f"{prefix}{int(path.parent.name):04x}/{path.name}"
+        agents.storage.s3.upload_file(str(path), agents.storage.bucket, key)
+    url = agents.storage.replica_url(tenant, 0, 1)
+    assert agents.storage.restore(url, tmp_path / "unchecked.db", integrity_check="none").exists(), "readable"
+    follower = agents.start(agents.spec(tenant, 2, restore_from=1, follow=True, follow_interval=0.25))
+    assert agents.wait_exit(follower) == contract.EXIT_RESTORE_FAILED, logs(follower)
+    assert "integrity check failed" in logs(follower)
+    assert "follower.promoted" not in logs(follower)
 
 
 def test_missing_restore_replica_fails_loudly_instead_of_starting_empty(agents: Agents) -> None:
