@@ -26,16 +26,19 @@ class Lines:
         self.fd, self.limit, self.buffer = fd, limit, b""
 
     def next(self, timeout: float) -> bytes | None:
-        """One line (without its newline), b"" at end of file, None when no whole line came within `timeout`. A
-        line longer than `limit` is returned as it is, cut: its reader's check refuses it."""
+        """One line (without its newline; an empty line is b""), None when no whole line came within `timeout`.
+        Raises EOFError at end of file (a last line without its newline is returned first). A line longer than
+        `limit` is returned as it is, cut: its reader's check refuses it."""
         while b"\n" not in self.buffer and len(self.buffer) <= self.limit:
             readable, _, _ = select.select([self.fd], [], [], timeout)
             if not readable:
                 return None
             chunk = os.read(self.fd, 65536)
             if not chunk:
+                if not self.buffer:
+                    raise EOFError
                 line, self.buffer = self.buffer, b""
-                return line or b""
+                return line
             self.buffer += chunk
         line, _, self.buffer = self.buffer.partition(b"\n")
         return line
@@ -45,11 +48,12 @@ def poll_line(
     lines: Lines | None, poll: float, sleep: Callable[[float], None] = time.sleep
 ) -> tuple[Lines | None, bytes | None]:
     """One wait of up to `poll` on an optional stdin channel: the channel (None once it ended: no attach channel,
-    stdin was /dev/null, or it closed) and a whole line, or None. Without a channel it only sleeps."""
+    stdin was /dev/null, or it closed) and a whole line, or None. Without a channel it only sleeps. An empty line
+    is no line of the control plane's (every one is JSON): skipped, where it once ended the channel."""
     if lines is None:
         sleep(poll)
         return None, None
-    line = lines.next(poll)
-    if line == b"":
+    try:
+        return lines, lines.next(poll) or None
+    except EOFError:
         return None, None
-    return lines, line

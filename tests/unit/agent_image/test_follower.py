@@ -198,3 +198,23 @@ def test_the_promotion_taken_on_stdin_is_checked_written_and_answered(tmp_path: 
     assert answers[0]["accepted"] == 2 and "txid" in str(answers[0]["error"])
     assert answers[1] == {"accepted": 0, "error": "", "nonce": "n0nce"}, "the order's nonce: the control plane's key"
     assert AgentSecrets.read(secrets_file) == SECRETS and (secrets_file.stat().st_mode & 0o777) == 0o400
+
+
+def test_stdin_lines_skip_empty_ones_and_end_only_at_end_of_file() -> None:
+    """The attach channel's reader: an empty line is skipped (it once ended the channel, and the order then went
+    by exec 3 s later); a last line without its newline still counts; only the end of file ends the channel."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, b'\n{"a": 1}\n\n{"b": 2}')
+    os.close(write_end)
+    channel: follower.Lines | None = follower.Lines(read_end, 100)
+    seen: list[bytes] = []
+    try:
+        for _ in range(20):
+            channel, line = follower.poll_line(channel, 0.01)
+            if line is not None:
+                seen.append(line)
+            if channel is None:
+                break
+    finally:
+        os.close(read_end)
+    assert seen == [b'{"a": 1}', b'{"b": 2}'] and channel is None
