@@ -1,7 +1,7 @@
 """A PNG chart of move downtime against database size, warm vs cold, from `bench/warm_moves.py`'s JSON lines.
 
     .venv/bin/python bench/warm_moves.py --sizes 1,50,500 | tee var/bench/warm_moves.jsonl
-    .venv/bin/python bench/move_chart.py var/bench/warm_moves.jsonl docs/move-downtime.png
+    .venv/bin/python bench/move_chart.py var/bench/warm_moves.jsonl [--output docs/move-downtime.png]
 
 Every `evacuate_downtime_s` line is one point (its p50, with its max as the bar's top); lines from several runs
 may be concatenated. Points are drawn where they were measured, nothing is interpolated between runs."""
