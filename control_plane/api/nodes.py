@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
 from control_plane.api.deps import ProbeDep, SessionDep, TimeoutQuery, WaitQuery, accepted, require_admin
-from control_plane.api.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery, page_answer
+from control_plane.api.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery, rows_answer
 from control_plane.db.models import MoveStrategy, NodeCreate, NodePublic, NodeState, OperationPublic, Page
 from control_plane.services import nodes
 
@@ -20,7 +20,7 @@ def register_node(body: NodeCreate, session: SessionDep, probe: ProbeDep) -> Nod
 
 @router.get("", response_model=Page[NodePublic])
 def list_nodes(session: SessionDep, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None) -> Response:
-    return page_answer(NodePublic, nodes.list_nodes(session, limit, cursor))
+    return rows_answer(*nodes.node_rows(session, limit, cursor))
 
 
 @router.get("/{name}")

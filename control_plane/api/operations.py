@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from control_plane.api.deps import SessionDep, TimeoutQuery, WaitQuery, require_admin
-from control_plane.api.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery, page_answer
+from control_plane.api.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery, page_answer, rows_answer
 from control_plane.api.waiting import operation_after_wait, read_operation
 from control_plane.db.models import EventPublic, OperationPublic, Page
 from control_plane.services import operations
@@ -25,7 +25,7 @@ def list_operations(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Response:
-    return page_answer(OperationPublic, operations.list_operations(session, tenant, state, limit, cursor))
+    return rows_answer(*operations.operation_rows(session, tenant, state, limit, cursor))
 
 
 @router.get("/{op_id}")

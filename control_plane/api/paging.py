@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Query, Response
 from pydantic import BaseModel
+from pydantic_core import to_json
 
 from control_plane.db.models import Page
 from control_plane.services.paging import DEFAULT_LIMIT, MAX_LIMIT
@@ -24,4 +25,14 @@ def page_answer(item: type[BaseModel], page: Page[Any]) -> Response:
     return Response(typed.model_dump_json(), media_type="application/json")
 
 
-__all__ = ["DEFAULT_LIMIT", "CursorQuery", "LimitQuery", "page_answer"]
+def rows_answer(items: list[dict[str, Any]], next_cursor: str | None) -> Response:
+    """A page built by a service as JSON-ready dicts (each holding exactly its public model's fields, in their
+    order, with the values the model would hold: services/tenants.py `tenant_rows`, nodes.py `node_rows`,
+    operations.py `operation_rows`), serialized as they are by the serializer `page_answer` uses: the same bytes
+    as `Page[item]`, without a model built (and validated) per row, most of a tenant page's 400 agents' cost."""
+    return Response(
+        to_json({"items": items, "next_cursor": next_cursor}, inf_nan_mode="null"), media_type="application/json"
+    )
+
+
+__all__ = ["DEFAULT_LIMIT", "CursorQuery", "LimitQuery", "page_answer", "rows_answer"]

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
 
 from control_plane.api.deps import SessionDep, TimeoutQuery, WaitQuery, accepted, require_admin, require_tenant
-from control_plane.api.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery, page_answer
+from control_plane.api.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery, rows_answer
 from control_plane.db.models import EvacuateRequest, OperationPublic, Page, ScaleRequest, TenantCreate, TenantPublic
 from control_plane.services import tenants
 
@@ -26,7 +26,7 @@ def create_tenant(
 
 @router.get("", response_model=Page[TenantPublic])
 def list_tenants(session: SessionDep, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None) -> Response:
-    return page_answer(TenantPublic, tenants.list_tenants(session, limit, cursor))
+    return rows_answer(*tenants.tenant_rows(session, limit, cursor))
 
 
 @tenant_router.get("/{name}")

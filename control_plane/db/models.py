@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, StringConstraints, computed_field, model_validator
@@ -275,29 +275,47 @@ class AgentPublic(BaseModel):
     @classmethod
     def _from_agent(cls, data: Any) -> Any:
         if isinstance(data, Agent):
-            return _shown({name: getattr(data, name) for name in AGENT_PUBLIC_COLUMNS})
+            return agent_as_shown({name: getattr(data, name) for name in AGENT_PUBLIC_COLUMNS})
         return data
 
     @classmethod
     def from_columns(cls, columns: Mapping[str, Any]) -> AgentPublic:
         """From an agent's columns read without the ORM (a tenant page's 400 agents: ORM objects cost ~3x)."""
-        return cls.model_validate(_shown(columns))
+        return cls.model_validate(agent_as_shown(columns))
 
 
-def _shown(agent: Mapping[str, Any]) -> dict[str, Any]:
+def plain(value: Any) -> Any:
+    """An enum member's value (anything else as it is)."""
+    return value.value if isinstance(value, Enum) else value
+
+
+def agent_as_shown(agent: Mapping[str, Any]) -> dict[str, Any]:
     """What the API shows of an agent's columns: the replication figures measured against the store, and only a
-    running agent's replication state."""
+    running agent's replication state. In `AgentPublic`'s field order and JSON-ready: a list page serializes these
+    dicts as they are (services/tenants.py `tenant_rows`), byte for byte what `AgentPublic` would
+    (tests/unit/control_plane/test_list_rows.py)."""
     running = agent["state"] == AgentState.running
     local, store, synced_at = agent["local_txid"], agent["store_txid"], agent["synced_at"]
+    # enums as their values (what the JSON holds; serializing enum members costs ~3x as much as str)
     return {
-        **{name: agent[name] for name in _AGENT_AS_IS},
+        "tenant": agent["tenant"],
+        "ordinal": agent["ordinal"],
+        "generation": agent["generation"],
+        "node": agent["node"],
+        "state": plain(agent["state"]),
+        "url": agent["url"],
+        "updated_at": agent["updated_at"],
+        "probed_at": agent["probed_at"],
+        "ready": agent["ready"],
         "local_txid": local,
         "replica_txid": store,
         "lag_txids": None if local is None or store is None else max(0, local - store),
         "lag_seconds": None if synced_at is None else round(max(0.0, time.time() - synced_at), 3),
+        "synced_at": synced_at,
         "replica_checked_at": agent["store_checked_at"],
-        "replication": ReplicationState(agent["replication"] or "unknown") if running else ReplicationState.unknown,
+        "replication": ReplicationState(agent["replication"] or "unknown").value if running else "unknown",
         "replication_note": agent["replication_note"] if running else None,
+        "seconds_since_sync": agent["seconds_since_sync"],
         "unconfirmed_commits": agent["unconfirmed_commits"] if running else None,
     }
 

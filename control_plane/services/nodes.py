@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
+from sqlalchemy import select as columns  # sqlmodel's select builds ORM objects; this reads rows
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
@@ -22,11 +24,12 @@ from control_plane.db.models import (
     OperationKind,
     Page,
     Tenant,
+    plain,
 )
 from control_plane.drivers.base import EngineUnreachable
 from control_plane.errors import EngineUnreachableError, NodeExists, NodeNotEmpty, NodeNotFound, NodeNotReady
 from control_plane.services.operations import event, queue
-from control_plane.services.paging import DEFAULT_LIMIT, by_name
+from control_plane.services.paging import DEFAULT_LIMIT, decode, encode
 
 EngineProbe = Callable[[NodeCreate], list[str]]
 """Pings the engine with the node's own URL and credentials and returns the OCI runtimes it offers; raises
@@ -52,8 +55,11 @@ def _public(node: Node, load: tuple[int, int]) -> NodePublic:
     )
 
 
-def _loads(session: Session, names: list[str] | None) -> dict[str, tuple[int, int]]:
-    """(agents placed, memory MiB they reserve) per node (of `names`, or every node), in one grouped query."""
+def _loads(
+    session: Session, names: list[str] | None, between: tuple[str | None, str] | None = None
+) -> dict[str, tuple[int, int]]:
+    """(agents placed, memory MiB they reserve) per node (of `names`, of the names in `between` = (after, last],
+    after None: from the first; or of every node), in one grouped query."""
     if names == []:
         return {}
     query = (
@@ -64,6 +70,10 @@ def _loads(session: Session, names: list[str] | None) -> dict[str, tuple[int, in
     )
     if names is not None:
         query = query.where(col(Agent.node).in_(names))
+    if between is not None:  # a range the index on agent.node serves, whatever the planner knows of the table
+        if between[0] is not None:
+            query = query.where(col(Agent.node) > between[0])
+        query = query.where(col(Agent.node) <= between[1])
     return {str(node): (int(count), int(memory)) for node, count, memory in session.exec(query)}
 
 
@@ -88,14 +98,39 @@ def register_node(session: Session, body: NodeCreate, probe: EngineProbe) -> Nod
     return node_public(session, node)
 
 
+_NODE_LOADS = ("agents", "memory_mb_used")  # `NodePublic`'s fields counted from the agents, not columns
+_NODE_PUBLIC_COLUMNS = tuple(name for name in NodePublic.model_fields if name not in _NODE_LOADS)
+
+
+def node_rows(
+    session: Session, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of nodes by name as the API shows it (`NodePublic`'s JSON, as dicts in its field order), and the next
+    page's cursor: two queries whatever the page size (the page's columns, then the loads of the nodes in its
+    name range), read as plain rows, no model built per row."""
+    after = decode(cursor, "nodes", str)
+    node = Node.__table__  # type: ignore[attr-defined]
+    query = columns(*(node.c[name] for name in _NODE_PUBLIC_COLUMNS)).order_by(node.c.name).limit(limit + 1)
+    if after is not None:
+        query = query.where(node.c.name > after[0])
+    rows = session.connection().execute(query).all()
+    page = rows[:limit]
+    if not page:
+        return [], None
+    loads = _loads(session, None, (after[0] if after else None, page[-1][0]))
+    items = []
+    for row in page:
+        item = dict(zip(_NODE_PUBLIC_COLUMNS, row, strict=True))
+        item.update(zip(_NODE_LOADS, loads.get(item["name"], (0, 0)), strict=True))
+        items.append({name: plain(item[name]) for name in NodePublic.model_fields})  # in its field order
+    return items, (encode("nodes", page[-1][0]) if len(rows) > limit else None)
+
+
 def list_nodes(session: Session, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> Page[NodePublic]:
-    """Nodes by name, `limit` at a time, with their load: two queries whatever the page size."""
-    page, next_cursor = by_name(session, Node, col(Node.name), "nodes", limit, cursor)
-    loads = _loads(session, [node.name for node in page])
-    return Page(
-        items=[_public(node, loads.get(node.name, (0, 0))) for node in page],
-        next_cursor=next_cursor,
-    )
+    """Nodes by name, `limit` at a time, with their load: two queries whatever the page size (`node_rows`, as
+    models; the API answers with the rows themselves)."""
+    items, next_cursor = node_rows(session, limit, cursor)
+    return Page(items=[NodePublic.model_validate(item) for item in items], next_cursor=next_cursor)
 
 
 def all_nodes(session: Session) -> list[NodePublic]:

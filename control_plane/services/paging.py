@@ -9,14 +9,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Sequence
-from typing import Any, TypeVar
-
-from sqlmodel import Session, SQLModel, select
+from typing import Any
 
 from control_plane.errors import InvalidCursor
-
-Row = TypeVar("Row", bound=SQLModel)
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -49,17 +44,3 @@ def _is(value: Any, kind: type) -> bool:
     if kind is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
     return isinstance(value, kind) and not isinstance(value, bool)
-
-
-def by_name(
-    session: Session, model: type[Row], name: Any, listing: str, limit: int, cursor: str | None
-) -> tuple[Sequence[Row], str | None]:
-    """One page of `model` rows in the order of their unique `name` column (`col(Model.name)`), and the cursor of
-    the next page (None on the last): one query, `limit + 1` rows to know whether there is a next page."""
-    after = decode(cursor, listing, str)
-    query = select(model).order_by(name).limit(limit + 1)
-    if after is not None:
-        query = query.where(name > after[0])
-    rows = session.exec(query).all()
-    page = rows[:limit]
-    return page, (encode(listing, getattr(page[-1], name.key)) if len(rows) > limit else None)
