@@ -72,17 +72,26 @@ def parts(op: dict[str, Any]) -> dict[str, float]:
     return found
 
 
-def promotion_phases(nodes: list[TestbedNode], op: dict[str, Any]) -> dict[str, float]:
+def promotion_phases(nodes: list[TestbedNode], op: dict[str, Any]) -> dict[str, Any]:
     """Where a promoted follower's start went, from its container's log (it stays until the next move): each
     `agent.start_phase` mark after `follower.promoted`, in seconds after it (the container's clock)."""
     step = next(s for s in op["steps"] if s["step"] == "agent.promoted")
     node = next(n for n in nodes if n.name == step["node"])
     client = node.client()
     container = next(c for c in client.containers.list() if c.name.endswith(f"-0-g{step['generation']}"))
-    events = [json.loads(line) for line in container.logs(stdout=False).splitlines() if line[:1] == b"{"]
+    lines = container.logs(stdout=False).splitlines()
+    events = [json.loads(line) for line in lines if line[:1] == b"{"]
     promoted = next(e for e in events if e.get("event") == "follower.promoted")
     at = dt.datetime.fromisoformat(promoted["timestamp"].replace("Z", "+00:00")).timestamp()
-    phases = {"tail_s": promoted.get("tail_s", 0.0), "checked_s": promoted.get("checked_s", 0.0)}
+    phases: dict[str, Any] = {"tail_s": promoted.get("tail_s", 0.0), "checked_s": promoted.get("checked_s", 0.0)}
+    # Litestream's own lines: when its follow loop applied new LTX files in the 3 s before the promotion (how often
+    # it polls the store while the source writes: the tail waits for the next of these)
+    applied = [
+        dt.datetime.fromisoformat(line.split(b" ", 1)[0][5:].decode().replace("Z", "+00:00")).timestamp() - at
+        for line in lines
+        if line.startswith(b"time=") and b"follow: applied updates" in line
+    ]
+    phases["follow_applies_s"] = [round(t, 3) for t in applied if -3 <= t <= 0.5]
     for event in events:
         if event.get("event") == "agent.start_phase" and event.get("at", 0) > at:
             phases[event["phase"]] = round(event["at"] - at, 3)

@@ -58,9 +58,24 @@ async def operation_after_wait(request: Request, op_id: str, timeout: float) -> 
     return await asyncio.to_thread(read_operation, request.app.state.engine, op_id)
 
 
+def announce_queued(scope: Scope) -> None:
+    """The operation the response answers for is committed: this control plane's reconciler looks at the queue
+    now (a no-op before it runs, or without one)."""
+    scope["app"].state.operation_queued()
+
+
+class Queued(JSONResponse):
+    """202 with an operation just queued; sending it wakes the reconciler (`announce_queued`)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        announce_queued(scope)
+        await super().__call__(scope, receive, send)
+
+
 class OperationWait(JSONResponse):
     """What a `?wait=true` action returns once its operation is queued: sent when the operation finished (200)
-    or `timeout` ran out (202 with it as it is), waiting on the event loop in between."""
+    or `timeout` ran out (202 with it as it is), waiting on the event loop in between. It wakes the reconciler
+    first (`announce_queued`)."""
 
     def __init__(self, op_id: str, timeout: float) -> None:
         super().__init__(None, status_code=202)
@@ -68,6 +83,7 @@ class OperationWait(JSONResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         app = scope["app"]
+        announce_queued(scope)
         await app.state.waits.operation(self.op_id, self.timeout)
         status, body = await asyncio.to_thread(read_operation, app.state.engine, self.op_id)
         await JSONResponse(body, status_code=status)(scope, receive, send)

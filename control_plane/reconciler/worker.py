@@ -25,6 +25,7 @@ from control_plane.timing import Periodic
 
 log = structlog.get_logger("control_plane.reconciler")
 Claimed = tuple[Operation, str]
+IDLE_LOOK = 0.2  # seconds between an idle worker's looks at the queue (an operation queued here wakes it at once)
 
 
 class _Lane:
@@ -70,7 +71,11 @@ class Reconciler:
     outage fails nodes over in parallel and never holds a tenant's scale behind a queue of fail-overs. Without,
     the `workers` take both, but leave one of them to tenant operations (at most workers - 1 node-wide at once).
 
-    With `stuck_after`, one more thread sweeps for stuck agents every `stuck_interval` (`stuck.sweep`)."""
+    With `stuck_after`, one more thread sweeps for stuck agents every `stuck_interval` (`stuck.sweep`).
+
+    An idle worker looks at the queue every 0.2 s; `wake()` makes it look now (the API queued an operation on this
+    control plane), and `on_finished` is called after each operation this control plane finished (its `?wait=`
+    requests read the outcome at once). Operations queued on another replica wait for the tick, as before."""
 
     def __init__(
         self,
@@ -82,20 +87,24 @@ class Reconciler:
         stuck_after: float | None = None,
         stuck_interval: float = 15.0,
         node_workers: int = 0,
+        on_finished: Callable[[], None] = lambda: None,
     ) -> None:
         self.engine = engine
         self.runners = runners
         self.lease = lease
+        self._on_finished = on_finished
         self._stopping = threading.Event()
         self.node_wide_limit = node_workers or max(1, workers - 1)
         shared = _Lane("tenant" if node_workers else None, workers)
         self._lanes = [shared] + ([_Lane("node", node_workers)] if node_workers else [])
         self._workers = [
-            Periodic(f"litefleet-op-{i}", 0.2, partial(self._work, shared), first_at_once=True) for i in range(workers)
+            Periodic(f"litefleet-op-{i}", IDLE_LOOK, partial(self._work, shared), first_at_once=True)
+            for i in range(workers)
         ] + [
-            Periodic(f"litefleet-node-op-{i}", 0.2, partial(self._work, self._lanes[-1]), first_at_once=True)
+            Periodic(f"litefleet-node-op-{i}", IDLE_LOOK, partial(self._work, self._lanes[-1]), first_at_once=True)
             for i in range(node_workers)
         ]
+        self._claimers = list(self._workers)
         if stuck_after is not None:
             after = stuck_after
             self._workers.append(Periodic("litefleet-stuck", stuck_interval, lambda: self._sweep(after)))
@@ -103,6 +112,11 @@ class Reconciler:
     def start(self) -> None:
         for worker in self._workers:
             worker.start()
+
+    def wake(self) -> None:
+        """An operation was just queued: every idle worker looks at the queue now (one read fills them all)."""
+        for worker in self._claimers:
+            worker.wake()
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop claiming; each running operation stops at its next step and its lease is released, so another
@@ -184,4 +198,5 @@ class Reconciler:
             return
         except LostLease:
             return
-        finish(self.engine, op.id, token, error, ctx.result)
+        if finish(self.engine, op.id, token, error, ctx.result):
+            self._on_finished()

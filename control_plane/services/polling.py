@@ -8,6 +8,7 @@ read per interval, not N."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -37,6 +38,8 @@ class Poller(Generic[Key, Value]):
         self._first_at_once = first_at_once
         self._waiting: dict[Key, list[asyncio.Future[Value]]] = {}
         self._task: asyncio.Task[None] | None = None
+        # the running task's loop and event: `poll_now` sets the event (from any thread), its pause ends at once
+        self._nudge: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
 
     async def wait(self, key: Key, timeout: float) -> Value | None:
         """What a read answers for `key`, or None after `timeout` seconds."""
@@ -55,11 +58,23 @@ class Poller(Generic[Key, Value]):
             if not waiters:
                 self._waiting.pop(key, None)
 
+    def poll_now(self) -> None:
+        """From any thread: read at once rather than at the end of the pause (what the waiters wait for may just
+        have happened: an operation this control plane ran finished). A no-op while nobody waits."""
+        if self._nudge is not None:
+            loop, nudged = self._nudge
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits on it
+                loop.call_soon_threadsafe(nudged.set)
+
     async def _poll(self) -> None:
         pause = not self._first_at_once
+        nudged = asyncio.Event()
+        self._nudge = (asyncio.get_running_loop(), nudged)
         while self._waiting:
             if pause:
-                await asyncio.sleep(self.interval)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(nudged.wait(), self.interval)
+                nudged.clear()
                 if not self._waiting:
                     break
             pause = True

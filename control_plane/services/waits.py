@@ -51,6 +51,10 @@ class Waits:
             with self._lock:
                 self._taken -= 1
 
+    def operation_finished(self) -> None:
+        """From any thread (the reconciler's): an operation finished here, so the waiters' next poll runs now."""
+        self._poller.poll_now()
+
     async def operation(self, op_id: str, timeout: float) -> None:
         """Return once operation `op_id` finished (or does not exist), or after `timeout` seconds."""
         await self._poller.wait(op_id, timeout)
