@@ -15,7 +15,7 @@ promoted (5 and why when the follower fails); then stdin is closed. The control 
 order's nonce as answers (a re-sent order may reach a container whose tenant code writes to stdout).
 
 The follower then waits until Litestream's `<db>-txid` file reaches the source's final txid (bounded), stops the
-restore, checks that the copy opens (its integrity was checked as it was rebuilt, `_check`), marks the volume's
+restore, checks the copy (`_check`: its rebuild was checked too, before the source stopped), marks the volume's
 database as its own and returns: the
 entrypoint goes on as for any start (fence check, schema on the "volume" path), then serves in this process with
 Litestream as its child (`warm.serve`, as a pool container: the follower imported the agent server while it
@@ -36,6 +36,7 @@ of imports in the image (`python -X importtime`), are imported by `follow`, whic
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -102,7 +103,8 @@ def follow(
         leftover.unlink(missing_ok=True)
     document = litestream.agent_config(identity, identity.restore_from_url, socket=False)
     config = litestream.write_config(document, identity.run_dir / "follow.json")
-    # the copy is checked (INTEGRITY_CHECK) as it is rebuilt, while the source still serves: not in the downtime
+    # the rebuilt copy is checked (INTEGRITY_CHECK) before it follows: a corrupt replica fails here, before the
+    # source stops, not in the downtime (what it applies later is checked at promotion, `_check`)
     command = litestream.follow_command(
         config, identity.db_path, identity.db_path, identity.follow_interval, integrity_check=identity.integrity_check
     )
@@ -186,25 +188,23 @@ def _apply_tail(identity: AgentIdentity, process: subprocess.Popen[bytes], order
 
 
 def _check(identity: AgentIdentity) -> None:
-    """The promoted copy must open as a database whose size is the one its header states. The integrity check
-    the cold restore runs (`-integrity-check`) ran when the copy was rebuilt, before the source stopped
-    (`litestream.follow_command`): every page since came in an LTX file Litestream checked against its checksum,
-    as the source committed it. Running `quick_check` again here cost 0.15 s of downtime at 50 MB and 1.2 s at
-    500 MB, and could only find what the source itself serves (rolling back to it would not help)."""
+    """The copy about to become the agent must be a sound database: `quick_check` (or `integrity_check`, the agent's
+    INTEGRITY_CHECK), as the cold restore's `-integrity-check` asks, on the exact bytes that will serve. The copy's
+    rebuild was checked too (`litestream.follow_command`), before the source stopped, but what came after it (the
+    following and the tail) was not: Litestream checks each LTX file's own checksum, not that the pages in it, or
+    the chain of files, rebuild a sound database, and the replica can be corrupt while the source's local file is
+    fine (README, "the Store auto-checkpoint bug"): then the rollback this refusal causes is what saves the tenant.
+    Opened read-only (a missing file is an error, not an empty database) and closed before the agent opens it."""
+    if identity.integrity_check == "none":
+        return
+    pragma = "quick_check" if identity.integrity_check == "quick" else "integrity_check"
     try:
-        with sqlite3.connect(identity.db_path) as connection:
-            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            pages = connection.execute("PRAGMA page_count").fetchone()[0]
-            page_size = connection.execute("PRAGMA page_size").fetchone()[0]
+        with contextlib.closing(sqlite3.connect(f"file:{identity.db_path}?mode=ro", uri=True)) as connection:
+            answer = connection.execute(f"PRAGMA {pragma}").fetchone()
     except sqlite3.Error as exc:
         raise StartRefused("restore_failed", contract.EXIT_RESTORE_FAILED, f"followed copy: {exc}") from None
-    size = identity.db_path.stat().st_size
-    if pages * page_size != size:
-        raise StartRefused(
-            "restore_failed",
-            contract.EXIT_RESTORE_FAILED,
-            f"followed copy is {size} bytes, its header says {pages} pages of {page_size}",
-        )
+    if answer is None or answer[0] != "ok":
+        raise StartRefused("restore_failed", contract.EXIT_RESTORE_FAILED, f"followed copy fails {pragma}")
 
 
 def _mark_promoted(data_dir: Path) -> None:
@@ -259,8 +259,7 @@ def await_serving_limit(
         time.sleep(0.01)
 
 
-PROMOTION_MARGIN = 2.0  # seconds `promote` waits beyond the order's timeout (the copy opened, the mark: no full check
-# since it runs as the copy is rebuilt, so the margin does not grow with the database)
+PROMOTION_MARGIN = 2.0  # seconds `promote` waits beyond the order's timeout (the copy's check, the mark)
 
 
 def await_promotion(data_dir: Path, seconds: float, poll: float = 0.02) -> int:

@@ -174,8 +174,7 @@ def follow_command(
     LTX files every `interval` seconds (it writes the applied txid to `<output>-txid`). Used by a warm move's
     follower and by the observer's followed copies. With `integrity_check` (quick, full) the rebuilt copy is
     checked before the first txid is written, and a copy that fails makes the command exit 1 instead of following.
-    The LTX files applied after it are each checked against their own checksum (a file that fails is not counted
-    in the txid), so the copy at any txid is the checked one plus pages exactly as the source committed them."""
+    What it applies after that is not checked as a database (only each LTX file against its own checksum)."""
     command = [binary(), "restore", "-config", str(config_path), "-f"]
     command += ["-follow-interval", f"{max(1, round(interval * 1000))}ms"]
     if integrity_check != "none":

@@ -218,3 +218,31 @@ def test_stdin_lines_skip_empty_ones_and_end_only_at_end_of_file() -> None:
     finally:
         os.close(read_end)
     assert seen == [b'{"a": 1}', b'{"b": 2}'] and channel is None
+
+
+def test_the_promoted_copy_is_checked_on_the_bytes_that_will_serve(tmp_path: Path) -> None:
+    """At promotion the copy gets `quick_check` again: what the follower applied after its checked rebuild (the tail
+    too) was checked only against each LTX file's own checksum. A copy with broken b-tree pages is refused (the move
+    rolls back to the source's intact local file); a sound one passes; a missing one is refused, not created."""
+    import sqlite3
+
+    env = ContainerEnv(**{**ContainerEnv.read(GOOD), "follow": True}).to_env()
+    identity = AgentIdentity.from_env(
+        {**env, contract.DATA_DIR: str(tmp_path / "data"), contract.RUN_DIR: str(tmp_path / "run")}
+    )
+    with pytest.raises(contract.StartRefused, match="followed copy"):
+        follower._check(identity)  # no copy at all
+    identity.db_path.parent.mkdir(parents=True)
+    connection = sqlite3.connect(identity.db_path)
+    connection.execute("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT)")
+    connection.execute("CREATE INDEX tb ON t (b)")
+    connection.executemany("INSERT INTO t (b) VALUES (?)", [(f"v{i:06d}" * 10,) for i in range(5000)])
+    connection.commit()
+    connection.close()
+    follower._check(identity)
+    with identity.db_path.open("r+b") as file:
+        for page in (10, 11, 12):  # cell offsets pointing outside their pages
+            file.seek(4096 * (page - 1) + 8)
+            file.write(b"\x00\x00\xff\xff")
+    with pytest.raises(contract.StartRefused, match="fails quick_check"):
+        follower._check(identity)
