@@ -139,8 +139,12 @@ def baselines(store: EmbeddedStore, image: str, nodes: list[TestbedNode], runs: 
 def cutovers(op: dict[str, Any]) -> list[list[float]]:
     """Each agent's cutover in a node's operation, [from the source's SIGTERM, to the new generation routed] in
     seconds after the first began, from the step log: how many overlapped (pacing, reconciler/pacing.py)."""
-    stopped = {s["tenant"]: s["at"] - s["stop_s"] - s["proof_s"] for s in op["steps"] if s["step"] == "agent.stopped"}
-    routed = {s["tenant"]: s["at"] for s in op["steps"] if s["step"] in ("agent.promoted", "agent.started")}
+
+    def agent(step: dict[str, Any]) -> tuple[str, int]:
+        return step["tenant"], step["agent"]
+
+    stopped = {agent(s): s["at"] - s["stop_s"] - s["proof_s"] for s in op["steps"] if s["step"] == "agent.stopped"}
+    routed = {agent(s): s["at"] for s in op["steps"] if s["step"] in ("agent.promoted", "agent.started")}
     first = min(stopped.values(), default=0.0)
     return sorted(
         [round(stopped[t] - first, 2), round(routed[t] - first, 2)]

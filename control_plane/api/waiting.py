@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import structlog
 from fastapi import Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
@@ -16,6 +17,8 @@ from starlette.types import Receive, Scope, Send
 from control_plane.db.models import FINISHED_STATES
 from control_plane.services import operations
 from control_plane.services.waits import Waits
+
+log = structlog.get_logger("control_plane.api")
 
 
 def waits_of(request: Request) -> Waits:
@@ -60,8 +63,12 @@ async def operation_after_wait(request: Request, op_id: str, timeout: float) -> 
 
 def announce_queued(scope: Scope) -> None:
     """The operation the response answers for is committed: this control plane's reconciler looks at the queue
-    now (a no-op before it runs, or without one)."""
-    scope["app"].state.operation_queued()
+    now (a no-op before it runs, or without one). Never fails the response: the operation is queued either way,
+    and the reconciler's next look finds it."""
+    try:
+        scope["app"].state.operation_queued()
+    except Exception:
+        log.warning("reconciler.wake_failed", exc_info=True)
 
 
 class Queued(JSONResponse):
