@@ -190,6 +190,7 @@ EXIT_STORE_UNREACHABLE = 4
 EXIT_RESTORE_FAILED = 5
 EXIT_NO_SECRETS = 6  # the secrets file never arrived within SECRETS_TIMEOUT, or does not parse
 EXIT_STOPPED_BEFORE_SERVING = 7  # SIGTERM before the agent server took over: no final sync to prove
+EXIT_REPLICA_CORRUPT = 8  # a follower's copy, rebuilt from its source's replica, fails its integrity check
 
 
 class StartRefused(Exception):

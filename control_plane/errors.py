@@ -144,6 +144,13 @@ class NoCapacityLeft(PreflightFailed):
     code = "no_capacity"
 
 
+class ReplicaCorrupt(PreflightFailed):
+    """A warm move's follower rebuilt the agent's replica and it fails its integrity check: the replica is corrupt
+    (the agent's own database may be sound). Nothing was stopped: a cold move would restore the same replica."""
+
+    code = "replica_corrupt"
+
+
 class RolledBack(OperationFailed):
     """A move failed after it stopped an agent; the old incarnation serves again (same generation, volume, node)."""
 

@@ -28,7 +28,8 @@ plane can lower the container's memory limit (the follower's allowance) before t
 `python -m agent_image.container.follower status` prints `{"txid": N|null, "promoted": bool}`: how far the copy
 is (what the control plane waits on before it stops the source).
 
-Exit codes: as the entrypoint's; 5 (restore_failed) when the restore dies or the tail is not applied in time.
+Exit codes: as the entrypoint's; 5 (restore_failed) when the restore dies or the tail is not applied in time; 8
+(replica_corrupt) when the rebuilt copy fails Litestream's integrity check, before anything was followed.
 
 `promote` runs inside a warm move's downtime as a fresh Python process (docker exec): it imports only the contract
 and the secrets writer. Litestream's client, the identity (http.client, the S3 client) and structlog, ~0.25-0.35 s
@@ -41,6 +42,7 @@ import json
 import os
 import sqlite3
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,15 +110,22 @@ def follow(
     command = litestream.follow_command(
         config, identity.db_path, identity.db_path, identity.follow_interval, integrity_check=identity.integrity_check
     )
-    # its output goes to stderr: stdout carries only the answers to the control plane's attach
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=2, env=litestream.environment())
+    # its output goes to stderr (stdout carries only the answers to the control plane's attach), read on the way
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=litestream.environment(),
+    )
+    output = _Tee(process)
     log.info("follower.following", source=identity.restore_from_url, pid=process.pid)
     lines = None if stdin is None else Lines(stdin, ORDER_LINES_BYTES)
     nonce = ""  # the order's, once it came: every answer after it carries it
     try:
         try:
             meanwhile()
-            order, channel = _wait_for_order(process, promotion_path, poll, lines, identity, answer)
+            order, channel = _wait_for_order(process, output, promotion_path, poll, lines, identity, answer)
             nonce = order.nonce
             ordered = time.monotonic()
             _apply_tail(identity, process, order, poll)
@@ -140,8 +149,33 @@ def follow(
     )
 
 
+class _Tee:
+    """Copies the restore's output to the container's stderr line by line, and notes when Litestream refused the
+    rebuilt copy (its integrity check failed: the source's replica is corrupt)."""
+
+    MARK = b"integrity check failed"
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.corrupt = False
+        self._thread = threading.Thread(target=self._copy, args=(process,), name="follower-restore-log", daemon=True)
+        self._thread.start()
+
+    def _copy(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        for line in iter(process.stdout.readline, b""):
+            self.corrupt = self.corrupt or self.MARK in line
+            sys.stderr.buffer.write(line)
+            sys.stderr.buffer.flush()
+
+    def finished(self, timeout: float = 5.0) -> _Tee:
+        """Once the restore exited: the rest of its output copied (bounded)."""
+        self._thread.join(timeout)
+        return self
+
+
 def _wait_for_order(
     process: subprocess.Popen[bytes],
+    output: _Tee,
     path: Path,
     poll: float,
     lines: Lines | None,
@@ -154,6 +188,12 @@ def _wait_for_order(
     channel = "exec"
     while True:
         if process.poll() is not None:
+            if output.finished().corrupt:
+                raise StartRefused(
+                    "replica_corrupt",
+                    contract.EXIT_REPLICA_CORRUPT,
+                    "the copy rebuilt from the source's replica fails its integrity check: the replica is corrupt",
+                )
             raise StartRefused(
                 "restore_failed", contract.EXIT_RESTORE_FAILED, f"litestream restore -f exited {process.returncode}"
             )

@@ -22,13 +22,14 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from agent_image.contract import EXIT_REPLICA_CORRUPT
 from control_plane.db.models import Agent, AgentState, Node, Tenant
 from control_plane.drivers.agent_http import AgentApi, AgentHttp, AgentNotReady, wait_ready
 from control_plane.drivers.agent_spec import AgentSpec, SecretsNotDelivered, incarnation_name
 from control_plane.drivers.base import Driver, EngineUnreachable, Incarnation
 from control_plane.drivers.network import IsolationFailed, tenant_isolation
 from control_plane.drivers.runtimes import updates_in_place
-from control_plane.errors import OperationFailed
+from control_plane.errors import OperationFailed, ReplicaCorrupt
 from control_plane.fleet import pool
 from control_plane.fleet.fence import advance_current, fence_out, retreat_current
 from control_plane.fleet.placement import choose_node, node_loads
@@ -319,7 +320,8 @@ class Fleet:
 
     def catch_up(self, ctx: StepLog, tenant: str, ordinal: int, generation: int, node: Node, source: int) -> int:
         """Wait (up to `warm_catchup_timeout`) until the follower applied what `source`'s replica held when the wait
-        began; returns the txid it applied. Raises OperationFailed when it does not. Re-running only waits again."""
+        began; returns the txid it applied. Raises OperationFailed when it does not, ReplicaCorrupt when the
+        follower's rebuilt copy failed its integrity check. Re-running only waits again."""
         target = self.storage.replica_txid(tenant, ordinal, source)
         driver = self.driver(node)
         name = incarnation_name(tenant, ordinal, generation)
@@ -337,6 +339,11 @@ class Fleet:
                 )
                 return applied
             found = driver.inspect(name)
+            if found is not None and found.exit_code == EXIT_REPLICA_CORRUPT:
+                raise ReplicaCorrupt(
+                    f"gen {source}'s replica fails its integrity check (rebuilt by follower {name}); gen {source} "
+                    "keeps serving from its own database: check it and the replica before moving it"
+                )
             if found is None or found.status != "running":
                 status = "gone" if found is None else f"{found.status} (exit {found.exit_code})"
                 raise OperationFailed(f"follower {name} is {status}")

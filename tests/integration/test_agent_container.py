@@ -191,8 +191,8 @@ def corrupt_replica(work: Path) -> Path:
 
 def test_a_follower_of_a_corrupt_replica_exits_before_it_reports_a_txid(agents: Agents, tmp_path: Path) -> None:
     """A follower's copy is checked as it is rebuilt (`-integrity-check` on `restore -f`), while its source still
-    serves: a copy that fails ends the follower (restore_failed) before `follower status` shows any txid, so the
-    control plane never stops the source for it (its catch-up fails, and the warm move falls back to cold)."""
+    serves: a copy that fails ends the follower with its own code (replica_corrupt, 8) before `follower status`
+    shows any txid, so the control plane fails the move before it stops anything (`Fleet.catch_up`)."""
     tenant = agents.tenant()
     agents.advance(tenant, 1)
     replica = corrupt_replica(tmp_path)
@@ -203,8 +203,8 @@ def test_a_follower_of_a_corrupt_replica_exits_before_it_reports_a_txid(agents: 
     url = agents.storage.replica_url(tenant, 0, 1)
     assert agents.storage.restore(url, tmp_path / "unchecked.db", integrity_check="none").exists(), "readable"
     follower = agents.start(agents.spec(tenant, 2, restore_from=1, follow=True, follow_interval=0.25))
-    assert agents.wait_exit(follower) == contract.EXIT_RESTORE_FAILED, logs(follower)
-    assert "integrity check failed" in logs(follower)
+    assert agents.wait_exit(follower) == contract.EXIT_REPLICA_CORRUPT, logs(follower)
+    assert "integrity check failed" in logs(follower) and "replica_corrupt" in logs(follower)
     assert "follower.promoted" not in logs(follower)
 
 

@@ -18,7 +18,7 @@ from typing import NoReturn
 from sqlmodel import Session, col, select
 
 from control_plane.db.models import PLACED_STATES, Agent, AgentState, Node, NodeState, Tenant
-from control_plane.errors import OperationFailed, PreflightFailed, RollbackFailed, RolledBack
+from control_plane.errors import OperationFailed, PreflightFailed, ReplicaCorrupt, RollbackFailed, RolledBack
 from control_plane.fleet import preflight
 from control_plane.fleet.incarnations import Fleet
 from control_plane.reconciler.claims import LostLease
@@ -233,7 +233,9 @@ def warm_up(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent, plan: Mo
 
     Re-running is safe: the strategy is recorded (`moved_by`) before the follower exists (a re-run finds the
     follower by name and reuses it), the fall-back is recorded only after the follower is gone, and a run that
-    recorded it removes the follower again (a no-op when it is gone) before the cold start reuses its name."""
+    recorded it removes the follower again (a no-op when it is gone) before the cold start reuses its name. A
+    follower whose rebuilt copy failed its integrity check fails the move instead (ReplicaCorrupt): the source
+    keeps serving, and a cold start would restore the same corrupt replica."""
     chosen = ctx.remember("moved_by", strategy(fleet, ctx), agent.id)
     if chosen != "warm":
         return
@@ -245,6 +247,10 @@ def warm_up(fleet: Fleet, ctx: OpContext, tenant: Tenant, agent: Agent, plan: Mo
         fleet.follow(ctx, tenant, agent.ordinal, plan.generation, node, plan.from_generation)
         fleet.catch_up(ctx, agent.tenant, agent.ordinal, plan.generation, node, plan.from_generation)
     except LostLease:
+        raise
+    except ReplicaCorrupt as exc:  # a cold move would restore the same replica: stop nothing, say so loudly
+        fleet.remove(ctx, agent.tenant, agent.ordinal, plan.generation, plan.node)
+        ctx.step("agent.replica_corrupt", str(exc), agent=agent.ordinal, generation=plan.from_generation)
         raise
     except Exception as exc:
         why = str(exc) if isinstance(exc, OperationFailed) else f"{type(exc).__name__}: {exc}"

@@ -177,13 +177,16 @@ def test_the_promotion_taken_on_stdin_is_checked_written_and_answered(tmp_path: 
         }
     )
     read_end, write_end = os.pipe()
-    restore = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])  # plays `restore -f`
+    restore = subprocess.Popen(  # plays `restore -f`
+        [sys.executable, "-c", "import time; time.sleep(30)"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     answers: list[dict[str, object]] = []
     try:
         os.write(write_end, (SECRETS.to_json() + '\n{"txid": "x"}\n').encode())
         os.write(write_end, (SECRETS.to_json() + "\n" + Promotion(7, 9.0, nonce="n0nce").to_json() + "\n").encode())
         order, channel = follower._wait_for_order(
-            restore,  # type: ignore[arg-type]
+            restore,
+            follower._Tee(restore),
             tmp_path / "run" / contract.PROMOTION_FILE,
             0.01,
             follower.Lines(read_end, follower.ORDER_LINES_BYTES),
@@ -246,3 +249,25 @@ def test_the_promoted_copy_is_checked_on_the_bytes_that_will_serve(tmp_path: Pat
             file.write(b"\x00\x00\xff\xff")
     with pytest.raises(contract.StartRefused, match="fails quick_check"):
         follower._check(identity)
+
+
+def test_a_restore_that_refused_a_corrupt_copy_ends_the_follower_with_its_own_code(tmp_path: Path) -> None:
+    """Litestream's `restore -f -integrity-check` exits 1 when the rebuilt copy fails its check, as on any error:
+    the follower reads its output on the way to stderr and exits replica_corrupt (8), not restore_failed (5), so
+    the control plane fails the move before anything stops instead of moving cold onto the same replica."""
+    env = ContainerEnv(**{**ContainerEnv.read(GOOD), "follow": True}).to_env()
+    identity = AgentIdentity.from_env(
+        {**env, contract.DATA_DIR: str(tmp_path / "data"), contract.RUN_DIR: str(tmp_path / "run")}
+    )
+    said = "Error: post-restore integrity check: integrity check failed: *** in database main ***"
+    for output, code in ((said, contract.EXIT_REPLICA_CORRUPT), ("Error: no snapshots", contract.EXIT_RESTORE_FAILED)):
+        restore = subprocess.Popen(  # plays `restore -f` refusing the copy
+            [sys.executable, "-c", f"import sys; print({output!r}); sys.exit(1)"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        with pytest.raises(contract.StartRefused) as refused:
+            follower._wait_for_order(
+                restore, follower._Tee(restore), tmp_path / "run" / "order.json", 0.01, None, identity, print
+            )
+        assert refused.value.exit_code == code, output

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 import control_plane.reconciler.runners.move as move_module
+from agent_image.contract import EXIT_REPLICA_CORRUPT
 from control_plane.db.models import (
     Agent,
     AgentState,
@@ -133,6 +134,30 @@ def test_a_follower_that_never_catches_up_falls_back_to_cold_before_anything_sto
     assert "did not catch up" in fallback["message"] or "not gen 1" in fallback["message"]
     assert op.result["strategy"] == {"acme/0": "cold"}
     assert_converged(world, op.id, running=2)
+
+
+def test_a_follower_of_a_corrupt_replica_fails_the_move_before_anything_stops(engine: Engine) -> None:
+    """The follower's rebuilt copy failed its integrity check (it exits replica_corrupt): a cold move would restore
+    the same replica, so nothing is stopped, the follower is removed, the operation fails `replica_corrupt` with a
+    line (and event) that says so, and the source serves on."""
+    world = provisioned(engine, agents=2)
+    for name in ("n2", "n3"):
+        driver = world.engines(f"fake-{name}")
+
+        def corrupt(container: str, driver: FakeDriver = driver) -> int | None:
+            with driver._lock:  # the follower's restore refused the copy and the follower exited
+                driver.containers[container].status = "exited"
+                driver.containers[container].exit_code = EXIT_REPLICA_CORRUPT
+            return None
+
+        driver.follower_txid = corrupt  # type: ignore[method-assign]
+    op = run(world, evacuate(world, from_node="n1"))
+    assert op.state == OperationState.failed and op.result["error_code"] == "replica_corrupt", op.error
+    assert steps(op) == ["agent.following", "agent.removed", "agent.replica_corrupt"]
+    assert [verb for _, verb, _ in world.engines.history if verb == "stop"] == [], "nothing stopped"
+    assert "replica fails its integrity check" in (op.error or "")
+    assert all(agent_row(world, i).state == AgentState.running for i in (0, 1))
+    assert all(agent_row(world, i).generation == 1 for i in (0, 1)), "no generation moved"
 
 
 def test_a_promotion_that_fails_after_the_stop_rolls_back(engine: Engine) -> None:
