@@ -139,7 +139,9 @@ def test_a_start_during_a_move_is_delivered_to_the_new_incarnation_after_the_cut
             for task in (with_id, without_id):
                 answer, took = await task
                 assert answer.status_code == 200, answer.text
-                assert answer.json()["agent"] == 0 and 0.7 < took < 3.0
+                # held through the 0.6 s of sleeps above, then delivered by the holds' next poll (0.1 s), or at
+                # once when that poll came right after the cutover (0.695 s was seen: 0.7 was too tight a floor)
+                assert answer.json()["agent"] == 0 and 0.6 < took < 3.0
             found = await read
             assert found.status_code == 200 and found.json()["source"] == "agent", found.text
             assert found.json()["status"] == "SUCCESS"
