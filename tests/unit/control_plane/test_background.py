@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -48,6 +49,16 @@ def _settings(engine: Engine, tmp_path: Path) -> Settings:
     return Settings(state_dir=tmp_path, database_url=url, observer=True)  # type: ignore[call-arg]
 
 
+def _one_node_app(engine: Engine, settings: Settings) -> tuple[FastAPI, dict[str, str]]:
+    """A control plane over the fakes with one node, and the headers that authenticate to it."""
+    with Session(engine) as session:
+        session.add(Node(name="n1", engine_url="fake-n1", capacity_agents=4))
+        session.commit()
+    fleet, _ = fake_fleet(engine, settings)
+    app = create_app(settings, fleet, engine=engine)
+    return app, {"authorization": f"Bearer {api_token(settings, create=False)}"}
+
+
 def _wait_for(check: Any, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -61,12 +72,7 @@ def test_the_api_and_the_reconciler_work_while_the_observer_is_still_being_made(
     slow = SlowObserver()
     monkeypatch.setattr(background, "build_observer", slow.build)
     settings = _settings(engine, tmp_path)
-    with Session(engine) as session:
-        session.add(Node(name="n1", engine_url="fake-n1", capacity_agents=4))
-        session.commit()
-    fleet, _ = fake_fleet(engine, settings)
-    app = create_app(settings, fleet, engine=engine)
-    headers = {"authorization": f"Bearer {api_token(settings, create=False)}"}
+    app, headers = _one_node_app(engine, settings)
     with TestClient(app, headers=headers) as api:
         assert slow.asked.wait(20)
         assert api.get("/healthz").status_code == 200
@@ -119,12 +125,7 @@ def test_a_queued_operation_starts_at_once_and_its_wait_answers_as_soon_as_it_fi
     settings = _settings(engine, tmp_path)
     settings.observer = False
     settings.wait_poll_interval = 30.0
-    with Session(engine) as session:
-        session.add(Node(name="n1", engine_url="fake-n1", capacity_agents=4))
-        session.commit()
-    fleet, _ = fake_fleet(engine, settings)
-    app = create_app(settings, fleet, engine=engine)
-    headers = {"authorization": f"Bearer {api_token(settings, create=False)}"}
+    app, headers = _one_node_app(engine, settings)
     with TestClient(app, headers=headers) as api:
         _wait_for(lambda: getattr(app.state.operation_queued, "__name__", "") == "wake")  # the reconciler runs
         time.sleep(0.5)  # its workers' first look is done: the next is 30 s away
