@@ -242,6 +242,7 @@ class HealthMonitor:
             if _busy(session, agent.tenant) or tenant is None:
                 return
             op = repair_operation(tenant)
+            op_id = op.id  # the row expires at the commit, and the session is gone by the log line below
             session.add(op)
             status = "gone" if container is None else f"{container.status} (exit {container.exit_code})"
             session.add(
@@ -255,7 +256,7 @@ class HealthMonitor:
                 )
             )
             session.commit()
-        log.warning("agent.down", tenant=agent.tenant, agent=agent.ordinal, node=node.name, op=op.id)
+        log.warning("agent.down", tenant=agent.tenant, agent=agent.ordinal, node=node.name, op=op_id)
 
     def _queue_cleanups(self, node: Node) -> None:
         """Queue a `cleanup` for each tenant with stale containers on `node` (unless the tenant has an unfinished

@@ -238,3 +238,34 @@ def test_a_round_meeting_many_new_nodes_makes_their_drivers_side_by_side(engine:
     HealthMonitor(engine, fleet, Settings(heartbeat_timeout=10)).heartbeat()
     with Session(engine) as session:
         assert {node.missed_heartbeats for node in session.exec(select(Node))} == {0}
+
+
+def test_an_agent_whose_container_is_gone_gets_a_repair_and_the_round_goes_on(engine: Engine) -> None:
+    """A running agent that does not answer and has no running container is started again by a `scale` (with an
+    `agent.down` event); the round finishes without an error (its log line once read the committed operation's id
+    after its session closed: DetachedInstanceError ended the round)."""
+    from control_plane.db.models import Tenant
+    from tests.unit.control_plane.fakes import FakeCredentials, FakeReplicas
+
+    class SilentApi:
+        def readyz(self, url: str, token: str, timeout: float) -> Readiness | None:
+            return None
+
+    with Session(engine) as session:
+        session.add(Node(name="n1", engine_url="fake-n1"))
+        session.add(Tenant(name="acme", agents=1))
+        session.add(
+            Agent(
+                id="acme/0", tenant="acme", ordinal=0, generation=1, node="n1", state=AgentState.running,
+                url="http://127.0.0.1:9", agent_token="t",
+            )
+        )  # fmt: skip
+        session.commit()
+    fleet = Fleet(engine, Settings(), FakeReplicas(), FakeCredentials(), make_driver=FakeDriver)
+    fleet.agents_api = SilentApi()  # type: ignore[assignment]
+    HealthMonitor(engine, fleet, Settings()).probe()  # raises if a repair's future failed
+    with Session(engine) as session:
+        repairs = session.exec(select(Operation).where(Operation.tenant == "acme")).all()
+        downs = session.exec(select(Event).where(Event.kind == "agent.down")).all()
+    assert [op.kind for op in repairs] == [OperationKind.scale]
+    assert [(event.tenant, event.operation) for event in downs] == [("acme", repairs[0].id)]
