@@ -64,7 +64,7 @@ def test_a_runsc_tenant_provisions_runs_workflows_and_evacuates_with_its_results
     moved = running(plane, tenant)
     assert [(agent["node"], agent["generation"]) for agent in moved] == [(target, 2)]
     assert container_config(by_name[target], tenant, 2)["runtime"] == "runsc"
-    lost = set(writer.acknowledged) - workflow_ids_on(plane, moved[0])
+    lost = set(writer.acknowledged) - workflow_ids_on(plane, moved[0], set(writer.acknowledged))
     assert not lost, f"{len(lost)} of {len(writer.acknowledged)} acknowledged workflows lost in the move"
     assert [result(plane, tenant, f"before-{n}") for n in range(5)] == [("SUCCESS", steps(n)) for n in range(5)]
     start(plane, tenant, "after", 7)

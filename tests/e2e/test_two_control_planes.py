@@ -80,7 +80,7 @@ def test_the_other_control_plane_finishes_an_evacuation_after_kill_9(
         containers = [name for names in managed_containers(testbed.nodes).values() for name in names]
         mine = sorted(name for name in containers if name.startswith(f"lf-{tenant}-"))
         assert mine == [f"lf-{tenant}-0-g2", f"lf-{tenant}-1-g2"], "exactly one container per agent"
-        held = set().union(*(workflow_ids_on(survivor, agent) for agent in agents))
+        held = set().union(*(workflow_ids_on(survivor, agent, set(acknowledged)) for agent in agents))
         assert set(acknowledged) <= held, f"lost: {sorted(set(acknowledged) - held)}"
         survivor.done("DELETE", f"/v1/tenants/{tenant}", params={"purge": "true"})
     finally:

@@ -94,7 +94,7 @@ def test_warm_evacuation_under_write_load_loses_nothing(control_plane: ControlPl
     moved = running(plane, tenant)
     assert [(a["ordinal"], a["generation"]) for a in moved] == [(0, 3), (1, 3)]
     assert all(a["node"] == sources[a["ordinal"]] for a in moved), "moved away, then back"
-    held = set().union(*(workflow_ids_on(plane, agent) for agent in moved))
+    held = set().union(*(workflow_ids_on(plane, agent, set(writer.acknowledged)) for agent in moved))
     lost = set(writer.acknowledged) - held
     assert not lost, f"{len(lost)} of {len(writer.acknowledged)} acknowledged workflows lost"
     containers = [name for names in managed_containers(testbed.nodes).values() for name in names]
