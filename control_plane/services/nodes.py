@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select as columns  # sqlmodel's select builds ORM objects; this reads rows
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
@@ -29,7 +28,7 @@ from control_plane.db.models import (
 from control_plane.drivers.base import EngineUnreachable
 from control_plane.errors import EngineUnreachableError, NodeExists, NodeNotEmpty, NodeNotFound, NodeNotReady
 from control_plane.services.operations import event, queue
-from control_plane.services.paging import DEFAULT_LIMIT, decode, encode
+from control_plane.services.paging import DEFAULT_LIMIT, by_name
 
 EngineProbe = Callable[[NodeCreate], list[str]]
 """Pings the engine with the node's own URL and credentials and returns the OCI runtimes it offers; raises
@@ -108,22 +107,13 @@ def node_rows(
     """A page of nodes by name as the API shows it (`NodePublic`'s JSON, as dicts in its field order), and the next
     page's cursor: two queries whatever the page size (the page's columns, then the loads of the nodes in its
     name range), read as plain rows, no model built per row."""
-    after = decode(cursor, "nodes", str)
-    node = Node.__table__  # type: ignore[attr-defined]
-    query = columns(*(node.c[name] for name in _NODE_PUBLIC_COLUMNS)).order_by(node.c.name).limit(limit + 1)
-    if after is not None:
-        query = query.where(node.c.name > after[0])
-    rows = session.connection().execute(query).all()
-    page = rows[:limit]
+    page, after, next_cursor = by_name(session, Node.__table__, _NODE_PUBLIC_COLUMNS, "nodes", limit, cursor)  # type: ignore[attr-defined]
     if not page:
         return [], None
-    loads = _loads(session, None, (after[0] if after else None, page[-1][0]))
-    items = []
-    for row in page:
-        item = dict(zip(_NODE_PUBLIC_COLUMNS, row, strict=True))
-        item.update(zip(_NODE_LOADS, loads.get(item["name"], (0, 0)), strict=True))
-        items.append({name: plain(item[name]) for name in NodePublic.model_fields})  # in its field order
-    return items, (encode("nodes", page[-1][0]) if len(rows) > limit else None)
+    loads = _loads(session, None, (after, page[-1]["name"]))
+    for node in page:
+        node.update(zip(_NODE_LOADS, loads.get(node["name"], (0, 0)), strict=True))
+    return [{name: plain(node[name]) for name in NodePublic.model_fields} for node in page], next_cursor
 
 
 def list_nodes(session: Session, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> Page[NodePublic]:

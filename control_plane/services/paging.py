@@ -9,7 +9,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 from typing import Any
+
+from sqlalchemy import Table, select
+from sqlmodel import Session
 
 from control_plane.errors import InvalidCursor
 
@@ -44,3 +48,19 @@ def _is(value: Any, kind: type) -> bool:
     if kind is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
     return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def by_name(
+    session: Session, table: Table, names: Sequence[str], listing: str, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None, str | None]:
+    """One page of `table`'s columns `names` (among them its unique `name`) in name order, read as plain rows
+    (dicts): the page, the name it starts after (None on the first page) and the cursor of the next page (None on
+    the last). One query, `limit + 1` rows to know whether there is a next page."""
+    after = decode(cursor, listing, str)
+    query = select(*(table.c[name] for name in names)).order_by(table.c.name).limit(limit + 1)
+    if after is not None:
+        query = query.where(table.c.name > after[0])
+    rows = [dict(zip(names, row, strict=True)) for row in session.connection().execute(query)]
+    page = rows[:limit]
+    next_cursor = encode(listing, page[-1]["name"]) if len(rows) > limit else None
+    return page, (after[0] if after else None), next_cursor

@@ -41,7 +41,7 @@ from control_plane.errors import (
 from control_plane.fleet.placement import NoCapacity, RuntimeUnavailable, choose_node, node_loads
 from control_plane.services.nodes import find_node
 from control_plane.services.operations import queue
-from control_plane.services.paging import DEFAULT_LIMIT, decode, encode
+from control_plane.services.paging import DEFAULT_LIMIT, by_name
 
 
 def find_tenant(session: Session, name: str) -> Tenant:
@@ -117,35 +117,26 @@ def tenant_rows(
     are read by the page's name range (after the cursor, up to its last tenant): an index range on
     (tenant, ordinal) whatever the planner knows of the table (a list of 100 names was a sequential scan of every
     agent on PostgreSQL before its first ANALYZE)."""
-    after = decode(cursor, "tenants", str)
-    tenant, agent = Tenant.__table__, Agent.__table__  # type: ignore[attr-defined]
-    query = columns(*(tenant.c[name] for name in _TENANT_PUBLIC_COLUMNS)).order_by(tenant.c.name).limit(limit + 1)
-    if after is not None:
-        query = query.where(tenant.c.name > after[0])
-    rows = session.connection().execute(query).all()
-    shown = [{**dict(zip(_TENANT_PUBLIC_COLUMNS, row, strict=True)), "placements": []} for row in rows[:limit]]
-    items = [{name: plain(item[name]) for name in TenantPublic.model_fields} for item in shown]
-    if not items:
+    page, after, next_cursor = by_name(session, Tenant.__table__, _TENANT_PUBLIC_COLUMNS, "tenants", limit, cursor)  # type: ignore[attr-defined]
+    if not page:
         return [], None
-    by_name = {item["name"]: item["placements"] for item in items}
+    items = []
+    for tenant in page:
+        tenant["placements"] = []
+        items.append({name: plain(tenant[name]) for name in TenantPublic.model_fields})  # in its field order
+    placements = {item["name"]: item["placements"] for item in items}
+    agent = Agent.__table__  # type: ignore[attr-defined]
     query = columns(*(agent.c[name] for name in AGENT_PUBLIC_COLUMNS)).where(agent.c.tenant <= items[-1]["name"])
     if after is not None:
-        query = query.where(agent.c.tenant > after[0])
+        query = query.where(agent.c.tenant > after)
     for row in session.connection().execute(query.order_by(agent.c.tenant, agent.c.ordinal)):
-        placements = by_name.get(row[0])  # row[0]: the agent's tenant (one without its row is not shown)
-        if placements is not None:
-            placements.append(agent_as_shown(dict(zip(AGENT_PUBLIC_COLUMNS, row, strict=True))))
-    return _tenants_page(items), (encode("tenants", items[-1]["name"]) if len(rows) > limit else None)
-
-
-def _tenants_page(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        shown = placements.get(row[0])  # row[0]: the agent's tenant (one without its row is not shown)
+        if shown is not None:
+            shown.append(agent_as_shown(dict(zip(AGENT_PUBLIC_COLUMNS, row, strict=True))))
     for item in items:  # TenantPublic's computed field, last
-        item["replication"] = plain(
-            worst_replication(
-                agent["replication"] for agent in item["placements"] if agent["state"] == AgentState.running
-            )
-        )
-    return items
+        running = (agent["replication"] for agent in item["placements"] if agent["state"] == AgentState.running)
+        item["replication"] = plain(worst_replication(running))
+    return items, next_cursor
 
 
 def list_tenants(session: Session, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> Page[TenantPublic]:
