@@ -5,7 +5,11 @@ order or a value type that drifts, fails here. On SQLite and on PostgreSQL (the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
+from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, select
 
@@ -79,35 +83,46 @@ def fleet(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Engine:
     return engine
 
 
+def walk(
+    rows_of: Callable[[str | None], tuple[list[dict[str, Any]], str | None]],
+    model: type[BaseModel],
+    built_of: Callable[[dict[str, Any]], BaseModel],
+    key: str,
+) -> list[str]:
+    """Every page of a list, each answered from its rows and compared byte for byte with the same page built the
+    other way (`built_of` an item, through the models); the items' keys in the order seen."""
+    cursor, seen = None, []
+    while True:
+        items, next_cursor = rows_of(cursor)
+        built = Page(items=[built_of(item) for item in items], next_cursor=next_cursor)
+        assert rows_answer(items, next_cursor).body == page_answer(model, built).body
+        seen += [item[key] for item in items]
+        if next_cursor is None:
+            return seen
+        cursor = next_cursor
+
+
 @pytest.mark.parametrize("limit", [1, 2, 100])
 def test_a_tenant_page_is_byte_for_byte_what_the_models_give(fleet: Engine, limit: int) -> None:
     with Session(fleet) as session:
-        cursor, seen = None, []
-        while True:
-            items, next_cursor = tenants.tenant_rows(session, limit, cursor)
-            names = [item["name"] for item in items]
-            built = Page(items=[tenants.get_tenant(session, name) for name in names], next_cursor=next_cursor)
-            assert rows_answer(items, next_cursor).body == page_answer(TenantPublic, built).body
-            seen += names
-            if next_cursor is None:
-                break
-            cursor = next_cursor
+        seen = walk(
+            lambda cursor: tenants.tenant_rows(session, limit, cursor),
+            TenantPublic,
+            lambda item: tenants.get_tenant(session, item["name"]),
+            "name",
+        )
     assert seen == ["acme", "beta", "gamma", "zeta"]
 
 
 @pytest.mark.parametrize("limit", [1, 2, 100])
 def test_a_node_page_is_byte_for_byte_what_the_models_give(fleet: Engine, limit: int) -> None:
     with Session(fleet) as session:
-        cursor, seen = None, []
-        while True:
-            items, next_cursor = nodes.node_rows(session, limit, cursor)
-            rows = [session.get(Node, item["name"]) for item in items]
-            built = Page(items=[nodes.node_public(session, row) for row in rows if row], next_cursor=next_cursor)
-            assert rows_answer(items, next_cursor).body == page_answer(NodePublic, built).body
-            seen += [item["name"] for item in items]
-            if next_cursor is None:
-                break
-            cursor = next_cursor
+        seen = walk(
+            lambda cursor: nodes.node_rows(session, limit, cursor),
+            NodePublic,
+            lambda item: nodes.node_public(session, session.exec(select(Node).where(Node.name == item["name"])).one()),
+            "name",
+        )
     assert seen == ["n1", "n2", "n3"]
 
 
@@ -118,15 +133,13 @@ def test_an_operation_page_is_byte_for_byte_what_the_models_give(
     fleet: Engine, tenant: str | None, state: str | None, limit: int
 ) -> None:
     with Session(fleet) as session:
-        cursor, seen = None, []
-        while True:
-            items, next_cursor = operations.operation_rows(session, tenant, state, limit, cursor)
-            ops = [session.exec(select(Operation).where(Operation.id == item["id"])).one() for item in items]
-            built = Page(items=[operations.operation_public(op) for op in ops], next_cursor=next_cursor)
-            assert rows_answer(items, next_cursor).body == page_answer(OperationPublic, built).body
-            seen += [item["id"] for item in items]
-            if next_cursor is None:
-                break
-            cursor = next_cursor
+        seen = walk(
+            lambda cursor: operations.operation_rows(session, tenant, state, limit, cursor),
+            OperationPublic,
+            lambda item: operations.operation_public(
+                session.exec(select(Operation).where(Operation.id == item["id"])).one()
+            ),
+            "id",
+        )
     expected = {(None, None): ["op-d", "op-c", "op-b", "op-a"], ("acme", None): ["op-d", "op-a"]}
     assert seen == expected.get((tenant, state), ["op-b"]), "newest first; ties by id, descending, across pages"
