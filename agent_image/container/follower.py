@@ -238,15 +238,16 @@ def _check(identity: AgentIdentity) -> None:
     if identity.integrity_check == "none":
         return
     pragma = "quick_check" if identity.integrity_check == "quick" else "integrity_check"
+    refusal = f"followed copy fails {pragma}"
     if not identity.db_path.is_file():
         raise StartRefused("restore_failed", contract.EXIT_RESTORE_FAILED, "followed copy is missing")
     try:
         with contextlib.closing(sqlite3.connect(f"file:{identity.db_path}?mode=ro", uri=True)) as connection:
             answer = connection.execute(f"PRAGMA {pragma}").fetchone()
     except sqlite3.Error as exc:
-        raise StartRefused("restore_failed", contract.EXIT_RESTORE_FAILED, f"followed copy fails {pragma}: {exc}") from None
+        raise StartRefused("restore_failed", contract.EXIT_RESTORE_FAILED, f"{refusal}: {exc}") from None
     if answer is None or answer[0] != "ok":
-        raise StartRefused("restore_failed", contract.EXIT_RESTORE_FAILED, f"followed copy fails {pragma}")
+        raise StartRefused("restore_failed", contract.EXIT_RESTORE_FAILED, refusal)
 
 
 def _mark_promoted(data_dir: Path) -> None:

@@ -248,7 +248,7 @@ def test_the_promoted_copy_is_checked_on_the_bytes_that_will_serve(tmp_path: Pat
             file.seek(4096 * (page - 1) + 8)
             file.write(b"\x00\x00\xff\xff")
     # SQLite reports these pages either as quick_check rows or as an error raised while checking: both refuse
-    with pytest.raises(contract.StartRefused, match="^followed copy fails quick_check") as refused:
+    with pytest.raises(contract.StartRefused, match=r"^followed copy fails quick_check") as refused:
         follower._check(identity)
     assert refused.value.code == "restore_failed"
 
