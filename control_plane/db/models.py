@@ -345,6 +345,11 @@ class Agent(AgentHealth, AgentLag, table=True):
     secret_key: str | None = Field(default=None, max_length=200, repr=False)
     agent_token: str | None = Field(default=None, max_length=200, repr=False)
     admin_token: str | None = Field(default=None, max_length=200, repr=False)
+    # The node an unfinished operation (`reserved_by`) planned this agent's next incarnation on, recorded in the
+    # plan's own transaction: placement counts it until the agent is placed there (then its row counts) and the
+    # operation's end clears it, so two operations planning at once never both take a node's last place.
+    reserved_node: str | None = Field(default=None, index=True, max_length=40)
+    reserved_by: str | None = Field(default=None, max_length=40)
     updated_at: float = Field(default_factory=_now)
 
 

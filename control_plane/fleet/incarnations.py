@@ -11,7 +11,7 @@ import dataclasses
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -108,17 +108,12 @@ class Fleet:
                 session.refresh(agent)
             return agent
 
-    def place(
-        self, tenant: Tenant, exclude: AbstractSet[str] = frozenset(), reserved: Sequence[tuple[str, Tenant]] = ()
-    ) -> Node:
-        """A node for one more agent of `tenant`. Placed agents count (running, starting, stopping), and so do
-        `reserved` (node, tenant) places already promised to agents that have not started there yet (and each node's
-        warm pool: `node_loads`)."""
+    def place(self, tenant: Tenant, exclude: AbstractSet[str] = frozenset()) -> Node:
+        """A node for one more agent of `tenant`. Placed agents count (running, starting, stopping), and so do the
+        places unfinished operations reserved for agents that have not started there yet, and each node's warm
+        pool (`node_loads`). The caller records its choice with `placement.reserve`, which checks it again."""
         with Session(self.engine) as session:
             loads = node_loads(session, tenant.name)
-        for name, owner in reserved:
-            if name in loads:
-                loads[name] = loads[name].plus(owner.memory_mb, owner.name == tenant.name)
         return choose_node(loads.values(), tenant.name, tenant.memory_mb, exclude, runtime=tenant.runtime)
 
     def forget_unplaced(self, tenant: str, ordinal: int) -> None:

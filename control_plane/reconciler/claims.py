@@ -15,6 +15,7 @@ from sqlalchemy.engine import CursorResult, Engine, Result
 from sqlmodel import Session, col, select
 
 from control_plane.db.models import UNFINISHED_STATES, Agent, Operation, OperationKind, OperationState
+from control_plane.fleet.placement import release_reservations
 
 NODE_WIDE = (OperationKind.drain, OperationKind.failover)  # they move the agents of one node, of many tenants
 Only = Literal["tenant", "node"]  # claim only tenant operations, or only node-wide ones
@@ -168,7 +169,8 @@ def _scopes(
 
 
 def finish(engine: Engine, op_id: str, token: str, error: str | None, result: dict[str, Any]) -> bool:
-    """Mark the operation done if the token is still ours. Safe to call twice: the second finds no token."""
+    """Mark the operation done if the token is still ours, and forget the places its plans reserved (in the same
+    commit). Safe to call twice: the second finds no token."""
     now = time.time()
     with Session(engine) as session:
         done = session.execute(
@@ -185,6 +187,8 @@ def finish(engine: Engine, op_id: str, token: str, error: str | None, result: di
                 updated_at=now,
             )
         )
+        if _rows(done) == 1:
+            release_reservations(session, op_id)
         session.commit()
         return _rows(done) == 1
 

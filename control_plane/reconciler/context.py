@@ -19,10 +19,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from control_plane.db.models import Event, Operation, OperationKind
+from control_plane.errors import NoCapacityLeft
 from control_plane.reconciler.claims import LostLease, Stopping
 from control_plane.reconciler.planning import Plan, from_json, to_json
 
 log = structlog.get_logger("control_plane.reconciler")
+
+PLAN_ATTEMPTS = 5  # placements of one agent that may each lose its place to another operation's plan
 
 
 class OpContext:
@@ -82,13 +85,30 @@ class OpContext:
 
     # -- what a re-run must find ----------------------------------------------------------------------------------
 
-    def plan(self, agent_id: str, make: Callable[[], Plan]) -> Plan:
-        """The plan recorded for `agent_id`, or `make()`'s, recorded before it is returned (first one wins)."""
+    def plan(
+        self, agent_id: str, make: Callable[[], Plan], reserve: Callable[[Session, Plan], bool] | None = None
+    ) -> Plan:
+        """The plan recorded for `agent_id`, or `make()`'s, recorded before it is returned (first one wins).
+
+        With `reserve`, the plan is recorded in a transaction that `reserve` opens by holding the plan's place
+        (`placement.reserve`). When it cannot (another operation took the place after `make()` read the loads)
+        nothing is recorded and `make()` places again, at most PLAN_ATTEMPTS times."""
         recorded = self.plan_of(agent_id)
         if recorded is not None:
             return recorded
-        made = make()
-        return from_json(self._update(lambda: self.params.setdefault("plan", {}).setdefault(agent_id, to_json(made))))
+        for _ in range(PLAN_ATTEMPTS):
+            made = make()
+
+            def record(made: Plan = made) -> Any:
+                return self.params.setdefault("plan", {}).setdefault(agent_id, to_json(made))
+
+            def hold(session: Session, made: Plan = made) -> bool:
+                return reserve is None or reserve(session, made)
+
+            answer = self._update(record, first=hold)
+            if answer is not None:
+                return from_json(answer)
+        raise NoCapacityLeft(f"agent {agent_id}: other operations took each place chosen ({PLAN_ATTEMPTS} tries)")
 
     def plan_of(self, agent_id: str) -> Plan | None:
         with self._lock:
@@ -147,8 +167,13 @@ class OpContext:
 
     # -- helpers ----------------------------------------------------------------------------------------------------
 
-    def _update(self, change: Callable[[], Any]) -> Any:
+    def _update(self, change: Callable[[], Any], first: Callable[[Session], bool] | None = None) -> Any:
+        """Apply `change` to the copy and commit it (if the lease is still ours); with `first`, only when `first`
+        (run first in the same transaction) answers True, else nothing changes and the answer is None."""
         with self._lock, Session(self.engine) as session:
+            if first is not None and not first(session):
+                session.rollback()
+                return None
             answer = change()
             op = self._owned(session)
             op.params, op.result = copy.deepcopy(self.params), copy.deepcopy(self.result)

@@ -25,26 +25,28 @@ from control_plane.reconciler.claims import LostLease
 from control_plane.reconciler.context import OpContext
 from control_plane.reconciler.pacing import PACER
 from control_plane.reconciler.planning import MovePlan, plan_move
-from control_plane.reconciler.runners.placing import place, split
+from control_plane.reconciler.runners.placing import planned, split
 from control_plane.timing import poll
 
 
 def plan_moves(fleet: Fleet, ctx: OpContext, agent_ids: set[str], target: str | None) -> None:
     """Plan every agent's new place one after another (`target`, or placement away from its current node), each
-    placement seeing the places already promised to the agents planned before it."""
-    reserved: list[tuple[str, Tenant]] = []
+    placement seeing the places reserved for the agents planned before it, by this operation or another."""
     for agent_id in sorted(agent_ids):
         agent = fleet.agent(*split(agent_id))
         tenant = fleet.tenant(agent.tenant)
-        plan = ctx.plan(agent_id, partial(_next_place, fleet, tenant, agent, target, tuple(reserved)))
-        if not ctx.is_done(agent_id):
-            reserved.append((plan.node, tenant))
+        planned(
+            fleet,
+            ctx,
+            agent,
+            tenant,
+            partial(_move_plan, agent, target),
+            exclude={str(agent.node)},
+        )
 
 
-def _next_place(
-    fleet: Fleet, tenant: Tenant, agent: Agent, target: str | None, reserved: tuple[tuple[str, Tenant], ...]
-) -> MovePlan:
-    return plan_move(agent, target=target, place=lambda: place(fleet, tenant, {str(agent.node)}, reserved))
+def _move_plan(agent: Agent, target: str | None, place: Callable[[], str]) -> MovePlan:
+    return plan_move(agent, target=target, place=place)
 
 
 def max_unavailable(fleet: Fleet, ctx: OpContext) -> int:

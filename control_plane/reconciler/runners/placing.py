@@ -1,23 +1,55 @@
-"""Placement as an operation sees it: a node for one more agent, or the operation fails saying why."""
+"""Placement as an operation sees it: a node for one more agent, reserved in the transaction that records the
+agent's plan, or the operation fails saying why."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 
-from control_plane.db.models import Tenant
+from sqlmodel import Session
+
+from control_plane.db.models import Agent, Tenant
 from control_plane.errors import NoCapacityLeft
+from control_plane.fleet import placement
 from control_plane.fleet.incarnations import Fleet
 from control_plane.fleet.placement import NoCapacity
+from control_plane.reconciler.context import OpContext
+from control_plane.reconciler.planning import Plan, StartPlan
 
 
-def place(
-    fleet: Fleet, tenant: Tenant, exclude: AbstractSet[str] = frozenset(), reserved: Sequence[tuple[str, Tenant]] = ()
-) -> str:
+def place(fleet: Fleet, tenant: Tenant, exclude: AbstractSet[str] = frozenset()) -> str:
     try:
-        return fleet.place(tenant, exclude, reserved).name
+        return fleet.place(tenant, exclude).name
     except NoCapacity as exc:
         raise NoCapacityLeft(str(exc)) from None
+
+
+def planned(
+    fleet: Fleet,
+    ctx: OpContext,
+    agent: Agent,
+    tenant: Tenant,
+    make: Callable[[Callable[[], str]], Plan],
+    exclude: AbstractSet[str] = frozenset(),
+) -> Plan:
+    """`ctx.plan` for `agent`: `make(place)` plans it, and a plan that puts it on a node it is not on is recorded
+    only with that node reserved in the same transaction (`placement.reserve`). Two operations placing at once
+    therefore never both take a node's last place: the later one finds the node full and places again. A node
+    placement chose must still have room then; an explicit target (`evacuate --to`) is reserved as it is.
+    Re-running is safe: a recorded plan is returned as it is (its reservation stays until the operation ends)."""
+    chosen: list[str] = []
+
+    def place_anew() -> str:
+        chosen.append(place(fleet, tenant, exclude))
+        return chosen[-1]
+
+    def reserve(session: Session, plan: Plan) -> bool:
+        if isinstance(plan, StartPlan) and plan.node == agent.node:
+            return True  # kept, or started again where it is: its row counts there already
+        placed = bool(chosen) and chosen[-1] == plan.node
+        return placement.reserve(session, agent.id, tenant, plan.node, ctx.id, within_capacity=placed)
+
+    return ctx.plan(agent.id, lambda: make(place_anew), reserve)
 
 
 def split(agent_id: str) -> tuple[str, int]:

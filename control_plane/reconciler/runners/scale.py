@@ -13,7 +13,7 @@ from control_plane.fleet.fence import stopped_before_start
 from control_plane.fleet.incarnations import Fleet
 from control_plane.reconciler.context import OpContext
 from control_plane.reconciler.planning import StartPlan, plan_start
-from control_plane.reconciler.runners.placing import place
+from control_plane.reconciler.runners.placing import planned
 
 
 def ensure_running(fleet: Fleet, ctx: OpContext, tenant: Tenant, ordinal: int) -> None:
@@ -34,8 +34,8 @@ def ensure_running(fleet: Fleet, ctx: OpContext, tenant: Tenant, ordinal: int) -
         return None if found is None else found.generation
 
     try:
-        plan = ctx.plan(
-            agent.id, lambda: plan_start(agent, alive=alive, current=current, place=lambda: place(fleet, tenant))
+        plan = planned(
+            fleet, ctx, agent, tenant, lambda place: plan_start(agent, alive=alive, current=current, place=place)
         )
     except Exception:
         fleet.forget_unplaced(tenant.name, ordinal)  # a new ordinal that found no node is not left `starting`
