@@ -142,6 +142,7 @@ def create_app(
     app.state.probe_engine = engine_probe(settings)
     app.state.observer = observer
     app.state.waits = Waits(engine, limit=settings.max_waits, interval=settings.wait_poll_interval)
+    app.state.operation_queued = lambda: None  # the reconciler's `wake` once it runs here (background.py)
     app.state.holds = Holds(
         engine, limit=settings.max_held_requests, timeout=settings.hold_timeout, interval=settings.hold_poll_interval
     )

@@ -110,7 +110,10 @@ class Background:
                 node_workers=self.settings.node_workers,
                 on_finished=self.slot.waits.operation_finished,  # `?wait=` answers as soon as it finished here
             )
-            if not self._launch(reconciler) or not self._launch(HealthMonitor(self.engine, self.fleet, self.settings)):
+            if not self._launch(reconciler):
+                return
+            self.slot.operation_queued = reconciler.wake  # the API's queued operations start now, not at a tick
+            if not self._launch(HealthMonitor(self.engine, self.fleet, self.settings)):
                 return
             if not self._launch(PoolRefiller(self.fleet)):  # with no pool wanted, it empties the old ones once
                 return

@@ -52,6 +52,7 @@ class Periodic:
         self._first_at_once = first_at_once
         self._fixed_rate = fixed_rate
         self._stop = threading.Event()
+        self._woken = threading.Event()  # set by stop() and wake(): the pause between rounds ends at once
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> Periodic:
@@ -60,6 +61,11 @@ class Periodic:
 
     def stop(self) -> None:
         self._stop.set()
+        self._woken.set()
+
+    def wake(self) -> None:
+        """Run the next round now, not after the pause (a wake during a round runs one more right after it)."""
+        self._woken.set()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the thread to end (after `stop()`); True when it did (or never started)."""
@@ -71,8 +77,14 @@ class Periodic:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def _pause(self, seconds: float) -> bool:
+        """Wait `seconds`, or until woken; True when stopping."""
+        self._woken.wait(seconds)
+        self._woken.clear()
+        return self._stop.is_set()
+
     def _loop(self) -> None:
-        if not self._first_at_once and self._stop.wait(self.interval):
+        if not self._first_at_once and self._pause(self.interval):
             return
         while True:
             started = time.monotonic()
@@ -82,5 +94,5 @@ class Periodic:
             except Exception:
                 log.exception("periodic.round_failed", thread=self.name)
             pause = self.interval - (time.monotonic() - started) if self._fixed_rate else self.interval
-            if self._stop.wait(max(0.0, pause)):
+            if self._pause(max(0.0, pause)):
                 return

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
-from control_plane.api.waiting import OperationWait, wait_slot
+from control_plane.api.waiting import OperationWait, Queued, wait_slot
 from control_plane.db.models import Operation
 from control_plane.services import operations, tokens
 from control_plane.services.nodes import EngineProbe
@@ -84,4 +84,4 @@ def accepted(session: Session, op: Operation, wait: bool, timeout: float) -> JSO
         op_id = op.id
         session.close()
         return OperationWait(op_id, timeout)
-    return JSONResponse(operations.operation_public(op).model_dump(mode="json"), status_code=202)
+    return Queued(operations.operation_public(op).model_dump(mode="json"), status_code=202)

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import structlog
 from fastapi import Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
@@ -16,6 +17,8 @@ from starlette.types import Receive, Scope, Send
 from control_plane.db.models import FINISHED_STATES
 from control_plane.services import operations
 from control_plane.services.waits import Waits
+
+log = structlog.get_logger("control_plane.api")
 
 
 def waits_of(request: Request) -> Waits:
@@ -58,9 +61,28 @@ async def operation_after_wait(request: Request, op_id: str, timeout: float) -> 
     return await asyncio.to_thread(read_operation, request.app.state.engine, op_id)
 
 
+def announce_queued(scope: Scope) -> None:
+    """The operation the response answers for is committed: this control plane's reconciler looks at the queue
+    now (a no-op before it runs, or without one). Never fails the response: the operation is queued either way,
+    and the reconciler's next look finds it."""
+    try:
+        scope["app"].state.operation_queued()
+    except Exception:
+        log.warning("reconciler.wake_failed", exc_info=True)
+
+
+class Queued(JSONResponse):
+    """202 with an operation just queued; sending it wakes the reconciler (`announce_queued`)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        announce_queued(scope)
+        await super().__call__(scope, receive, send)
+
+
 class OperationWait(JSONResponse):
     """What a `?wait=true` action returns once its operation is queued: sent when the operation finished (200)
-    or `timeout` ran out (202 with it as it is), waiting on the event loop in between."""
+    or `timeout` ran out (202 with it as it is), waiting on the event loop in between. It wakes the reconciler
+    first (`announce_queued`)."""
 
     def __init__(self, op_id: str, timeout: float) -> None:
         super().__init__(None, status_code=202)
@@ -68,6 +90,7 @@ class OperationWait(JSONResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         app = scope["app"]
+        announce_queued(scope)
         await app.state.waits.operation(self.op_id, self.timeout)
         status, body = await asyncio.to_thread(read_operation, app.state.engine, self.op_id)
         await JSONResponse(body, status_code=status)(scope, receive, send)

@@ -25,7 +25,7 @@ from control_plane.timing import Periodic
 
 log = structlog.get_logger("control_plane.reconciler")
 Claimed = tuple[Operation, str]
-IDLE_LOOK = 0.2  # seconds between an idle worker's looks at the queue
+IDLE_LOOK = 0.2  # seconds between an idle worker's looks at the queue (an operation queued here wakes it at once)
 
 
 class _Lane:
@@ -73,8 +73,9 @@ class Reconciler:
 
     With `stuck_after`, one more thread sweeps for stuck agents every `stuck_interval` (`stuck.sweep`).
 
-    An idle worker looks at the queue every IDLE_LOOK seconds; `on_finished` is called after each operation this
-    control plane finished (its `?wait=` requests read the outcome at once)."""
+    An idle worker looks at the queue every 0.2 s; `wake()` makes it look now (the API queued an operation on this
+    control plane), and `on_finished` is called after each operation this control plane finished (its `?wait=`
+    requests read the outcome at once). Operations queued on another replica wait for the tick, as before."""
 
     def __init__(
         self,
@@ -103,6 +104,7 @@ class Reconciler:
             Periodic(f"litefleet-node-op-{i}", IDLE_LOOK, partial(self._work, self._lanes[-1]), first_at_once=True)
             for i in range(node_workers)
         ]
+        self._claimers = list(self._workers)
         if stuck_after is not None:
             after = stuck_after
             self._workers.append(Periodic("litefleet-stuck", stuck_interval, lambda: self._sweep(after)))
@@ -110,6 +112,11 @@ class Reconciler:
     def start(self) -> None:
         for worker in self._workers:
             worker.start()
+
+    def wake(self) -> None:
+        """An operation was just queued: every idle worker looks at the queue now (one read fills them all)."""
+        for worker in self._claimers:
+            worker.wake()
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop claiming; each running operation stops at its next step and its lease is released, so another

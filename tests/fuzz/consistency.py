@@ -41,6 +41,12 @@ def problems(engine: Engine) -> list[str]:
         tokens = session.exec(select(ApiToken)).all()
     found += _tenants(tenants)
     found += _agents(agents, tenants, nodes)
+    unfinished = {op.id for op in operations if op.state not in FINISHED_STATES}
+    found += [
+        f"agent {agent.id} keeps a place on {agent.reserved_node} for operation {agent.reserved_by}, which ended"
+        for agent in agents
+        if agent.reserved_by is not None and agent.reserved_by not in unfinished
+    ]
     found += _operations(operations, events)
     found += [
         f"token {token.id} of tenant {token.tenant}, which does not exist"

@@ -62,6 +62,10 @@ def test_a_consistent_fleet_has_no_problems(engine: Engine) -> None:
         ([Agent(id="acme/9", tenant="acme", ordinal=1, state=AgentState.retained)], "is tenant acme ordinal 1"),
         ([Agent(id="acme/1", tenant="acme", ordinal=1, node="n9", state=AgentState.starting)], "node n9, which"),
         ([Agent(id="acme/1", tenant="acme", ordinal=1, node="n1", state=AgentState.running)], "more than its capacity"),
+        (
+            [Agent(id="acme/1", tenant="acme", ordinal=1, reserved_node="n1", reserved_by="gone")],
+            "keeps a place on n1 for operation gone, which ended",
+        ),
         ([Tenant(name="zed", agents=2, state=TenantState.hibernated)], "hibernated with 2 agents"),
         ([Tenant(name="zed", agents=99)], "wants 99 agents"),
         (

@@ -17,6 +17,7 @@ from sqlmodel import Session
 from control_plane import background
 from control_plane.app import create_app
 from control_plane.db.models import Node
+from control_plane.reconciler import worker
 from control_plane.settings import Settings, api_token
 from tests.unit.control_plane.fakes import fake_fleet
 
@@ -114,16 +115,22 @@ def test_stopping_while_the_background_work_comes_up_starts_nothing_after(
     _wait_for(lambda: {thread.name for thread in threading.enumerate()} - before == set())
 
 
-def test_a_wait_answers_as_soon_as_its_operation_finished_not_at_the_next_poll(engine: Engine, tmp_path: Path) -> None:
-    """The reconciler wakes the `?wait=` requests when it finished an operation (`on_finished`): with their poll at
-    30 s, a provision answered in a few seconds was woken."""
+def test_a_queued_operation_starts_at_once_and_its_wait_answers_as_soon_as_it_finished(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API wakes this control plane's reconciler when it queues an operation, and the reconciler wakes the
+    `?wait=` requests when it finished one: neither waits for its tick. Both ticks are 30 s here (the idle
+    worker's look at the queue, the waits' poll): a provision answered in a few seconds was woken twice."""
+    monkeypatch.setattr(worker, "IDLE_LOOK", 30.0)
     settings = _settings(engine, tmp_path)
     settings.observer = False
     settings.wait_poll_interval = 30.0
     app, headers = _one_node_app(engine, settings)
     with TestClient(app, headers=headers) as api:
+        _wait_for(lambda: getattr(app.state.operation_queued, "__name__", "") == "wake")  # the reconciler runs
+        time.sleep(0.5)  # its workers' first look is done: the next is 30 s away
         started = time.monotonic()
         created = api.post("/v1/tenants?wait=true&timeout=60", json={"name": "acme", "agents": 1})
         took = time.monotonic() - started
     assert created.status_code == 200 and created.json()["state"] == "succeeded", created.text
-    assert took < 10, f"answered after {took:.1f}s: the poll, not a wakeup"
+    assert took < 10, f"answered after {took:.1f}s: a tick, not a wakeup"
