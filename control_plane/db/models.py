@@ -349,7 +349,7 @@ class Agent(AgentHealth, AgentLag, table=True):
     # plan's own transaction: placement counts it until the agent is placed there (then its row counts) and the
     # operation's end clears it, so two operations planning at once never both take a node's last place.
     reserved_node: str | None = Field(default=None, index=True, max_length=40)
-    reserved_by: str | None = Field(default=None, max_length=40)
+    reserved_by: str | None = Field(default=None, index=True, max_length=40)
     updated_at: float = Field(default_factory=_now)
 
 

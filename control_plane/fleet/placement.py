@@ -6,11 +6,26 @@ from __future__ import annotations
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import case, not_, or_, update
+from sqlalchemy import and_, case, or_, update
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, func, select
 
-from control_plane.db.models import PLACED_STATES, Agent, Node, NodeState, Tenant
+from control_plane.db.models import (
+    PLACED_STATES,
+    UNFINISHED_STATES,
+    Agent,
+    AgentState,
+    Node,
+    NodeState,
+    Operation,
+    Tenant,
+)
+
+# whose row keeps its place on its node: placed agents, and failed ones (a repair starts them again in place)
+HOLDING_STATES = (*PLACED_STATES, AgentState.failed)
 
 
 class NoCapacity(Exception):
@@ -36,16 +51,19 @@ class NodeLoad:
 
 
 def node_loads(session: Session, tenant: str, only: str | None = None) -> dict[str, NodeLoad]:
-    """Every node's load (or node `only`'s) from the fleet DB: its placed agents, the agents unfinished operations
-    planned onto it that are not placed there yet (`Agent.reserved_node`), their memory, and how many are
-    `tenant`'s. Grouped queries (not a row per agent: 40,000 agents took seconds to load as objects). A node's warm
-    pool takes its containers' memory (as its last refill recorded it): a claim turns one into an agent, the refill
-    starts another, so the pool's share stays taken."""
+    """Every node's load (or node `only`'s) from the fleet DB: the agents whose row names it (placed, or failed:
+    a repair starts it again in place, or held by an unfinished operation: a move's stopped source that a rollback
+    restarts) and the agents unfinished operations reserved a place on it for (`Agent.reserved_node`, until their
+    row names it), their memory, and how many are `tenant`'s. Reservations of operations that ended count nowhere.
+    Grouped queries (not a row per agent: 40,000 agents took seconds to load as objects). A node's warm pool takes
+    its containers' memory (as its last refill recorded it): a claim turns one into an agent, the refill starts
+    another, so the pool's share stays taken."""
     nodes = select(Node) if only is None else select(Node).where(col(Node.name) == only)
     loads = {node.name: NodeLoad(node, 0, node.pool_size * node.pool_memory_mb, 0) for node in session.exec(nodes)}
-    placed = col(Agent.state).in_(PLACED_STATES)
-    not_placed_there = or_(col(Agent.node).is_(None), col(Agent.node) != col(Agent.reserved_node), not_(placed))
-    for on, counted in ((col(Agent.node), placed), (col(Agent.reserved_node), not_placed_there)):
+    held = _held()
+    on_its_row = or_(col(Agent.state).in_(HOLDING_STATES), held)
+    elsewhere = and_(held, _not_there_yet())
+    for on, counted in ((col(Agent.node), on_its_row), (col(Agent.reserved_node), elsewhere)):
         query = (
             select(
                 on,
@@ -71,25 +89,47 @@ def node_loads(session: Session, tenant: str, only: str | None = None) -> dict[s
 
 def reserve(session: Session, agent_id: str, tenant: Tenant, node: str, by: str, *, within_capacity: bool) -> bool:
     """Record in `session` (not committed) that operation `by` planned agent `agent_id`'s next incarnation on
-    `node`; with `within_capacity`, True only if the node still has room counting it (a False leaves the caller
-    to roll back and place again: another operation took the place since its loads were read).
+    `node`. With `within_capacity` (a node placement chose), True only if the node is still ready, offers the
+    tenant's runtime and has room counting it; a False leaves the caller to roll back and place again (another
+    operation took the place, or a drain began, since its loads were read). Without it (kept, restarted in place,
+    an explicit target), True unless the agent or the node is gone.
 
-    The agent's row is written first (on SQLite that takes the database's write lock, so the count below is
-    current), then the node's row is locked (on PostgreSQL placements onto one node wait for each other's
-    commits, and the count's statement sees them). Re-running it is harmless: the same reservation is written."""
-    session.execute(update(Agent).where(col(Agent.id) == agent_id).values(reserved_node=node, reserved_by=by))
-    if session.get(Node, node, with_for_update=True) is None:
+    Locks in this order, like every transaction that writes both: the agent's row first (its UPDATE is the
+    transaction's first statement, so on SQLite it takes the write lock before any read and the count below is
+    current), then the node's row (on PostgreSQL placements onto one node wait for each other's commits, and the
+    count's statement sees them). Re-running it is harmless: the same reservation is written."""
+    written = session.execute(
+        update(Agent)
+        .where(col(Agent.id) == agent_id)
+        .values(reserved_node=node, reserved_by=by)
+        .execution_options(synchronize_session=False)  # nothing may be read before this write
+    )
+    row = session.get(Node, node, with_for_update=True)
+    if cast("CursorResult[Any]", written).rowcount != 1 or row is None:
         return False
-    load = node_loads(session, tenant.name, only=node).get(node)
-    if load is None or not within_capacity:
-        return load is not None
-    return load.agents <= load.node.capacity_agents and load.memory_mb <= load.node.capacity_memory_mb
+    if not within_capacity:
+        return True
+    if row.state != NodeState.ready or tenant.runtime not in (row.runtimes or []):
+        return False
+    load = node_loads(session, tenant.name, only=node)[node]
+    return load.agents <= row.capacity_agents and load.memory_mb <= row.capacity_memory_mb
 
 
 def release_reservations(session: Session, by: str) -> None:
     """Forget the places operation `by` reserved (in `session`, not committed): it finished, and what it started
     counts by its rows now. Safe to call twice."""
-    session.execute(update(Agent).where(col(Agent.reserved_by) == by).values(reserved_node=None, reserved_by=None))
+    session.execute(
+        update(Agent)
+        .where(col(Agent.reserved_by) == by)
+        .values(reserved_node=None, reserved_by=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def reserved_on(session: Session, node: str) -> int:
+    """How many agents unfinished operations reserved a place on `node` for (they have not started there yet)."""
+    query = select(func.count()).select_from(Agent).where(col(Agent.reserved_node) == node, _held(), _not_there_yet())
+    return int(session.exec(query).one())
 
 
 def choose_node(
@@ -132,3 +172,13 @@ def choose_node(
         key=lambda load: (load.tenant_agents, -(load.node.capacity_memory_mb - load.memory_mb), load.node.name),
     )
     return best.node
+
+
+def _held() -> ColumnElement[bool]:
+    """The agent's reservation belongs to an operation that has not ended (one that ended holds nothing, even
+    if its end was recorded by a control plane that did not clear it)."""
+    return col(Agent.reserved_by).in_(select(Operation.id).where(col(Operation.state).in_(UNFINISHED_STATES)))
+
+
+def _not_there_yet() -> ColumnElement[bool]:
+    return or_(col(Agent.node).is_(None), col(Agent.node) != col(Agent.reserved_node))

@@ -139,7 +139,8 @@ def _scopes(
     session: Session, node_wide: list[tuple[str, str | None]], queued_tenants: set[str]
 ) -> dict[str, set[str] | None]:
     """Operation id -> the agent ids ("tenant/ordinal") a node-wide operation touches, as far as any other
-    unfinished operation can conflict with them: its node's agents of `queued_tenants` (the tenants with a tenant
+    unfinished operation can conflict with them: its node's agents (and those another operation planned onto it:
+    a drain waits for the provision that reserved a place there) of `queued_tenants` (the tenants with a tenant
     operation queued: no other tenant can conflict) and of any node-wide operation's recorded plan (two node-wide
     operations can share an agent only through a plan: an agent a fail-over already placed elsewhere is still its
     own until it is done), plus its own plan. None for one without a node: the whole fleet. Two small queries
@@ -156,12 +157,13 @@ def _scopes(
     on_node: dict[str, set[str]] = {}
     if nodes and (queued_tenants or in_plans):
         query = (
-            select(Agent.id, Agent.node)
-            .where(col(Agent.node).in_(nodes))
+            select(Agent.id, Agent.node, Agent.reserved_node)
+            .where(or_(col(Agent.node).in_(nodes), col(Agent.reserved_node).in_(nodes)))
             .where(or_(col(Agent.tenant).in_(queued_tenants), col(Agent.id).in_(in_plans)))
         )
-        for agent_id, node in session.exec(query):
-            on_node.setdefault(str(node), set()).add(agent_id)
+        for agent_id, *places in session.exec(query):  # on the node, or planned onto it by another operation
+            for node in {place for place in places if place in nodes}:
+                on_node.setdefault(node, set()).add(agent_id)
     return {
         op_id: None if node is None else on_node.get(node, set()) | planned.get(op_id, set())
         for op_id, node in node_wide

@@ -108,7 +108,10 @@ class OpContext:
             answer = self._update(record, first=hold)
             if answer is not None:
                 return from_json(answer)
-        raise NoCapacityLeft(f"agent {agent_id}: other operations took each place chosen ({PLAN_ATTEMPTS} tries)")
+        raise NoCapacityLeft(
+            f"no place could be reserved for agent {agent_id} in {PLAN_ATTEMPTS} tries: each node chosen was taken by "
+            "another operation, stopped being ready, or it or the agent was removed meanwhile"
+        )
 
     def plan_of(self, agent_id: str) -> Plan | None:
         with self._lock:

@@ -27,6 +27,7 @@ from control_plane.db.models import (
 )
 from control_plane.drivers.base import EngineUnreachable
 from control_plane.errors import EngineUnreachableError, NodeExists, NodeNotEmpty, NodeNotFound, NodeNotReady
+from control_plane.fleet.placement import reserved_on
 from control_plane.services.operations import event, queue
 from control_plane.services.paging import DEFAULT_LIMIT, by_name
 
@@ -161,6 +162,9 @@ def remove_node(session: Session, name: str) -> None:
     placed = session.exec(select(Agent).where(Agent.node == name).where(col(Agent.state).in_(PLACED_STATES))).all()
     if placed:
         raise NodeNotEmpty(f"node {name} still runs {len(placed)} agents; drain it first")
+    planned = reserved_on(session, name)
+    if planned:
+        raise NodeNotEmpty(f"node {name} has {planned} agents planned onto it by unfinished operations; wait for them")
     session.delete(node)
     event(session, "node.removed", "node removed", node=name)
     session.commit()

@@ -14,7 +14,7 @@ from control_plane.fleet import placement
 from control_plane.fleet.incarnations import Fleet
 from control_plane.fleet.placement import NoCapacity
 from control_plane.reconciler.context import OpContext
-from control_plane.reconciler.planning import Plan, StartPlan
+from control_plane.reconciler.planning import Plan
 
 
 def place(fleet: Fleet, tenant: Tenant, exclude: AbstractSet[str] = frozenset()) -> str:
@@ -32,10 +32,11 @@ def planned(
     make: Callable[[Callable[[], str]], Plan],
     exclude: AbstractSet[str] = frozenset(),
 ) -> Plan:
-    """`ctx.plan` for `agent`: `make(place)` plans it, and a plan that puts it on a node it is not on is recorded
-    only with that node reserved in the same transaction (`placement.reserve`). Two operations placing at once
-    therefore never both take a node's last place: the later one finds the node full and places again. A node
-    placement chose must still have room then; an explicit target (`evacuate --to`) is reserved as it is.
+    """`ctx.plan` for `agent`: `make(place)` plans it, and the plan is recorded only with its node reserved in the
+    same transaction (`placement.reserve`). Two operations placing at once therefore never both take a node's last
+    place: the later one finds the node full (or no longer ready) and places again. A node placement chose must
+    still have room then; a kept agent, one started again in place and an explicit target (`evacuate --to`) are
+    reserved as they are (while the operation runs, the agent's row holds its place whatever its state).
     Re-running is safe: a recorded plan is returned as it is (its reservation stays until the operation ends)."""
     chosen: list[str] = []
 
@@ -44,8 +45,6 @@ def planned(
         return chosen[-1]
 
     def reserve(session: Session, plan: Plan) -> bool:
-        if isinstance(plan, StartPlan) and plan.node == agent.node:
-            return True  # kept, or started again where it is: its row counts there already
         placed = bool(chosen) and chosen[-1] == plan.node
         return placement.reserve(session, agent.id, tenant, plan.node, ctx.id, within_capacity=placed)
 

@@ -12,13 +12,14 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from control_plane.db.models import Agent, Node, Operation, OperationKind, Tenant
-from control_plane.errors import NoCapacityLeft
+from control_plane.db.models import Agent, AgentState, Node, NodeState, Operation, OperationKind, OperationState, Tenant
+from control_plane.errors import NoCapacityLeft, NodeNotEmpty
 from control_plane.fleet.placement import node_loads
 from control_plane.reconciler.claims import claim, finish
 from control_plane.reconciler.context import OpContext
 from control_plane.reconciler.planning import StartPlan, plan_start
 from control_plane.reconciler.runners.placing import planned
+from control_plane.services.nodes import remove_node
 from control_plane.settings import Settings
 from tests.unit.control_plane.fakes import fake_fleet
 
@@ -105,3 +106,49 @@ def session_operation(engine: Engine, op_id: str) -> Operation:
         op = session.get(Operation, op_id)
         assert op is not None
         return op
+
+
+def test_a_failed_agent_keeps_its_place_for_the_repair_that_restarts_it_there(engine: Engine) -> None:
+    fleet = _fleet(engine, "b")
+    with Session(engine) as session:
+        session.add(Tenant(name="a", agents=1, memory_mb=64))
+        session.add(Agent(id="a/0", tenant="a", ordinal=0, generation=1, node="n1", state=AgentState.failed))
+        session.commit()
+    (ctx,) = _contexts(engine, 1)
+    assert _plan(fleet, ctx).node == "n2"
+
+
+def test_a_node_that_began_draining_after_the_loads_were_read_is_placed_around(engine: Engine) -> None:
+    fleet = _fleet(engine, "a")
+    real_place = fleet.place
+
+    def place_then_the_drain_begins(*args: Any, **kwargs: Any) -> Node:
+        node = real_place(*args, **kwargs)
+        if node.name == "n1":
+            with Session(engine) as session:
+                row = session.get(Node, "n1")
+                assert row is not None
+                row.state = NodeState.draining
+                session.add(row)
+                session.commit()
+        return node
+
+    fleet.place = place_then_the_drain_begins
+    (ctx,) = _contexts(engine, 1)
+    assert _plan(fleet, ctx).node == "n2"
+
+
+def test_a_place_held_by_an_operation_that_ended_counts_nowhere_and_one_held_keeps_its_node(engine: Engine) -> None:
+    fleet = _fleet(engine, "a")
+    (ctx,) = _contexts(engine, 1)
+    node = _plan(fleet, ctx).node
+    with Session(engine) as session:
+        with pytest.raises(NodeNotEmpty, match="planned onto it"):
+            remove_node(session, node)
+        op = session.get(Operation, ctx.id)
+        assert op is not None
+        op.state, op.finished_at = OperationState.succeeded, 1.0  # ended by a control plane that kept no places
+        session.add(op)
+        session.commit()
+        assert node_loads(session, "a")[node].agents == 0
+        remove_node(session, node)

@@ -23,10 +23,12 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('reserved_node', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=True))
         batch_op.add_column(sa.Column('reserved_by', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=True))
         batch_op.create_index(batch_op.f('ix_agent_reserved_node'), ['reserved_node'], unique=False)
+        batch_op.create_index(batch_op.f('ix_agent_reserved_by'), ['reserved_by'], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table('agent', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_agent_reserved_by'))
         batch_op.drop_index(batch_op.f('ix_agent_reserved_node'))
         batch_op.drop_column('reserved_by')
         batch_op.drop_column('reserved_node')
