@@ -215,9 +215,11 @@ def claim_pool(
     *,
     again: bool = False,
     pool_name: str | None = None,
+    network_made: Callable[[], None] = lambda: None,
 ) -> dict[str, float]:
-    """Turn a running pool container into `spec`'s incarnation: its name, its tenant's network (`spec.network`, else
-    the default bridge) as its only network, its limits, then its identity and secrets (those of `complete()`, called
+    """Turn a running pool container into `spec`'s incarnation: its name, its limits, its tenant's network
+    (`spec.network`, else the default bridge; once `network_made()` returns) as its only network, then its identity
+    and secrets (those of `complete()`, called
     only then, else of `spec`) on its stdin. Docker cannot change labels or environment after creation: the name
     carries the identity (`parse_incarnation_name`), the claim record on the volume the rest. Not idempotent by
     itself: `DockerDriver.claim` looks for the name first. With `again` (a claim cut short, found under its new
@@ -248,6 +250,10 @@ def claim_pool(
         # moment renames it again: whoever's name it holds now has it, and the other backs off having changed nothing
         _still_ours(container, spec.name)
     took("rename")
+    _limit(client, container, spec)
+    took("limits")
+    network_made()  # the caller may still be creating the tenant's network
+    took("network_made")
     target = spec.network or "bridge"
     joined = set(container.attrs.get("NetworkSettings", {}).get("Networks") or {})
     if "none" in joined:  # a pool container has no network (Docker refuses another one beside "none")
@@ -258,16 +264,6 @@ def claim_pool(
     for other in sorted(joined - {target}):  # one made on the default bridge by an earlier control plane
         client.networks.get(other).disconnect(container)
     took("network")
-    memory = spec.memory_mb * 2**20
-    limits = {
-        "Memory": memory,
-        "MemorySwap": 2 * memory,
-        "NanoCpus": int(spec.cpus * 1e9),
-        "PidsLimit": spec.pids_limit,
-    }
-    response = client.api._post_json(client.api._url("/containers/{0}/update", container.id), data=limits)
-    client.api._raise_for_status(response)  # the SDK's `update` knows neither NanoCpus nor PidsLimit
-    took("limits")
     full = spec if complete is None else complete()
     took("secrets")
     _still_ours(container, spec.name)  # the identity goes only into a container under this incarnation's name
@@ -278,6 +274,20 @@ def claim_pool(
         deliver_claim(client, container.id, full)
         took("claim_exec")
     return seconds
+
+
+def _limit(client: Any, container: Any, spec: AgentSpec) -> None:
+    """The incarnation's memory, CPU and process limits on a running container (a pool container idles with the
+    pool's)."""
+    memory = spec.memory_mb * 2**20
+    limits = {
+        "Memory": memory,
+        "MemorySwap": 2 * memory,
+        "NanoCpus": int(spec.cpus * 1e9),
+        "PidsLimit": spec.pids_limit,
+    }
+    response = client.api._post_json(client.api._url("/containers/{0}/update", container.id), data=limits)
+    client.api._raise_for_status(response)  # the SDK's `update` knows neither NanoCpus nor PidsLimit
 
 
 def _still_ours(container: Any, name: str) -> None:

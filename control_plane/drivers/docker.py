@@ -311,7 +311,12 @@ class DockerDriver:
         Safe to repeat: when `spec`'s incarnation exists it is returned as it is."""
         if not spec.claimable:
             return None
-        with _engine(self.engine_url):
+        with _engine(self.engine_url), contextlib.ExitStack() as closing:
+            started = time.monotonic()
+            isolated, created, rules = self._network_for_claim(spec)  # beside the checks, the rename, the limits
+            for future in (rules, created):
+                if future is not None:
+                    closing.callback(future.exception)  # never leave before the helper's exec ended
             existing = find_agent(self.client, spec)
             if existing is not None:
                 return _incarnation(existing)
@@ -324,9 +329,10 @@ class DockerDriver:
                 or self._member(container).image != spec.image  # the tag's current content only
             ):
                 return None
-            started = time.monotonic()
-            isolated, rules = self._network_for_claim(spec)
-            network = round(time.monotonic() - started, 3)
+
+            def network() -> None:
+                if created is not None:
+                    created.result()
 
             def ready() -> AgentSpec:  # the tenant's rules are in place before anything of the tenant's runs
                 if rules is not None:
@@ -334,10 +340,9 @@ class DockerDriver:
                 return spec if complete is None else complete()
 
             try:
-                with contextlib.ExitStack() as closing:
-                    if rules is not None:
-                        closing.callback(rules.exception)  # never leave before the helper's exec ended
-                    seconds = claim_pool(self.client, container, isolated, _Completed(ready), pool_name=name)
+                seconds = claim_pool(
+                    self.client, container, isolated, _Completed(ready), pool_name=name, network_made=network
+                )
             except PoolMemberTaken as exc:  # not ours to remove: another claim has it, or it is left as it was
                 log.info("pool.taken", container=name, incarnation=spec.name, error=str(exc)[:300])
                 existing = find_agent(self.client, spec) if exc.name_taken else None
@@ -354,7 +359,7 @@ class DockerDriver:
                 container=name,
                 incarnation=spec.name,
                 engine=self.engine_url,
-                ensure_network=network,
+                seconds=round(time.monotonic() - started, 3),
                 **seconds,
             )
             return _incarnation(container)
@@ -370,18 +375,23 @@ class DockerDriver:
         ensure_tenant_network(self.client, network, spec.isolation, self._helper())
         return dataclasses.replace(spec, network=network.name)
 
-    def _network_for_claim(self, spec: AgentSpec) -> tuple[AgentSpec, Future[None] | None]:
-        """As `_isolated`, for a claim: the network is created now, its rules are installed on a thread of their
-        own (the future) while the pool container moves onto it. The container runs nothing of the tenant's until
-        the claim's identity goes in, which waits for the rules (fail closed: an IsolationFailed removes it)."""
+    def _network_for_claim(self, spec: AgentSpec) -> tuple[AgentSpec, Future[None] | None, Future[None] | None]:
+        """As `_isolated`, for a claim: the network is created on a thread (the first future) while the claim checks
+        and renames the pool container, and its rules are installed after it on another (the second) while the
+        container moves onto it. The container runs nothing of the tenant's until the claim's identity goes in,
+        which waits for the rules (fail closed: an IsolationFailed removes it)."""
         if spec.isolation is None:
-            return spec, None
+            return spec, None, None
         network = TenantNetwork(spec.fleet, spec.tenant)
-        helper = self._helper()
-        create_tenant_network(self.client, network, spec.isolation)
         isolation = spec.isolation
-        rules = _BESIDE.submit(install_tenant_rules, self.client, network, isolation, helper)
-        return dataclasses.replace(spec, network=network.name), rules
+        created = _BESIDE.submit(create_tenant_network, self.client, network, isolation)
+
+        def install() -> None:
+            helper = self._helper()
+            created.result()
+            install_tenant_rules(self.client, network, isolation, helper)
+
+        return dataclasses.replace(spec, network=network.name), created, _BESIDE.submit(install)
 
     def _ensure_isolation(self, labels: dict[str, str]) -> None:
         raw = labels.get(ISOLATION_LABEL)
