@@ -190,13 +190,13 @@ def run_pool(client: Any, spec: PoolSpec) -> Any:
     """Create and start one pool container (never pulling): `run_agent`'s hardening, with LITEFLEET_POOLED=1 as its
     whole contract environment. It waits, unbounded and idle, for `deliver_claim`."""
     client.images.get(spec.image)
-    return client.containers.run(
+    container = client.containers.run(
         spec.image,
         name=spec.name,
         detach=True,
         environment={POOLED: "1"},
         stdin_open=True,  # the claim's fast channel: `attach_claim`
-        network="none",  # no network until claimed: a claim is one connect, with no port mapping to take down
+        network="none",  # no network until claimed (and then not even "none", below)
         labels=spec.labels(),
         volumes={spec.name: {"bind": "/data", "mode": "rw"}},
         ports={f"{AGENT_PORT}/tcp": (spec.publish_ip, None)},
@@ -205,6 +205,10 @@ def run_pool(client: Any, spec: PoolSpec) -> Any:
         pids_limit=spec.pids,
         **_hardening(),
     )
+    # not even "none": a claim is then one connect (Docker refuses another network beside "none", and taking
+    # "none" away is an engine call the claim would wait for). Its namespace keeps only its loopback, as on "none".
+    client.api.disconnect_container_from_network(container.id, "none")
+    return container
 
 
 def claim_pool(
@@ -256,8 +260,8 @@ def claim_pool(
     took("network_made")
     target = spec.network or "bridge"
     joined = set(container.attrs.get("NetworkSettings", {}).get("Networks") or {})
-    if "none" in joined:  # a pool container has no network (Docker refuses another one beside "none")
-        client.networks.get("none").disconnect(container)
+    if "none" in joined:  # made by an earlier control plane, which left it on "none"
+        client.api.disconnect_container_from_network(container.id, "none")
         joined.discard("none")
     if target not in joined:
         client.networks.get(target).connect(container)
