@@ -386,8 +386,16 @@ def deliver_claim(client: Any, container_id: str, spec: AgentSpec, timeout: floa
 def run_agent(client: Any, spec: AgentSpec) -> Any:
     """Create and start the incarnation's container (never pulling), then deliver its secrets. Not idempotent by
     itself: callers look for an existing container by name or labels first (`find_agent`)."""
+    container = create_agent(client, spec)
+    deliver_secrets(client, container.id, spec.secrets())
+    return container
+
+
+def create_agent(client: Any, spec: AgentSpec) -> Any:
+    """`run_agent` without the secrets: the container starts and waits for them (its entrypoint reads them before
+    anything else). Not idempotent by itself, as `run_agent`."""
     client.images.get(spec.image)  # raises ImageNotFound here instead of letting the SDK try a registry
-    container = client.containers.run(
+    return client.containers.run(
         spec.image,
         name=spec.name,
         detach=True,
@@ -403,8 +411,6 @@ def run_agent(client: Any, spec: AgentSpec) -> Any:
         stdin_open=spec.follow,  # a follower's promotion comes there first (`deliver_promotion`)
         **_hardening(),
     )
-    deliver_secrets(client, container.id, spec.secrets())
-    return container
 
 
 def deliver_secrets(client: Any, container_id: str, secrets: AgentSecrets, timeout: float = 30.0) -> None:

@@ -29,12 +29,12 @@ from control_plane.drivers.agent_spec import (
     SecretsNotDelivered,
     agent_url,
     claim_pool,
+    create_agent,
     deliver_promotion,
     deliver_secrets,
     find_agent,
     follower_status,
     limit_memory,
-    run_agent,
     run_pool,
 )
 from control_plane.drivers.base import EngineUnreachable, Incarnation, PoolMember
@@ -128,19 +128,33 @@ class DockerDriver:
             log.info("image.copied", image=image, engine=self.engine_url, seconds=seconds)
             return seconds
 
-    def run(self, spec: AgentSpec) -> Incarnation:
-        """Create and start the incarnation, or return it as it is when a container of that name exists (an
-        exited one is reported, not restarted: the caller decides)."""
+    def run(self, spec: AgentSpec, complete: Callable[[], AgentSpec] | None = None) -> Incarnation:
+        """Create and start the incarnation, then deliver its secrets, or return it as it is when a container of
+        that name exists (an exited one is reported, not restarted: the caller decides; a running one gets its
+        secrets again, same bytes). `complete()` gives `spec` with its secrets (default: `spec` has them); it is
+        called once the container started, which waits for the secrets before it does anything (the caller's key
+        mint and CURRENT write overlap the network and the container's start). When it raises, the container is
+        removed (it holds no secret) and the error raised."""
         with _engine(self.engine_url):
             existing = find_agent(self.client, spec)
             if existing is not None:
+                full = spec if complete is None else complete()
                 if POOL_LABEL in existing.labels and existing.status == "running":
                     # a claim cut short after its rename: finish it as a claim does (the tenant's network and its
                     # rules first, as its only network, its limits) before the identity goes in again (same bytes)
-                    claim_pool(self.client, existing, self._isolated(spec), again=True)
+                    claim_pool(self.client, existing, self._isolated(full), again=True)
+                elif complete is not None and existing.status == "running":
+                    deliver_secrets(self.client, existing.id, full.secrets())
                 return _incarnation(existing)
             with self._reaping(spec.runtime, spec.name, spec.image):
-                return _incarnation(run_agent(self.client, self._isolated(spec)))
+                container = create_agent(self.client, self._isolated(spec))
+            try:
+                full = spec if complete is None else complete()
+            except BaseException:
+                self._remove_if_named(container, spec.name)
+                raise
+            deliver_secrets(self.client, container.id, full.secrets())
+            return _incarnation(container)
 
     def inspect(self, name: str) -> Incarnation | None:
         with _engine(self.engine_url):

@@ -61,17 +61,21 @@ class FakeDriver:
         self._check()
         return 0.0
 
-    def run(self, spec: AgentSpec) -> Incarnation:
-        """Create and start the incarnation, or return it as it is when it exists (an exited one is reported)."""
+    def run(self, spec: AgentSpec, complete: Callable[[], AgentSpec] | None = None) -> Incarnation:
+        """Create and start the incarnation, or return it as it is when it exists (an exited one is reported).
+        `complete()`: `spec` with its secrets, asked for outside the lock (as the real key mint runs beside the
+        start); when it raises nothing is made."""
         with self._lock:
             self._check()
-            if spec.name not in self.containers:
-                self.containers[spec.name] = FakeContainer(
-                    spec, deliveries=[spec.secrets()], following=spec.follow, memory_mb=spec.container_memory_mb
+        full = spec if complete is None else complete()
+        with self._lock:
+            if full.name not in self.containers:
+                self.containers[full.name] = FakeContainer(
+                    full, deliveries=[full.secrets()], following=full.follow, memory_mb=full.container_memory_mb
                 )
-                if not spec.follow:
-                    self._on_run(spec)
-            return self._incarnation(spec.name)
+                if not full.follow:
+                    self._on_run(full)
+            return self._incarnation(full.name)
 
     def inspect(self, name: str) -> Incarnation | None:
         with self._lock:

@@ -157,9 +157,10 @@ class Fleet:
         Re-running is safe: CURRENT only ever moves forward to `generation`; an existing container of that
         incarnation is reused (started again if it stopped), not duplicated; the agent row is written last.
 
-        A new agent that may take a warm pool container writes CURRENT, its key and its row on a thread of its own
-        while the pool container moves to the tenant's network: the claim asks for them (`complete`) before the
-        container gets its identity, so CURRENT still moves before the agent starts, and every start waits for them.
+        A new agent writes CURRENT, its key and its row on a thread of its own while a warm pool container moves to
+        the tenant's network, or a cold one is created and started: the claim, or the start, asks for them
+        (`complete`) before the container gets its identity or its secrets, and the agent does nothing before it
+        has them, so CURRENT still moves before the agent starts, and every start waits for them.
         """
         if tenant.runtime not in (node.runtimes or []):  # an explicit target (evacuate --to) that lacks it
             raise OperationFailed(f"node {node.name} has no {tenant.runtime} runtime for tenant {tenant.name}")
@@ -179,7 +180,7 @@ class Fleet:
             return self._take_generation(tenant.name, ordinal, generation, node)
 
         with ThreadPoolExecutor(1, thread_name_prefix="litefleet-fence") as beside:  # its exit waits for the fence
-            fenced = beside.submit(fence) if self.settings.warm_pool_size and restore_from is None else None
+            fenced = beside.submit(fence) if restore_from is None else None
             done = None if fenced is not None else fence()
 
             def complete() -> AgentSpec:
@@ -200,7 +201,7 @@ class Fleet:
         generation: int,
         node: Node,
         restore_from: int | None,
-        warm: bool,
+        fenced_beside: bool,
         complete: Callable[[], AgentSpec],
         replicated: bool,
     ) -> float:
@@ -213,11 +214,14 @@ class Fleet:
         started = time.monotonic()
         incarnation = driver.inspect(name)
         try:
-            claimed = None
-            if warm and incarnation is None:  # a new agent: a warm container takes its identity and secrets
+            claimed = created = None
+            if fenced_beside and incarnation is None:  # a new agent: its key and CURRENT are being made meanwhile
                 unkeyed = TenantCredentials(tenant.name, "", "")  # `complete()` brings the key, at the claim's end
                 skeleton = self._spec(tenant, ordinal, generation, node, restore_from, unkeyed, "", "")
-                claimed = pool.claim(driver, skeleton, complete)
+                if self.settings.warm_pool_size:  # a warm container takes its identity and secrets
+                    claimed = pool.claim(driver, skeleton, complete)
+                if claimed is None:  # cold: created and started, its secrets delivered once `complete()` has them
+                    created = driver.run(skeleton, complete)
             spec = complete()
             agent_token = spec.agent_token
             if claimed is not None:
@@ -225,6 +229,8 @@ class Fleet:
                 ctx.step(
                     "agent.claimed", f"gen {generation} claimed a warm pool container", agent=ordinal, node=node.name
                 )
+            elif created is not None:
+                incarnation = created
             elif incarnation is None:
                 incarnation = driver.run(spec)  # creates, starts and delivers the secrets
             elif incarnation.status != "running":

@@ -7,6 +7,7 @@ the secrets again (`DockerDriver.restart`); a `docker restart` behind its back l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from control_plane.drivers import DockerDriver
 from control_plane.drivers.agent_http import bearer
 from control_plane.drivers.agent_spec import AgentSpec
+from control_plane.storage.credentials import TenantCredentials
 from tests.integration.conftest import Agents, eventually
 from tests.integration.test_agent_container import logs, workflow_ids
 
@@ -128,3 +130,45 @@ def test_a_restarted_container_waits_for_its_secrets_and_the_driver_delivers_the
         assert api.get(f"{url}/v1/workflows/before").json()["status"] == "SUCCESS"
     for field, value in _secrets(spec).items():
         assert value not in _inspected(agents.client, container, exec_ids), f"{field} is visible after re-deliveries"
+
+
+def test_a_cold_start_runs_the_container_while_its_secrets_are_made_and_removes_it_when_they_fail(
+    agents: Agents,
+) -> None:
+    """`DockerDriver.run(skeleton, complete)`, a new agent's cold start: the container is created and started with
+    no key and no token (its entrypoint waits for them), while `complete()` moves CURRENT and mints the key, as the
+    control plane's fence does beside it; the secrets then go in and the agent serves. When `complete()` fails, the
+    container, which never held a secret, is removed."""
+    driver = DockerDriver("unix:///var/run/docker.sock")
+    tenant = agents.tenant()
+    spec = agents.spec(tenant, 1)
+    skeleton = dataclasses.replace(spec, credentials=TenantCredentials(tenant, "", ""), agent_token="", admin_token="")
+    waited: list[bool] = []
+
+    def complete() -> AgentSpec:
+        container = agents.client.containers.get(spec.name)
+        eventually(lambda: "agent.waiting_for_secrets" in logs(container), timeout=30, interval=0.1)
+        waited.append(True)
+        agents.advance(tenant, 1)  # CURRENT moves while the container waits: nothing of it ran yet
+        return spec
+
+    try:
+        incarnation = driver.run(skeleton, complete)
+        assert waited == [True] and incarnation.status == "running"
+        container = agents.client.containers.get(spec.name)
+        agents.specs[container.name] = spec
+        url = agents.ready(container)
+        with agents.api(container) as api:
+            assert api.post(f"{url}/v1/workflows/count", json={"id": "w-1", "args": [1]}).status_code == 201
+    finally:
+        driver.remove(spec.name)
+
+    refused = agents.spec(agents.tenant(), 1)
+
+    def mint_fails() -> AgentSpec:
+        raise RuntimeError("the key mint failed")
+
+    with pytest.raises(RuntimeError, match="key mint failed"):
+        driver.run(dataclasses.replace(refused, agent_token="", admin_token=""), mint_fails)
+    assert driver.inspect(refused.name) is None
+    driver.remove(refused.name)  # its volume too (harmless when gone)

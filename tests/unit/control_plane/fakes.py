@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -157,10 +158,10 @@ class RecordingDriver(FakeDriver):
         super().__init__(engine_url, **hooks)
         self.history = history
 
-    def run(self, spec: AgentSpec) -> Incarnation:
+    def run(self, spec: AgentSpec, complete: Callable[[], AgentSpec] | None = None) -> Incarnation:
         with self._lock:
             self.history.append((self.engine_url, "run", spec.name))
-            return super().run(spec)
+        return super().run(spec, complete)
 
     def restart(self, name: str, secrets: AgentSecrets) -> Incarnation | None:
         with self._lock:
