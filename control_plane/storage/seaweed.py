@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from control_plane import pki
 from control_plane.settings import Settings, admin_secret
 from control_plane.storage.replicas import ObjectStorage
+from control_plane.storage.weed_shell import ShellEnded, ShellSession
 from control_plane.timing import poll
 
 log = structlog.get_logger("control_plane.storage")
+_SESSIONS_LOCK = threading.Lock()  # one `weed shell` session per store object, however many threads ask
 
 LOOPBACK = "127.0.0.1"
 # every gRPC server a weed process may run; each gets the store's server certificate
@@ -75,6 +78,7 @@ class EmbeddedStore:
         self.address = address
         self.bucket = bucket
         self._admin = (admin_key, admin_secret)
+        self._session: ShellSession | None = None  # `weed shell`, started at the first command
 
     @property
     def admin(self) -> tuple[str, str]:
@@ -183,6 +187,8 @@ class EmbeddedStore:
         return True
 
     def down(self, timeout: float = 15.0) -> None:
+        if self._session is not None:
+            self._session.close()
         for pid_file in (self.s3_pid_file, self.pid_file):
             pid = _running(pid_file)
             if pid is not None:
@@ -191,23 +197,26 @@ class EmbeddedStore:
             pid_file.unlink(missing_ok=True)
 
     def shell(self, command: str) -> str:
-        """Run one `weed shell` command against this store's master; raise with its output on failure."""
-        try:
-            done = subprocess.run(
-                [weed_binary(), "shell", f"-master={LOOPBACK}:{self.address.master_port}"],
-                cwd=self.directory,
-                env=self._environment(),
-                input=command + "\nexit\n",
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
-        except subprocess.TimeoutExpired:
-            raise ObjectStoreError(f"weed shell {command.split()[0]} did not finish in 30 s") from None
-        if done.returncode != 0 or "error" in done.stdout.lower():
-            # The output can echo identities (secret keys included): never put it in an error or a log.
-            raise ObjectStoreError(f"weed shell {command.split()[0]} failed (exit {done.returncode})")
-        return done.stdout
+        """Run one `weed shell` command against this store's master (in this store object's long-lived session:
+        `weed_shell.py`); raise on failure, without its output."""
+        for attempt in (1, 2):
+            try:
+                output = self._shell().run(command, timeout=30)
+            except ShellEnded as exc:
+                raise ObjectStoreError(f"weed shell {command.split()[0]} did not finish: {exc}") from None
+            if "error" not in output.lower():
+                return output
+            if attempt == 1:  # a session whose master went away answers errors: the commands are safe to repeat
+                self._shell().close()
+        # The output can echo identities (secret keys included): never put it in an error or a log.
+        raise ObjectStoreError(f"weed shell {command.split()[0]} failed")
+
+    def _shell(self) -> ShellSession:
+        with _SESSIONS_LOCK:
+            if self._session is None:
+                argv = [weed_binary(), "shell", f"-master={LOOPBACK}:{self.address.master_port}"]
+                self._session = ShellSession(argv, self.directory, self._environment())
+            return self._session
 
 
 def _running(pid_file: Path) -> int | None:

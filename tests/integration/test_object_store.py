@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import ssl
 import stat
@@ -216,3 +218,34 @@ def test_a_store_given_a_relative_directory_starts(tmp_path: Path, monkeypatch: 
         assert store.directory.is_absolute() and store.running_pid() is not None
     finally:
         store.down()
+
+
+def test_one_shell_session_mints_keys_and_a_lost_session_or_a_restarted_store_gets_a_new_one(tmp_path: Path) -> None:
+    """Keys are minted in one long-lived `weed shell` (a session costs ~0.2 s to start, a key then ~2 ms): the same
+    process serves the next key; a session killed under it is replaced at the next command; keys minted after the
+    store restarted work; each key works at once."""
+    store = start_store(tmp_path / "store", "127.0.0.1")
+    try:
+        admin = ObjectStorage(store.address.endpoint, *store.admin, BUCKET)
+        credentials = SeaweedCredentials(store, admin)
+
+        def works(tenant: str) -> int:
+            creds = credentials.issue(tenant)
+            key = admin.tenant_prefix(tenant) + "agents/0/gen-1/x"
+            _as(store, creds).put_object(Bucket=BUCKET, Key=key, Body=b"ok")
+            session = store._session
+            assert session is not None and session._process is not None
+            return session._process.pid
+
+        first = works("acme")
+        assert works("initech") == first  # the same session
+        os.kill(first, signal.SIGKILL)
+        after_kill = works("globex")
+        assert after_kill != first
+        restarter = EmbeddedStore(store.directory, store.address, BUCKET, *store.admin)  # another process's view
+        restarter.down()
+        restarter.up()
+        works("hooli")  # a key minted after the store restarted works (the session reconnected, or was replaced)
+    finally:
+        store.down()
+    assert store._session is not None and store._session._process is None  # down() ends the session
