@@ -54,7 +54,9 @@ from control_plane.pki import EngineTLS
 from control_plane.timing import poll
 
 log = structlog.get_logger("control_plane.drivers")
-_BESIDE = ThreadPoolExecutor(8, thread_name_prefix="litefleet-claim")  # a claim's rules install, beside its move
+# a claim's network creation and rules install, beside its move; sized past the claims that run at once, so one
+# slow engine's installs (up to a minute each) do not hold a healthy node's claim behind them
+_BESIDE = ThreadPoolExecutor(32, thread_name_prefix="litefleet-claim")
 
 
 @contextlib.contextmanager
@@ -151,7 +153,7 @@ class DockerDriver:
             try:
                 full = spec if complete is None else complete()
             except BaseException:
-                self._remove_if_named(container, spec.name)
+                self._remove_quietly(container, spec.name)
                 raise
             deliver_secrets(self.client, container.id, full.secrets())
             return _incarnation(container)
@@ -215,15 +217,15 @@ class DockerDriver:
         volume in use by a container being removed): it answers 409 and we try again, for up to a minute."""
         busy: docker.errors.APIError | None = None
         labels: dict[str, str] | None = None  # kept across retries: the container may be gone by the second try
-        volumes = {name}  # a claimed pool container keeps the volume of its pool name
+        volumes = {name}
         with _engine(self.engine_url):
             for _ in poll(60, 0.2):
                 try:
                     container = self._get(name)
                     if container is not None:
                         labels = _labels(container)
-                        if POOL_LABEL in container.labels:
-                            volumes |= {m["Name"] for m in container.attrs.get("Mounts", []) if m.get("Name")}
+                        # by its id, or a claimed pool container (it keeps the volume of its pool name)
+                        volumes |= {m["Name"] for m in container.attrs.get("Mounts", []) if m.get("Name")}
                         with contextlib.suppress(docker.errors.NotFound):
                             container.remove(force=True)
                     for volume in sorted(volumes):
@@ -321,7 +323,8 @@ class DockerDriver:
         identity) and answers None; when `complete()` raises, the container is removed and the error raised.
         `complete()` gives `spec` with its secrets (default: `spec` has them). It is called only once the container
         is on its network with its limits, just before the identity goes in: the caller's key mint and CURRENT write
-        overlap the network move.
+        overlap the network move. When the tenant's network cannot be made, the container is removed and the error
+        raised, as when `complete()` raises.
         Safe to repeat: when `spec`'s incarnation exists it is returned as it is."""
         if not spec.claimable:
             return None
@@ -346,7 +349,10 @@ class DockerDriver:
 
             def network() -> None:
                 if created is not None:
-                    created.result()
+                    try:
+                        created.result()
+                    except BaseException as exc:  # the container holds the claim's name: it is removed
+                        raise _SecretsFailed(exc) from exc
 
             def ready() -> AgentSpec:  # the tenant's rules are in place before anything of the tenant's runs
                 if rules is not None:
@@ -361,8 +367,8 @@ class DockerDriver:
                 log.info("pool.taken", container=name, incarnation=spec.name, error=str(exc)[:300])
                 existing = find_agent(self.client, spec) if exc.name_taken else None
                 return None if existing is None else _incarnation(existing)  # the incarnation made meanwhile
-            except _SecretsFailed as failed:
-                self._remove_if_named(container, spec.name)  # it holds no identity yet: nothing is lost
+            except _SecretsFailed as failed:  # no tenant network, or no key: it holds no identity, nothing is lost
+                self._remove_quietly(container, spec.name)
                 raise failed.error from None
             except (docker.errors.APIError, SecretsNotDelivered) as exc:
                 log.warning("pool.claim_failed", container=name, incarnation=spec.name, error=str(exc)[:300])
@@ -448,6 +454,13 @@ class DockerDriver:
             if runtime == Runtime.runsc and reap_failed_start(self.client, name, image):
                 log.warning("runsc.start_failed", container=name, engine=self.engine_url, reaped=True)
             raise
+
+    def _remove_quietly(self, container: Any, name: str) -> None:
+        """`_remove_if_named` on the way out of a failure: its own failure is logged, the failure is what is raised."""
+        try:
+            self._remove_if_named(container, name)
+        except Exception as exc:
+            log.warning("agent.remove_failed", container=name, engine=self.engine_url, error=str(exc)[:300])
 
     def _remove_if_named(self, container: Any, name: str) -> None:
         """Remove a claim's container that failed halfway (it may hold a half-made identity), only while it is

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -36,6 +37,8 @@ from control_plane.storage.weed_shell import ShellEnded, ShellSession
 from control_plane.timing import poll
 
 log = structlog.get_logger("control_plane.storage")
+# weed shell's own failure line; the identities it prints (names, keys) never start a line with it
+_WEED_ERROR = re.compile(r"^error: ", re.MULTILINE)
 _SESSIONS_LOCK = threading.Lock()  # one `weed shell` session per store object, however many threads ask
 
 LOOPBACK = "127.0.0.1"
@@ -204,7 +207,7 @@ class EmbeddedStore:
                 output = self._shell().run(command, timeout=30)
             except ShellEnded as exc:
                 raise ObjectStoreError(f"weed shell {command.split()[0]} did not finish: {exc}") from None
-            if "error" not in output.lower():
+            if not _WEED_ERROR.search(output):
                 return output
             if attempt == 1:  # a session whose master went away answers errors: the commands are safe to repeat
                 self._shell().close()

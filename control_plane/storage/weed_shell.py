@@ -6,6 +6,7 @@ reconnects); one that does not answer in time is killed and the command fails (t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import select
@@ -13,6 +14,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 
 class ShellEnded(Exception):
@@ -32,7 +34,9 @@ class ShellSession:
     def run(self, command: str, timeout: float) -> str:
         """`command`'s output (one or more lines). Raises ShellEnded when no session answered it within `timeout`
         seconds. The output may hold secrets (identities): the caller never logs it."""
-        with self._lock:
+        if not self._lock.acquire(timeout=timeout):  # the command before is stuck on a frozen store
+            raise ShellEnded(f"the session was busy for {timeout:.0f} s", timed_out=True)
+        try:
             try:
                 return self._exchange(command, timeout)
             except ShellEnded as ended:
@@ -40,6 +44,8 @@ class ShellSession:
                 if ended.timed_out:  # a frozen store: another session would wait as long again
                     raise
             return self._exchange(command, timeout)  # a new session (this one's process ended): once
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         with self._lock:
@@ -50,6 +56,7 @@ class ShellSession:
         assert process.stdin is not None and process.stdout is not None
         marker = f"litefleet-end-{secrets.token_hex(8)}"
         end = f"unknown command: {marker}\n".encode()
+        _drain(process.stdout)  # what weed printed since the last command (a reconnect's log) is not this one's
         try:
             process.stdin.write(f"{command}\n{marker}\n".encode())
             process.stdin.flush()
@@ -59,7 +66,7 @@ class ShellSession:
         deadline = time.monotonic() + timeout
         while end not in output:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([process.stdout], [], [], left)[0]:
+            if left <= 0 or not _readable(process.stdout, left):
                 self._close()
                 raise ShellEnded(f"no answer in {timeout:.0f} s", timed_out=True)
             chunk = os.read(process.stdout.fileno(), 65536)
@@ -88,7 +95,23 @@ class ShellSession:
             return
         if process.poll() is None:
             process.kill()
-        process.wait(5)
+        with contextlib.suppress(subprocess.TimeoutExpired):  # stuck in the kernel: its pipes are closed anyway
+            process.wait(5)
         for stream in (process.stdin, process.stdout):
             if stream is not None:
-                stream.close()
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+def _readable(stream: IO[bytes], timeout: float) -> bool:
+    """`poll`, not `select`: a control plane of a thousand nodes holds more than 1,024 descriptors, and `select`
+    refuses the higher ones."""
+    poller = select.poll()
+    poller.register(stream.fileno(), select.POLLIN)
+    return bool(poller.poll(max(0.0, timeout) * 1000))
+
+
+def _drain(stream: IO[bytes]) -> None:
+    """Discard what is waiting on `stream` without blocking."""
+    while _readable(stream, 0) and os.read(stream.fileno(), 65536):
+        pass

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import httpx
 import pytest
 
@@ -171,4 +172,5 @@ def test_a_cold_start_runs_the_container_while_its_secrets_are_made_and_removes_
     with pytest.raises(RuntimeError, match="key mint failed"):
         driver.run(dataclasses.replace(refused, agent_token="", admin_token=""), mint_fails)
     assert driver.inspect(refused.name) is None
-    driver.remove(refused.name)  # its volume too (harmless when gone)
+    with pytest.raises(docker.errors.NotFound):  # its volume went with it
+        agents.client.volumes.get(refused.volume)

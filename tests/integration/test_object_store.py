@@ -8,6 +8,7 @@ import socket
 import ssl
 import stat
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +240,10 @@ def test_one_shell_session_mints_keys_and_a_lost_session_or_a_restarted_store_ge
 
         first = works("acme")
         assert works("initech") == first  # the same session
+        assert works("terror") == first  # a name holding "error" in the listing is no failure
+        credentials.revoke("terror")
+        with ThreadPoolExecutor(max_workers=6) as pool:  # keys minted at once, one after another in the session
+            assert set(pool.map(works, [f"t{i}" for i in range(6)])) == {first}
         os.kill(first, signal.SIGKILL)
         after_kill = works("globex")
         assert after_kill != first
