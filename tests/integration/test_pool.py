@@ -214,3 +214,24 @@ def test_of_two_control_planes_claiming_one_pool_container_only_the_first_gets_i
     agents.ready(container)  # the first's agent serves, under its own name
     with pytest.raises(docker.errors.NotFound):
         client.containers.get(lost.name)
+
+
+def test_a_pool_container_an_earlier_version_left_on_none_is_claimed_onto_its_one_network(
+    agents: Agents, pool_driver: tuple[DockerDriver, str]
+) -> None:
+    """Pool containers made before they idled with no network at all sit on `none`: a claim takes `none` away
+    first (Docker refuses a network beside it), and the agent serves on its one network."""
+    driver, fleet = pool_driver
+    client = agents.client
+    member = driver.start_pool(PoolSpec(image=agents.image, fleet=fleet))
+    client.api.connect_container_to_network(member.name, "none")  # as an earlier version left it
+    assert set(client.containers.get(member.name).attrs["NetworkSettings"]["Networks"]) == {"none"}
+    eventually(lambda: "agent.pooled" in _logs(client, member.name), timeout=60)
+    tenant = agents.tenant()
+    agents.advance(tenant, 1)
+    spec = agents.spec(tenant, 1, fleet=fleet)
+    assert driver.claim(member.name, spec) is not None
+    container = client.containers.get(spec.name)
+    assert set(container.attrs["NetworkSettings"]["Networks"]) == {"bridge"}
+    agents.specs[spec.name] = spec
+    agents.ready(container)
