@@ -105,3 +105,18 @@ def test_concurrent_moves_never_run_more_on_a_node_than_its_slots() -> None:
     assert peaks["n1"][0][0] == 1 and peaks["n2"][0][0] == 1, "a node starts with one move at a time"
     assert max(count for count, _ in peaks["n1"]) >= 2, "a node whose moves stay fast gets more at once"
     assert pacer.slots("n2") < pacer.slots("n1"), "a node whose moves slow down under load gets fewer"
+
+
+def test_one_fast_outlier_does_not_hold_a_node_at_one_slot_for_good() -> None:
+    """The best drifts towards cutovers run alone: after one tiny move (0.2 s), moves of 0.5 s first read as slow
+    (halved to one slot), then, as the best follows them, as the node's normal pace (a second slot again)."""
+    clock = Clock()
+    pacer = Pacer(clock=clock)
+    move(pacer, clock, "n1", 0.2)
+    move(pacer, clock, "n1", 0.5)
+    assert pacer.slots("n1") == 1  # 2.5x the best: halved
+    for _ in range(5):
+        move(pacer, clock, "n1", 0.5)
+    assert pacer.slots("n1") == 2, "the best followed the node's time alone"
+    move(pacer, clock, "n1", 1.5, at_once=2)  # and two at once that take 3x still halve
+    assert pacer.slots("n1") == 1
