@@ -244,7 +244,8 @@ def test_past_hold_timeout_a_request_gets_503_agent_moving_with_retry_after(
     assert held_count("timed_out") == timed_out + 2  # the start and the read of it: each held for its 1 s
     assert answer.status_code == 503 and answer.json()["code"] == "agent_moving", answer.text
     assert answer.headers["retry-after"] == "2"
-    assert 1.0 <= took < 2.0
+    # answered at its 1 s hold, not the default 15 s (the slack: a CI run of the whole suite once took 2.45 s here)
+    assert 1.0 <= took < 4.0
     assert read_status == 503
     assert not old.workflows and not new.workflows
 
