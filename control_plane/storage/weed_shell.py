@@ -39,8 +39,7 @@ class ShellSession:
         try:
             try:
                 return self._exchange(command, timeout)
-            except ShellEnded as ended:
-                self._close()
+            except ShellEnded as ended:  # the session is closed
                 if ended.timed_out:  # a frozen store: another session would wait as long again
                     raise
             return self._exchange(command, timeout)  # a new session (this one's process ended): once
@@ -52,6 +51,7 @@ class ShellSession:
             self._close()
 
     def _exchange(self, command: str, timeout: float) -> str:
+        """One command in the session (started if need be); closes the session before it raises ShellEnded."""
         process = self._started()
         assert process.stdin is not None and process.stdout is not None
         marker = f"litefleet-end-{secrets.token_hex(8)}"
@@ -61,6 +61,7 @@ class ShellSession:
             process.stdin.write(f"{command}\n{marker}\n".encode())
             process.stdin.flush()
         except OSError:
+            self._close()
             raise ShellEnded("the session's stdin is closed") from None
         output = b""
         deadline = time.monotonic() + timeout
