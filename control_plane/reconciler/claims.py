@@ -189,10 +189,11 @@ def finish(engine: Engine, op_id: str, token: str, error: str | None, result: di
                 updated_at=now,
             )
         )
-        if _rows(done) == 1:
+        finished = _rows(done) == 1
+        if finished:
             release_reservations(session, op_id)
         session.commit()
-        return _rows(done) == 1
+        return finished
 
 
 def release(engine: Engine, op_id: str, token: str) -> bool:
